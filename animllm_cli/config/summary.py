@@ -1,0 +1,113 @@
+"""Plain-data views of a loaded config, for `models`, `config show` and `--explain`.
+
+These dicts are the documented JSON output; change their shape only with SCHEMA_VERSION.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from animllm_cli.config import schema
+from animllm_cli.config.engine_command import EngineCommand, build_engine_command
+from animllm_cli.config.loader import LoadedConfig, ModelView
+from animllm_cli.config.provenance import KeyPath, Source
+
+SCHEMA_VERSION = 1
+
+
+def models_report(loaded: LoadedConfig) -> dict[str, Any]:
+    default = loaded.resolve_model(None) if loaded.config.models and (
+        loaded.config.default_model or len(loaded.config.models) == 1) else None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "config_files": [str(f) for f in loaded.files],
+        "default_model": default,
+        "models": [_model_row(loaded.model(name), name == default) for name in loaded.model_names()],
+    }
+
+
+def _model_row(view: ModelView, is_default: bool) -> dict[str, Any]:
+    return {
+        "name": view.name,
+        "default": is_default,
+        "tasks": view.spec.tasks,
+        "aliases": view.spec.aliases,
+        "source": view.spec.source,
+        "engine_source": view.engine_source,
+        "profile": view.profile,
+        "quantization": view.settings.get("quantization"),
+        "kv_cache_dtype": view.settings.get("kv_cache_dtype"),
+        "max_model_len": view.settings.get("max_model_len"),
+        "gpu_memory_utilization": view.settings.get("gpu_memory_utilization"),
+        "concurrency": view.settings.get("concurrency"),
+        "description": view.spec.description,
+    }
+
+
+def config_report(loaded: LoadedConfig) -> dict[str, Any]:
+    """The whole effective config, with secret environment values masked."""
+    data = loaded.config.model_dump(mode="json")
+    data["env"] = {k: ("***" if schema.is_secret_name(k) else v) for k, v in data["env"].items() if v is not None}
+    return data
+
+
+def model_report(loaded: LoadedConfig, view: ModelView, command: EngineCommand) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": view.name,
+        "source": view.spec.source,
+        "engine_source": view.engine_source,
+        "profile": view.profile,
+        "tasks": view.spec.tasks,
+        "aliases": view.spec.aliases,
+        "settings": view.settings,
+        "extra_args": view.spec.extra_args,
+        "engine": {"argv": command.argv, "env": command.display_env()},
+    }
+
+
+def explain_config(loaded: LoadedConfig) -> list[dict[str, Any]]:
+    """Every leaf of the effective config with the layer it came from."""
+    rows: list[dict[str, Any]] = []
+    _leaves(config_report(loaded), (), rows, loaded)
+    return rows
+
+
+def _leaves(node: Any, path: KeyPath, rows: list[dict[str, Any]], loaded: LoadedConfig) -> None:
+    if isinstance(node, dict) and node and not _is_opaque(path):
+        for key, value in node.items():
+            _leaves(value, (*path, key), rows, loaded)
+        return
+    rows.append(_row(".".join(path), node, loaded.source_of(path)))
+
+
+def _is_opaque(path: KeyPath) -> bool:
+    """Dict-valued settings (limit_mm_per_prompt, an extra_args value) are one value each."""
+    if len(path) >= 4:
+        return True
+    return len(path) == 3 and path[0] in ("models", "profiles") and path[2] != "extra_args"
+
+
+
+def explain_model(loaded: LoadedConfig, view: ModelView, command: EngineCommand) -> list[dict[str, Any]]:
+    """Each engine setting, extra flag and environment variable, with its source."""
+    key = ("models", view.name)
+    rows = [
+        _row("source", view.engine_source, loaded.source_of((*key, "source"))),
+        _row("profile", view.profile, loaded.source_of((*key, "profile"))),
+    ]
+    rows += [_row(name, value, view.sources[name]) for name, value in view.settings.items()]
+    rows += [_row(f"extra_args.{name}", value, loaded.source_of((*key, "extra_args", name)))
+             for name, value in view.spec.extra_args.items()]
+    masked = command.display_env()
+    rows += [_row(f"env.{var}", masked[var], source) for var, source in command.env_sources.items()]
+    return rows
+
+
+def _row(key: str, value: Any, source: Source) -> dict[str, Any]:
+    return {"key": key, "value": value, "source": source.to_json()}
+
+
+def engine_command_for(loaded: LoadedConfig, wanted: str | None, port: int | None = None) -> tuple[ModelView, EngineCommand]:
+    view = loaded.model(wanted)
+    return view, build_engine_command(loaded, view, port=port)

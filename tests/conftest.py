@@ -1,0 +1,56 @@
+"""Test harness: every test runs with its own config/state/cache dirs, in an empty working
+directory, with no animllm overrides from the developer's shell, NO_COLOR and a fixed width."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+# Variables that would leak the developer's own setup into a test.
+_LEAKY = ("ANIMLLM_", "GPU_MEMORY_UTILIZATION", "MAX_NUM_BATCHED_TOKENS", "MAX_NUM_SEQS")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in list(os.environ):
+        if var.startswith(_LEAKY):
+            monkeypatch.delenv(var)
+    home = tmp_path / "animllm-home"
+    for name in ("config", "state", "cache"):
+        (home / name).mkdir(parents=True)
+        monkeypatch.setenv(f"ANIMLLM_{name.upper()}_DIR", str(home / name))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True)
+def _engine_tier_needs_vllm(request: pytest.FixtureRequest) -> None:
+    """The engine tier runs real vLLM. Without it: skip on a laptop, fail under CI=true."""
+    if request.node.get_closest_marker("engine") is None:
+        return
+    if importlib.util.find_spec("vllm") is None:
+        message = "vLLM is not installed: run `make setup` (installs the CPU build into .venv)"
+        if _in_ci():
+            pytest.fail(f"engine tier under CI=true: {message}")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """Two distinct tiny Qwen2 models, built locally once and reused across runs."""
+    from animllm_cli.demo.tiny_models import build_tiny_models
+
+    return build_tiny_models(REPO_ROOT / ".pytest_cache" / "animllm-tiny-models")
