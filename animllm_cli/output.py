@@ -59,12 +59,16 @@ class Output:
             console.print(f"[dim]hint:[/dim] {escape(hint)}")
 
 
-def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Any:
+def table(title: str | None, columns: list[str], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = ()) -> Any:
+    """A table for people. Columns named in `no_wrap` stay on one line; the rest fold."""
+    from rich import box
     from rich.table import Table
 
-    result = Table(title=title, title_justify="left", header_style="bold")
+    # Light borders and word wrapping: it stays readable at 80 columns and in a pipe.
+    result = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in columns:
-        result.add_column(column, overflow="fold")
+        # fold, never truncate: every character is data
+        result.add_column(column, overflow="fold", no_wrap=column in no_wrap)
     for row in rows:
         result.add_row(*("" if cell is None else str(cell) for cell in row))
     return result

@@ -38,8 +38,7 @@ def show(
 ) -> None:
     """Print the effective config, or one model's engine settings, command line and environment.
 
-    --format args prints one shell line that runs the engine as it is; secrets appear as
-    "$NAME" references, never as values.
+    --format args prints one shell line that runs the engine as it is; secrets appear as "$NAME" references, never as values.
     """
     from animllm_cli.config import summary
 

@@ -20,4 +20,5 @@ def models(ctx: typer.Context, config: common.ConfigOption = None, json_output: 
     rows = [[("* " if m["default"] else "") + m["name"], ", ".join(m["tasks"]), ", ".join(m["aliases"]),
              m["source"], m["profile"], m["quantization"] or "-", m["max_model_len"] or "vLLM default"]
             for m in report["models"]]
-    out.show(table("Models (* = default)", ["name", "tasks", "aliases", "source", "profile", "quant", "context"], rows))
+    columns = ["name", "tasks", "aliases", "source", "profile", "quant", "context"]
+    out.show(table("Models (* = default)", columns, rows, no_wrap=("name", "profile", "quant", "context")))

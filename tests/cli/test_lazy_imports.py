@@ -1,0 +1,47 @@
+"""Fast start: the CLI must not import the heavy stacks it does not need.
+
+Each case runs the real entry point in a fresh interpreter and records sys.modules at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = """
+import atexit, json, os, sys
+atexit.register(lambda: open(os.environ["PROBE_OUT"], "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["animllm", *json.loads(os.environ["PROBE_ARGS"])]
+from animllm_cli.cli import main
+main()
+"""
+HEAVY = ("torch", "vllm", "transformers", "uvicorn", "fastapi", "starlette", "aiohttp", "httpx", "numpy")
+
+
+def _imported(args: list[str], tmp_path: Path) -> set[str]:
+    out = tmp_path / "modules.json"
+    env = {**os.environ, "PROBE_OUT": str(out), "PROBE_ARGS": json.dumps(args)}
+    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return {name.split(".")[0] for name in json.loads(out.read_text())}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["config", "show", "coder", "--format", "args"], ["models", "--json"]])
+def test_no_heavy_imports(args: list[str], tmp_path: Path) -> None:
+    loaded = _imported(args, tmp_path)
+    assert not loaded & set(HEAVY), f"{args} imported {sorted(loaded & set(HEAVY))}"
+
+
+def test_help_does_not_even_load_the_config_stack(tmp_path: Path) -> None:
+    loaded = _imported(["--help"], tmp_path)
+    assert not loaded & {"pydantic", "yaml", "dotenv", "psutil", "pynvml"}
+
+
+def test_probe_can_see_an_import(tmp_path: Path) -> None:
+    """The probe itself works: a command that does load pydantic shows it."""
+    assert "pydantic" in _imported(["models", "--json"], tmp_path)

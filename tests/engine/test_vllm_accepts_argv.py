@@ -1,0 +1,51 @@
+"""Every model in the shipped config and the examples yields argv that the installed
+vLLM's own argument parser accepts, so a flag vLLM does not know fails here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from animllm_cli.config import load_config
+from animllm_cli.config.engine_command import build_engine_command
+from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
+
+pytestmark = pytest.mark.engine
+CHECKER = Path(__file__).with_name("vllm_argv_check.py")
+
+
+def _vllm_verdicts(argvs: list[list[str]]) -> list[str | None]:
+    result = subprocess.run([sys.executable, str(CHECKER)], input=json.dumps(argvs), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _all_model_argvs() -> dict[str, list[str]]:
+    argvs = {}
+    for config in [SHIPPED_CONFIG, *EXAMPLE_CONFIGS]:
+        loaded = load_config(config)
+        for name in loaded.model_names():
+            argv = build_engine_command(loaded, loaded.model(name)).argv
+            argvs[f"{config.name}:{name}"] = argv[3:]  # after `<python> -m <module>`
+    return argvs
+
+
+def test_vllm_parses_every_configured_model() -> None:
+    argvs = _all_model_argvs()
+    assert len(argvs) >= 10  # shipped (4) + seed-original (4) + override (4)
+    unknown = ["--model", "org/m", "--no-such-flag", "1"]
+    bad_choice = ["--model", "org/m", "--dtype", "float7"]
+    bad_quant = ["--model", "org/m", "--quantization", "awq_turbo"]
+    verdicts = _vllm_verdicts([*argvs.values(), unknown, bad_choice, bad_quant])
+    *model_verdicts, unknown_verdict, bad_choice_verdict, bad_quant_verdict = verdicts
+    # The checker can fail: vLLM rejects what it does not know.
+    assert unknown_verdict and "--no-such-flag" in unknown_verdict
+    assert bad_choice_verdict and "float7" in bad_choice_verdict
+    assert bad_quant_verdict and "awq_turbo" in bad_quant_verdict
+    rejected = {key: verdict for key, verdict in zip(argvs, model_verdicts) if verdict}
+    assert rejected == {}
