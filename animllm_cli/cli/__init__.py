@@ -79,8 +79,10 @@ def root(
 
 
 def _register() -> None:
-    from animllm_cli.cli import config_cmd, models
+    from animllm_cli.cli import config_cmd, doctor, models, plan
 
+    app.command("doctor")(doctor.doctor)
+    app.command("plan")(plan.plan)
     app.command("models")(models.models)
     app.add_typer(config_cmd.app, name="config")
 

@@ -27,11 +27,12 @@ def _imported(args: list[str], tmp_path: Path) -> set[str]:
     out = tmp_path / "modules.json"
     env = {**os.environ, "PROBE_OUT": str(out), "PROBE_ARGS": json.dumps(args)}
     result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode in (0, 1), result.stderr  # doctor exits 1 here: no GPU
     return {name.split(".")[0] for name in json.loads(out.read_text())}
 
 
-@pytest.mark.parametrize("args", [["--help"], ["config", "show", "coder", "--format", "args"], ["models", "--json"]])
+@pytest.mark.parametrize("args", [["--help"], ["config", "show", "coder", "--format", "args"], ["models", "--json"],
+                                  ["doctor", "--json"], ["plan", "--json"]])
 def test_no_heavy_imports(args: list[str], tmp_path: Path) -> None:
     loaded = _imported(args, tmp_path)
     assert not loaded & set(HEAVY), f"{args} imported {sorted(loaded & set(HEAVY))}"

@@ -1,0 +1,82 @@
+"""`animllm plan`: will each model fit in VRAM, and what would make it fit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from animllm_cli.cli import common
+
+VERDICT_STYLE = {"fits": "green", "fits-partially": "yellow", "does-not-fit": "bold red", "unknown": "dim"}
+
+
+def plan(
+    ctx: typer.Context,
+    models: Annotated[Optional[list[str]], typer.Argument(help="Models to plan (default: all).", show_default=False)] = None,
+    vram: Annotated[Optional[float], typer.Option("--vram", min=0.5, metavar="GiB",
+                                                  help="Plan for a card of this size (default: the detected GPU, else gpu.vram_gib).")] = None,
+    gpu_memory_utilization: common.GpuUtilOption = None,
+    max_model_len: common.MaxModelLenOption = None,
+    sets: common.SetOption = None,
+    json_output: common.JsonOption = False,
+    config: common.ConfigOption = None,
+) -> None:
+    """VRAM fit per model: weights, KV bytes per token, the KV tokens that fit, a verdict and a fix.
+
+    Exit 0 when every planned model fits at its max_model_len, 1 otherwise.
+    """
+    from animllm_cli.doctor.runner import vram_basis
+    from animllm_cli.gpu.nvml import GpuReport, probe
+    from animllm_cli.gpu.planner import plan_models
+
+    out = common.output(ctx)
+    loaded = common.load(ctx, config, common.model_overrides(
+        sets, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len))
+    names = [loaded.resolve_model(m) for m in models] if models else loaded.model_names()
+    gpus = GpuReport() if vram else probe()
+    size, basis = vram_basis(loaded, gpus, vram)
+    report = plan_models(loaded, list(dict.fromkeys(names)), size, basis)
+    if json_output:
+        out.json(report.to_json())
+    else:
+        show_plan(out, report)
+    raise typer.Exit(0 if all(m.verdict == "fits" for m in report.models) else 1)
+
+
+def show_plan(out, report) -> None:
+    """The fit table, then for each model what does not fit and how to fix it."""
+    from rich.markup import escape
+
+    out.show(plan_table(report))
+    for m in report.models:
+        lines = ([m.summary] if m.verdict != "fits" else []) + m.notes
+        lines += [f"[bold]fix:[/] {escape(m.suggestion)}"] if m.suggestion else []
+        lines += [f"[dim]or:[/] {escape(alt)}" for alt in m.alternatives]
+        if lines:
+            out.show(f"[bold]{m.model}[/]\n  " + "\n  ".join(lines))
+    if report.co_resident:
+        out.show("could stay loaded together: " + "; ".join(" + ".join(g) for g in report.co_resident))
+
+
+def plan_table(report):
+    from rich.markup import escape
+
+    from animllm_cli.gpu.planner import GIB
+    from animllm_cli.output import table
+
+    def gib(value):
+        return "?" if value is None else f"{value / GIB:.1f}"
+
+    rows = []
+    for m in report.models:
+        verdict = {"fits": "fits", "fits-partially": f"fits up to {m.kv_tokens or 0:,}",
+                   "does-not-fit": "does not fit", "unknown": "unknown"}[m.verdict]
+        verdict = f"[{VERDICT_STYLE[m.verdict]}]{verdict}[/]"
+        rows.append([m.model, m.utilization or "?", gib(m.weight_bytes),
+                     "?" if m.kv_bytes_per_token is None else f"{m.kv_bytes_per_token // 1024}",
+                     gib(m.kv_pool_bytes), "?" if m.kv_tokens is None else f"{m.kv_tokens:,}",
+                     "?" if m.max_model_len is None else f"{m.max_model_len:,}", verdict])
+    title = f"VRAM plan for {report.vram_bytes / GIB:.1f} GiB ({report.vram_basis})"
+    columns = ["model", "util", "weights GiB", "KV KiB/tok", "KV pool GiB", "KV tokens", "max len", "verdict"]
+    return table(title, columns, rows, no_wrap=("model", "util", "KV tokens", "max len", "verdict"))

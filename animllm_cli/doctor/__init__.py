@@ -1,0 +1,1 @@
+"""The preflight checklist: one small function per check, a registry, and a runner."""

@@ -1,0 +1,361 @@
+"""The checks. Each is one small function that reads a `DoctorContext` and returns a
+`Result`; the `@check` decorator registers it in the order the checklist shows."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from animllm_cli.config import LoadedConfig
+from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.gpu.nvml import GIB, MIB, GpuReport
+from animllm_cli.gpu.planner import PlanReport
+
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+# Variables recent vLLM no longer reads, and what replaced them.
+REPLACED_ENV = {
+    "VLLM_ATTENTION_BACKEND": "the --attention-backend flag (extra_args: {attention-backend: NAME})",
+    "VLLM_USE_TRITON_FLASH_ATTN": "nothing: it belonged to the removed V0 engine; drop it",
+}
+# vLLM releases whose torch pin matches a given torch (vLLM's own Requires-Dist).
+VLLM_FOR_TORCH = {"2.7.0": "vllm>=0.9.0,<=0.10.0"}
+
+
+@dataclass
+class Result:
+    status: str
+    detail: str
+    fix: str | None = None
+
+
+@dataclass
+class DoctorContext:
+    loaded: LoadedConfig
+    gpus: GpuReport
+    env: PythonEnv
+    plan: PlanReport
+    model: str | None          # the model the VRAM check is about (None: the largest need)
+    deep: bool = False
+    process_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    run: Callable[[DoctorContext], Result]
+    gpu: bool = False   # needs the NVIDIA driver: FAILs plainly without one
+
+
+REGISTRY: list[Check] = []
+
+
+def check(check_id: str, title: str, *, gpu: bool = False):
+    def register(function: Callable[[DoctorContext], Result]) -> Callable[[DoctorContext], Result]:
+        REGISTRY.append(Check(check_id, title, function, gpu))
+        return function
+    return register
+
+
+def _version(text: str):
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+# ------------------------------------------------------------------------------ GPU rows
+
+@check("driver", "NVIDIA driver reachable (NVML)", gpu=True)
+def driver(ctx: DoctorContext) -> Result:
+    report = ctx.gpus
+    if not report.gpus:
+        return Result(FAIL, "the driver answers but lists no GPU", "check `nvidia-smi`; in a container pass --gpus")
+    return Result(PASS, f"driver {report.driver_version}, {len(report.gpus)} GPU(s)")
+
+
+@check("cuda", "driver's CUDA version vs the CUDA pin", gpu=True)
+def cuda(ctx: DoctorContext) -> Result:
+    pin = ctx.loaded.config.runtime.cuda
+    have = ctx.gpus.cuda_driver_version
+    if not pin:
+        return Result(PASS, f"driver supports CUDA {have} (no pin configured)")
+    if _version(have) < _version(pin):
+        return Result(FAIL, f"driver supports CUDA {have}; the pinned CUDA {pin} build of torch needs a newer driver",
+                      f"update the NVIDIA driver to one that supports CUDA {pin}")
+    return Result(PASS, f"driver supports CUDA {have} >= pinned {pin}")
+
+
+@check("gpu", "GPU model and compute capability", gpu=True)
+def gpu_identity(ctx: DoctorContext) -> Result:
+    """Compares GPU 0, the one vLLM uses (it is what CUDA_VISIBLE_DEVICES leaves first)."""
+    expected = ctx.loaded.config.gpu
+    gpu = ctx.gpus.gpus[0]
+    problems = []
+    if expected.expect_name and gpu.name != expected.expect_name:
+        problems.append(f"GPU {gpu.index} is {gpu.name}, the config expects {expected.expect_name}")
+    if expected.compute_capability and gpu.compute_capability != expected.compute_capability:
+        problems.append(f"GPU {gpu.index} reports compute capability {gpu.compute_capability} ({gpu.architecture}), "
+                        f"the config says {expected.compute_capability}"
+                        + (f" ({expected.architecture})" if expected.architecture else ""))
+    elif expected.architecture and gpu.architecture.split()[0] != expected.architecture.split()[0]:
+        problems.append(f"GPU {gpu.index} is {gpu.architecture}, the config says {expected.architecture}")
+    found = "; ".join(f"{g.index}: {g.name}, compute {g.compute_capability} ({g.architecture}), "
+                      f"{g.total_bytes / GIB:.1f} GiB" for g in ctx.gpus.gpus)
+    if problems:
+        return Result(WARN, f"{'; '.join(problems)} (found {found})",
+                      "the device is what counts: update gpu: in the config to match it")
+    return Result(PASS, found)
+
+
+@check("vram", "free VRAM for the model vLLM will load", gpu=True)
+def vram(ctx: DoctorContext) -> Result:
+    gpu = ctx.gpus.gpus[0]
+    plans = [p for p in ctx.plan.models if p.need_bytes and p.utilization]
+    if not plans:
+        return Result(SKIP, "no model with known size to check against")
+    plan = next((p for p in plans if p.model == ctx.model), None) or max(plans, key=lambda p: p.utilization or 0)
+    demand = int(gpu.total_bytes * plan.utilization)
+    holders = ", ".join(f"{p.name} (pid {p.pid}, {p.used_bytes // MIB if p.used_bytes else '?'} MiB)"
+                        for p in gpu.processes) or "no listed process"
+    detail = (f"{gpu.free_bytes / GIB:.1f} GiB free of {gpu.total_bytes / GIB:.1f} GiB; {plan.model} at "
+              f"gpu_memory_utilization {plan.utilization} makes vLLM demand {demand / GIB:.1f} GiB at start")
+    if gpu.free_bytes < demand:
+        return Result(FAIL, f"{detail}; held by {holders}",
+                      f"free VRAM (stop {holders}) or lower gpu_memory_utilization to "
+                      f"{max(0.05, gpu.free_bytes / gpu.total_bytes - 0.01):.2f}")
+    if plan.verdict != "fits":
+        return Result(WARN, f"{detail}; but the plan says: {plan.summary}", plan.suggestion)
+    return Result(PASS, detail)
+
+
+# ------------------------------------------------------------------------ software rows
+
+@check("python", "Python version")
+def python_version(ctx: DoctorContext) -> Result:
+    engine = ctx.env.python or "?"
+    detail = f"animllm on {platform.python_version()}; engine interpreter {ctx.env.executable} is {engine}"
+    if ctx.env.error:
+        return Result(FAIL, ctx.env.error, "set engine.python to a working interpreter")
+    if _version(engine) and _version(engine) < _version("3.10"):
+        return Result(FAIL, detail, "vLLM needs Python 3.10 or newer")
+    return Result(PASS, detail)
+
+
+@check("torch", "PyTorch version and CUDA build vs the pins")
+def torch(ctx: DoctorContext) -> Result:
+    runtime = ctx.loaded.config.runtime
+    installed = ctx.env.packages.get("torch")
+    if not installed:
+        return Result(FAIL, f"torch is not installed for {ctx.env.executable}",
+                      f"pip install torch=={runtime.torch or '<version>'} --index-url "
+                      f"https://download.pytorch.org/whl/cu{(runtime.cuda or '').replace('.', '')}")
+    base, _, tag = installed.partition("+")
+    problems = []
+    if runtime.torch and base != runtime.torch:
+        problems.append(f"torch {installed} installed, the config pins {runtime.torch}")
+    if runtime.cuda:
+        want = "cu" + runtime.cuda.replace(".", "")
+        if tag == "cpu":
+            problems.append("a CPU-only build: vLLM will not see the GPU")
+        elif tag and tag != want:
+            problems.append(f"built for {tag}, the pin is CUDA {runtime.cuda} ({want})")
+    if problems:
+        return Result(WARN, "; ".join(problems),
+                      f"pip install torch=={runtime.torch} --index-url https://download.pytorch.org/whl/"
+                      f"cu{(runtime.cuda or '').replace('.', '')}")
+    return Result(PASS, f"torch {installed}")
+
+
+@check("torch-cuda", "torch sees the GPU (--deep)")
+def torch_cuda(ctx: DoctorContext) -> Result:
+    if not ctx.deep:
+        return Result(SKIP, "imports torch: run with --deep")
+    from animllm_cli.doctor.python_env import torch_cuda_status
+
+    status = torch_cuda_status(ctx.env.executable)
+    if isinstance(status, str):
+        return Result(FAIL, f"import torch failed: {status}", "reinstall torch for the engine interpreter")
+    if not status["available"]:
+        return Result(FAIL, f"torch {status['version']} (CUDA build {status['cuda_build']}): "
+                            f"torch.cuda.is_available() is False", "install a CUDA build of torch and the NVIDIA driver")
+    return Result(PASS, f"torch {status['version']} sees {', '.join(status['devices'])}")
+
+
+def _torch_requirement(env: PythonEnv, distribution: str):
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for text in env.requires.get(distribution, []):
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.name == "torch" and (requirement.marker is None or requirement.marker.evaluate({"extra": ""})):
+            return requirement
+    return None
+
+
+@check("vllm", "vLLM installed, and its torch requirement vs the installed and pinned torch")
+def vllm(ctx: DoctorContext) -> Result:
+    name = ctx.env.vllm_distribution
+    pin = ctx.loaded.config.runtime.torch
+    if name is None:
+        hint = VLLM_FOR_TORCH.get(pin or "", "vllm")
+        return Result(FAIL, f"vLLM is not installed for {ctx.env.executable}",
+                      f"pip install '{hint}' (a release whose torch pin matches yours), or set engine.python")
+    version = ctx.env.packages[name]
+    requirement = _torch_requirement(ctx.env, name)
+    detail = f"{name} {version}" + (f", requires torch{requirement.specifier}" if requirement else "")
+    torch_version = ctx.env.packages.get("torch")
+    if requirement and torch_version and not requirement.specifier.contains(torch_version, prereleases=True):
+        return Result(FAIL, f"{detail}, but torch {torch_version} is installed",
+                      f"reinstalling {name} would replace torch with one matching {requirement}; "
+                      f"pick a vLLM release that matches the torch you keep")
+    if requirement and pin and not requirement.specifier.contains(pin, prereleases=True):
+        return Result(WARN, f"{detail}: installing or upgrading it would replace the pinned torch {pin}",
+                      f"for torch {pin} use {VLLM_FOR_TORCH.get(pin, 'a vLLM release that pins it')}")
+    return Result(PASS, detail)
+
+
+@check("forbidden", "forbidden packages absent")
+def forbidden(ctx: DoctorContext) -> Result:
+    names = ctx.loaded.config.runtime.forbid_packages
+    installed = [n for n in names if n in ctx.env.packages]  # the probe was asked for each of them
+    if installed:
+        return Result(FAIL, f"installed: {', '.join(f'{n} {ctx.env.packages[n]}' for n in installed)}",
+                      f"{ctx.env.executable} -m pip uninstall -y {' '.join(installed)}")
+    return Result(PASS, f"none of {', '.join(names)} installed" if names else "nothing forbidden")
+
+
+@check("env", "environment variables for the engine")
+def environment(ctx: DoctorContext) -> Result:
+    from animllm_cli.config.engine_command import engine_environment
+    from animllm_cli.doctor.python_env import vllm_known_env_vars
+
+    wanted, _ = engine_environment(ctx.loaded)
+    known = vllm_known_env_vars(ctx.env.vllm_dir)
+    warnings, fixes = [], []
+    for var in ctx.loaded.config.env:
+        value = wanted.get(var)
+        shell = ctx.process_env.get(var)
+        if shell is not None and value is not None and shell != value:
+            warnings.append(f"{var}: your shell has {shell!r}, the engine gets {value!r}")
+        if known is not None and var.startswith("VLLM_") and var not in known:
+            version = ctx.env.packages.get(ctx.env.vllm_distribution or "", "")
+            warnings.append(f"{var} is unknown to the installed vLLM {version} and is ignored")
+            fixes.append(f"replace {var} with {REPLACED_ENV.get(var, 'the matching flag, see `vllm serve --help`')}")
+    detail = f"{len(wanted)} variables set for the engine ({', '.join(wanted)})"
+    if warnings:
+        return Result(WARN, "; ".join(warnings), "; ".join(fixes) or "unset the shell variable or change env: in the config")
+    return Result(PASS, detail)
+
+
+@check("attention-backend", "attention backend valid for the installed vLLM (--deep)")
+def attention_backend(ctx: DoctorContext) -> Result:
+    value = ctx.loaded.config.env.get("VLLM_ATTENTION_BACKEND") or \
+        next((str(v) for m in ctx.loaded.config.models.values() for k, v in m.extra_args.items()
+              if k.lstrip("-").replace("_", "-") == "attention-backend"), None)
+    if not value:
+        return Result(PASS, "not set: vLLM picks the backend")
+    if not ctx.deep:
+        return Result(SKIP, f"{value} is set; --deep asks the installed vLLM whether it knows it")
+    from animllm_cli.doctor.python_env import vllm_attention_backends
+
+    names = vllm_attention_backends(ctx.env.executable)
+    if names is None:
+        return Result(WARN, "could not read the backend list from the installed vLLM", "is vLLM installed?")
+    if value not in names:
+        return Result(FAIL, f"{value} is not a backend of the installed vLLM (it has: {', '.join(names)})",
+                      "pick one of those, or leave it unset")
+    if value == "TORCH_SDPA" and ctx.gpus.gpus:
+        return Result(WARN, "TORCH_SDPA is a CPU backend; vLLM on CUDA rejects it (vllm#14320)",
+                      "use FLASH_ATTN or leave it unset")
+    return Result(PASS, f"{value} is one of the installed vLLM's {len(names)} backends")
+
+
+@check("paths", "cache directories writable, with free disk")
+def paths(ctx: DoctorContext) -> Result:
+    section = ctx.loaded.config.paths
+    problems, details = [], []
+    for key in ("models", "hf_cache", "vllm_cache", "torch_cache"):
+        raw = getattr(section, key)
+        if not raw:
+            continue
+        path = Path(raw)
+        existing = next((p for p in [path, *path.parents] if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free
+        writable = os.access(existing, os.W_OK)
+        if not writable:
+            problems.append(f"{key} {path}: {existing} is not writable")
+        elif free < 20 * GIB:
+            problems.append(f"{key} {path}: only {free / GIB:.1f} GiB free on its disk")
+        details.append(f"{key} {path}{'' if path.exists() else ' (will be created)'}, {free / GIB:.0f} GiB free")
+    if problems:
+        return Result(WARN if all("free" in p for p in problems) else FAIL, "; ".join(problems),
+                      "point paths: at a writable disk with room for the models (a 14B AWQ is ~10 GB)")
+    return Result(PASS, "; ".join(details) or "no paths configured")
+
+
+@check("models", "model sources resolvable")
+def model_sources(ctx: DoctorContext) -> Result:
+    missing_local, downloads, found = [], [], []
+    for plan in ctx.plan.models:
+        source = plan.source
+        if source.startswith("/") and not Path(source).is_dir():
+            missing_local.append(f"{plan.model}: {source} does not exist")
+        elif plan.basis and ("local files" in plan.basis or "Hugging Face cache" in plan.basis):
+            found.append(f"{plan.model} ({(plan.checkpoint_bytes or 0) / GIB:.1f} GiB)")
+        else:
+            size = f", ~{plan.checkpoint_bytes / GIB:.1f} GiB" if plan.checkpoint_bytes else ""
+            downloads.append(f"{plan.model} ({source}{size})")
+    if missing_local:
+        return Result(FAIL, "; ".join(missing_local), "fix `source:` or copy the model there")
+    if downloads:
+        return Result(WARN, f"will be downloaded on first start: {', '.join(downloads)}"
+                            + (f"; present: {', '.join(found)}" if found else ""),
+                      "pre-fetch with `huggingface-cli download <repo>` to avoid a slow first switch")
+    return Result(PASS, f"all present: {', '.join(found)}")
+
+
+@check("port", "gateway port free")
+def port(ctx: DoctorContext) -> Result:
+    server = ctx.loaded.config.server
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((server.host, server.port))
+        except OSError as exc:
+            return Result(FAIL, f"{server.host}:{server.port} is taken ({exc.strerror}){_port_owner(server.port)}",
+                          f"stop what holds it, or set server.port (ANIMLLM_SERVER__PORT)")
+    return Result(PASS, f"{server.host}:{server.port} is free")
+
+
+def _port_owner(number: int) -> str:
+    import psutil
+
+    try:
+        for conn in psutil.net_connections("inet"):
+            if conn.laddr and conn.laddr.port == number and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+@check("ulimit", "open-file limit")
+def open_files(ctx: DoctorContext) -> Result:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    detail = f"soft {soft}, hard {hard}"
+    if hard != resource.RLIM_INFINITY and hard < 65536:
+        return Result(WARN, f"{detail}: many concurrent streams need more file descriptors",
+                      "raise it: `ulimit -n 65536` (or nofile in /etc/security/limits.conf)")
+    return Result(PASS, f"{detail} (vLLM raises the soft limit itself)")

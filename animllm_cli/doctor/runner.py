@@ -1,0 +1,100 @@
+"""Run the registered checks and assemble the report (the `--json` schema)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from animllm_cli.config import LoadedConfig
+from animllm_cli.doctor import checks
+from animllm_cli.errors import UsageError
+from animllm_cli.gpu.nvml import GIB, GpuReport
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class CheckOutcome:
+    id: str
+    title: str
+    status: str
+    detail: str
+    fix: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+@dataclass
+class DoctorReport:
+    checks: list[CheckOutcome]
+    gpus: GpuReport
+    plan: Any
+    elapsed_s: float
+    strict: bool
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {c.status for c in self.checks}
+        return 1 if checks.FAIL in statuses or (self.strict and checks.WARN in statuses) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        counts = {s.lower(): sum(c.status == s for c in self.checks)
+                  for s in (checks.PASS, checks.WARN, checks.FAIL, checks.SKIP)}
+        return {"schema_version": SCHEMA_VERSION,
+                "summary": {**counts, "strict": self.strict, "exit_code": self.exit_code,
+                            "elapsed_s": round(self.elapsed_s, 3)},
+                "checks": [c.to_json() for c in self.checks],
+                "gpus": self.gpus.to_json(),
+                "plan": self.plan.to_json()}
+
+
+def check_ids() -> list[str]:
+    return [c.id for c in checks.REGISTRY]
+
+
+def select(only: list[str], skip: list[str]) -> list[checks.Check]:
+    known = check_ids()
+    unknown = [i for i in [*only, *skip] if i not in known]
+    if unknown:
+        raise UsageError(f"unknown check id: {', '.join(unknown)}", hint=f"check ids: {', '.join(known)}")
+    return [c for c in checks.REGISTRY if (not only or c.id in only) and c.id not in skip]
+
+
+def vram_basis(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) -> tuple[int, str]:
+    """Which card to plan for: --vram, else the detected GPU 0, else the config's gpu.vram_gib."""
+    if vram_gib:
+        return int(vram_gib * GIB), f"--vram {vram_gib:g}"
+    if gpus.gpus:
+        return gpus.gpus[0].total_bytes, f"detected GPU 0 ({gpus.gpus[0].name})"
+    if loaded.config.gpu.vram_gib:
+        return int(loaded.config.gpu.vram_gib * GIB), f"config gpu.vram_gib ({loaded.config.gpu.vram_gib:g})"
+    raise UsageError("no GPU detected and the config sets no gpu.vram_gib", hint="pass --vram GiB")
+
+
+def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = (), deep: bool = False,
+               strict: bool = False, model: str | None = None, nvml: ModuleType | None = None) -> DoctorReport:
+    from animllm_cli.config.engine_command import engine_python
+    from animllm_cli.doctor.python_env import probe_python
+    from animllm_cli.gpu.nvml import probe
+    from animllm_cli.gpu.planner import plan_models
+
+    started = time.perf_counter()
+    selected = select(list(only), list(skip))
+    gpus = probe(nvml)
+    vram, basis = vram_basis(loaded, gpus, None)
+    names = [loaded.resolve_model(model)] if model else loaded.model_names()
+    context = checks.DoctorContext(
+        loaded=loaded, gpus=gpus, env=probe_python(engine_python(loaded), loaded.config.runtime.forbid_packages),
+        plan=plan_models(loaded, names, vram, basis), model=names[0] if model else None, deep=deep)
+    outcomes = []
+    for item in selected:
+        if item.gpu and gpus.error:
+            result = checks.Result(checks.FAIL, gpus.error, "install the NVIDIA driver, then check `nvidia-smi`")
+        else:
+            result = item.run(context)
+        outcomes.append(CheckOutcome(item.id, item.title, result.status, result.detail,
+                                     None if result.status == checks.PASS else result.fix))
+    return DoctorReport(outcomes, gpus, context.plan, time.perf_counter() - started, strict)

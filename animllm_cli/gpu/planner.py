@@ -1,0 +1,220 @@
+"""Will a model fit, and if not, what is the cheapest change that makes it fit?
+
+The budget follows how vLLM's v1 worker sizes its KV cache:
+
+    KV pool   = VRAM x gpu_memory_utilization - weights - activations - non-torch memory
+    KV tokens = KV pool / KV bytes per token
+    KV bytes per token = 2 (K and V) x layers x KV heads x head_dim x KV dtype bytes
+
+    weights      on the GPU: checkpoint bytes (halved for on-the-fly fp8) - cpu_offload_gb
+    activations  max_num_batched_tokens x (4 x hidden + 2 x intermediate) x dtype bytes
+                 + max_num_seqs x vocab x 4 (the sampler's fp32 logits); the profiling run's peak
+    non-torch    0.5 GiB: CUDA context, cuBLAS workspaces, NCCL buffers
+
+A model fits when the pool holds one request at max_model_len, which is what vLLM
+checks at start. CUDA graphs are captured after the KV cache is allocated, so they come
+out of the headroom VRAM x (1 - utilisation), not the pool: that is checked separately.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from animllm_cli.config import LoadedConfig, ModelView
+from animllm_cli.gpu.model_cards import find_card
+from animllm_cli.gpu.model_facts import ModelFacts, facts_for
+
+GIB = 1024**3
+NON_TORCH_BYTES = GIB // 2
+CUDA_GRAPH_BYTES = GIB // 2
+# vLLM's defaults when a profile leaves these unset.
+DEFAULT_BATCHED_TOKENS = 8192
+DEFAULT_MAX_SEQS = 256
+DEFAULT_UTILIZATION = 0.9
+FORMULA = ("KV pool = VRAM x utilisation - weights - activations - 0.5 GiB non-torch; "
+           "activations = max_num_batched_tokens x (4 x hidden + 2 x intermediate) x 2 B + max_num_seqs x vocab x 4 B; "
+           "KV bytes/token = 2 x layers x KV heads x head_dim x KV dtype bytes; fits when KV pool >= max_model_len tokens")
+
+
+@dataclass
+class ModelPlan:
+    model: str
+    source: str
+    verdict: str                      # fits | fits-partially | does-not-fit | unknown
+    summary: str
+    basis: str | None = None
+    utilization: float | None = None
+    budget_bytes: int | None = None   # VRAM x utilisation
+    checkpoint_bytes: int | None = None  # the weights as stored (what a download fetches)
+    weight_bytes: int | None = None   # on the GPU
+    activation_bytes: int | None = None
+    non_torch_bytes: int | None = None
+    kv_bytes_per_token: int | None = None
+    kv_cache_dtype: str | None = None
+    kv_pool_bytes: int | None = None
+    kv_tokens: int | None = None
+    max_model_len: int | None = None
+    need_bytes: int | None = None     # everything at max_model_len, CUDA graphs included
+    suggestion: str | None = None
+    alternatives: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Budget:
+    facts: ModelFacts
+    utilization: float
+    weights: int
+    activations: int
+    kv_per_token: int
+    kv_dtype: str
+    max_model_len: int
+    graphs: int
+
+    def pool(self, vram: int) -> int:
+        return int(vram * self.utilization) - self.weights - self.activations - NON_TORCH_BYTES
+
+    def tokens(self, vram: int) -> int:
+        return max(0, self.pool(vram) // self.kv_per_token)
+
+    def need(self) -> int:
+        return self.weights + self.activations + NON_TORCH_BYTES + self.kv_per_token * self.max_model_len + self.graphs
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _budget(facts: ModelFacts, settings: dict[str, Any], notes: list[str]) -> Budget:
+    quant = settings.get("quantization")
+    weights = facts.weight_bytes
+    if quant == "fp8" and facts.quantization is None:
+        weights = weights // 2
+        notes.append("fp8 weights quantised at load: about half of the 16-bit checkpoint")
+    elif quant and facts.quantization is None and quant.split("_")[0] in ("awq", "gptq"):
+        notes.append(f"quantization {quant} needs a pre-quantised checkpoint; this one is 16-bit")
+    offload = int(float(settings.get("cpu_offload_gb") or 0) * GIB)
+    if offload:
+        notes.append(f"cpu_offload_gb {settings['cpu_offload_gb']}: {gib(offload)} of weights in CPU RAM, "
+                     f"copied over PCIe every step (slow)")
+    kv_dtype = str(settings.get("kv_cache_dtype") or "auto")
+    kv_bytes = 1 if kv_dtype.startswith("fp8") else facts.dtype_bytes
+    tokens = settings.get("max_num_batched_tokens") or DEFAULT_BATCHED_TOKENS
+    seqs = settings.get("max_num_seqs") or DEFAULT_MAX_SEQS
+    activations = tokens * (4 * facts.hidden + 2 * facts.intermediate) * facts.dtype_bytes + seqs * facts.vocab * 4
+    return Budget(facts, settings.get("gpu_memory_utilization") or DEFAULT_UTILIZATION, max(0, weights - offload),
+                  activations, 2 * facts.layers * facts.kv_heads * facts.head_dim * kv_bytes, kv_dtype,
+                  settings.get("max_model_len") or facts.max_positions, 0 if settings.get("enforce_eager") else CUDA_GRAPH_BYTES)
+
+
+def plan_model(loaded: LoadedConfig, view: ModelView, vram: int) -> ModelPlan:
+    facts = facts_for(view.engine_source, loaded.config.paths.hf_cache)
+    if facts is None:
+        return ModelPlan(view.name, view.engine_source, "unknown",
+                         "no local copy, no Hugging Face cache entry and no shipped model card",
+                         suggestion="download the model (or point `source` at a local copy) and run plan again")
+    notes: list[str] = []
+    budget = _budget(facts, view.settings, notes)
+    pool, tokens, length = budget.pool(vram), budget.tokens(vram), budget.max_model_len
+    plan = ModelPlan(
+        view.name, view.engine_source, "fits", "", basis=facts.basis, utilization=budget.utilization,
+        budget_bytes=int(vram * budget.utilization), checkpoint_bytes=facts.weight_bytes, weight_bytes=budget.weights, activation_bytes=budget.activations,
+        non_torch_bytes=NON_TORCH_BYTES, kv_bytes_per_token=budget.kv_per_token, kv_cache_dtype=budget.kv_dtype,
+        kv_pool_bytes=pool, kv_tokens=tokens, max_model_len=length, need_bytes=budget.need(), notes=notes)
+    if tokens >= length:
+        plan.summary = f"fits: KV room for {tokens:,} tokens, {tokens / length:.1f}x max_model_len {length:,}"
+    elif tokens >= 256:
+        plan.verdict = "fits-partially"
+        plan.summary = f"fits only up to {tokens:,} tokens (max_model_len {length:,})"
+    else:
+        plan.verdict = "does-not-fit"
+        short = budget.weights + budget.activations + NON_TORCH_BYTES - int(vram * budget.utilization)
+        plan.summary = (f"does not fit: weights {gib(budget.weights)} + activations {gib(budget.activations)} + "
+                        f"non-torch {gib(NON_TORCH_BYTES)} exceed {gib(vram * budget.utilization)} "
+                        f"({vram / GIB:.0f} GiB x {budget.utilization})" if short > 0 else
+                        f"does not fit: only {tokens} tokens of KV cache remain")
+    if plan.verdict != "fits":
+        options = _fixes(budget, vram)
+        plan.suggestion, plan.alternatives = (options[0], options[1:]) if options else (None, [])
+    headroom = int(vram * (1 - budget.utilization))
+    if budget.graphs and headroom < budget.graphs:
+        plan.notes.append(f"CUDA graphs (~{gib(budget.graphs)}) are captured outside the budget and only "
+                          f"{gib(headroom)} is left above it: lower gpu_memory_utilization or set enforce_eager")
+    return plan
+
+
+def _fixes(budget: Budget, vram: int) -> list[str]:
+    """Changes that make the model fit, in the order: shorter context, fp8 KV cache,
+    quantised weights, CPU offload. Each is checked with the same arithmetic."""
+    fixes: list[str] = []
+    tokens, length = budget.tokens(vram), budget.max_model_len
+    if tokens >= 1024:
+        fixes.append(f"max_model_len: {tokens // 1024 * 1024} (the longest context that fits)")
+    if not budget.kv_dtype.startswith("fp8") and budget.kv_per_token > budget.pool(vram) / max(length, 1) / 2:
+        halved = max(0, budget.pool(vram)) // (budget.kv_per_token // 2)
+        if halved >= length:
+            fixes.append(f"kv_cache_dtype: fp8 (halves KV bytes per token: {halved:,} tokens, keeps max_model_len {length:,})")
+    facts = budget.facts
+    variant = find_card(facts.awq_variant) if facts.awq_variant else None
+    if variant and budget.weights > variant.weight_bytes:
+        smaller = Budget(**{**budget.__dict__, "weights": variant.weight_bytes})
+        if smaller.tokens(vram) >= min(length, 4096):
+            fixes.append(f"source: {variant.repo} (AWQ weights, {gib(variant.weight_bytes)}; "
+                         f"{_room(smaller.tokens(vram), length)})")
+    if facts.quantization is None:
+        fp8 = Budget(**{**budget.__dict__, "weights": budget.weights // 2})
+        if fp8.tokens(vram) >= min(length, 4096):
+            fixes.append(f"quantization: fp8 (weights quantised at load, ~{gib(fp8.weights)}; "
+                         f"{_room(fp8.tokens(vram), length)})")
+    want_tokens = min(length, 4096)
+    short = budget.kv_per_token * want_tokens - budget.pool(vram)
+    if short > 0 and budget.weights > 0:
+        offload = math.ceil(short / GIB)
+        fixes.append(f"cpu_offload_gb: {offload} (with max_model_len {want_tokens}; SLOW: offloaded weights "
+                     f"cross PCIe every step)")
+    return fixes
+
+
+def _room(tokens: int, length: int) -> str:
+    if tokens >= length:
+        return f"room for {tokens:,} tokens"
+    return f"room for {tokens:,} tokens, so also max_model_len: {tokens // 1024 * 1024}"
+
+
+@dataclass
+class PlanReport:
+    vram_bytes: int
+    vram_basis: str
+    models: list[ModelPlan]
+    co_resident: list[list[str]]
+    formula: str = FORMULA
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": 1, "vram_bytes": self.vram_bytes, "vram_gib": round(self.vram_bytes / GIB, 2),
+                "vram_basis": self.vram_basis, "models": [m.to_json() for m in self.models],
+                "co_resident": self.co_resident, "formula": self.formula}
+
+
+def plan_models(loaded: LoadedConfig, names: list[str], vram: int, basis: str) -> PlanReport:
+    plans = [plan_model(loaded, loaded.model(name), vram) for name in names]
+    return PlanReport(vram, basis, plans, co_resident(plans, vram, loaded.config.limits.vram_threshold))
+
+
+def co_resident(plans: list[ModelPlan], vram: int, threshold: float) -> list[list[str]]:
+    """Largest groups of fitting models whose needs add up to at most VRAM x threshold.
+    Each engine would then run with gpu_memory_utilization = its need / VRAM."""
+    fitting = [p for p in plans if p.verdict == "fits" and p.need_bytes]
+    groups: list[list[str]] = []
+    for size in range(len(fitting), 1, -1):
+        for combo in itertools.combinations(fitting, size):
+            names = [p.model for p in combo]
+            if sum(p.need_bytes or 0 for p in combo) <= vram * threshold and \
+                    not any(set(names) <= set(g) for g in groups):
+                groups.append(names)
+    return groups

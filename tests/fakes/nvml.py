@@ -1,0 +1,81 @@
+"""A fake NVML module: the subset of `pynvml` that animllm calls, answering from a
+description of GPUs and processes. Hand it to `animllm_cli.gpu.nvml.probe(nvml=...)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+GIB = 1024**3
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+
+
+class NVMLError(Exception):
+    def __init__(self, value: int = 999) -> None:
+        super().__init__(f"NVML error {value}")
+        self.value = value
+
+
+class NVMLError_LibraryNotFound(NVMLError):
+    def __init__(self) -> None:
+        super().__init__(NVML_ERROR_LIBRARY_NOT_FOUND)
+
+
+@dataclass
+class FakeGpu:
+    name: str = "NVIDIA GeForce RTX 5080"
+    capability: tuple[int, int] = (12, 0)
+    total: int = 16 * GIB
+    used: int = int(0.4 * GIB)
+    compute: list[tuple[int, int | None]] = field(default_factory=list)   # (pid, bytes)
+    graphics: list[tuple[int, int | None]] = field(default_factory=list)
+
+
+class FakeNvml:
+    NVMLError = NVMLError
+    NVMLError_LibraryNotFound = NVMLError_LibraryNotFound
+    NVML_ERROR_LIBRARY_NOT_FOUND = NVML_ERROR_LIBRARY_NOT_FOUND
+
+    def __init__(self, gpus: list[FakeGpu] | None = None, *, driver: str = "575.51.02", cuda: int = 12090,
+                 missing: bool = False) -> None:
+        self.gpus = gpus if gpus is not None else [FakeGpu()]
+        self.driver, self.cuda, self.missing = driver, cuda, missing
+        self.initialised = False
+
+    def nvmlInit(self) -> None:
+        if self.missing:
+            raise NVMLError_LibraryNotFound()
+        self.initialised = True
+
+    def nvmlShutdown(self) -> None:
+        self.initialised = False
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.driver
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return self.cuda
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        return self.gpus[index]
+
+    def nvmlDeviceGetName(self, gpu: FakeGpu) -> bytes:
+        return gpu.name.encode()
+
+    def nvmlDeviceGetUUID(self, gpu: FakeGpu) -> str:
+        return f"GPU-{self.gpus.index(gpu):08d}"
+
+    def nvmlDeviceGetCudaComputeCapability(self, gpu: FakeGpu) -> tuple[int, int]:
+        return gpu.capability
+
+    def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> SimpleNamespace:
+        return SimpleNamespace(total=gpu.total, used=gpu.used, free=gpu.total - gpu.used)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.compute]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.graphics]

@@ -1,0 +1,131 @@
+"""The fit planner's arithmetic and verdicts, on shipped cards and on local files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from animllm_cli.config import Overrides, load_config
+from animllm_cli.gpu.model_facts import facts_for, safetensors_bytes
+from animllm_cli.gpu.planner import GIB, plan_models
+from tests.helpers import REPO_ROOT, run_cli, write
+
+SEED = str(REPO_ROOT / "configs" / "examples" / "seed-original.yaml")
+
+
+def _plans(config=None, vram_gib: float = 16, overrides: Overrides | None = None):
+    loaded = load_config(config, overrides=overrides)
+    return {p.model: p for p in plan_models(loaded, loaded.model_names(), int(vram_gib * GIB), "test").models}
+
+
+def test_kv_bytes_per_token_follow_the_formula() -> None:
+    plans = _plans()
+    assert plans["coder"].kv_bytes_per_token == 2 * 28 * 4 * 128 * 2 == 56 * 1024
+    assert plans["reasoning"].kv_bytes_per_token == 2 * 48 * 8 * 128 * 2 == 192 * 1024
+    assert plans["qwen72b"].kv_bytes_per_token == 2 * 80 * 8 * 128 * 2 == 320 * 1024
+
+
+def test_every_shipped_default_fits_16_gib() -> None:
+    plans = _plans()
+    assert {name: p.verdict for name, p in plans.items()} == dict.fromkeys(plans, "fits")
+    result = run_cli("plan")
+    assert result.exit_code == 0, result.stdout
+
+
+def test_seed_original_bf16_14b_and_72b_awq_do_not_fit_16_gib() -> None:
+    plans = _plans(SEED)
+    assert plans["reasoning"].verdict == "does-not-fit"
+    assert "weights 27.5 GiB" in plans["reasoning"].summary
+    assert plans["qwen72b"].verdict == "does-not-fit"
+    assert "weights 38.2 GiB" in plans["qwen72b"].summary
+    assert plans["coder"].verdict == "does-not-fit"       # bf16 7B leaves nothing for KV at 0.85
+    assert plans["reasoning"].suggestion.startswith("source: Qwen/Qwen2.5-14B-Instruct-AWQ")
+    assert "max_model_len: 15360" in plans["reasoning"].suggestion  # AWQ alone does not reach 32K
+    assert plans["qwen72b"].suggestion.startswith("cpu_offload_gb: ")
+    assert "SLOW" in plans["qwen72b"].suggestion
+
+
+def test_seed_original_on_the_command_line() -> None:
+    result = run_cli("plan", "--config", SEED, "--vram", "16")
+    assert result.exit_code == 1
+    assert "weights 27.5 GiB" in result.stdout and "weights 38.2 GiB" in result.stdout
+
+
+def test_plan_json_schema() -> None:
+    result = run_cli("plan", "--config", SEED, "--vram", "16", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["schema_version"] == 1 and data["vram_gib"] == 16 and data["vram_basis"] == "--vram 16"
+    reasoning = next(m for m in data["models"] if m["model"] == "reasoning")
+    for key in ("verdict", "summary", "weight_bytes", "checkpoint_bytes", "kv_bytes_per_token", "kv_tokens",
+                "kv_pool_bytes", "activation_bytes", "non_torch_bytes", "budget_bytes", "max_model_len",
+                "need_bytes", "suggestion", "alternatives", "notes", "basis", "utilization"):
+        assert key in reasoning
+    assert "KV pool" in data["formula"]
+
+
+def test_too_long_context_fits_partially_and_suggests_shorter_or_fp8() -> None:
+    overrides = Overrides(settings={"max_model_len": (32768, "--max-model-len 32768")}, model="reasoning")
+    plan = _plans(overrides=overrides)["reasoning"]
+    assert plan.verdict == "fits-partially"
+    assert 16384 < plan.kv_tokens < 32768
+    assert plan.suggestion == f"max_model_len: {plan.kv_tokens // 1024 * 1024} (the longest context that fits)"
+    assert any(alt.startswith("kv_cache_dtype: fp8") for alt in plan.alternatives)
+
+
+def test_fp8_kv_cache_halves_bytes_per_token(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.yaml", "models: {reasoning: {kv_cache_dtype: fp8, max_model_len: 32768}}\n")
+    plan = _plans(config)["reasoning"]
+    assert plan.kv_bytes_per_token == 96 * 1024 and plan.verdict == "fits"
+
+
+def test_a_bigger_card_says_what_stays_loaded_together() -> None:
+    loaded = load_config()
+    report = plan_models(loaded, ["coder", "reasoning", "vision"], 48 * GIB, "test")
+    assert report.co_resident and set(report.co_resident[0]) == {"coder", "reasoning", "vision"}
+    assert plan_models(loaded, loaded.model_names(), 16 * GIB, "test").co_resident == []
+
+
+def _fake_local_model(directory: Path, *, layers: int, kv_heads: int, tensor_bytes: int) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": layers, "num_attention_heads": 8,
+        "num_key_value_heads": kv_heads, "hidden_size": 1024, "intermediate_size": 2816, "vocab_size": 32000,
+        "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}))
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [tensor_bytes // 2], "data_offsets": [0, tensor_bytes]}}).encode()
+    with (directory / "model.safetensors").open("wb") as handle:
+        handle.write(struct.pack("<Q", len(header)) + header + b"\0" * tensor_bytes)
+    return directory
+
+
+def test_local_model_uses_config_json_and_safetensors_headers(tmp_path: Path) -> None:
+    local = _fake_local_model(tmp_path / "m", layers=6, kv_heads=2, tensor_bytes=1_000_000)
+    assert safetensors_bytes(local / "model.safetensors") == 1_000_000
+    facts = facts_for(str(local), None)
+    assert (facts.layers, facts.kv_heads, facts.head_dim, facts.weight_bytes) == (6, 2, 128, 1_000_000)
+    config = write(tmp_path / "c.yaml", f"models: {{mine: {{source: {local}, profile: small, max_model_len: 4096}}}}\n")
+    plan = _plans(config)["mine"]
+    assert plan.kv_bytes_per_token == 2 * 6 * 2 * 128 * 2
+    assert plan.basis.startswith("local files")
+
+
+def test_hugging_face_cache_is_read_before_the_card(tmp_path: Path) -> None:
+    snapshot = tmp_path / "hf" / "hub" / "models--Qwen--Qwen2.5-Coder-7B-Instruct-AWQ" / "snapshots" / "abc"
+    _fake_local_model(snapshot, layers=4, kv_heads=1, tensor_bytes=4096)
+    facts = facts_for("Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", str(tmp_path / "hf"))
+    assert facts.weight_bytes == 4096 and facts.basis.startswith("Hugging Face cache")
+
+
+def test_unknown_model_is_unknown_not_guessed(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.yaml", "models: {mystery: {source: someone/unknown-13b, profile: small}}\n")
+    plan = _plans(config)["mystery"]
+    assert plan.verdict == "unknown" and "download" in plan.suggestion
+    assert run_cli("plan", "mystery", "--config", str(config)).exit_code == 1
+
+
+def test_utilisation_flag_changes_the_budget() -> None:
+    low = _plans(overrides=Overrides(settings={"gpu_memory_utilization": (0.5, "--gpu-memory-utilization 0.5")}))
+    assert low["reasoning"].verdict == "does-not-fit"
+    result = run_cli("plan", "reasoning", "--gpu-memory-utilization", "0.5", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["models"][0]["utilization"] == 0.5
