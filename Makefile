@@ -4,9 +4,11 @@
 setup:
 	@scripts/setup.sh
 
-# Until `animllm demo` exists: what is configured, and the exact engine command for the default model.
+# Until `animllm demo` exists: the checklist (its GPU rows FAIL on a machine without one,
+# which is expected there and not an error of `make run`), the plan, and the engine command.
 run: setup
-	.venv/bin/animllm models
+	-.venv/bin/animllm doctor
+	.venv/bin/animllm plan
 	.venv/bin/animllm config show --format args
 
 test: setup

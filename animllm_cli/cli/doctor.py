@@ -59,7 +59,8 @@ def _render(out, report) -> None:
                      for g in report.gpus.gpus for p in g.processes]
         if proc_rows:
             out.show(table("Processes holding VRAM", ["gpu", "pid", "name", "MiB"], proc_rows))
-    show_plan(out, report.plan)
+    if any(c.id == "vram" for c in report.checks):  # the fit table belongs with the VRAM row
+        show_plan(out, report.plan)
     summary = report.to_json()["summary"]
     out.info(f"{summary['pass']} passed, {summary['warn']} warnings, {summary['fail']} failed, "
              f"{summary['skip']} skipped in {summary['elapsed_s']:.2f}s")
