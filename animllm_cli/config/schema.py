@@ -111,10 +111,22 @@ class RuntimeSection(Section):
     forbid_packages: list[str] = []
 
 
+Seconds = Annotated[float, Field(gt=0)]
+
+
 class EngineSection(Section):
     python: Optional[str] = Field(default=None, description="interpreter that runs vLLM; default: the one running animllm")
     module: str = "vllm.entrypoints.openai.api_server"
     port: Port = 8100
+    # Sized for a 14B model's cold start on a desktop card (imports, weights from disk,
+    # torch.compile, CUDA graphs), not for the tiny test models.
+    start_timeout_s: Seconds = 1200.0     # overall limit from launch to /health 200
+    stall_timeout_s: Seconds = 300.0      # no new engine output for this long during start: killed
+    stop_grace_s: Seconds = 15.0          # SIGTERM, then SIGKILL to the process group after this
+    vram_release_timeout_s: Seconds = 60.0  # after stop, wait this long for NVML to free the memory
+    health_interval_s: Seconds = 2.0      # liveness probe period once ready
+    health_failures: PositiveInt = 3      # consecutive failed probes that mark the engine dead
+    log_max_bytes: PositiveInt = 20 * 1024 * 1024  # per model; one rotated file is kept beside it
 
 
 class PathsSection(Section):

@@ -1,0 +1,1 @@
+"""The vLLM process supervisor: launch, readiness, log, diagnosis, liveness and teardown."""

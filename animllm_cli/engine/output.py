@@ -1,0 +1,94 @@
+"""Read the engine's output from its pipe: into a size-bounded log file, a tail kept in
+memory for diagnosis, the start-up phase, and the time of the last output (stall
+detection). A daemon thread, so a grandchild that keeps the pipe open can never keep the
+owner waiting; the supervisor decides on exits from the process, never from EOF."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import select
+import threading
+import time
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+from animllm_cli.engine import phases
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # tqdm progress bars redraw with \r
+
+
+class OutputPump:
+    def __init__(self, fd: int, log_path: Path, *, max_bytes: int, tail_lines: int = 400) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A private logger (not in logging's registry) whose handler bounds the file and
+        # keeps one rotated copy beside it.
+        self._handler = RotatingFileHandler(log_path, maxBytes=max_bytes, backupCount=1, encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._log = logging.Logger(f"animllm.engine.{log_path.stem}")
+        self._log.addHandler(self._handler)
+        self._log.setLevel(logging.INFO)
+        self._fd = fd
+        self._stop = threading.Event()
+        self.log_path = log_path
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.phase = phases.ORDER[0]
+        self.last_output = time.monotonic()
+        self.closed = threading.Event()
+        self._partial = ""
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"engine-output-{log_path.stem}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                # select with a timeout, so that close() can end the thread even while a
+                # stray process keeps the write end of the pipe open.
+                if not select.select([self._fd], [], [], 0.2)[0]:
+                    continue
+                try:
+                    chunk = os.read(self._fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self._feed(chunk.decode("utf-8", errors="replace"))
+        finally:
+            if self._partial:
+                self._line(self._partial)
+            self.closed.set()
+
+    def _feed(self, text: str) -> None:
+        self.last_output = time.monotonic()
+        parts = _LINE_BREAK.split(self._partial + text)
+        self._partial = parts.pop()
+        for line in parts:
+            if line.strip():
+                self._line(line)
+
+    def _line(self, line: str) -> None:
+        with self._lock:
+            self.tail.append(line)
+            self.phase = phases.advance(self.phase, line)
+            self._log.info(line)
+
+    def lines(self, count: int | None = None) -> list[str]:
+        with self._lock:
+            items = list(self.tail)
+        return items[-count:] if count else items
+
+    def close(self, wait_s: float = 2.0) -> None:
+        """Stop reading: wait briefly for EOF, then stop even if a stray process still
+        holds the write end, and close our end."""
+        self.closed.wait(wait_s)
+        self._stop.set()
+        self._thread.join(timeout=2)
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        with self._lock:
+            self._handler.close()
