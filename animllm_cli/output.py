@@ -65,7 +65,9 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]], *, no_wr
     from rich.table import Table
 
     # Light borders and word wrapping: it stays readable at 80 columns and in a pipe.
-    result = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    headed = any(columns)  # a key/value table passes empty column names: no header row
+    result = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD if headed else None,
+                   pad_edge=False, show_header=headed)
     for column in columns:
         # fold, never truncate: every character is data
         result.add_column(column, overflow="fold", no_wrap=column in no_wrap)

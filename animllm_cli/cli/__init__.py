@@ -79,10 +79,15 @@ def root(
 
 
 def _register() -> None:
-    from animllm_cli.cli import config_cmd, doctor, models, plan
+    from animllm_cli.cli import admin, config_cmd, doctor, models, plan, serve
 
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
+    app.command("serve")(serve.serve)
+    app.command("switch")(admin.switch)
+    app.command("status")(admin.status)
+    app.command("stop")(admin.stop)
+    app.command("logs")(admin.logs)
     app.command("models")(models.models)
     app.add_typer(config_cmd.app, name="config")
 

@@ -1,24 +1,31 @@
-"""A fake vLLM server for failure injection. Run as the engine module
-(`engine: {module: tests.fakes.fake_vllm}`); it takes vLLM's arguments and behaves as
-FAKE_VLLM_MODE says:
+"""A fake vLLM server for failure injection and for measuring the gateway against a fast
+upstream. Run as the engine module (`engine: {module: tests.fakes.fake_vllm}`); it takes
+vLLM's arguments and behaves as FAKE_VLLM_MODE says:
 
-  ok              start in ~1 s through vLLM's log lines, serve /health and /v1/models
-  crash           print a traceback while loading and exit 1
-  kv-oom          print vLLM's "estimated maximum model length" error and exit 1
-  free-memory     print vLLM's "Free memory on device ... less than desired" error and exit 1
-  not-found       print a Hugging Face "Repository Not Found" error and exit 1
-  stall           print a few lines, then nothing, forever
-  ignore-term     like ok, but ignore SIGTERM
-  grandchild      fork a grandchild that keeps the output pipe open, then crash
-  die-after-ready become ready, then exit after FAKE_VLLM_AFTER seconds
+  ok               start in ~0.3 s through vLLM's log lines; serve /health, /v1/models,
+                   /metrics and OpenAI completions (answers name the served model)
+  crash            print a traceback while loading and exit 1
+  kv-oom           print vLLM's "estimated maximum model length" error and exit 1
+  free-memory      print vLLM's "Free memory on device ... less than desired" error and exit 1
+  not-found        print a Hugging Face "Repository Not Found" error and exit 1
+  stall            print a few lines, then nothing, forever
+  ignore-term      like ok, but ignore SIGTERM
+  grandchild       fork a grandchild that keeps the output pipe open, then crash
+  die-after-ready  become ready, then exit after FAKE_VLLM_AFTER seconds
   sick-after-ready become ready, then answer /health with 503 after FAKE_VLLM_AFTER seconds
-  slow            like ok, but take FAKE_VLLM_AFTER seconds to get ready
-  fork-ready      like ok, with a worker child process (as EngineCore) in the same group
+  slow             like ok, but take FAKE_VLLM_AFTER seconds to get ready
+  fork-ready       like ok, with a worker child process (as EngineCore) in the same group
+  die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
+
+Other knobs: FAKE_VLLM_CHUNK_DELAY (seconds between streamed chunks), FAKE_VLLM_KV
+(the KV cache usage reported on /metrics), FAKE_VLLM_LOG (a file that records each
+request's model and whether the client went away).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -26,41 +33,78 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def say(line: str) -> None:
     print(f"(APIServer pid={os.getpid()}) INFO {line}", flush=True)
 
 
-class Handler(BaseHTTPRequestHandler):
-    sick_at: float | None = None
-    names: list[str] = []
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path == "/health":
-            sick = Handler.sick_at is not None and time.monotonic() >= Handler.sick_at
-            self._send(503 if sick else 200, b"")
-        elif self.path == "/v1/models":
-            self._send(200, json.dumps({"object": "list", "data": [{"id": n, "object": "model"} for n in self.names]}).encode())
-        else:
-            self._send(404, b"{}")
-
-    def _send(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def record(entry: dict) -> None:
+    path = os.environ.get("FAKE_VLLM_LOG")
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
 
 
-def serve(port: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    say("Starting vLLM server on http://127.0.0.1:%d" % port)
-    server.serve_forever()
+def make_app(names: list[str], mode: str, after: float):
+    from aiohttp import web
+
+    sick_at = time.monotonic() + after if mode == "sick-after-ready" else None
+    delay = float(os.environ.get("FAKE_VLLM_CHUNK_DELAY", "0"))
+    kv = os.environ.get("FAKE_VLLM_KV", "0.1")
+
+    async def health(request):
+        return web.Response(status=503 if sick_at and time.monotonic() >= sick_at else 200)
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
+
+    async def metrics(request):
+        return web.Response(text=f'vllm:kv_cache_usage_perc{{model_name="{names[0]}"}} {kv}\n'
+                                 f'vllm:num_requests_waiting{{model_name="{names[0]}"}} 0\n')
+
+    async def complete(request):
+        body = await request.json()
+        if body.get("model") not in names:
+            return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist."}},
+                                     status=404)
+        tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 8)
+        chat = request.path.endswith("chat/completions")
+        if not body.get("stream"):
+            record({"model": body["model"], "stream": False, "keys": sorted(body)})
+            text = " ".join(f"t{i}" for i in range(tokens))
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+            return web.json_response({"id": "x", "object": "chat.completion", "model": names[0], "choices": [choice],
+                                      "usage": {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": tokens + 3}})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        sent = 0
+        try:
+            for i in range(tokens):
+                if mode == "die-mid-stream" and sent >= after:
+                    os._exit(7)
+                delta = {"delta": {"content": f"t{i} "}} if chat else {"text": f"t{i} "}
+                event = {"id": "x", "object": "chat.completion.chunk", "model": names[0], "choices": [{"index": 0, **delta}]}
+                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                sent += 1
+                if delay:
+                    await asyncio.sleep(delay)
+            await response.write(b"data: [DONE]\n\n")
+            record({"model": body["model"], "stream": True, "chunks": sent, "gone": False})
+        except (ConnectionResetError, asyncio.CancelledError):
+            record({"model": body["model"], "stream": True, "chunks": sent, "gone": True})
+            raise
+        return response
+
+    async def embed(request):
+        return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                                  "model": names[0]})
+
+    app = web.Application()
+    app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
+                    web.post("/v1/chat/completions", complete), web.post("/v1/completions", complete),
+                    web.post("/v1/embeddings", embed)])
+    return app
 
 
 def main() -> None:
@@ -72,7 +116,7 @@ def main() -> None:
     args, _ = parser.parse_known_args()
     mode = os.environ.get("FAKE_VLLM_MODE", "ok")
     after = float(os.environ.get("FAKE_VLLM_AFTER", "1"))
-    Handler.names = args.served_model_name or [args.model]
+    names = args.served_model_name or [args.model]
 
     if mode == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -110,9 +154,11 @@ def main() -> None:
     say("init engine (profile, create kv cache, warmup model) took 0.1 s")
     if mode == "die-after-ready":
         threading.Timer(after, lambda: os._exit(3)).start()
-    if mode == "sick-after-ready":
-        Handler.sick_at = time.monotonic() + after
-    serve(args.port)
+    from aiohttp import web
+
+    say(f"Starting vLLM server on http://127.0.0.1:{args.port}")
+    web.run_app(make_app(names, mode, after), host="127.0.0.1", port=args.port, print=None, access_log=None,
+                handle_signals=mode != "ignore-term")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""`animllm status`, `switch`, `stop`, `logs`: the running gateway, from another terminal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from animllm_cli.cli import common
+
+GIB = 1024**3
+
+
+def _client(ctx: typer.Context, config: Optional[Path]):
+    from animllm_cli.client.admin import AdminClient
+
+    return AdminClient.find(common.load(ctx, config).config.server.api_key_env)
+
+
+def _secs(value) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _gib(value) -> str:
+    return "-" if value is None else f"{value / GIB:.1f} GiB"
+
+
+def status(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
+    """What the gateway has loaded, its state, VRAM, queue and last switch."""
+    from animllm_cli.output import table
+
+    out = common.output(ctx)
+    client = _client(ctx, config)
+    data = client.status()
+    data["url"] = client.state.url
+    if json_output:
+        out.json(data)
+        return
+    engine, last = data["engine"], data["engine"].get("last_switch") or {}
+    loaded_since = engine.get("loaded_since")
+    rows = [["gateway", f"{client.state.url} (pid {data['gateway']['pid']}, up {data['gateway']['uptime_s']:.0f}s)"],
+            ["model", f"{engine.get('model') or '-'} ({engine['state']}" + (f", {engine['phase']}" if engine["state"] != "ready" and engine.get("phase") else "") + ")"],
+            ["loaded for", f"{time.time() - loaded_since:.0f}s" if loaded_since else "-"],
+            ["queue / in flight", f"{data['queue_depth']} / {data['in_flight']}"]]
+    if engine.get("death_reason"):
+        rows.append(["engine died", engine["death_reason"]])
+    for gpu in data["vram"]["gpus"]:
+        rows.append([f"GPU {gpu['index']}", f"{gpu['name']}: {_gib(gpu['used_bytes'])} used of {_gib(gpu['total_bytes'])}"])
+    if data["vram"]["error"]:
+        rows.append(["VRAM", data["vram"]["error"]])
+    if last:
+        rows.append(["last switch", f"{last.get('from_model') or '-'} -> {last['to_model']}: {last['outcome']} in "
+                                    f"{_secs(last.get('total_s'))}" + (f" ({last['error']})" if last.get("error") else "")])
+    if data.get("busy"):
+        rows.append(["refusing requests", data["busy"]])
+    out.show(table("animllm gateway", ["", ""], rows))
+
+
+def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.")],
+           json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
+    """Load another model now (after in-flight requests finish) and report the timings."""
+    from rich.console import Console
+
+    from animllm_cli.output import table
+
+    out = common.output(ctx)
+    client = _client(ctx, config)
+    with Console(stderr=True).status(f"switching to {model} (waits for in-flight requests)"):
+        report = client.switch(model)
+    if json_output:
+        out.json(report)
+        return
+    if report.get("outcome") == "already loaded":
+        out.info(f"{report['to_model']} is already loaded")
+        return
+    rows = [["from -> to", f"{report.get('from_model') or '-'} -> {report['to_model']}"],
+            ["stop", _secs(report.get("stop_s"))], ["VRAM released", _secs(report.get("vram_release_s"))
+                                                    if report.get("vram_release_s") is not None else report.get("vram_note") or "-"],
+            ["load to ready", _secs(report.get("load_s"))], ["total", _secs(report.get("total_s"))],
+            ["VRAM free before / after", f"{_gib(report.get('vram_free_before'))} / {_gib(report.get('vram_free_after'))}"]]
+    out.show(table("Switch", ["", ""], rows))
+
+
+def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
+    """Stop the gateway and its engine, and confirm that nothing is left."""
+    import psutil
+
+    from animllm_cli.errors import AnimllmError
+
+    out = common.output(ctx)
+    client = _client(ctx, config)
+    pid = client.state.pid
+    try:
+        engine_pids = client.stop().get("engine_pids", [])
+    except AnimllmError:  # not answering: end it by signal
+        engine_pids = []
+        psutil.Process(pid).terminate()
+    started = time.monotonic()
+    try:
+        psutil.Process(pid).wait(timeout=120)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        raise AnimllmError(f"the gateway (pid {pid}) did not exit within 120s") from None
+    left = [p for p in engine_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    result = {"stopped": True, "gateway_pid": pid, "seconds": round(time.monotonic() - started, 2), "engine_processes_left": left}
+    if json_output:
+        out.json(result)
+    elif left:
+        out.error(f"gateway stopped, but engine processes are still alive: {left}")
+    else:
+        out.info(f"gateway (pid {pid}) stopped in {result['seconds']:.2f}s; no engine process left")
+    if left:
+        raise typer.Exit(1)
+
+
+def logs(ctx: typer.Context,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+         lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines to show first.")] = 50,
+         model: Annotated[Optional[str], typer.Option("--model", "-m", help="This model's engine log (default: the loaded one).")] = None,
+         config: common.ConfigOption = None) -> None:
+    """Print the engine log of the loaded model (or of --model)."""
+    from animllm_cli import paths
+    from animllm_cli.errors import AnimllmError
+
+    loaded = common.load(ctx, config)
+    log_dir = paths.state_dir() / "logs"
+    if model:
+        path = log_dir / f"{loaded.resolve_model(model)}.log"
+    else:
+        path = _current_log(loaded, log_dir)
+    if not path.exists():
+        raise AnimllmError(f"no engine log at {path}", hint="it appears once the model has been started")
+    with path.open("r", errors="replace") as handle:
+        for line in handle.readlines()[-lines:] if lines else []:
+            typer.echo(line.rstrip("\n"))
+        while follow:
+            line = handle.readline()
+            if line:
+                typer.echo(line.rstrip("\n"))
+                continue
+            if not path.exists() or path.stat().st_ino != _inode(handle):  # rotated
+                handle = path.open("r", errors="replace")
+            time.sleep(0.2)
+
+
+def _inode(handle) -> int:
+    import os
+
+    return os.fstat(handle.fileno()).st_ino
+
+
+def _current_log(loaded, log_dir: Path) -> Path:
+    from animllm_cli.client.admin import AdminClient, NotRunning
+
+    try:
+        log_path = AdminClient.find(loaded.config.server.api_key_env).status()["engine"].get("log_path")
+        if log_path:
+            return Path(log_path)
+    except NotRunning:
+        pass
+    candidates = sorted(log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        from animllm_cli.errors import AnimllmError
+
+        raise AnimllmError(f"no engine logs in {log_dir} yet", hint="start a model with `animllm serve`")
+    return candidates[-1]

@@ -1,0 +1,179 @@
+"""`animllm serve`: the gateway and its first model, in the foreground or detached."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from animllm_cli.cli import common
+
+HostOption = Annotated[Optional[str], typer.Option("--host", show_default=False,
+                                                   help="Bind address (default: server.host, 127.0.0.1).")]
+PortOption = Annotated[Optional[int], typer.Option("--port", "-p", min=1, max=65535, show_default=False,
+                                                   help="Gateway port (default: server.port, 8000).")]
+
+
+def serve(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Argument(help="Model to load first (default: default_model).",
+                                                   show_default=False)] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the model is ready; run in the background.")] = False,
+    sets: common.SetOption = None,
+    gpu_memory_utilization: common.GpuUtilOption = None,
+    max_model_len: common.MaxModelLenOption = None,
+    config: common.ConfigOption = None,
+) -> None:
+    """Start the OpenAI-compatible gateway and load a model; Ctrl-C stops everything."""
+    from animllm_cli.gateway import server as gateway_server
+
+    out = common.output(ctx)
+    overrides = common.model_overrides(sets, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+    loaded = common.load(ctx, config, overrides)
+    name = loaded.resolve_model(model)
+    host = host or loaded.config.server.host
+    port = port or loaded.config.server.port
+    key = gateway_server.api_key(loaded)
+    gateway_server.check_bind(host, key, loaded.config.server.api_key_env)
+    gateway_server.ensure_not_running()
+    _check_port_free(host, port)
+    if detach:
+        argv = _child_argv(ctx, config, name, host, port, sets, gpu_memory_utilization, max_model_len)
+        raise typer.Exit(_detach(out, loaded, argv, name, host, port))
+    raise typer.Exit(_foreground(out, loaded, name, host, port, key))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    from animllm_cli.errors import AnimllmError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise AnimllmError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                               hint="pick another with --port, or stop what holds it") from None
+
+
+def endpoints_table(url: str):
+    from animllm_cli.output import table
+
+    rows = [["OpenAI base URL", f"{url}/v1"], ["chat", f"POST {url}/v1/chat/completions"],
+            ["completions", f"POST {url}/v1/completions"], ["embeddings", f"POST {url}/v1/embeddings"],
+            ["models", f"GET {url}/v1/models"], ["health / metrics", f"GET {url}/health, {url}/metrics"],
+            ["admin", "animllm status | switch MODEL | logs -f | stop"]]
+    return table("Endpoints", ["what", "where"], rows)
+
+
+def _foreground(out, loaded, name: str, host: str, port: int, key: str | None) -> int:
+    from animllm_cli.gateway import server as gateway_server
+
+    url = f"http://{host}:{port}"
+    last_phase: dict[str, str] = {}
+
+    def progress(p) -> None:
+        if last_phase.get(p.model) != p.phase:
+            last_phase[p.model] = p.phase
+            out.info(f"[dim]{p.elapsed_s:6.1f}s[/dim]  {p.model}: {p.phase}")
+
+    def ready(report) -> None:
+        out.info(f"{name} ready in {report.load_s:.1f}s")
+        out.show(endpoints_table(url))
+        out.info("Ctrl-C stops the gateway and the engine")
+
+    def failed(exc: Exception) -> None:
+        out.error(getattr(exc, "reason", None) and f"{name} could not be loaded: {exc}" or str(exc))
+
+    def stopped(report) -> None:
+        if report is None:
+            out.info("gateway stopped; no engine was running")
+        elif report.left:
+            out.error(f"engine processes still alive after stop: {report.left}")
+        else:
+            out.info(f"gateway stopped; engine stopped in {report.stop_s:.2f}s, no engine process left "
+                     f"(VRAM: {report.vram_note})")
+
+    out.info(f"gateway on {url}, loading {name}")
+    server, gateway = gateway_server.build(loaded, model=name, host=host, port=port, key=key,
+                                           hooks=gateway_server.Hooks(ready, failed, stopped), on_progress=progress)
+    server.run()
+    return 1 if getattr(gateway, "failed", None) else 0
+
+
+def _child_argv(ctx, config, name, host, port, sets, gpu_util, max_len) -> list[str]:
+    config_path = config or common.state(ctx).config
+    argv = [sys.executable, "-m", "animllm_cli"]
+    if config_path:
+        argv += ["--config", str(Path(config_path).resolve())]
+    argv += ["serve", name, "--host", host, "--port", str(port)]
+    for item in sets or []:
+        argv += ["--set", item]
+    if gpu_util is not None:
+        argv += ["--gpu-memory-utilization", str(gpu_util)]
+    if max_len is not None:
+        argv += ["--max-model-len", str(max_len)]
+    return argv
+
+
+def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> int:
+    from animllm_cli import paths
+    from animllm_cli.client.admin import AdminClient
+    from animllm_cli.gateway.server import read_state
+
+    log = paths.state_dir() / "gateway.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as sink:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+    deadline = time.monotonic() + loaded.config.engine.start_timeout_s + 60
+    phase = None
+    try:
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                tail = "\n".join(f"    {line}" for line in log.read_text(errors="replace").splitlines()[-25:])
+                out.error(f"the gateway exited with code {child.returncode} before {name} was ready; "
+                          f"its log ({log}):\n{tail}")
+                return 1
+            state = read_state()
+            if state and state.pid == child.pid:
+                try:
+                    status = AdminClient(state, loaded.config.server.api_key_env).status()
+                except Exception:
+                    status = None
+                engine = (status or {}).get("engine") or {}
+                if engine.get("phase") and engine.get("phase") != phase:
+                    phase = engine["phase"]
+                    out.info(f"  {name}: {phase}")
+                if engine.get("state") == "ready" and engine.get("model") == name:
+                    out.info(f"{name} ready; gateway pid {child.pid}, log {log}")
+                    out.show(endpoints_table(state.url))
+                    return 0
+            time.sleep(0.3)
+        out.error(f"{name} not ready in time; stopping the gateway")
+    except KeyboardInterrupt:
+        out.info("interrupted: stopping the gateway")
+        _terminate(child)
+        raise
+    _terminate(child)
+    return 1
+
+
+def _terminate(child: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,1 @@
+"""Clients of a running gateway (and of any OpenAI-compatible server)."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: routing, the scheduler, the engine manager, the relay."""

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the gateway, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("animllm_requests", "Requests by model and outcome", ["model", "outcome"],
+                                registry=self.registry)
+        self.queue_depth = Gauge("animllm_queue_depth", "Requests waiting", registry=self.registry)
+        self.in_flight = Gauge("animllm_in_flight", "Requests being answered", registry=self.registry)
+        self.switches = Counter("animllm_switches", "Model switches by target and outcome", ["model", "outcome"],
+                                registry=self.registry)
+        self.switch_seconds = Histogram("animllm_switch_seconds", "Switch duration, stop to ready",
+                                        buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=self.registry)
+        self.rejections = Counter("animllm_rejections", "Requests refused before reaching an engine", ["reason"],
+                                  registry=self.registry)
+        self.engine_deaths = Counter("animllm_engine_deaths", "Engines that died after ready", ["model"],
+                                     registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

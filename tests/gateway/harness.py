@@ -1,0 +1,89 @@
+"""A real gateway (uvicorn + the app) in a background thread, driving fake engines."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from animllm_cli.config import load_config
+from animllm_cli.gateway import server as gateway_server
+from tests.helpers import REPO_ROOT, free_port, write
+
+
+def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, chunk_delay: float = 0,
+                        concurrency: int = 4, queue_max: int = 64, timeout_s: float = 30, kv: float = 0.1,
+                        engine: dict | None = None) -> Path:
+    settings = {"module": "tests.fakes.fake_vllm", "stall_timeout_s": 5, "start_timeout_s": 30, "stop_grace_s": 2,
+                "health_interval_s": 0.2, "health_failures": 3, **(engine or {})}
+    return write(tmp_path / "gateway.yaml", f"""
+        inherit_defaults: false
+        engine: {json.dumps(settings)}
+        env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_MODE: {mode}, FAKE_VLLM_AFTER: "{after}",
+              FAKE_VLLM_CHUNK_DELAY: "{chunk_delay}", FAKE_VLLM_KV: "{kv}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"}}
+        limits: {{request_timeout_s: {timeout_s}, queue_max: {queue_max}, vram_threshold: 0.95}}
+        profiles: {{p: {{max_model_len: 1024, concurrency: {concurrency}}}}}
+        models:
+          a: {{source: org/model-a, profile: p, tasks: [chat], aliases: [alpha]}}
+          b: {{source: org/model-b, profile: p, tasks: [code]}}
+        default_model: a
+    """)
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Any
+    server: Any
+    thread: threading.Thread
+    tmp_path: Path
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def requests_seen(self) -> list[dict]:
+        log = self.tmp_path / "requests.jsonl"
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(kind in ("ready", "failed") for kind, _ in self.events):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"gateway not ready: {self.events}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | None = None, host: str = "127.0.0.1",
+                  nvml: Any = None, wait: bool = True) -> RunningGateway:
+    from tests.fakes.nvml import FakeNvml
+
+    loaded = load_config(config)
+    port = free_port()
+    events: list[tuple[str, Any]] = []
+    hooks = gateway_server.Hooks(on_ready=lambda r: events.append(("ready", r)),
+                                 on_failed=lambda e: events.append(("failed", e)),
+                                 on_stopped=lambda r: events.append(("stopped", r)))
+    server, gateway = gateway_server.build(loaded, model=model, host=host, port=port, key=key, hooks=hooks,
+                                           nvml_module=nvml or FakeNvml(missing=True), log_dir=tmp_path / "logs",
+                                           exit_on_failed_load=False)
+    gateway.admission_interval_s = 0.1
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    running = RunningGateway(f"http://127.0.0.1:{port}", gateway, server, thread, tmp_path, events)
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if wait:
+        running.wait_ready()
+    return running

@@ -1,0 +1,296 @@
+"""The gateway against fake engines: routing and every 4xx path, streaming relay, crash
+mid-stream, slow and failed starts with backoff, timeouts, full queue, admission,
+disconnects, security. Real uvicorn, real HTTP, fake vLLM processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
+from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.helpers import run_cli
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path):
+    started = []
+
+    def make(**kwargs):
+        options = {k: kwargs.pop(k) for k in ("key", "host", "nvml", "wait", "model") if k in kwargs}
+        running = start_gateway(tmp_path, fake_gateway_config(tmp_path, **kwargs), **options)
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+def sse_events(text: str) -> list[str]:
+    return [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_routes_by_name_alias_task_and_source(gateway_factory) -> None:
+    gw = gateway_factory()
+    with gw.client() as client:
+        for requested, expected in [("a", "a"), ("alpha", "a"), ("chat", "a"), ("org/model-a", "a"), ("code", "b"),
+                                    ("b", "b"), ("ALPHA", "a")]:
+            reply = client.post("/v1/chat/completions", json={"model": requested, **CHAT})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["model"] == expected, requested
+    assert [r["model"] for r in gw.requests_seen()] == ["a", "alpha", "a", "a", "b", "b", "a"]
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"messages": []}).encode(), 400, "needs a `model`"),
+    (json.dumps({"model": "", "messages": []}).encode(), 400, "needs a `model`"),
+    (json.dumps([1, 2]).encode(), 400, "needs a `model`"),
+    (json.dumps({"model": "gpt-4", "messages": []}).encode(), 404, "model 'gpt-4' not found; available: a, b, chat, code"),
+])
+def test_bad_requests_never_touch_the_engine(gateway_factory, body: bytes, status: int, fragment: str) -> None:
+    gw = gateway_factory()
+    switches = gw.gateway.manager.last_switch
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == status
+    error = reply.json()["error"]
+    assert fragment in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert gw.requests_seen() == [] and gw.gateway.manager.last_switch is switches
+
+
+def test_models_lists_every_configured_model_marked_loaded(gateway_factory) -> None:
+    gw = gateway_factory()
+    with gw.client() as client:
+        data = client.get("/v1/models").json()["data"]
+    assert [(m["id"], m["loaded"]) for m in data] == [("a", True), ("b", False)]
+
+
+def test_completions_and_embeddings_are_relayed(gateway_factory) -> None:
+    gw = gateway_factory()
+    with gw.client() as client:
+        assert client.post("/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 2}).json()["choices"][0]["text"] == "t0 t1"
+        assert client.post("/v1/embeddings", json={"model": "a", "input": "x"}).json()["data"][0]["embedding"] == [0.1, 0.2]
+
+
+def test_stream_is_relayed_as_it_arrives(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.2)
+    arrivals = []
+    with gw.client() as client, client.stream("POST", "/v1/chat/completions",
+                                              json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 5}}) as reply:
+        started = time.monotonic()
+        body = ""
+        for text in reply.iter_text():
+            arrivals.append(time.monotonic() - started)
+            body += text
+    events = sse_events(body)
+    assert events[-1] == "[DONE]" and len(events) == 6
+    assert arrivals[0] < 0.5 < arrivals[-1]  # the first chunk came long before the last: not buffered
+
+
+def test_priority_field_is_taken_out_before_vllm_sees_it(gateway_factory) -> None:
+    gw = gateway_factory()
+    with gw.client() as client:
+        assert client.post("/v1/chat/completions", json={"model": "a", "priority": 5, **CHAT}).status_code == 200
+    assert "priority" not in gw.requests_seen()[0]["keys"]
+
+
+def test_crash_mid_stream_ends_with_an_error_event_and_the_next_request_restarts(gateway_factory) -> None:
+    gw = gateway_factory(mode="die-mid-stream", after=2)
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 10}})
+        events = sse_events(reply.text)
+        assert "[DONE]" not in events
+        assert "stopped mid-answer" in json.loads(events[-1])["error"]["message"]
+        deadline = time.monotonic() + 10
+        while client.get("/admin/status").json()["engine"]["state"] != "dead" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/admin/status").json()["engine"]["state"] == "dead"
+        again = client.post("/v1/chat/completions", json={"model": "a", **CHAT})  # non-streamed: no death
+        assert again.status_code == 200
+        assert client.get("/admin/status").json()["engine"]["state"] == "ready"
+
+
+def test_slow_start_holds_requests_until_ready(gateway_factory) -> None:
+    gw = gateway_factory(mode="slow", after=1.5, wait=False)
+    with gw.client() as client:
+        started = time.monotonic()
+        reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+    assert reply.status_code == 200 and time.monotonic() - started > 0.5
+
+
+def test_failed_start_503s_with_the_diagnosis_then_backs_off(gateway_factory) -> None:
+    gw = gateway_factory(mode="kv-oom", wait=False)
+    gw.wait_ready()
+    assert gw.events[0][0] == "failed"
+    gw.gateway.scheduler.backoff_until.clear()  # the first load failed at start; ask again as a client would
+    with gw.client() as client:
+        first = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+        assert first.status_code == 503
+        assert "vLLM estimates the maximum model length is 19104" in first.json()["error"]["message"]
+        attempts = gw.gateway.manager.last_switch.finished_at
+        second = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+        assert second.status_code == 503 and int(second.headers["retry-after"]) > 0
+        assert gw.gateway.manager.last_switch.finished_at == attempts  # no new start inside the backoff
+
+
+def test_stream_timeout_ends_with_an_error_event(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.4, timeout_s=1)
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 20}})
+    events = sse_events(reply.text)
+    assert "[DONE]" not in events and "timed out after 1s" in json.loads(events[-1])["error"]["message"]
+    time.sleep(0.5)
+    assert gw.requests_seen()[-1]["gone"] is True  # the upstream was closed: vLLM stops generating
+
+
+def _hold_stream(gw, seconds_per_chunk: float = 0.2, tokens: int = 50):
+    """Open a slow stream in a thread, to occupy a slot."""
+    def run():
+        with httpx.Client(base_url=gw.url, timeout=60) as client, contextlib.suppress(httpx.HTTPError):
+            client.post("/v1/chat/completions", json={"model": "a", "stream": True, **{**CHAT, "max_tokens": tokens}})
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while gw.gateway.scheduler.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return thread
+
+
+def test_queue_timeout_is_504(gateway_factory) -> None:
+    gw = gateway_factory(concurrency=1, timeout_s=1)
+    # Hold the only slot from outside (every request is itself bounded by the same timeout).
+    lease = asyncio.run_coroutine_threadsafe(gw.gateway.scheduler.acquire("a"), gw.gateway.loop).result(5)
+    try:
+        with gw.client() as client:
+            reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+        assert reply.status_code == 504 and "timed out after 1s" in reply.json()["error"]["message"]
+        assert gw.gateway.scheduler.depth == 0  # the timed-out request left the queue
+    finally:
+        gw.gateway.loop.call_soon_threadsafe(lease.release)
+
+
+def test_full_queue_is_503_with_retry_after(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.2, concurrency=1, queue_max=1)
+    _hold_stream(gw)
+    def wait_in_queue():
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "a", **CHAT}, timeout=60)
+
+    waiting = threading.Thread(target=wait_in_queue, daemon=True)
+    waiting.start()
+    deadline = time.monotonic() + 5
+    while gw.gateway.scheduler.depth == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+    assert reply.status_code == 503 and reply.headers["retry-after"] and "queue is full" in reply.json()["error"]["message"]
+
+
+def test_client_leaving_the_queue(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.2, concurrency=1)
+    _hold_stream(gw)
+    with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1]))) as sock:
+        body = json.dumps({"model": "a", **CHAT}).encode()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                     b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 5
+        while gw.gateway.scheduler.depth == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gw.gateway.scheduler.depth == 1
+    deadline = time.monotonic() + 5
+    while gw.gateway.scheduler.depth and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gw.gateway.scheduler.depth == 0
+
+
+def test_client_leaving_mid_stream_closes_the_upstream(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.1)
+    with gw.client() as client, client.stream("POST", "/v1/chat/completions",
+                                              json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 100}}) as reply:
+        for _ in reply.iter_bytes():
+            break
+    deadline = time.monotonic() + 5
+    while not gw.requests_seen() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = gw.requests_seen()[-1]
+    assert seen["gone"] is True and seen["chunks"] < 100
+    assert gw.gateway.scheduler.in_flight == 0
+
+
+def test_admission_refuses_on_gpu_memory_pressure(gateway_factory) -> None:
+    nvml = FakeNvml([FakeGpu(used=int(15.5 * GIB))])
+    gw = gateway_factory(nvml=nvml)
+    time.sleep(0.3)
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+    assert reply.status_code == 503 and reply.headers["retry-after"] == "5"
+    assert "GPU 0 memory is 97% used" in reply.json()["error"]["message"]
+
+
+def test_admission_refuses_on_a_full_kv_cache(gateway_factory) -> None:
+    gw = gateway_factory(kv=0.97)
+    time.sleep(0.4)
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+    assert reply.status_code == 503 and "KV cache is 97% full" in reply.json()["error"]["message"]
+
+
+def test_non_local_host_header_is_refused_on_loopback(gateway_factory) -> None:
+    gw = gateway_factory()
+    with gw.client() as client:
+        assert client.post("/v1/chat/completions", json={"model": "a", **CHAT}, headers={"host": "evil.example:8000"}).status_code == 403
+        assert client.get("/v1/models", headers={"host": "localhost:1234"}).status_code == 200
+
+
+def test_api_key_is_required_and_checked(gateway_factory) -> None:
+    gw = gateway_factory(key="s3cret-key")
+    with gw.client() as client:
+        assert client.post("/v1/chat/completions", json={"model": "a", **CHAT}).status_code == 401
+        assert client.post("/v1/chat/completions", json={"model": "a", **CHAT},
+                           headers={"authorization": "Bearer nope"}).status_code == 401
+        assert client.post("/v1/chat/completions", json={"model": "a", **CHAT},
+                           headers={"authorization": "Bearer s3cret-key"}).status_code == 200
+        assert client.get("/admin/status").status_code == 200  # admin from loopback: no key needed
+
+
+def test_non_loopback_bind_without_a_key_is_refused(monkeypatch) -> None:
+    monkeypatch.delenv("ANIMLLM_API_KEY", raising=False)
+    result = run_cli("serve", "--host", "0.0.0.0")
+    assert result.exit_code == 2 and "refusing to bind 0.0.0.0 without an API key" in result.stderr
+    assert "ANIMLLM_API_KEY" in result.stderr
+
+
+def test_metrics_include_gateway_and_engine_figures(gateway_factory) -> None:
+    gw = gateway_factory()
+    with gw.client() as client:
+        client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+        client.post("/v1/chat/completions", json={"model": "nope", **CHAT})
+        text = client.get("/metrics").text
+    assert 'animllm_requests_total{model="a",outcome="ok"} 1.0' in text
+    assert 'animllm_rejections_total{reason="unknown_model"} 1.0' in text
+    assert 'animllm_switches_total{model="a",outcome="ok"} 1.0' in text
+    assert "vllm:kv_cache_usage_perc" in text
+
+
+def test_switch_waits_for_in_flight_and_reports_timings(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.05)
+    holder = _hold_stream(gw, tokens=10)
+    with gw.client() as client:
+        report = client.post("/admin/switch", json={"model": "code"}).json()
+    holder.join(timeout=10)
+    assert report["from_model"] == "a" and report["to_model"] == "b" and report["outcome"] == "ok"
+    assert report["stop_s"] is not None and report["load_s"] > 0
+    finished = [r for r in gw.requests_seen() if r.get("stream")]
+    assert finished and finished[0]["gone"] is False and finished[0]["chunks"] == 10  # never evicted mid-answer
