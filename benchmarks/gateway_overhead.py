@@ -1,0 +1,178 @@
+"""What the gateway costs, measured side by side in one run.
+
+For two upstreams, a fast fake vLLM (tests/fakes/fake_vllm.py) and real vLLM (CPU build)
+serving a tiny model, the same requests go direct to the engine and through the gateway,
+alternating, from one asyncio load generator (aiohttp):
+
+- non-streamed 1-token requests, one at a time: the added median latency (target <= 1 ms);
+- 64-chunk streams at concurrency 1 and 16: streamed chunks per second through the
+  gateway divided by direct (target >= 0.97).
+
+Usage: .venv/bin/python benchmarks/gateway_overhead.py [--requests 200] [--rounds 5] [--only fake|real]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(directory: Path, kind: str) -> Path:
+    if kind == "fake":
+        text = f"""inherit_defaults: false
+engine: {{module: tests.fakes.fake_vllm}}
+env: {{PYTHONPATH: "{REPO}", FAKE_VLLM_MODE: ok}}
+limits: {{queue_max: 1000}}
+profiles: {{p: {{max_model_len: 1024, concurrency: 64}}}}
+models: {{m: {{source: org/fake, profile: p}}}}
+"""
+    else:
+        from animllm_cli.demo.tiny_models import build_tiny_models
+
+        tiny = build_tiny_models(REPO / ".pytest_cache" / "animllm-tiny-models")["tiny-a"]
+        text = f"""inherit_defaults: false
+env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
+limits: {{queue_max: 1000}}
+profiles: {{p: {{gpu_memory_utilization: 0.3, max_model_len: 512, max_num_seqs: 32, enforce_eager: true,
+                 dtype: bfloat16, concurrency: 64}}}}
+models: {{m: {{source: {tiny}, profile: p}}}}
+"""
+    path = directory / f"{kind}.yaml"
+    path.write_text(text)
+    return path
+
+
+def start_gateway(config: Path, state: Path) -> tuple[subprocess.Popen, str, str]:
+    port = free_port()
+    env = {**os.environ, "ANIMLLM_STATE_DIR": str(state), "NO_COLOR": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "animllm_cli", "--config", str(config), "serve", "m",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"gateway exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            status = httpx.get(f"{url}/admin/status", timeout=2).json()
+            if status["engine"]["state"] == "ready":
+                return proc, url, status["engine"]["engine_url"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit("gateway not ready in time")
+
+
+def stop_gateway(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def body(tokens: int, stream: bool) -> bytes:
+    return json.dumps({"model": "m", "stream": stream, "max_tokens": tokens, "ignore_eos": True,
+                       "messages": [{"role": "user", "content": "hello there"}]}).encode()
+
+
+async def one(session: aiohttp.ClientSession, url: str, payload: bytes) -> float:
+    started = time.perf_counter()
+    async with session.post(f"{url}/v1/chat/completions", data=payload,
+                            headers={"content-type": "application/json"}) as resp:
+        await resp.read()
+        assert resp.status == 200, resp.status
+    return time.perf_counter() - started
+
+
+async def stream_chunks(session: aiohttp.ClientSession, url: str, payload: bytes) -> int:
+    count = 0
+    async with session.post(f"{url}/v1/chat/completions", data=payload,
+                            headers={"content-type": "application/json"}) as resp:
+        assert resp.status == 200, resp.status
+        async for line in resp.content:
+            if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                count += 1
+    return count
+
+
+async def measure(direct: str, gateway: str, requests: int, rounds: int) -> dict:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        small = body(1, False)
+        for _ in range(10):  # warm up both paths
+            await one(session, direct, small)
+            await one(session, gateway, small)
+        lat = {"direct": [], "gateway": []}
+        for i in range(requests):
+            order = [("direct", direct), ("gateway", gateway)] if i % 2 == 0 else [("gateway", gateway), ("direct", direct)]
+            for name, url in order:
+                lat[name].append(await one(session, url, small))
+        result = {"latency_ms": {k: statistics.median(v) * 1000 for k, v in lat.items()}}
+        streamed = body(64, True)
+        for concurrency in (1, 16):
+            rates = {"direct": [], "gateway": []}
+            for r in range(rounds):
+                order = [("direct", direct), ("gateway", gateway)] if r % 2 == 0 else [("gateway", gateway), ("direct", direct)]
+                for name, url in order:
+                    started = time.perf_counter()
+                    counts = await asyncio.gather(*(stream_chunks(session, url, streamed)
+                                                    for _ in range(concurrency * 2)))
+                    rates[name].append(sum(counts) / (time.perf_counter() - started))
+            result[f"chunks_per_s_c{concurrency}"] = {k: statistics.median(v) for k, v in rates.items()}
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=["fake", "real"])
+    args = parser.parse_args()
+    kinds = [args.only] if args.only else ["fake", "real"]
+    print(f"gateway overhead: {args.requests} non-streamed requests each way (alternating), "
+          f"{args.rounds} rounds of 64-chunk streams per concurrency level; {os.cpu_count()} CPUs")
+    print(f"{'upstream':<9} {'metric':<32} {'direct':>10} {'gateway':>10} {'result':>14}  target")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            config = write_config(Path(tmp), kind)
+            proc, gateway, direct = start_gateway(config, Path(tmp) / f"state-{kind}")
+            try:
+                result = asyncio.run(measure(direct, gateway, args.requests, args.rounds))
+            finally:
+                stop_gateway(proc)
+            lat = result["latency_ms"]
+            added = lat["gateway"] - lat["direct"]
+            print(f"{kind:<9} {'median latency, 1-token request':<32} {lat['direct']:>8.2f}ms {lat['gateway']:>8.2f}ms "
+                  f"{'+%.2f ms' % added:>14}  <= 1 ms: {'met' if added <= 1 else 'MISSED'}")
+            for concurrency in (1, 16):
+                rates = result[f"chunks_per_s_c{concurrency}"]
+                ratio = rates["gateway"] / rates["direct"]
+                print(f"{kind:<9} {f'streamed chunks/s, concurrency {concurrency}':<32} {rates['direct']:>10.0f} "
+                      f"{rates['gateway']:>10.0f} {f'ratio {ratio:.3f}':>14}  >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
