@@ -15,11 +15,11 @@ SHIPPED_CONFIG = REPO_ROOT / "configs" / "animllm.yaml"
 EXAMPLE_CONFIGS = sorted((REPO_ROOT / "configs" / "examples").glob("*.yaml"))
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None):
+def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None):
     """Invoke the real Typer app in-process; stdout and stderr are kept apart."""
     from animllm_cli.cli import app
 
-    return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    return CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=False)
 
 
 def run_json(*args: str, env: dict[str, str] | None = None) -> Any:

@@ -23,7 +23,7 @@ class AppState:
 
 ConfigOption = Annotated[
     Optional[Path],
-    typer.Option("--config", "-c", metavar="PATH", show_default=False,
+    typer.Option("--config", metavar="PATH", show_default=False,
                  help="Config file (also ANIMLLM_CONFIG). Accepted before or after the command."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

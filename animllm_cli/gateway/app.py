@@ -423,7 +423,8 @@ def create_app(gateway: Gateway, *, on_startup: Callable[[], Awaitable[None]] | 
             if on_shutdown:
                 await on_shutdown(stopped)
 
-    routes = [Route(path, proxy, methods=["POST"]) for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")]
+    relayed = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
+    routes = [Route(path, proxy, methods=["POST"]) for path in relayed]
     routes += [Route("/v1/models", models), Route("/health", health), Route("/metrics", metrics),
                Route("/admin/status", admin_status), Route("/admin/switch", admin_switch, methods=["POST"]),
                Route("/admin/stop", admin_stop, methods=["POST"])]

@@ -71,7 +71,7 @@ def make_app(names: list[str], mode: str, after: float):
         tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 8)
         chat = request.path.endswith("chat/completions")
         if not body.get("stream"):
-            record({"model": body["model"], "stream": False, "keys": sorted(body)})
+            record({"model": body["model"], "stream": False, "keys": sorted(body), "messages": body.get("messages")})
             text = " ".join(f"t{i}" for i in range(tokens))
             choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
             return web.json_response({"id": "x", "object": "chat.completion", "model": names[0], "choices": [choice],
@@ -89,12 +89,23 @@ def make_app(names: list[str], mode: str, after: float):
                 sent += 1
                 if delay:
                     await asyncio.sleep(delay)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                prompt = body.get("prompt")
+                usage = {"prompt_tokens": len(prompt) if isinstance(prompt, list) else 3, "completion_tokens": sent,
+                         "total_tokens": sent + 3}
+                await response.write(b"data: " + json.dumps({"id": "x", "choices": [], "usage": usage}).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
-            record({"model": body["model"], "stream": True, "chunks": sent, "gone": False})
+            record({"model": body["model"], "stream": True, "chunks": sent, "gone": False,
+                    "messages": body.get("messages")})
         except (ConnectionResetError, asyncio.CancelledError):
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": True})
             raise
         return response
+
+    async def tokenize(request):
+        body = await request.json()
+        tokens = [hash(word) % 400 for word in str(body.get("prompt", "")).split()]
+        return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 1024})
 
     async def embed(request):
         return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
@@ -103,7 +114,7 @@ def make_app(names: list[str], mode: str, after: float):
     app = web.Application()
     app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
                     web.post("/v1/chat/completions", complete), web.post("/v1/completions", complete),
-                    web.post("/v1/embeddings", embed)])
+                    web.post("/v1/embeddings", embed), web.post("/tokenize", tokenize)])
     return app
 
 

@@ -31,6 +31,7 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
         models:
           a: {{source: org/model-a, profile: p, tasks: [chat], aliases: [alpha]}}
           b: {{source: org/model-b, profile: p, tasks: [code]}}
+          v: {{source: org/model-v, profile: p, tasks: [vision]}}
         default_model: a
     """)
 

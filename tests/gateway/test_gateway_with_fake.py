@@ -57,7 +57,7 @@ def test_routes_by_name_alias_task_and_source(gateway_factory) -> None:
     (json.dumps({"messages": []}).encode(), 400, "needs a `model`"),
     (json.dumps({"model": "", "messages": []}).encode(), 400, "needs a `model`"),
     (json.dumps([1, 2]).encode(), 400, "needs a `model`"),
-    (json.dumps({"model": "gpt-4", "messages": []}).encode(), 404, "model 'gpt-4' not found; available: a, b, chat, code"),
+    (json.dumps({"model": "gpt-4", "messages": []}).encode(), 404, "model 'gpt-4' not found; available: a, b, v, chat, code, vision"),
 ])
 def test_bad_requests_never_touch_the_engine(gateway_factory, body: bytes, status: int, fragment: str) -> None:
     gw = gateway_factory()
@@ -74,7 +74,7 @@ def test_models_lists_every_configured_model_marked_loaded(gateway_factory) -> N
     gw = gateway_factory()
     with gw.client() as client:
         data = client.get("/v1/models").json()["data"]
-    assert [(m["id"], m["loaded"]) for m in data] == [("a", True), ("b", False)]
+    assert [(m["id"], m["loaded"]) for m in data] == [("a", True), ("b", False), ("v", False)]
 
 
 def test_completions_and_embeddings_are_relayed(gateway_factory) -> None:

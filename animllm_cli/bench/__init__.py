@@ -1,0 +1,1 @@
+"""`animllm bench`: a load generator and the metrics vLLM's serving benchmark reports."""

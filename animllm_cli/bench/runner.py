@@ -1,0 +1,79 @@
+"""One benchmark run: warm-up, the levels, optional switch timing, with progress."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from animllm_cli.bench import loadgen
+from animllm_cli.bench.metrics import summarize
+from animllm_cli.client.openai import ServerNotRunning
+from animllm_cli.errors import AnimllmError
+
+
+@dataclass
+class BenchPlan:
+    url: str
+    model: str
+    levels: list[int]
+    request_rate: float | None
+    requests: int
+    input_len: int
+    output_len: int
+    warmup: int
+    switch_models: list[str] = field(default_factory=list)
+    switch_rounds: int = 2
+    api_key: str | None = None
+
+
+async def run_bench(plan: BenchPlan, out: Any) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+    result: dict[str, Any] = {"schema_version": 1, "url": plan.url, "model": plan.model, "input_len": plan.input_len,
+                              "output_len": plan.output_len, "levels": []}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
+        try:
+            prompt = await loadgen.prompt_token_ids(session, plan.url, plan.model, plan.input_len)
+        except aiohttp.ClientConnectionError:
+            raise ServerNotRunning(plan.url) from None
+        payload = loadgen.request_body(plan.model, prompt, plan.output_len)
+        out.info(f"warming up {plan.model} with {plan.warmup} request(s)")
+        for _ in range(plan.warmup):
+            sample = await loadgen.one_request(session, plan.url, payload)
+            if not sample.ok:
+                raise AnimllmError(f"warm-up request failed: {sample.error}")
+        runs = [(level, None) for level in plan.levels] or [(None, plan.request_rate)]
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True, disable=out.quiet) as progress:
+            for concurrency, rate in runs:
+                label = f"concurrency {concurrency}" if concurrency else f"{rate:g} req/s"
+                task = progress.add_task(label, total=plan.requests)
+                samples, duration = await loadgen.run_level(
+                    session, plan.url, payload, plan.requests, concurrency=concurrency, request_rate=rate,
+                    on_done=lambda _sample, task=task: progress.advance(task))
+                result["levels"].append({"concurrency": concurrency, "request_rate": rate,
+                                         "summary": summarize(samples, duration),
+                                         "samples": [s.to_json() for s in samples]})
+    if plan.switch_models:
+        result["switch"] = await asyncio.to_thread(_switches, plan, out)
+    return result
+
+
+def _switches(plan: BenchPlan, out: Any) -> dict[str, Any]:
+    import httpx
+
+    from animllm_cli.bench.switching import run_switches
+
+    headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+    with httpx.Client(base_url=plan.url, headers=headers, timeout=httpx.Timeout(30, read=None)) as http:
+        def done(report: dict[str, Any]) -> None:
+            out.info(f"  switch {report.get('from_model')} -> {report['to_model']}: {report['total_s']:.2f}s, "
+                     f"first token {report['first_token_s']:.3f}s")
+        return run_switches(http, plan.switch_models, plan.switch_rounds, on_done=done)

@@ -1,0 +1,51 @@
+"""Switch time: alternate models through the gateway's admin API and time each switch
+(stop, VRAM release, load to ready) and the first token after it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import httpx
+
+from animllm_cli.bench.metrics import percentile
+from animllm_cli.errors import AnimllmError
+
+FIELDS = ("stop_s", "vram_release_s", "load_s", "total_s", "first_token_s")
+
+
+def first_token_s(http: httpx.Client, model: str) -> float:
+    started = time.perf_counter()
+    with http.stream("POST", "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 1,
+                                                      "stream": True}) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise AnimllmError(f"first request to '{model}' after the switch failed ({resp.status_code}): {resp.text[:200]}")
+        for line in resp.iter_lines():
+            if line.startswith("data:") and '"text"' in line:
+                return time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def run_switches(http: httpx.Client, models: list[str], rounds: int,
+                 on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Switch to each model in turn, `rounds` times over; the first switch (to the first
+    model) only positions the gateway and is not counted when that model was loaded."""
+    switches: list[dict[str, Any]] = []
+    order = [models[i % len(models)] for i in range(rounds * len(models) + 1)]
+    for index, model in enumerate(order):
+        resp = http.post("/admin/switch", json={"model": model}, timeout=None)
+        if resp.status_code != 200:
+            raise AnimllmError(f"switch to '{model}' failed ({resp.status_code}): {resp.text[:300]}")
+        report = resp.json()
+        if report.get("outcome") == "already loaded" or index == 0:
+            continue
+        report["first_token_s"] = first_token_s(http, model)
+        switches.append(report)
+        if on_done:
+            on_done(report)
+    summary = {}
+    for name in FIELDS:
+        values = [s[name] for s in switches if s.get(name) is not None]
+        summary[name] = {"median": percentile(values, 50), "max": max(values)} if values else None
+    return {"count": len(switches), "switches": switches, "summary": summary}

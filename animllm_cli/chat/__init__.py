@@ -1,0 +1,1 @@
+"""`animllm chat`: conversations, images, the REPL."""

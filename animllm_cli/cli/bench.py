@@ -1,0 +1,124 @@
+"""`animllm bench`: TTFT, TPOT, ITL, E2EL and throughput against the gateway (or any
+OpenAI-compatible --url), model switch times, and a CI gate on the config's expectations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from animllm_cli.cli import common
+
+
+def _levels(text: str) -> list[int]:
+    from animllm_cli.errors import UsageError
+
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--concurrency {text!r}: expected numbers like 1,4,10") from None
+    if not levels or any(level < 1 for level in levels):
+        raise UsageError(f"--concurrency {text!r}: each level must be at least 1")
+    return levels
+
+
+def bench(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Argument(help="Model to measure (default: default_model).", show_default=False)] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Levels to sweep, e.g. 1,4,10,32.")] = "1",
+    request_rate: Annotated[Optional[float], typer.Option("--request-rate", min=0.01,
+                                                          help="Poisson arrivals per second instead of fixed concurrency.")] = None,
+    requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests per level.")] = 20,
+    input_len: Annotated[int, typer.Option("--input-len", min=1, help="Prompt length in the model's tokens.")] = 128,
+    output_len: Annotated[int, typer.Option("--output-len", min=1, help="Tokens generated per request (ignore_eos).")] = 64,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Requests sent first and not counted.")] = 2,
+    switch: Annotated[Optional[str], typer.Option("--switch", metavar="A,B[,C]", help="Also time switches between these models.")] = None,
+    switch_rounds: Annotated[int, typer.Option("--switch-rounds", min=1, help="Times to go round the --switch models.")] = 2,
+    json_path: Annotated[Optional[Path], typer.Option("--json", metavar="PATH", help="Write the results as JSON ('-': stdout).")] = None,
+    samples: Annotated[bool, typer.Option("--samples", help="Include every request's timings in --json.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 when a result misses the config's expectations.")] = False,
+    url: Annotated[Optional[str], typer.Option("--url", help="Any OpenAI-compatible server instead of the gateway.")] = None,
+    config: common.ConfigOption = None,
+) -> None:
+    """Measure what the backend serves, the way vLLM's serving benchmark measures it."""
+    import asyncio
+    import os
+
+    from animllm_cli.bench.runner import BenchPlan, run_bench
+    from animllm_cli.cli.chat import _gateway_url, _resolver
+
+    out = common.output(ctx)
+    loaded = common.load(ctx, config)
+    resolve = _resolver(loaded, strict=url is None)
+    name = resolve(model)[0] if model else loaded.resolve_model(None)
+    switch_models = [resolve(m.strip())[0] for m in switch.split(",")] if switch else []
+    if switch and len(switch_models) < 2:
+        from animllm_cli.errors import UsageError
+
+        raise UsageError("--switch needs at least two models, e.g. --switch coder,vision")
+    plan = BenchPlan(url=url or _gateway_url(loaded), model=name, levels=[] if request_rate else _levels(concurrency),
+                     request_rate=request_rate, requests=requests, input_len=input_len, output_len=output_len,
+                     warmup=warmup, switch_models=switch_models, switch_rounds=switch_rounds,
+                     api_key=os.environ.get(loaded.config.server.api_key_env))
+    expectation = _expectation(loaded, name) if check else None  # fail before the run, not after
+    result = asyncio.run(run_bench(plan, out))
+    if check:
+        from animllm_cli.bench.expectations import check as compare
+
+        result["check"] = compare(expectation, result["levels"], result.get("switch"))
+    if str(json_path) != "-":  # stdout carries the JSON alone then
+        _render(out, result)
+    if json_path is not None:
+        data = result if samples else _without_samples(result)
+        text = json.dumps(data, indent=2)
+        if str(json_path) == "-":
+            out.text(text)
+        else:
+            json_path.write_text(text + "\n")
+            out.info(f"results written to {json_path}")
+    if check and not all(row["ok"] for row in result["check"]):
+        raise typer.Exit(1)
+
+
+def _expectation(loaded, name: str):
+    from animllm_cli.errors import UsageError
+
+    profile = loaded.config.models[name].profile if name in loaded.config.models else None
+    expectation = loaded.config.expectations.get(profile) if profile else None
+    if expectation is None:
+        raise UsageError(f"--check: no expectations for profile {profile!r} of '{name}'",
+                         hint="add expectations.<profile> to the config")
+    return expectation
+
+
+def _without_samples(result: dict[str, Any]) -> dict[str, Any]:
+    return {**result, "levels": [{k: v for k, v in level.items() if k != "samples"} for level in result["levels"]]}
+
+
+def _render(out, result: dict[str, Any]) -> None:
+    from animllm_cli.output import table
+
+    for level in result["levels"]:
+        s = level["summary"]
+        label = f"concurrency {level['concurrency']}" if level["concurrency"] else f"{level['request_rate']:g} req/s"
+        rows = [["completed / failed", f"{s['completed']} / {s['failed']}"], ["duration", f"{s['duration_s']:.2f} s"],
+                ["request throughput", f"{s['request_throughput']:.2f} req/s"],
+                ["output throughput", f"{s['output_throughput']:.1f} tok/s"],
+                ["total token throughput", f"{s['total_token_throughput']:.1f} tok/s"]]
+        for metric in ("ttft", "tpot", "itl", "e2el"):
+            d = s[f"{metric}_ms"]
+            rows.append([f"{metric.upper()} ms mean / median / p90 / p99",
+                         f"{d['mean']:.2f} / {d['median']:.2f} / {d['p90']:.2f} / {d['p99']:.2f}"])
+        if s["errors"]:
+            rows.append(["errors", "; ".join(s["errors"])])
+        out.show(table(f"{result['model']}: {label}, {result['input_len']} in / {result['output_len']} out tokens",
+                       ["", ""], rows))
+    switch = result.get("switch")
+    if switch:
+        rows = [[name, "-" if v is None else f"{v['median']:.2f} / {v['max']:.2f}"] for name, v in switch["summary"].items()]
+        out.show(table(f"Switches ({switch['count']}): median / max seconds", ["", ""], rows))
+    if "check" in result:
+        rows = [[r["metric"], r["value"], r["target"], "ok" if r["ok"] else "MISSED"] for r in result["check"]]
+        out.show(table("Expectations", ["metric", "value", "target", ""], rows))

@@ -1,0 +1,149 @@
+"""`animllm chat`: a REPL against the gateway (or any OpenAI-compatible --url), or one
+answer for a script."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from animllm_cli.cli import common
+
+
+def chat(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Argument(help="Model name, alias or task (default: default_model).",
+                                                   show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Ask once, print the answer, exit.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    images: Annotated[Optional[list[str]], typer.Option("--image", metavar="PATH", help="Attach an image (repeatable).")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, max=2.0)] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", help="Any OpenAI-compatible server instead of the gateway.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", metavar="NAME",
+                                                       help="Environment variable holding the API key.")] = None,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="A REPL even when stdin is not a terminal.")] = False,
+    json_output: common.JsonOption = False,
+    config: common.ConfigOption = None,
+) -> None:
+    """Talk to a model: a REPL in a terminal; one answer with -p or a prompt on stdin."""
+    import os
+
+    from animllm_cli.chat.conversation import Conversation
+    from animllm_cli.client.openai import OpenAIClient
+    from animllm_cli.errors import UsageError
+
+    out = common.output(ctx)
+    loaded = common.load(ctx, config)
+    base_url = url or _gateway_url(loaded)
+    key = os.environ.get(api_key_env or loaded.config.server.api_key_env)
+    client = OpenAIClient(base_url, key, timeout_s=loaded.config.limits.request_timeout_s + 30)
+    resolve = _resolver(loaded, strict=url is None)
+    name, vision = resolve(model) if model else resolve(loaded.resolve_model(None))
+    conversation = Conversation(name, system=system, vision=vision,
+                                params={"temperature": temperature, "max_tokens": max_tokens, "seed": seed})
+    for path in images or []:
+        conversation.attach(path)
+
+    piped = not sys.stdin.isatty()
+    if prompt is not None or (piped and not interactive):
+        parts = (prompt, sys.stdin.read() if piped else None)
+        text = "\n\n".join(part.strip() for part in parts if part and part.strip())
+        if not text.strip():
+            raise UsageError("empty prompt", hint="pass -p TEXT or pipe the prompt on stdin")
+        raise typer.Exit(_one_shot(out, client, conversation.user(text), json_output))
+
+    from animllm_cli.chat.repl import Repl
+
+    fancy = sys.stdin.isatty() and sys.stdout.isatty()
+    switch = None if url else _switcher(loaded, out)
+    read_line = _readline_input() if fancy else _plain_input
+    raise typer.Exit(Repl(conversation, client, out, read_line=read_line, fancy=fancy, resolve=resolve,
+                          switch=switch).run())
+
+
+def _one_shot(out, client, payload: dict, json_output: bool) -> int:
+    from animllm_cli.chat.repl import stats_line, stream_plain
+
+    if json_output:
+        out.json(client.chat(payload).response)
+        return 0
+    result = stream_plain(client, payload, lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
+    sys.stdout.write("\n")
+    out.info(f"[dim]{stats_line(result)}[/dim]")
+    return 0
+
+
+def _gateway_url(loaded) -> str:
+    from animllm_cli.gateway.server import read_state
+
+    state = read_state()
+    if state:
+        return state.url
+    server = loaded.config.server
+    return f"http://{server.host}:{server.port}"
+
+
+def _resolver(loaded, *, strict: bool):
+    """Name and vision flag for what the user typed. Unknown names go to the server as
+    typed: it gives the authoritative answer (the gateway lists what it has)."""
+    from animllm_cli.gateway.routing import Router
+
+    router = Router(loaded)
+
+    def resolve(wanted: str) -> tuple[str, bool | None]:
+        name = router.resolve(wanted)
+        if name is None:
+            return wanted, None
+        return name, "vision" in loaded.config.models[name].tasks
+
+    return resolve
+
+
+def _switcher(loaded, out):
+    from rich.console import Console
+
+    from animllm_cli.client.admin import AdminClient, NotRunning
+
+    def switch(name: str) -> str | None:
+        try:
+            client = AdminClient.find(loaded.config.server.api_key_env)
+        except NotRunning:
+            return None
+        with Console(stderr=True).status(f"switching to {name}…"):
+            report = client.switch(name)
+        if report.get("outcome") == "already loaded":
+            return None
+        return f"[dim]switched {report.get('from_model') or '-'} -> {name} in {report.get('total_s') or 0:.1f}s[/dim]"
+
+    return switch
+
+
+def _plain_input(prompt: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def _readline_input():
+    """input() with line editing and a history file kept in the state dir."""
+    import atexit
+
+    from animllm_cli import paths
+
+    try:
+        import readline
+    except ImportError:  # not on every platform
+        return input
+    history = paths.state_dir() / "chat_history"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        readline.read_history_file(history)
+    except (FileNotFoundError, OSError):
+        pass
+    readline.set_history_length(2000)
+    atexit.register(lambda: readline.write_history_file(history))
+    return input

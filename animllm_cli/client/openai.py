@@ -1,0 +1,121 @@
+"""A small client for OpenAI-compatible servers (the gateway, vLLM, others): chat
+completions, streamed or not, with the timings a person wants to see."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import httpx
+
+from animllm_cli.errors import AnimllmError
+
+
+class ServerNotRunning(AnimllmError):
+    def __init__(self, url: str) -> None:
+        super().__init__(f"nothing answers at {url}",
+                         hint="start the gateway with `animllm serve` (or `animllm serve --detach`), or pass --url")
+
+
+@dataclass
+class ChatResult:
+    text: str = ""
+    model: str | None = None
+    ttft_s: float | None = None
+    elapsed_s: float = 0.0
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    cancelled: bool = False
+    response: dict[str, Any] | None = None   # the whole response object (non-streamed)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if not self.completion_tokens or self.ttft_s is None or self.elapsed_s <= self.ttft_s:
+            return None
+        return (self.completion_tokens - 1) / (self.elapsed_s - self.ttft_s) if self.completion_tokens > 1 else None
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        return (data.get("error") or {}).get("message") or data.get("message") or response.text
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+
+
+@dataclass
+class OpenAIClient:
+    base_url: str
+    api_key: str | None = None
+    timeout_s: float = 300.0
+    _http: httpx.Client = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._http = httpx.Client(base_url=self.base_url.rstrip("/"), headers=headers,
+                                  timeout=httpx.Timeout(self.timeout_s, connect=5))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
+        try:
+            response = self._http.post(path, json=payload)
+        except httpx.ConnectError:
+            raise ServerNotRunning(self.base_url) from None
+        except httpx.HTTPError as exc:
+            raise AnimllmError(f"request to {self.base_url} failed: {exc}") from None
+        if response.status_code >= 400:
+            raise AnimllmError(f"the server answered {response.status_code}: {_server_message(response)}")
+        return response
+
+    def chat(self, payload: dict[str, Any]) -> ChatResult:
+        started = time.perf_counter()
+        data = self._post("/v1/chat/completions", {**payload, "stream": False}).json()
+        choice = (data.get("choices") or [{}])[0]
+        return ChatResult(text=(choice.get("message") or {}).get("content") or "", model=data.get("model"),
+                          elapsed_s=time.perf_counter() - started,
+                          completion_tokens=(data.get("usage") or {}).get("completion_tokens"),
+                          finish_reason=choice.get("finish_reason"), response=data)
+
+    def chat_stream(self, payload: dict[str, Any], result: ChatResult) -> Iterator[str]:
+        """Yield text deltas as they arrive; fill `result` with timings and counts."""
+        from httpx_sse import SSEError, connect_sse
+
+        started = time.perf_counter()
+        body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        chunks = 0
+        try:
+            with connect_sse(self._http, "POST", "/v1/chat/completions", json=body) as source:
+                if source.response.status_code >= 400:
+                    source.response.read()
+                    raise AnimllmError(f"the server answered {source.response.status_code}: "
+                                       f"{_server_message(source.response)}")
+                for event in source.iter_sse():
+                    if event.data.strip() == "[DONE]":
+                        break
+                    data = json.loads(event.data)
+                    if "error" in data:
+                        raise AnimllmError(f"the answer broke off: {data['error'].get('message')}")
+                    result.model = data.get("model") or result.model
+                    if data.get("usage"):
+                        result.completion_tokens = data["usage"].get("completion_tokens")
+                    for choice in data.get("choices") or []:
+                        delta = (choice.get("delta") or {}).get("content")
+                        result.finish_reason = choice.get("finish_reason") or result.finish_reason
+                        if delta:
+                            if result.ttft_s is None:
+                                result.ttft_s = time.perf_counter() - started
+                            chunks += 1
+                            result.text += delta
+                            yield delta
+        except httpx.ConnectError:
+            raise ServerNotRunning(self.base_url) from None
+        except (httpx.HTTPError, SSEError) as exc:
+            raise AnimllmError(f"the stream from {self.base_url} failed: {exc}") from None
+        finally:
+            result.elapsed_s = time.perf_counter() - started
+            if result.completion_tokens is None and chunks:
+                result.completion_tokens = chunks

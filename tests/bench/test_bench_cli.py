@@ -1,0 +1,69 @@
+"""`animllm bench` against the gateway over fake engines: the JSON and the --check gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.helpers import run_cli
+
+FIELDS = {"completed", "failed", "errors", "duration_s", "input_tokens", "output_tokens", "request_throughput",
+          "output_throughput", "total_token_throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = fake_gateway_config(tmp_path, chunk_delay=0.002)
+    config.write_text(config.read_text() + "expectations: {p: {ttft_s_max: 5, tokens_per_s_min: 1, switch_s_max: 60}}\n")
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    running = start_gateway(tmp_path, config)
+    yield running
+    running.stop()
+
+
+def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "-c", "1,3", "-n", "6", "--input-len", "20", "--output-len", "8", "--switch", "a,b",
+                     "--switch-rounds", "1", "--json", str(out), "--samples")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert [level["concurrency"] for level in data["levels"]] == [1, 3]
+    for level in data["levels"]:
+        assert set(level["summary"]) == FIELDS
+        assert level["summary"]["completed"] == 6 and level["summary"]["failed"] == 0
+        assert level["summary"]["output_tokens"] == 6 * 8 and level["summary"]["input_tokens"] == 6 * 20
+        assert len(level["samples"]) == 6 and all(len(s["itl"]) == 7 for s in level["samples"])
+    switch = data["switch"]
+    assert switch["count"] == 2 and [s["to_model"] for s in switch["switches"]] == ["b", "a"]
+    assert set(switch["summary"]) == {"stop_s", "vram_release_s", "load_s", "total_s", "first_token_s"}
+    assert switch["summary"]["vram_release_s"] is None    # no GPU here: said, not invented
+    assert "TTFT ms mean / median / p90 / p99" in result.stdout
+
+
+def test_request_rate_and_json_on_stdout(gateway) -> None:
+    result = run_cli("bench", "--request-rate", "40", "-n", "5", "--input-len", "8", "--output-len", "4", "--json", "-")
+    data = json.loads(result.stdout)
+    assert data["levels"][0]["request_rate"] == 40 and data["levels"][0]["summary"]["completed"] == 5
+    assert "samples" not in data["levels"][0]
+
+
+def test_check_passes_when_met_and_fails_when_out_of_reach(gateway, tmp_path: Path) -> None:
+    ok = run_cli("bench", "-n", "4", "--input-len", "8", "--output-len", "4", "--check")
+    assert ok.exit_code == 0, ok.stdout + ok.stderr
+    assert "MISSED" not in ok.stdout
+    strict = run_cli("bench", "-n", "4", "--input-len", "8", "--output-len", "4", "--check",
+                     env={"ANIMLLM_EXPECTATIONS__P__TTFT_S_MAX": "0.000001"})
+    assert strict.exit_code == 1 and "MISSED" in strict.stdout and "TTFT median" in strict.stdout
+
+
+def test_check_without_expectations_fails_before_running(gateway) -> None:
+    result = run_cli("bench", "-n", "2", "--check", env={"ANIMLLM_EXPECTATIONS__P": "null"})
+    assert result.exit_code == 2 and "no expectations for profile 'p'" in result.stderr
+
+
+def test_bad_concurrency_list() -> None:
+    assert run_cli("bench", "-c", "1,x").exit_code == 2
+    assert run_cli("bench", "-c", "0").exit_code == 2
