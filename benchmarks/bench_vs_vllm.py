@@ -40,12 +40,12 @@ print("RESULT " + json.dumps({k: result[k] for k in ("median_ttft_ms", "median_t
 """
 
 
-def run_vllm_bench(url: str, model: str, tokenizer: Path, args: argparse.Namespace, result_dir: Path) -> dict:
+def run_vllm_bench(url: str, model: str, tokenizer: Path, args: argparse.Namespace, result_dir: Path, seed: int) -> dict:
     argv = ["--backend", "vllm", "--base-url", url, "--model", model, "--tokenizer", str(tokenizer),
             "--dataset-name", "random", "--random-input-len", str(args.input_len),
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.requests),
             "--max-concurrency", str(args.concurrency), "--ignore-eos", "--num-warmups", "2",
-            "--percentile-metrics", "ttft,tpot,itl,e2el", "--request-rate", "inf", "--seed", "0"]
+            "--percentile-metrics", "ttft,tpot,itl,e2el", "--request-rate", "inf", "--seed", str(seed)]
     done = subprocess.run([sys.executable, "-c", VLLM_BENCH, *argv], capture_output=True, text=True, timeout=900,
                           cwd=result_dir)
     line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
@@ -54,13 +54,14 @@ def run_vllm_bench(url: str, model: str, tokenizer: Path, args: argparse.Namespa
     return json.loads(line[len("RESULT "):])
 
 
-async def run_ours(url: str, model: str, args: argparse.Namespace) -> dict:
+async def run_ours(url: str, model: str, args: argparse.Namespace, round_seed: int) -> dict:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        prompt = await loadgen.prompt_token_ids(session, url, model, args.input_len)
-        payload = loadgen.request_body(model, prompt, args.output_len)
-        for _ in range(2):
-            await loadgen.one_request(session, url, payload)
-        samples, duration = await loadgen.run_level(session, url, payload, args.requests, concurrency=args.concurrency)
+        prompt = loadgen.prompts(await loadgen.vocabulary_sample(session, url, model), args.input_len, seed=round_seed)
+        for index in range(2):
+            await loadgen.one_request(session, url, loadgen.request_body(model, prompt(10_000 + index), args.output_len))
+        samples, duration = await loadgen.run_level(
+            session, url, lambda i: loadgen.request_body(model, prompt(i), args.output_len), args.requests,
+            concurrency=args.concurrency)
     summary = summarize(samples, duration)
     return {"median_ttft_ms": summary["ttft_ms"]["median"], "median_tpot_ms": summary["tpot_ms"]["median"],
             "output_throughput": summary["output_throughput"], "completed": summary["completed"]}
@@ -90,9 +91,9 @@ models: {{tiny-a: {{source: {tiny}, profile: p}}}}
                 order = ["vllm", "animllm"] if round_index % 2 == 0 else ["animllm", "vllm"]
                 for name in order:
                     if name == "vllm":
-                        results[name].append(run_vllm_bench(engine.base_url, "tiny-a", tiny, args, Path(tmp)))
+                        results[name].append(run_vllm_bench(engine.base_url, "tiny-a", tiny, args, Path(tmp), round_index))
                     else:
-                        results[name].append(asyncio.run(run_ours(engine.base_url, "tiny-a", args)))
+                        results[name].append(asyncio.run(run_ours(engine.base_url, "tiny-a", args, round_index)))
         finally:
             engine.stop()
     print(f"same server (vLLM CPU build, tiny-a), random {args.input_len}-token prompts, {args.output_len} tokens out "

@@ -21,9 +21,8 @@ PROMPT_SEED = ("The studio renders every frame twice: once for the animators and
                "lighting team, who care about shadows more than anyone else in the building. ")
 
 
-async def prompt_token_ids(session: aiohttp.ClientSession, url: str, model: str, length: int) -> list[int]:
-    """A prompt of exactly `length` tokens of the served model: tokenize a seed text on the
-    server, then repeat its ids. Sent as a token-id prompt, so no re-tokenizing changes it."""
+async def vocabulary_sample(session: aiohttp.ClientSession, url: str, model: str) -> list[int]:
+    """Token ids of the served model, from the server's own tokenizer (a seed text)."""
     async with session.post(f"{url}/tokenize", json={"model": model, "prompt": PROMPT_SEED,
                                                      "add_special_tokens": False}) as resp:
         if resp.status != 200:
@@ -32,7 +31,16 @@ async def prompt_token_ids(session: aiohttp.ClientSession, url: str, model: str,
         ids = (await resp.json())["tokens"]
     if not ids:
         raise AnimllmError("the server returned no tokens for the seed prompt")
-    return [ids[i % len(ids)] for i in range(length)]
+    return ids
+
+
+def prompts(vocabulary: list[int], length: int, seed: int = 0) -> "Callable[[int], list[int]]":
+    """Request i gets its own prompt of exactly `length` tokens, drawn from the model's
+    tokens. Sent as token ids, so no re-tokenizing changes the length. Distinct prompts, like
+    vLLM's random dataset: identical ones would measure the prefix cache, not prefill."""
+    def prompt(index: int) -> list[int]:
+        return random.Random(seed * 1_000_003 + index).choices(vocabulary, k=length)
+    return prompt
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, payload: bytes) -> Sample:
@@ -56,8 +64,9 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: bytes) 
                 if "error" in event:
                     sample.error = str(event["error"].get("message"))[:200]
                     break
-                choices = event.get("choices")
-                if choices and choices[0].get("text"):
+                # As vLLM's benchmark: any chunk with choices is a token, even one whose text
+                # is empty (a special token, or half of a multi-byte character).
+                if event.get("choices"):
                     now = time.perf_counter()
                     if sample.ttft is None:
                         sample.ttft = now - sample.start
@@ -71,29 +80,31 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: bytes) 
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"[:200]
         sample.ok = False
-    sample.latency = time.perf_counter() - sample.start
+    # E2EL ends at the last token, as in vLLM's benchmark (not at [DONE] or the usage chunk).
+    sample.latency = (last if sample.ttft is not None else time.perf_counter()) - sample.start
     if sample.ok and not sample.output_tokens:
         sample.ok, sample.error = False, "no usage in the stream (token counts come from the server)"
     return sample
 
 
 def request_body(model: str, prompt: list[int], output_len: int) -> bytes:
-    return json.dumps({"model": model, "prompt": prompt, "max_tokens": output_len, "min_tokens": output_len,
-                       "ignore_eos": True, "stream": True, "temperature": 0.0,
-                       "stream_options": {"include_usage": True, "continuous_usage_stats": False}}).encode()
+    # The same body vLLM's benchmark sends for its "vllm" backend, with the prompt as token ids.
+    return json.dumps({"model": model, "prompt": prompt, "repetition_penalty": 1.0, "max_tokens": output_len,
+                       "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}).encode()
 
 
-async def run_level(session: aiohttp.ClientSession, url: str, payload: bytes, requests: int, *,
+async def run_level(session: aiohttp.ClientSession, url: str, payload: Callable[[int], bytes], requests: int, *,
                     concurrency: int | None = None, request_rate: float | None = None, seed: int = 0,
                     on_done: Callable[[Sample], None] | None = None) -> tuple[list[Sample], float]:
     """`requests` requests, at most `concurrency` at once, or arriving as a Poisson process
     at `request_rate` per second. Returns the samples and the level's wall time."""
     samples: list[Sample] = []
     limit = asyncio.Semaphore(concurrency or requests)
+    bodies = [payload(i) for i in range(requests)]  # built before the clock starts
 
-    async def send() -> None:
+    async def send(index: int) -> None:
         async with limit:
-            sample = await one_request(session, url, payload)
+            sample = await one_request(session, url, bodies[index])
         samples.append(sample)
         if on_done:
             on_done(sample)
@@ -102,10 +113,10 @@ async def run_level(session: aiohttp.ClientSession, url: str, payload: bytes, re
     if request_rate:
         rng = random.Random(seed)
         tasks = []
-        for _ in range(requests):
-            tasks.append(asyncio.create_task(send()))
+        for index in range(requests):
+            tasks.append(asyncio.create_task(send(index)))
             await asyncio.sleep(rng.expovariate(request_rate))
         await asyncio.gather(*tasks)
     else:
-        await asyncio.gather(*(send() for _ in range(requests)))
+        await asyncio.gather(*(send(index) for index in range(requests)))
     return samples, time.perf_counter() - started

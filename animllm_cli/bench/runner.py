@@ -40,13 +40,20 @@ async def run_bench(plan: BenchPlan, out: Any) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
         try:
-            prompt = await loadgen.prompt_token_ids(session, plan.url, plan.model, plan.input_len)
+            vocabulary = await loadgen.vocabulary_sample(session, plan.url, plan.model)
         except aiohttp.ClientConnectionError:
             raise ServerNotRunning(plan.url) from None
-        payload = loadgen.request_body(plan.model, prompt, plan.output_len)
+        prompt = loadgen.prompts(vocabulary, plan.input_len)
+        level_seed = iter(range(1, 1000))
+
+        def payloads():
+            make = loadgen.prompts(vocabulary, plan.input_len, seed=next(level_seed))
+            return lambda index: loadgen.request_body(plan.model, make(index), plan.output_len)
+
         out.info(f"warming up {plan.model} with {plan.warmup} request(s)")
-        for _ in range(plan.warmup):
-            sample = await loadgen.one_request(session, plan.url, payload)
+        for index in range(plan.warmup):
+            sample = await loadgen.one_request(session, plan.url,
+                                               loadgen.request_body(plan.model, prompt(index), plan.output_len))
             if not sample.ok:
                 raise AnimllmError(f"warm-up request failed: {sample.error}")
         runs = [(level, None) for level in plan.levels] or [(None, plan.request_rate)]
@@ -56,7 +63,7 @@ async def run_bench(plan: BenchPlan, out: Any) -> dict[str, Any]:
                 label = f"concurrency {concurrency}" if concurrency else f"{rate:g} req/s"
                 task = progress.add_task(label, total=plan.requests)
                 samples, duration = await loadgen.run_level(
-                    session, plan.url, payload, plan.requests, concurrency=concurrency, request_rate=rate,
+                    session, plan.url, payloads(), plan.requests, concurrency=concurrency, request_rate=rate,
                     on_done=lambda _sample, task=task: progress.advance(task))
                 result["levels"].append({"concurrency": concurrency, "request_rate": rate,
                                          "summary": summarize(samples, duration),
