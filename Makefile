@@ -4,12 +4,9 @@
 setup:
 	@scripts/setup.sh
 
-# Until `animllm demo` exists: the checklist (its GPU rows FAIL on a machine without one,
-# which is expected there and not an error of `make run`), the plan, and the engine command.
+# The main job on a machine without a GPU: the whole flow on the CPU build of vLLM.
 run: setup
-	-.venv/bin/animllm doctor
-	.venv/bin/animllm plan
-	.venv/bin/animllm config show --format args
+	.venv/bin/animllm demo
 
 test: setup
 	.venv/bin/python -m pytest

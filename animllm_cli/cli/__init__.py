@@ -79,7 +79,7 @@ def root(
 
 
 def _register() -> None:
-    from animllm_cli.cli import admin, bench, chat, config_cmd, doctor, models, plan, serve
+    from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, models, plan, serve
 
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
@@ -90,6 +90,7 @@ def _register() -> None:
     app.command("logs")(admin.logs)
     app.command("chat")(chat.chat)
     app.command("bench")(bench.bench)
+    app.command("demo")(demo.demo)
     app.command("models")(models.models)
     app.add_typer(config_cmd.app, name="config")
 

@@ -58,7 +58,7 @@ def status(ctx: typer.Context, json_output: common.JsonOption = False, config: c
     out.show(table("animllm gateway", ["", ""], rows))
 
 
-def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.")],
+def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.", autocompletion=common.complete_models)],
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """Load another model now (after in-flight requests finish) and report the timings."""
     from rich.console import Console

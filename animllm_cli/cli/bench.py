@@ -26,7 +26,8 @@ def _levels(text: str) -> list[int]:
 
 def bench(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Argument(help="Model to measure (default: default_model).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(help="Model to measure (default: default_model).", show_default=False,
+                                                   autocompletion=common.complete_models)] = None,
     concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Levels to sweep, e.g. 1,4,10,32.")] = "1",
     request_rate: Annotated[Optional[float], typer.Option("--request-rate", min=0.01,
                                                           help="Poisson arrivals per second instead of fixed concurrency.")] = None,

@@ -13,7 +13,7 @@ from animllm_cli.cli import common
 
 def chat(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Argument(help="Model name, alias or task (default: default_model).",
+    model: Annotated[Optional[str], typer.Argument(help="Model name, alias or task (default: default_model).", autocompletion=common.complete_models,
                                                    show_default=False)] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Ask once, print the answer, exit.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,

@@ -75,3 +75,20 @@ def load(ctx: typer.Context, config: Path | None, overrides: Overrides | None = 
     for file in loaded.files:
         app_state.output.debug(f"config file: {file}")
     return loaded
+
+
+def complete_models(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """Shell completion for model arguments: names and aliases from the user's config."""
+    try:
+        from animllm_cli.config import load_config
+
+        root = ctx.find_root()
+        config = ctx.params.get("config") or root.params.get("config")
+        loaded = load_config(config)
+    except Exception:  # a broken config must not break the shell
+        return []
+    words = []
+    for name, spec in loaded.config.models.items():
+        words.append((name, ", ".join(spec.tasks) or spec.source))
+        words += [(alias, f"alias of {name}") for alias in spec.aliases]
+    return [(word, help_text) for word, help_text in words if word.startswith(incomplete)]

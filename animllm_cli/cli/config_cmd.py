@@ -25,7 +25,7 @@ def show(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(
         help="Model name, alias or source; without it, the whole config (args/env: the default model).",
-        show_default=False)] = None,
+        show_default=False, autocompletion=common.complete_models)] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="yaml | json | args (engine command) | env.")] = Format.yaml,
     json_output: common.JsonOption = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show where each value came from.")] = False,

@@ -13,7 +13,8 @@ VERDICT_STYLE = {"fits": "green", "fits-partially": "yellow", "does-not-fit": "b
 
 def plan(
     ctx: typer.Context,
-    models: Annotated[Optional[list[str]], typer.Argument(help="Models to plan (default: all).", show_default=False)] = None,
+    models: Annotated[Optional[list[str]], typer.Argument(help="Models to plan (default: all).", show_default=False,
+                                                        autocompletion=common.complete_models)] = None,
     vram: Annotated[Optional[float], typer.Option("--vram", min=0.5, metavar="GiB",
                                                   help="Plan for a card of this size (default: the detected GPU, else gpu.vram_gib).")] = None,
     gpu_memory_utilization: common.GpuUtilOption = None,

@@ -22,7 +22,7 @@ PortOption = Annotated[Optional[int], typer.Option("--port", "-p", min=1, max=65
 
 def serve(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Argument(help="Model to load first (default: default_model).",
+    model: Annotated[Optional[str], typer.Argument(help="Model to load first (default: default_model).", autocompletion=common.complete_models,
                                                    show_default=False)] = None,
     host: HostOption = None,
     port: PortOption = None,

@@ -77,6 +77,9 @@ def build_tiny_model(dest: Path, spec: TinySpec) -> Path:
         return dest
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars are noise in a demo
 
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(spec)

@@ -1,0 +1,1 @@
+complete --command animllm --no-files --arguments "(env _ANIMLLM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) animllm)" --condition "env _ANIMLLM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) animllm"
