@@ -105,7 +105,7 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None) -
     server, gateway = gateway_server.build(loaded, model=name, host=host, port=port, key=key,
                                            hooks=gateway_server.Hooks(ready, failed, stopped), on_progress=progress)
     server.run()
-    return 1 if getattr(gateway, "failed", None) else 0
+    return 1 if gateway.failed else 0
 
 
 def _child_argv(ctx, config, name, host, port, sets, gpu_util, max_len) -> list[str]:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import re
 import time
 from typing import Any, Awaitable, Callable
@@ -98,6 +99,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
         self.shutdown_hook: Callable[[], None] | None = None
+        self.failed: Exception | None = None   # the first model could not be loaded
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -363,7 +365,7 @@ def status_report(gw: Gateway) -> dict[str, Any]:
     report = nvml.probe(gw.nvml_module)
     gpus = [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes,
              "free_bytes": g.free_bytes} for g in report.gpus]
-    return {"schema_version": 1, "gateway": {"pid": __import__("os").getpid(), "uptime_s": round(time.time() - gw.started_at, 1)},
+    return {"schema_version": 1, "gateway": {"pid": os.getpid(), "uptime_s": round(time.time() - gw.started_at, 1)},
             "engine": gw.manager.status(), "queue_depth": gw.scheduler.depth, "in_flight": gw.scheduler.in_flight,
             "backoff": {m: round(until - time.monotonic(), 1) for m, (until, _) in gw.scheduler.backoff_until.items()
                         if until > time.monotonic()},

@@ -115,13 +115,12 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     manager = EngineManager(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress)
     gateway = Gateway(loaded, api_key=key, bind_host=host, manager=manager, nvml_module=nvml_module)
     server_box: dict[str, uvicorn.Server] = {}
-    gateway.failed: Exception | None = None  # type: ignore[misc]
 
     async def first_load() -> None:
         try:
             await gateway.load(model)
         except Exception as exc:
-            gateway.failed = exc  # type: ignore[attr-defined]
+            gateway.failed = exc
             if hooks.on_failed:
                 hooks.on_failed(exc)
             if exit_on_failed_load:  # `serve` reports the diagnosis and exits 1
