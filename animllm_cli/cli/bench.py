@@ -48,18 +48,17 @@ def bench(
     import os
 
     from animllm_cli.bench.runner import BenchPlan, run_bench
-    from animllm_cli.cli.chat import _gateway_url, _resolver
 
     out = common.output(ctx)
     loaded = common.load(ctx, config)
-    resolve = _resolver(loaded, strict=url is None)
+    resolve = common.model_resolver(loaded)
     name = resolve(model)[0] if model else loaded.resolve_model(None)
     switch_models = [resolve(m.strip())[0] for m in switch.split(",")] if switch else []
     if switch and len(switch_models) < 2:
         from animllm_cli.errors import UsageError
 
         raise UsageError("--switch needs at least two models, e.g. --switch coder,vision")
-    plan = BenchPlan(url=url or _gateway_url(loaded), model=name, levels=[] if request_rate else _levels(concurrency),
+    plan = BenchPlan(url=url or common.gateway_url(loaded), model=name, levels=[] if request_rate else _levels(concurrency),
                      request_rate=request_rate, requests=requests, input_len=input_len, output_len=output_len,
                      warmup=warmup, switch_models=switch_models, switch_rounds=switch_rounds,
                      api_key=os.environ.get(loaded.config.server.api_key_env))

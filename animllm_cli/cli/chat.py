@@ -37,10 +37,10 @@ def chat(
 
     out = common.output(ctx)
     loaded = common.load(ctx, config)
-    base_url = url or _gateway_url(loaded)
+    base_url = url or common.gateway_url(loaded)
     key = os.environ.get(api_key_env or loaded.config.server.api_key_env)
     client = OpenAIClient(base_url, key, timeout_s=loaded.config.limits.request_timeout_s + 30)
-    resolve = _resolver(loaded, strict=url is None)
+    resolve = common.model_resolver(loaded)
     name, vision = resolve(model) if model else resolve(loaded.resolve_model(None))
     conversation = Conversation(name, system=system, vision=vision,
                                 params={"temperature": temperature, "max_tokens": max_tokens, "seed": seed})
@@ -74,32 +74,6 @@ def _one_shot(out, client, payload: dict, json_output: bool) -> int:
     sys.stdout.write("\n")
     out.info(f"[dim]{stats_line(result)}[/dim]")
     return 0
-
-
-def _gateway_url(loaded) -> str:
-    from animllm_cli.gateway.server import read_state
-
-    state = read_state()
-    if state:
-        return state.url
-    server = loaded.config.server
-    return f"http://{server.host}:{server.port}"
-
-
-def _resolver(loaded, *, strict: bool):
-    """Name and vision flag for what the user typed. Unknown names go to the server as
-    typed: it gives the authoritative answer (the gateway lists what it has)."""
-    from animllm_cli.gateway.routing import Router
-
-    router = Router(loaded)
-
-    def resolve(wanted: str) -> tuple[str, bool | None]:
-        name = router.resolve(wanted)
-        if name is None:
-            return wanted, None
-        return name, "vision" in loaded.config.models[name].tasks
-
-    return resolve
 
 
 def _switcher(loaded, out):

@@ -77,6 +77,33 @@ def load(ctx: typer.Context, config: Path | None, overrides: Overrides | None = 
     return loaded
 
 
+def gateway_url(loaded: LoadedConfig) -> str:
+    """The running gateway's URL, else where the config says it would listen."""
+    from animllm_cli.gateway.server import read_state
+
+    state = read_state()
+    if state:
+        return state.url
+    server = loaded.config.server
+    return f"http://{server.host}:{server.port}"
+
+
+def model_resolver(loaded: LoadedConfig):
+    """Name and vision flag for what the user typed. Unknown names pass through as typed:
+    the server gives the authoritative answer (the gateway lists what it has)."""
+    from animllm_cli.gateway.routing import Router
+
+    router = Router(loaded)
+
+    def resolve(wanted: str) -> tuple[str, bool | None]:
+        name = router.resolve(wanted)
+        if name is None:
+            return wanted, None
+        return name, "vision" in loaded.config.models[name].tasks
+
+    return resolve
+
+
 def complete_models(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     """Shell completion for model arguments: names and aliases from the user's config."""
     try:

@@ -94,9 +94,10 @@ def make_app(names: list[str], mode: str, after: float):
                 usage = {"prompt_tokens": len(prompt) if isinstance(prompt, list) else 3, "completion_tokens": sent,
                          "total_tokens": sent + 3}
                 await response.write(b"data: " + json.dumps({"id": "x", "choices": [], "usage": usage}).encode() + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+            # Recorded before [DONE]: a client that has read the whole stream finds the record.
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": False,
                     "messages": body.get("messages")})
+            await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": True})
             raise

@@ -151,7 +151,9 @@ def test_stream_timeout_ends_with_an_error_event(gateway_factory) -> None:
         reply = client.post("/v1/chat/completions", json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 20}})
     events = sse_events(reply.text)
     assert "[DONE]" not in events and "timed out after 1s" in json.loads(events[-1])["error"]["message"]
-    time.sleep(0.5)
+    deadline = time.monotonic() + 5
+    while not gw.requests_seen() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert gw.requests_seen()[-1]["gone"] is True  # the upstream was closed: vLLM stops generating
 
 
