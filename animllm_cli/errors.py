@@ -29,6 +29,8 @@ class ConfigError(UsageError):
 
     def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
         self.problems = problems
-        heading = "invalid configuration" if len(problems) > 1 else "invalid configuration:"
-        body = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{heading}\n{body}" if len(problems) > 1 else f"{heading} {problems[0]}", hint=hint)
+        if len(problems) == 1:
+            message = f"invalid configuration: {problems[0]}"
+        else:
+            message = "invalid configuration\n" + "\n".join(f"  {p}" for p in problems)
+        super().__init__(message, hint=hint)
