@@ -150,6 +150,7 @@ class ServerSection(Section):
     host: str = "127.0.0.1"
     port: Port = 8000
     api_key_env: EnvName = "ANIMLLM_API_KEY"
+    switch_on_demand: bool = True   # false: a request for another model is refused, not switched to
 
 
 class Expectation(Section):

@@ -92,6 +92,7 @@ class Gateway:
         self.manager.on_death = self._engine_died
         limits = loaded.config.limits
         self.timeout_s = limits.request_timeout_s
+        self.switch_on_demand = loaded.config.server.switch_on_demand
         self.threshold = limits.vram_threshold
         self.scheduler = Scheduler(self._switch, self._limit, queue_max=limits.queue_max, backoff_s=backoff_s)
         self.admission_interval_s = admission_interval_s
@@ -219,6 +220,10 @@ async def proxy(request: Request) -> Response:
     if changed or requested not in gw.router.served_names(model):
         payload["model"] = model
         raw = json.dumps(payload).encode()
+    if not gw.switch_on_demand and gw.scheduler.current not in (None, model):
+        gw.metrics.rejections.labels("not_loaded").inc()
+        return error(409, f"model '{model}' is not loaded ('{gw.scheduler.current}' is) and switch_on_demand is off",
+                     "model_not_loaded", param="model", code="model_not_loaded")
     if gw.busy_reason:
         gw.metrics.rejections.labels("pressure").inc()
         return error(503, f"busy: {gw.busy_reason}", "server_busy", retry_after=5)

@@ -296,3 +296,17 @@ def test_switch_waits_for_in_flight_and_reports_timings(gateway_factory) -> None
     assert report["stop_s"] is not None and report["load_s"] > 0
     finished = [r for r in gw.requests_seen() if r.get("stream")]
     assert finished and finished[0]["gone"] is False and finished[0]["chunks"] == 10  # never evicted mid-answer
+
+
+def test_switch_on_demand_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ANIMLLM_SERVER__SWITCH_ON_DEMAND", "false")
+    gw = start_gateway(tmp_path, fake_gateway_config(tmp_path))
+    try:
+        with gw.client() as client:
+            refused = client.post("/v1/chat/completions", json={"model": "b", **CHAT})
+            assert refused.status_code == 409 and "switch_on_demand is off" in refused.json()["error"]["message"]
+            assert client.post("/v1/chat/completions", json={"model": "a", **CHAT}).status_code == 200
+            assert client.post("/admin/switch", json={"model": "b"}).json()["to_model"] == "b"  # explicit switches work
+            assert client.post("/v1/chat/completions", json={"model": "b", **CHAT}).status_code == 200
+    finally:
+        gw.stop()
