@@ -79,7 +79,8 @@ def test_config_show_yaml_and_json_agree() -> None:
     as_yaml = yaml.safe_load(run_cli("config", "show").stdout)
     as_json = run_json("config", "show", "--format", "json")
     assert as_yaml == as_json
-    assert as_json["server"] == {"host": "127.0.0.1", "port": 8000, "api_key_env": "ANIMLLM_API_KEY"}
+    assert as_json["server"] == {"host": "127.0.0.1", "port": 8000, "api_key_env": "ANIMLLM_API_KEY",
+                                 "switch_on_demand": True}
 
 
 def test_config_show_model_json_has_engine_argv() -> None:
