@@ -90,7 +90,7 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None) -
         out.info("Ctrl-C stops the gateway and the engine")
 
     def failed(exc: Exception) -> None:
-        out.error(getattr(exc, "reason", None) and f"{name} could not be loaded: {exc}" or str(exc))
+        out.error(f"{name} could not be loaded: {exc}")
 
     def stopped(report) -> None:
         if report is None:

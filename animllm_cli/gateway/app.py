@@ -26,9 +26,9 @@ from animllm_cli.gateway.manager import EngineManager
 from animllm_cli.gateway.metrics import GatewayMetrics
 from animllm_cli.gateway.routing import Router
 from animllm_cli.gateway.scheduler import Lease, QueueFull, Scheduler, SwitchFailed
+from animllm_cli.gateway.server import LOOPBACK as LOOPBACK_HOSTS
 from animllm_cli.gpu import nvml
 
-LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 KV_USAGE = re.compile(rb"^vllm:(?:kv_cache_usage_perc|gpu_cache_usage_perc)\{[^}]*\} ([0-9.eE+-]+)", re.MULTILINE)
 _timeout_at = getattr(asyncio, "timeout_at", None)  # Python 3.11+
 
