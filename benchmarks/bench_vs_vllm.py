@@ -36,7 +36,7 @@ parser = FlexibleArgumentParser()
 add_cli_args(parser)
 result = main(parser.parse_args(sys.argv[1:]))
 print("RESULT " + json.dumps({k: result[k] for k in ("median_ttft_ms", "median_tpot_ms", "output_throughput",
-                                                       "completed")}))
+                                                       "completed", "total_input_tokens")}))
 """
 
 
@@ -64,7 +64,8 @@ async def run_ours(url: str, model: str, args: argparse.Namespace, round_seed: i
             concurrency=args.concurrency)
     summary = summarize(samples, duration)
     return {"median_ttft_ms": summary["ttft_ms"]["median"], "median_tpot_ms": summary["tpot_ms"]["median"],
-            "output_throughput": summary["output_throughput"], "completed": summary["completed"]}
+            "output_throughput": summary["output_throughput"], "completed": summary["completed"],
+            "total_input_tokens": summary["input_tokens"]}
 
 
 def main() -> None:
@@ -110,6 +111,7 @@ models: {{tiny-a: {{source: {tiny}, profile: p}}}}
         ratio = ours / theirs if theirs else float("nan")
         print(f"{label:<26} {theirs:>12.2f} {ours:>14.2f} {ratio:>7.3f}  {'yes' if abs(ratio - 1) <= 0.05 else 'NO'}")
     print("completed per run:", {k: [r["completed"] for r in v] for k, v in results.items()})
+    print("input tokens per run:", {k: [r["total_input_tokens"] for r in v] for k, v in results.items()})
 
 
 if __name__ == "__main__":
