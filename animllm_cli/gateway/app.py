@@ -94,7 +94,10 @@ class Gateway:
         self.timeout_s = limits.request_timeout_s
         self.switch_on_demand = loaded.config.server.switch_on_demand
         self.threshold = limits.vram_threshold
-        self.scheduler = Scheduler(self._switch, self._limit, queue_max=limits.queue_max, backoff_s=backoff_s)
+        # Each model's concurrency limit, worked out once: the scheduler asks on every decision.
+        self._limits = {name: self._concurrency(name) for name in loaded.config.models}
+        self.scheduler = Scheduler(self._switch, self._limits.__getitem__, queue_max=limits.queue_max,
+                                   backoff_s=backoff_s)
         self.admission_interval_s = admission_interval_s
         self.busy_reason: str | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -125,7 +128,7 @@ class Gateway:
         lease.release()
 
     # ------------------------------------------------------------------ scheduling glue
-    def _limit(self, model: str) -> int:
+    def _concurrency(self, model: str) -> int:
         settings = self.loaded.model(model).settings
         return settings.get("concurrency") or settings.get("max_num_seqs") or 16
 
@@ -379,7 +382,8 @@ def status_report(gw: Gateway) -> dict[str, Any]:
 
 async def admin_status(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return gw.guard(request, local_ok=True) or JSONResponse(status_report(gw))
+    # NVML is read in a thread, as the admission watcher does: never block the event loop.
+    return gw.guard(request, local_ok=True) or JSONResponse(await asyncio.to_thread(status_report, gw))
 
 
 async def admin_switch(request: Request) -> Response:
