@@ -74,3 +74,16 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]], *, no_wr
     for row in rows:
         result.add_row(*("" if cell is None else str(cell) for cell in row))
     return result
+
+
+def phase_printer(out: Output, fmt: str) -> Any:
+    """An engine `on_progress` callback that prints a line only when a model's start-up
+    phase changes. `fmt` gets elapsed_s, model and phase."""
+    last: dict[str, str] = {}
+
+    def progress(p: Any) -> None:
+        if last.get(p.model) != p.phase:
+            last[p.model] = p.phase
+            out.info(fmt.format(elapsed_s=p.elapsed_s, model=p.model, phase=p.phase))
+
+    return progress

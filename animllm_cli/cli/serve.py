@@ -76,13 +76,10 @@ def endpoints_table(url: str):
 def _foreground(out, loaded, name: str, host: str, port: int, key: str | None) -> int:
     from animllm_cli.gateway import server as gateway_server
 
-    url = f"http://{host}:{port}"
-    last_phase: dict[str, str] = {}
+    from animllm_cli.output import phase_printer
 
-    def progress(p) -> None:
-        if last_phase.get(p.model) != p.phase:
-            last_phase[p.model] = p.phase
-            out.info(f"[dim]{p.elapsed_s:6.1f}s[/dim]  {p.model}: {p.phase}")
+    url = f"http://{host}:{port}"
+    progress = phase_printer(out, "[dim]{elapsed_s:6.1f}s[/dim]  {model}: {phase}")
 
     def ready(report) -> None:
         out.info(f"{name} ready in {report.load_s:.1f}s")

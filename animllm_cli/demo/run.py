@@ -11,7 +11,7 @@ from typing import Any
 
 from animllm_cli import paths
 from animllm_cli.errors import AnimllmError
-from animllm_cli.output import Output
+from animllm_cli.output import Output, phase_printer
 
 DEMO_CONFIG = """# Written by `animllm demo`: two tiny models on the CPU build of vLLM.
 inherit_defaults: false
@@ -107,12 +107,7 @@ class _DemoGateway:
         self.failure: Exception | None = None
         self.first_load_s: float | None = None
         self.stopped_report: Any = None
-        phases: dict[str, str] = {}
-
-        def progress(p) -> None:
-            if phases.get(p.model) != p.phase:
-                phases[p.model] = p.phase
-                out.info(f"      [dim]{p.elapsed_s:5.1f}s {p.model}: {p.phase}[/dim]")
+        progress = phase_printer(out, "      [dim]{elapsed_s:5.1f}s {model}: {phase}[/dim]")
 
         def on_ready(report) -> None:
             self.first_load_s = report.load_s
