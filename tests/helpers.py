@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
+
+from animllm_cli.engine.supervisor import free_port  # noqa: F401  (the tests' free port, the same as the engine's)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "animllm.yaml"
@@ -32,12 +33,6 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tiny_config(path: Path, models: dict[str, Path], *, port: int = 8100) -> Path:

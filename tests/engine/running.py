@@ -1,10 +1,10 @@
 """Start a real vLLM server from a shell line in its own process group, and stop the
-whole group. The tests' own minimal harness, kept apart from the product's supervisor."""
+whole group. Deliberately not the product's supervisor (the tests check the printed
+command on its own); the process-group helpers are the product's."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import time
@@ -12,33 +12,18 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
-import psutil
 import pytest
+
+from animllm_cli.engine import processes
 
 START_TIMEOUT_S = 240
 
 
-def group_members(pgid: int) -> list[psutil.Process]:
-    members = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid:
-                members.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return members
-
-
 def stop_group(pgid: int, grace_s: float = 30) -> None:
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if group_members(pgid):
-        os.killpg(pgid, signal.SIGKILL)
+    """SIGTERM the group, SIGKILL whatever is left after the grace period."""
+    processes.signal_all(pgid, {}, signal.SIGTERM)
+    if processes.wait_gone(pgid, {}, grace_s):
+        processes.signal_all(pgid, {}, signal.SIGKILL)
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, log: Path) -> None:

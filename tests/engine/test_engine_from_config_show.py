@@ -11,7 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.engine.running import group_members, running_engine
+from animllm_cli.engine import processes
+from tests.engine.running import running_engine
 from tests.helpers import free_port, tiny_config
 
 pytestmark = pytest.mark.engine
@@ -44,6 +45,6 @@ def test_engine_runs_from_the_printed_command(tiny_models: dict[str, Path], tmp_
         assert body["usage"]["completion_tokens"] >= 1
         assert "CPU KV cache size" in log.read_text()  # VLLM_CPU_KVCACHE_SPACE from the config's env reached it
 
-    assert group_members(proc.pid) == []
+    assert processes.group_members(proc.pid) == set()
     survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], survivors
