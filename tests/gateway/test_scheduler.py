@@ -39,6 +39,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def loaded(scheduler: Scheduler, switcher: Switcher, model: str = "a"):
+    """Load `model` through a first request and return that request's finished task."""
+    task = asyncio.create_task(scheduler.acquire(model))
+    await settle()
+    switcher.finish()
+    await settle()
+    return task
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -61,10 +70,7 @@ def test_first_request_loads_its_model() -> None:
 def test_priority_then_arrival_order() -> None:
     async def scenario():
         scheduler, switcher = make(limit=1)
-        first = asyncio.create_task(scheduler.acquire("a"))
-        await settle()
-        switcher.finish()
-        await settle()
+        first = await loaded(scheduler, switcher)
         holder = first.result()
         order: list[str] = []
 
@@ -111,10 +117,7 @@ def test_queue_bound() -> None:
 def test_no_eviction_while_in_flight_and_same_model_grouping() -> None:
     async def scenario():
         scheduler, switcher = make(limit=1)
-        a1 = asyncio.create_task(scheduler.acquire("a"))
-        await settle()
-        switcher.finish()
-        await settle()
+        a1 = await loaded(scheduler, switcher)
         lease_a1 = a1.result()
         a2 = asyncio.create_task(scheduler.acquire("a"))   # waiting for a before b asked
         await settle()
@@ -169,10 +172,7 @@ def test_failed_switch_fails_all_its_waiters_and_backs_off() -> None:
 def test_disconnected_client_leaves_the_queue() -> None:
     async def scenario():
         scheduler, switcher = make(limit=1)
-        holder = asyncio.create_task(scheduler.acquire("a"))
-        await settle()
-        switcher.finish()
-        await settle()
+        holder = await loaded(scheduler, switcher)
         gone = asyncio.create_task(scheduler.acquire("a"))
         stays = asyncio.create_task(scheduler.acquire("a"))
         await settle()
@@ -189,10 +189,7 @@ def test_disconnected_client_leaves_the_queue() -> None:
 def test_a_lone_foreign_request_for_a_gone_client_does_not_switch() -> None:
     async def scenario():
         scheduler, switcher = make(limit=1)
-        holder = asyncio.create_task(scheduler.acquire("a"))
-        await settle()
-        switcher.finish()
-        await settle()
+        holder = await loaded(scheduler, switcher)
         b = asyncio.create_task(scheduler.acquire("b"))
         await settle()
         b.cancel()
@@ -206,10 +203,7 @@ def test_a_lone_foreign_request_for_a_gone_client_does_not_switch() -> None:
 def test_engine_lost_restarts_through_a_switch() -> None:
     async def scenario():
         scheduler, switcher = make()
-        first = asyncio.create_task(scheduler.acquire("a"))
-        await settle()
-        switcher.finish()
-        await settle()
+        first = await loaded(scheduler, switcher)
         first.result().release()
         scheduler.engine_lost("a")
         again = asyncio.create_task(scheduler.acquire("a"))
