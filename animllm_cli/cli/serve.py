@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -53,14 +52,12 @@ def serve(
 
 def _check_port_free(host: str, port: int) -> None:
     from animllm_cli.errors import AnimllmError
+    from animllm_cli.gateway.server import bind_error
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise AnimllmError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                               hint="pick another with --port, or stop what holds it") from None
+    problem = bind_error(host, port)
+    if problem:
+        raise AnimllmError(f"cannot listen on {host}:{port}: {problem}",
+                           hint="pick another with --port, or stop what holds it")
 
 
 def endpoints_table(url: str):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -326,14 +325,13 @@ def model_sources(ctx: DoctorContext) -> Result:
 
 @check("port", "gateway port free")
 def port(ctx: DoctorContext) -> Result:
+    from animllm_cli.gateway.server import bind_error
+
     server = ctx.loaded.config.server
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((server.host, server.port))
-        except OSError as exc:
-            return Result(FAIL, f"{server.host}:{server.port} is taken ({exc.strerror}){_port_owner(server.port)}",
-                          f"stop what holds it, or set server.port (ANIMLLM_SERVER__PORT)")
+    problem = bind_error(server.host, server.port)
+    if problem:
+        return Result(FAIL, f"{server.host}:{server.port} is taken ({problem}){_port_owner(server.port)}",
+                      "stop what holds it, or set server.port (ANIMLLM_SERVER__PORT)")
     return Result(PASS, f"{server.host}:{server.port} is free")
 
 

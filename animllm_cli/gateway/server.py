@@ -83,6 +83,19 @@ def api_key(loaded: LoadedConfig) -> str | None:
     return os.environ.get(loaded.config.server.api_key_env) or None
 
 
+def bind_error(host: str, port: int) -> str | None:
+    """Why the gateway could not listen on host:port right now, or None if it could."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def check_bind(host: str, key: str | None, key_env: str) -> None:
     if host not in LOOPBACK and not key:
         raise UsageError(f"refusing to bind {host} without an API key",
