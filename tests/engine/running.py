@@ -14,9 +14,11 @@ from typing import Iterator
 import httpx
 import pytest
 
+from animllm_cli.config.schema import EngineSection
 from animllm_cli.engine import processes
 
-START_TIMEOUT_S = 240
+# The product's own bound for an engine start: never wait on this machine's speed.
+START_TIMEOUT_S = EngineSection().start_timeout_s
 
 
 def stop_group(pgid: int, grace_s: float = 30) -> None:

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from animllm_cli.engine import processes
-from tests.gateway.harness import start_gateway
+from animllm_cli.config import load_config
+from tests.gateway.harness import start_bound_s, start_gateway
 from tests.helpers import free_port, tiny_config
 
 pytestmark = pytest.mark.engine
@@ -53,7 +54,7 @@ def test_concurrent_clients_alternating_models(tiny_models: dict[str, Path], tmp
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=600)
+            thread.join()  # each request is bounded by the gateway's own timeouts
         metrics = httpx.get(f"{gw.url}/metrics").text
         engine_pids = gw.gateway.manager.engine.pids()
     finally:
@@ -70,7 +71,9 @@ def test_concurrent_clients_alternating_models(tiny_models: dict[str, Path], tmp
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "animllm_cli", *args], capture_output=True, text=True, timeout=400,
+    # `serve --detach` and `switch` wait for a start: bounded by the product, not here.
+    bound = start_bound_s(load_config(env["ANIMLLM_CONFIG"])) + 60
+    return subprocess.run([sys.executable, "-m", "animllm_cli", *args], capture_output=True, text=True, timeout=bound,
                           env=env)
 
 

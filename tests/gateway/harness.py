@@ -36,6 +36,18 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
     """)
 
 
+def stop_bound_s(loaded: Any) -> float:
+    """How long the product may take to stop an engine: grace, SIGKILL, VRAM release."""
+    engine = loaded.config.engine
+    return engine.stop_grace_s + 5 + engine.vram_release_timeout_s + 30
+
+
+def start_bound_s(loaded: Any) -> float:
+    """How long the product may take to load a model and give up on it: the engine's start
+    timeout, plus stopping what was loaded before (a switch) and the failed start."""
+    return loaded.config.engine.start_timeout_s + 2 * stop_bound_s(loaded)
+
+
 @dataclass
 class RunningGateway:
     url: str
@@ -52,8 +64,10 @@ class RunningGateway:
         log = self.tmp_path / "requests.jsonl"
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
-    def wait_ready(self, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
+    def wait_ready(self) -> None:
+        """Until the first load is ready or failed: the gateway's own start bound decides
+        which, so this waits as long as the product would, never on this machine's speed."""
+        deadline = time.monotonic() + start_bound_s(self.gateway.loaded)
         while time.monotonic() < deadline:
             if any(kind in ("ready", "failed") for kind, _ in self.events):
                 return
@@ -62,7 +76,7 @@ class RunningGateway:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=stop_bound_s(self.gateway.loaded))
 
 
 def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | None = None, host: str = "127.0.0.1",
@@ -82,8 +96,8 @@ def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | 
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     running = RunningGateway(f"http://127.0.0.1:{port}", gateway, server, thread, tmp_path, events)
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
+    deadline = time.monotonic() + start_bound_s(loaded)
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     if wait:
         running.wait_ready()
