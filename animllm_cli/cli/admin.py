@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,6 @@ import typer
 
 from animllm_cli.cli import common
 
-GIB = 1024**3
 
 
 def _client(ctx: typer.Context, config: Optional[Path]):
@@ -24,63 +24,70 @@ def _secs(value) -> str:
 
 
 def _gib(value) -> str:
+    from animllm_cli.units import GIB
+
     return "-" if value is None else f"{value / GIB:.1f} GiB"
 
 
 def status(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """What the gateway has loaded, its state, VRAM, queue and last switch."""
+    out = common.output(ctx)
+    out.result(_client(ctx, config).status(), lambda report: _show_status(out, report), json=json_output)
+
+
+def _show_status(out, report) -> None:
     from animllm_cli.output import table
 
-    out = common.output(ctx)
-    client = _client(ctx, config)
-    data = client.status()
-    data["url"] = client.state.url
-    if json_output:
-        out.json(data)
-        return
-    engine, last = data["engine"], data["engine"].get("last_switch") or {}
-    loaded_since = engine.get("loaded_since")
-    rows = [["gateway", f"{client.state.url} (pid {data['gateway']['pid']}, up {data['gateway']['uptime_s']:.0f}s)"],
-            ["model", f"{engine.get('model') or '-'} ({engine['state']}" + (f", {engine['phase']}" if engine["state"] != "ready" and engine.get("phase") else "") + ")"],
-            ["loaded for", f"{time.time() - loaded_since:.0f}s" if loaded_since else "-"],
-            ["queue / in flight", f"{data['queue_depth']} / {data['in_flight']}"]]
-    if engine.get("death_reason"):
-        rows.append(["engine died", engine["death_reason"]])
-    for gpu in data["vram"]["gpus"]:
-        rows.append([f"GPU {gpu['index']}", f"{gpu['name']}: {_gib(gpu['used_bytes'])} used of {_gib(gpu['total_bytes'])}"])
-    if data["vram"]["error"]:
-        rows.append(["VRAM", data["vram"]["error"]])
+    engine, last = report.engine, report.engine.last_switch
+    phase = f", {engine.phase}" if engine.state != "ready" and engine.phase else ""
+    rows = [["gateway", f"{report.url} (pid {report.gateway.pid}, up {report.gateway.uptime_s:.0f}s)"],
+            ["model", f"{engine.model or '-'} ({engine.state}{phase})"],
+            ["loaded for", f"{time.time() - engine.loaded_since:.0f}s" if engine.loaded_since else "-"],
+            ["queue / in flight", f"{report.queue_depth} / {report.in_flight}"]]
+    if engine.death_reason:
+        rows.append(["engine died", engine.death_reason])
+    for gpu in report.vram.gpus:
+        rows.append([f"GPU {gpu.index}", f"{gpu.name}: {_gib(gpu.used_bytes)} used of {_gib(gpu.total_bytes)}"])
+    if report.vram.error:
+        rows.append(["VRAM", report.vram.error])
     if last:
-        rows.append(["last switch", f"{last.get('from_model') or '-'} -> {last['to_model']}: {last['outcome']} in "
-                                    f"{_secs(last.get('total_s'))}" + (f" ({last['error']})" if last.get("error") else "")])
-    if data.get("busy"):
-        rows.append(["refusing requests", data["busy"]])
+        rows.append(["last switch", f"{last.from_model or '-'} -> {last.to_model}: {last.outcome} in "
+                                    f"{_secs(last.total_s)}" + (f" ({last.error})" if last.error else "")])
+    if report.busy:
+        rows.append(["refusing requests", report.busy])
     out.show(table("animllm gateway", ["", ""], rows))
 
 
 def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.", autocompletion=common.complete_models)],
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """Load another model now (after in-flight requests finish) and report the timings."""
-    from rich.console import Console
-
-    from animllm_cli.output import table
-
     out = common.output(ctx)
     client = _client(ctx, config)
-    with Console(stderr=True).status(f"switching to {model} (waits for in-flight requests)"):
+    with out.status(f"switching to {model} (waits for in-flight requests)"):
         report = client.switch(model)
-    if json_output:
-        out.json(report)
+    out.result(report, lambda r: _show_switch(out, r), json=json_output)
+
+
+def _show_switch(out, report) -> None:
+    from animllm_cli.output import table
+
+    if report.outcome == "already loaded":
+        out.info(f"{report.to_model} is already loaded")
         return
-    if report.get("outcome") == "already loaded":
-        out.info(f"{report['to_model']} is already loaded")
-        return
-    rows = [["from -> to", f"{report.get('from_model') or '-'} -> {report['to_model']}"],
-            ["stop", _secs(report.get("stop_s"))], ["VRAM released", _secs(report.get("vram_release_s"))
-                                                    if report.get("vram_release_s") is not None else report.get("vram_note") or "-"],
-            ["load to ready", _secs(report.get("load_s"))], ["total", _secs(report.get("total_s"))],
-            ["VRAM free before / after", f"{_gib(report.get('vram_free_before'))} / {_gib(report.get('vram_free_after'))}"]]
+    released = _secs(report.vram_release_s) if report.vram_release_s is not None else report.vram_note or "-"
+    rows = [["from -> to", f"{report.from_model or '-'} -> {report.to_model}"],
+            ["stop", _secs(report.stop_s)], ["VRAM released", released],
+            ["load to ready", _secs(report.load_s)], ["total", _secs(report.total_s)],
+            ["VRAM free before / after", f"{_gib(report.vram_free_before)} / {_gib(report.vram_free_after)}"]]
     out.show(table("Switch", ["", ""], rows))
+
+
+@dataclass
+class StopResult:
+    stopped: bool
+    gateway_pid: int
+    seconds: float
+    engine_processes_left: list[int]
 
 
 def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
@@ -93,7 +100,7 @@ def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: com
     client = _client(ctx, config)
     pid = client.state.pid
     try:
-        engine_pids = client.stop().get("engine_pids", [])
+        engine_pids = client.stop().engine_pids
     except AnimllmError:  # not answering: end it by signal
         engine_pids = []
         psutil.Process(pid).terminate()
@@ -105,15 +112,17 @@ def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: com
     except psutil.TimeoutExpired:
         raise AnimllmError(f"the gateway (pid {pid}) did not exit within 120s") from None
     left = [p for p in engine_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    result = {"stopped": True, "gateway_pid": pid, "seconds": round(time.monotonic() - started, 2), "engine_processes_left": left}
-    if json_output:
-        out.json(result)
-    elif left:
-        out.error(f"gateway stopped, but engine processes are still alive: {left}")
-    else:
-        out.info(f"gateway (pid {pid}) stopped in {result['seconds']:.2f}s; no engine process left")
+    result = StopResult(True, pid, round(time.monotonic() - started, 2), left)
+    out.result(result, lambda r: _show_stop(out, r), json=json_output)
     if left:
         raise typer.Exit(1)
+
+
+def _show_stop(out, result: StopResult) -> None:
+    if result.engine_processes_left:
+        out.error(f"gateway stopped, but engine processes are still alive: {result.engine_processes_left}")
+    else:
+        out.info(f"gateway (pid {result.gateway_pid}) stopped in {result.seconds:.2f}s; no engine process left")
 
 
 def logs(ctx: typer.Context,
@@ -128,7 +137,7 @@ def logs(ctx: typer.Context,
     loaded = common.load(ctx, config)
     log_dir = paths.state_dir() / "logs"
     if model:
-        path = log_dir / f"{loaded.resolve_model(model)}.log"
+        path = log_dir / f"{loaded.catalogue.resolve(model)}.log"
     else:
         path = _current_log(loaded, log_dir)
     if not path.exists():
@@ -156,7 +165,7 @@ def _current_log(loaded, log_dir: Path) -> Path:
     from animllm_cli.client.admin import AdminClient, NotRunning
 
     try:
-        log_path = AdminClient.find(loaded.config.server.api_key_env).status()["engine"].get("log_path")
+        log_path = AdminClient.find(loaded.config.server.api_key_env).status().engine.log_path
         if log_path:
             return Path(log_path)
     except NotRunning:

@@ -3,13 +3,15 @@ OpenAI-compatible --url), model switch times, and a CI gate on the config's expe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from animllm_cli.cli import common
+
+if TYPE_CHECKING:
+    from animllm_cli.bench.results import BenchResult
 
 
 def _levels(text: str) -> list[int]:
@@ -51,8 +53,8 @@ def bench(
 
     out = common.output(ctx)
     loaded = common.load(ctx, config)
-    resolve = common.model_resolver(loaded)
-    name = resolve(model)[0] if model else loaded.resolve_model(None)
+    resolve = common.model_resolver(loaded, url=url)
+    name = resolve(model)[0]
     switch_models = [resolve(m.strip())[0] for m in switch.split(",")] if switch else []
     if switch and len(switch_models) < 2:
         from animllm_cli.errors import UsageError
@@ -67,18 +69,16 @@ def bench(
     if check:
         from animllm_cli.bench.expectations import check as compare
 
-        result["check"] = compare(expectation, result["levels"], result.get("switch"))
-    if str(json_path) != "-":  # stdout carries the JSON alone then
-        _render(out, result)
-    if json_path is not None:
-        data = result if samples else _without_samples(result)
-        text = json.dumps(data, indent=2)
-        if str(json_path) == "-":
-            out.text(text)
-        else:
-            json_path.write_text(text + "\n")
-            out.info(f"results written to {json_path}")
-    if check and not all(row["ok"] for row in result["check"]):
+        result.check = compare(expectation, result.levels, result.switch)
+    report = result if samples else result.without_samples()
+    # `--json -`: stdout carries the JSON alone; otherwise the tables, and the file if asked.
+    out.result(report, lambda r: _render(out, r), json=str(json_path) == "-")
+    if json_path is not None and str(json_path) != "-":
+        from animllm_cli.output import json_text
+
+        json_path.write_text(json_text(report) + "\n")
+        out.info(f"results written to {json_path}")
+    if result.check is not None and not all(row.ok for row in result.check):
         raise typer.Exit(1)
 
 
@@ -93,32 +93,26 @@ def _expectation(loaded, name: str):
     return expectation
 
 
-def _without_samples(result: dict[str, Any]) -> dict[str, Any]:
-    return {**result, "levels": [{k: v for k, v in level.items() if k != "samples"} for level in result["levels"]]}
-
-
-def _render(out, result: dict[str, Any]) -> None:
+def _render(out, result: BenchResult) -> None:
     from animllm_cli.output import table
 
-    for level in result["levels"]:
-        s = level["summary"]
-        label = f"concurrency {level['concurrency']}" if level["concurrency"] else f"{level['request_rate']:g} req/s"
-        rows = [["completed / failed", f"{s['completed']} / {s['failed']}"], ["duration", f"{s['duration_s']:.2f} s"],
-                ["request throughput", f"{s['request_throughput']:.2f} req/s"],
-                ["output throughput", f"{s['output_throughput']:.1f} tok/s"],
-                ["total token throughput", f"{s['total_token_throughput']:.1f} tok/s"]]
-        for metric in ("ttft", "tpot", "itl", "e2el"):
-            d = s[f"{metric}_ms"]
-            rows.append([f"{metric.upper()} ms mean / median / p90 / p99",
-                         f"{d['mean']:.2f} / {d['median']:.2f} / {d['p90']:.2f} / {d['p99']:.2f}"])
-        if s["errors"]:
-            rows.append(["errors", "; ".join(s["errors"])])
-        out.show(table(f"{result['model']}: {label}, {result['input_len']} in / {result['output_len']} out tokens",
+    for level in result.levels:
+        s = level.summary
+        rows = [["completed / failed", f"{s.completed} / {s.failed}"], ["duration", f"{s.duration_s:.2f} s"],
+                ["request throughput", f"{s.request_throughput:.2f} req/s"],
+                ["output throughput", f"{s.output_throughput:.1f} tok/s"],
+                ["total token throughput", f"{s.total_token_throughput:.1f} tok/s"]]
+        for metric, d in (("TTFT", s.ttft_ms), ("TPOT", s.tpot_ms), ("ITL", s.itl_ms), ("E2EL", s.e2el_ms)):
+            rows.append([f"{metric} ms mean / median / p90 / p99",
+                         f"{d.mean:.2f} / {d.median:.2f} / {d.p90:.2f} / {d.p99:.2f}"])
+        if s.errors:
+            rows.append(["errors", "; ".join(s.errors)])
+        out.show(table(f"{result.model}: {level.label}, {result.input_len} in / {result.output_len} out tokens",
                        ["", ""], rows))
-    switch = result.get("switch")
-    if switch:
-        rows = [[name, "-" if v is None else f"{v['median']:.2f} / {v['max']:.2f}"] for name, v in switch["summary"].items()]
-        out.show(table(f"Switches ({switch['count']}): median / max seconds", ["", ""], rows))
-    if "check" in result:
-        rows = [[r["metric"], r["value"], r["target"], "ok" if r["ok"] else "MISSED"] for r in result["check"]]
+    if result.switch:
+        spreads = [(name, getattr(result.switch.summary, name)) for name in result.switch.summary.names()]
+        rows = [[name, "-" if v is None else f"{v.median:.2f} / {v.max:.2f}"] for name, v in spreads]
+        out.show(table(f"Switches ({result.switch.count}): median / max seconds", ["", ""], rows))
+    if result.check is not None:
+        rows = [[r.metric, r.value, r.target, "ok" if r.ok else "MISSED"] for r in result.check]
         out.show(table("Expectations", ["metric", "value", "target", ""], rows))

@@ -40,8 +40,8 @@ def chat(
     base_url = url or common.gateway_url(loaded)
     key = os.environ.get(api_key_env or loaded.config.server.api_key_env)
     client = OpenAIClient(base_url, key, timeout_s=loaded.config.limits.request_timeout_s + 30)
-    resolve = common.model_resolver(loaded)
-    name, vision = resolve(model) if model else resolve(loaded.resolve_model(None))
+    resolve = common.model_resolver(loaded, url=url)
+    name, vision = resolve(model)
     conversation = Conversation(name, system=system, vision=vision,
                                 params={"temperature": temperature, "max_tokens": max_tokens, "seed": seed})
     for path in images or []:
@@ -77,8 +77,6 @@ def _one_shot(out, client, payload: dict, json_output: bool) -> int:
 
 
 def _switcher(loaded, out):
-    from rich.console import Console
-
     from animllm_cli.client.admin import AdminClient, NotRunning
 
     def switch(name: str) -> str | None:
@@ -86,11 +84,11 @@ def _switcher(loaded, out):
             client = AdminClient.find(loaded.config.server.api_key_env)
         except NotRunning:
             return None
-        with Console(stderr=True).status(f"switching to {name}…"):
+        with out.status(f"switching to {name}…"):
             report = client.switch(name)
-        if report.get("outcome") == "already loaded":
+        if report.outcome == "already loaded":
             return None
-        return f"[dim]switched {report.get('from_model') or '-'} -> {name} in {report.get('total_s') or 0:.1f}s[/dim]"
+        return f"[dim]switched {report.from_model or '-'} -> {name} in {report.total_s or 0:.1f}s[/dim]"
 
     return switch
 

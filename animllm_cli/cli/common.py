@@ -79,7 +79,7 @@ def load(ctx: typer.Context, config: Path | None, overrides: Overrides | None = 
 
 def gateway_url(loaded: LoadedConfig) -> str:
     """The running gateway's URL, else where the config says it would listen."""
-    from animllm_cli.gateway.server import read_state
+    from animllm_cli.gateway.state import read_state
 
     state = read_state()
     if state:
@@ -88,24 +88,47 @@ def gateway_url(loaded: LoadedConfig) -> str:
     return f"http://{server.host}:{server.port}"
 
 
-def model_resolver(loaded: LoadedConfig):
-    """Name and vision flag for what the user typed. Unknown names pass through as typed:
-    the server gives the authoritative answer (the gateway lists what it has)."""
-    from animllm_cli.gateway.routing import Router
+def model_resolver(loaded: LoadedConfig, *, url: str | None = None):
+    """Name and vision flag for what the user typed (None: the default model), by the
+    catalogue's rule with the gateway's loaded models first, as the gateway resolves a
+    request. Unknown names pass through as typed: the server gives the authoritative
+    answer (it lists what it has). With `url` (another server) nothing counts as loaded."""
+    catalogue = loaded.catalogue
+    resident = None
 
-    router = Router(loaded)
-
-    def resolve(wanted: str) -> tuple[str, bool | None]:
-        name = router.resolve(wanted)
+    def resolve(wanted: str | None) -> tuple[str, bool | None]:
+        nonlocal resident
+        if wanted is None:
+            wanted = catalogue.resolve(None)
+        if resident is None:
+            resident = () if url else loaded_models(loaded)
+        name = catalogue.find(wanted, loaded=resident)
         if name is None:
             return wanted, None
-        return name, "vision" in loaded.config.models[name].tasks
+        return name, "vision" in catalogue.tasks(name)
 
     return resolve
 
 
+def loaded_models(loaded: LoadedConfig) -> tuple[str, ...]:
+    """What the running gateway has loaded now; nothing when none answers quickly."""
+    import httpx
+
+    from animllm_cli.credentials import bearer
+    from animllm_cli.gateway.state import api_key, read_state
+
+    state = read_state()
+    if state is None:
+        return ()
+    try:
+        reply = httpx.get(f"{state.url}/v1/models", headers=bearer(api_key(loaded)), timeout=5)
+        return tuple(item["id"] for item in reply.json()["data"] if item.get("loaded"))
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return ()
+
+
 def complete_models(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
-    """Shell completion for model arguments: names and aliases from the user's config."""
+    """Shell completion for model arguments: names, aliases and tasks from the user's config."""
     try:
         from animllm_cli.config import load_config
 
@@ -114,8 +137,4 @@ def complete_models(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]
         loaded = load_config(config)
     except Exception:  # a broken config must not break the shell
         return []
-    words = []
-    for name, spec in loaded.config.models.items():
-        words.append((name, ", ".join(spec.tasks) or spec.source))
-        words += [(alias, f"alias of {name}") for alias in spec.aliases]
-    return [(word, help_text) for word, help_text in words if word.startswith(incomplete)]
+    return [(word, help_text) for word, help_text in loaded.catalogue.words() if word.startswith(incomplete)]

@@ -77,7 +77,7 @@ def show(
 def _env_lines(command) -> str:
     import shlex
 
-    from animllm_cli.config.schema import is_secret_name
+    from animllm_cli.credentials import is_secret_name
 
     lines = []
     for var, value in command.env.items():

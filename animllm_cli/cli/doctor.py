@@ -34,10 +34,7 @@ def doctor(
     out = common.output(ctx)
     loaded = common.load(ctx, config)
     report = run_doctor(loaded, only=_ids(only), skip=_ids(skip), deep=deep, strict=strict, model=model)
-    if json_output:
-        out.json(report.to_json())
-    else:
-        _render(out, report)
+    out.result(report, lambda r: _render(out, r), json=json_output)
     raise typer.Exit(report.exit_code)
 
 

@@ -27,21 +27,17 @@ def plan(
 
     Exit 0 when every planned model fits at its max_model_len, 1 otherwise.
     """
-    from animllm_cli.doctor.runner import vram_basis
     from animllm_cli.gpu.nvml import GpuReport, probe
-    from animllm_cli.gpu.planner import plan_models
+    from animllm_cli.gpu.planner import plan_models, vram_basis
 
     out = common.output(ctx)
     loaded = common.load(ctx, config, common.model_overrides(
         sets, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len))
-    names = [loaded.resolve_model(m) for m in models] if models else loaded.model_names()
+    names = [loaded.catalogue.resolve(m) for m in models] if models else loaded.model_names()
     gpus = GpuReport() if vram else probe()
     size, basis = vram_basis(loaded, gpus, vram)
     report = plan_models(loaded, list(dict.fromkeys(names)), size, basis)
-    if json_output:
-        out.json(report.to_json())
-    else:
-        show_plan(out, report)
+    out.result(report, lambda r: show_plan(out, r), json=json_output)
     raise typer.Exit(0 if all(m.verdict == "fits" for m in report.models) else 1)
 
 
@@ -63,7 +59,7 @@ def show_plan(out, report) -> None:
 def plan_table(report):
     from rich.markup import escape
 
-    from animllm_cli.gpu.planner import GIB
+    from animllm_cli.units import GIB
     from animllm_cli.output import table
 
     def gib(value):

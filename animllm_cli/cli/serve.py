@@ -32,17 +32,17 @@ def serve(
     config: common.ConfigOption = None,
 ) -> None:
     """Start the OpenAI-compatible gateway and load a model; Ctrl-C stops everything."""
-    from animllm_cli.gateway import server as gateway_server
+    from animllm_cli.gateway import state as gateway_state
 
     out = common.output(ctx)
     overrides = common.model_overrides(sets, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
     loaded = common.load(ctx, config, overrides)
-    name = loaded.resolve_model(model)
+    name = loaded.catalogue.resolve(model)
     host = host or loaded.config.server.host
     port = port or loaded.config.server.port
-    key = gateway_server.api_key(loaded)
-    gateway_server.check_bind(host, key, loaded.config.server.api_key_env)
-    gateway_server.ensure_not_running()
+    key = gateway_state.api_key(loaded)
+    gateway_state.check_bind(host, key, loaded.config.server.api_key_env)
+    gateway_state.ensure_not_running()
     _check_port_free(host, port)
     if detach:
         argv = _child_argv(ctx, config, name, host, port, sets, gpu_memory_utilization, max_model_len)
@@ -52,7 +52,7 @@ def serve(
 
 def _check_port_free(host: str, port: int) -> None:
     from animllm_cli.errors import AnimllmError
-    from animllm_cli.gateway.server import bind_error
+    from animllm_cli.gateway.state import bind_error
 
     problem = bind_error(host, port)
     if problem:
@@ -120,7 +120,8 @@ def _child_argv(ctx, config, name, host, port, sets, gpu_util, max_len) -> list[
 def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> int:
     from animllm_cli import paths
     from animllm_cli.client.admin import AdminClient
-    from animllm_cli.gateway.server import read_state
+    from animllm_cli.errors import AnimllmError
+    from animllm_cli.gateway.state import read_state
 
     log = paths.state_dir() / "gateway.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -139,14 +140,14 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
             state = read_state()
             if state and state.pid == child.pid:
                 try:
-                    status = AdminClient(state, loaded.config.server.api_key_env).status()
-                except Exception:
-                    status = None
-                engine = (status or {}).get("engine") or {}
-                if engine.get("phase") and engine.get("phase") != phase:
-                    phase = engine["phase"]
+                    engine = AdminClient(state, loaded.config.server.api_key_env).status().engine
+                except AnimllmError:  # not answering yet
+                    time.sleep(0.3)
+                    continue
+                if engine.phase and engine.phase != phase:
+                    phase = engine.phase
                     out.info(f"  {name}: {phase}")
-                if engine.get("state") == "ready" and engine.get("model") == name:
+                if engine.state == "ready" and engine.model == name:
                     out.info(f"{name} ready; gateway pid {child.pid}, log {log}")
                     out.show(endpoints_table(state.url))
                     return 0
@@ -161,13 +162,12 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
 
 
 def _terminate(child: subprocess.Popen) -> None:
+    """The detached gateway and anything in its session: SIGTERM, then SIGKILL."""
     import signal
 
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    from animllm_cli.engine import processes
+
+    processes.signal_all(child.pid, {}, signal.SIGTERM)
+    if processes.wait_gone(child.pid, {}, 60):
+        processes.signal_all(child.pid, {}, signal.SIGKILL)
+    child.wait()

@@ -7,8 +7,10 @@ from typing import Any
 
 import httpx
 
+from animllm_cli.client.openai import server_message
+from animllm_cli.credentials import bearer
 from animllm_cli.errors import AnimllmError
-from animllm_cli.gateway.server import GatewayState, read_state
+from animllm_cli.gateway.state import GatewayState, StatusReport, StopAnswer, SwitchReport, read_state
 
 
 class NotRunning(AnimllmError):
@@ -19,9 +21,8 @@ class NotRunning(AnimllmError):
 class AdminClient:
     def __init__(self, state: GatewayState, key_env: str) -> None:
         self.state = state
-        key = os.environ.get(key_env)
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=state.url, headers=headers, timeout=httpx.Timeout(10.0, read=None))
+        self.http = httpx.Client(base_url=state.url, headers=bearer(os.environ.get(key_env)),
+                                 timeout=httpx.Timeout(10.0, read=None))
 
     @classmethod
     def find(cls, key_env: str) -> "AdminClient":
@@ -36,17 +37,17 @@ class AdminClient:
         except httpx.HTTPError as exc:
             raise AnimllmError(f"the gateway at {self.state.url} (pid {self.state.pid}) does not answer: {exc}",
                                hint="`animllm stop` ends it; its log is " + (self.state.log or "on its terminal")) from None
-        data = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
         if response.status_code >= 400:
-            message = (data.get("error") or {}).get("message") or response.text
-            raise AnimllmError(f"the gateway answered {response.status_code}: {message}")
-        return data
+            raise AnimllmError(f"the gateway answered {response.status_code}: {server_message(response)}")
+        return response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
 
-    def status(self) -> dict[str, Any]:
-        return self._call("GET", "/admin/status")
+    def status(self) -> StatusReport:
+        report = StatusReport.model_validate(self._call("GET", "/admin/status"))
+        report.url = self.state.url
+        return report
 
-    def switch(self, model: str) -> dict[str, Any]:
-        return self._call("POST", "/admin/switch", json={"model": model})
+    def switch(self, model: str) -> SwitchReport:
+        return SwitchReport.model_validate(self._call("POST", "/admin/switch", json={"model": model}))
 
-    def stop(self) -> dict[str, Any]:
-        return self._call("POST", "/admin/stop")
+    def stop(self) -> StopAnswer:
+        return StopAnswer.model_validate(self._call("POST", "/admin/stop"))

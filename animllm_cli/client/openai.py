@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import httpx
 
+from animllm_cli.credentials import bearer
 from animllm_cli.errors import AnimllmError
 
 
@@ -37,7 +38,8 @@ class ChatResult:
         return (self.completion_tokens - 1) / (self.elapsed_s - self.ttft_s) if self.completion_tokens > 1 else None
 
 
-def _server_message(response: httpx.Response) -> str:
+def server_message(response: httpx.Response) -> str:
+    """The message of an OpenAI error envelope (or the body as it is)."""
     try:
         data = response.json()
         return (data.get("error") or {}).get("message") or data.get("message") or response.text
@@ -53,8 +55,7 @@ class OpenAIClient:
     _http: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self._http = httpx.Client(base_url=self.base_url.rstrip("/"), headers=headers,
+        self._http = httpx.Client(base_url=self.base_url.rstrip("/"), headers=bearer(self.api_key),
                                   timeout=httpx.Timeout(self.timeout_s, connect=5))
 
     def close(self) -> None:
@@ -68,7 +69,7 @@ class OpenAIClient:
         except httpx.HTTPError as exc:
             raise AnimllmError(f"request to {self.base_url} failed: {exc}") from None
         if response.status_code >= 400:
-            raise AnimllmError(f"the server answered {response.status_code}: {_server_message(response)}")
+            raise AnimllmError(f"the server answered {response.status_code}: {server_message(response)}")
         return response
 
     def chat(self, payload: dict[str, Any]) -> ChatResult:
@@ -92,7 +93,7 @@ class OpenAIClient:
                 if source.response.status_code >= 400:
                     source.response.read()
                     raise AnimllmError(f"the server answered {source.response.status_code}: "
-                                       f"{_server_message(source.response)}")
+                                       f"{server_message(source.response)}")
                 for event in source.iter_sse():
                     if event.data.strip() == "[DONE]":
                         break

@@ -18,6 +18,7 @@ from typing import Any
 from animllm_cli.config import schema
 from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.config.provenance import Source
+from animllm_cli.credentials import is_secret_name, masked
 
 ENGINE_HOST = "127.0.0.1"
 
@@ -25,18 +26,19 @@ ENGINE_HOST = "127.0.0.1"
 @dataclass(frozen=True)
 class EngineCommand:
     argv: list[str]
+    port: int                                 # the --port in argv: the engine listens on ENGINE_HOST:port
     env: dict[str, str]                       # set on top of the inherited environment
     env_sources: dict[str, Source] = field(default_factory=dict)
     flag_sources: list[tuple[list[str], Source]] = field(default_factory=list)
 
     def display_env(self) -> dict[str, str]:
         """The environment with secret values masked, for printing."""
-        return {k: ("***" if schema.is_secret_name(k) else v) for k, v in self.env.items()}
+        return masked(self.env)
 
     def shell_line(self) -> str:
         """One line a POSIX shell runs as it is. Secrets appear as "$NAME" references,
         so that they reach neither the terminal nor a `ps` listing."""
-        assignments = [f'{k}="${k}"' if schema.is_secret_name(k) else f"{k}={shlex.quote(v)}"
+        assignments = [f'{k}="${k}"' if is_secret_name(k) else f"{k}={shlex.quote(v)}"
                        for k, v in self.env.items()]
         return " ".join([*assignments, *(shlex.quote(a) for a in self.argv)])
 
@@ -74,12 +76,14 @@ def engine_python(loaded: LoadedConfig) -> str:
 
 
 def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | None = None) -> EngineCommand:
+    """The command for `model`, listening on `port` (default: engine.port)."""
     config = loaded.config
+    port = config.engine.port if port is None else port
     argv = [engine_python(loaded), "-m", config.engine.module,
             "--model", model.engine_source,
             "--served-model-name", *model.served_names,
             "--host", ENGINE_HOST,
-            "--port", str(port if port is not None else config.engine.port)]
+            "--port", str(port)]
     flag_sources: list[tuple[list[str], Source]] = [
         (["--model", model.engine_source], loaded.source_of(("models", model.name, "source"))),
     ]
@@ -93,7 +97,7 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
         argv += args
         flag_sources.append((args, loaded.source_of(("models", model.name, "extra_args", key))))
     env, env_sources = engine_environment(loaded)
-    return EngineCommand(argv, env, env_sources, flag_sources)
+    return EngineCommand(argv, port, env, env_sources, flag_sources)
 
 
 def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, Source]]:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from animllm_cli import paths
 from animllm_cli.config import schema
+from animllm_cli.config.catalogue import Catalogue
 from animllm_cli.config.provenance import KeyPath, Layer, LayeredTree, Source, set_path
 from animllm_cli.config.yamlfile import load_yaml
 from animllm_cli.errors import ConfigError, UsageError
@@ -58,14 +59,11 @@ class ModelView:
     settings: dict[str, Any]          # effective tunables that are set (None ones left out)
     sources: dict[str, Source]        # where each setting came from
     engine_source: str                # the model path or repo id handed to vLLM
+    served_names: list[str]           # what the engine answers to: the name, then the aliases
 
     @property
     def profile(self) -> str:
         return self.spec.profile
-
-    @property
-    def served_names(self) -> list[str]:
-        return [self.name, *[a for a in self.spec.aliases if a != self.name]]
 
 
 @dataclass
@@ -75,6 +73,7 @@ class LoadedConfig:
     files: list[Path]
     dotenv: dict[str, tuple[str, Source]]
     base_dir: Path
+    _catalogue: Catalogue | None = field(default=None, repr=False)
 
     def source_of(self, path: KeyPath) -> Source:
         return self.tree.source_of(path)
@@ -82,31 +81,16 @@ class LoadedConfig:
     def model_names(self) -> list[str]:
         return list(self.config.models)
 
-    def resolve_model(self, wanted: str | None) -> str:
-        """The configured name for a name, alias or source; None means the default model."""
-        models = self.config.models
-        if wanted is None:
-            if self.config.default_model:
-                return self.resolve_model(self.config.default_model)
-            if len(models) == 1:
-                return next(iter(models))
-            raise UsageError("no model given and the config sets no default_model",
-                             hint=f"name one of: {', '.join(models) or '(none configured)'}")
-        for exact in (True, False):
-            same = (lambda a, b: a == b) if exact else (lambda a, b: a.lower() == b.lower())
-            for name, spec in models.items():
-                if same(name, wanted) or any(same(a, wanted) for a in spec.aliases) or same(spec.source, wanted):
-                    return name
-        raise UsageError(f"unknown model '{wanted}'", hint=f"configured models: {self.describe_models()}")
-
-    def describe_models(self) -> str:
-        parts = []
-        for name, spec in self.config.models.items():
-            parts.append(f"{name} ({', '.join(spec.aliases)})" if spec.aliases else name)
-        return "; ".join(parts) or "(none)"
+    @property
+    def catalogue(self) -> Catalogue:
+        """The one index of model names, aliases, sources and tasks (built at load)."""
+        if self._catalogue is None:
+            self._catalogue = Catalogue.from_models(self.config.models, self.config.default_model)
+        return self._catalogue
 
     def model(self, wanted: str | None) -> ModelView:
-        name = self.resolve_model(wanted)
+        """The model a name, alias, source or task means (None: the default model)."""
+        name = self.catalogue.resolve(wanted)
         spec = self.config.models[name]
         profile = self.config.profiles[spec.profile]
         settings: dict[str, Any] = {}
@@ -117,7 +101,8 @@ class LoadedConfig:
                 settings[key], sources[key] = own, self.tree.source_of(("models", name, key))
             elif inherited is not None:
                 settings[key], sources[key] = inherited, self.tree.source_of(("profiles", spec.profile, key))
-        return ModelView(name, spec, settings, sources, self._engine_source(name, spec))
+        return ModelView(name, spec, settings, sources, self._engine_source(name, spec),
+                         self.catalogue.served_names(name))
 
     def _engine_source(self, name: str, spec: schema.ModelSpec) -> str:
         """A local directory becomes an absolute path; anything else is a Hugging Face repo id."""
@@ -163,6 +148,7 @@ def load_config(config_path: Path | str | None = None, *, overrides: Overrides |
     config = _validate(tree)
     loaded = LoadedConfig(config, tree, files, {}, cwd)
     _check_references(loaded)
+    loaded.catalogue  # built once, after the names were checked
     _resolve_paths(loaded)
     loaded.dotenv = _load_dotenv(files)
     return loaded
@@ -247,9 +233,11 @@ def _flag_layer(overrides: Overrides, current: dict[str, Any]) -> Layer:
     sources: dict[KeyPath, Source] = {}
     if overrides.settings:
         models = current.get("models") or {}
-        targets = [m for m in models if overrides.model is None or _names_model(models[m], m, overrides.model)]
+        # The same catalogue every command resolves by, over the layers below the flags.
+        targets = ([Catalogue.from_models(models).resolve(overrides.model)] if overrides.model is not None
+                   else list(models))
         for key, (value, flag) in overrides.settings.items():
-            for model in targets or list(models):
+            for model in targets:
                 set_path(data, ("models", model, key), value)
                 _record(sources, ("models", model, key), Source("flag", flag, fanout=overrides.model is None))
     for item in overrides.sets:
@@ -268,11 +256,6 @@ def _record(sources: dict[KeyPath, Source], path: KeyPath, source: Source) -> No
     sources[path] = source
     for cut in range(1, len(path)):
         sources.setdefault(path[:cut], source)
-
-
-def _names_model(spec: Any, name: str, wanted: str) -> bool:
-    aliases = (spec.get("aliases") or []) if isinstance(spec, dict) else []
-    return wanted == name or wanted in aliases
 
 
 def _drop_removed_entries(data: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ to point at the exact key that breaks them.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
@@ -171,12 +170,3 @@ class AnimllmConfig(Section):
     limits: LimitsSection = LimitsSection()
     server: ServerSection = ServerSection()
     expectations: dict[Name, Expectation] = {}
-
-
-
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
-
-
-def is_secret_name(name: str) -> bool:
-    """Environment names whose values must never be printed or logged."""
-    return bool(SECRET_NAME.search(name))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from animllm_cli.config import schema
+from animllm_cli.credentials import masked
 from animllm_cli.config.engine_command import EngineCommand, build_engine_command
 from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.config.provenance import KeyPath, Source
@@ -16,7 +16,7 @@ SCHEMA_VERSION = 1
 
 
 def models_report(loaded: LoadedConfig) -> dict[str, Any]:
-    default = loaded.resolve_model(None) if loaded.config.models and (
+    default = loaded.catalogue.resolve(None) if loaded.config.models and (
         loaded.config.default_model or len(loaded.config.models) == 1) else None
     return {
         "schema_version": SCHEMA_VERSION,
@@ -47,7 +47,7 @@ def _model_row(view: ModelView, is_default: bool) -> dict[str, Any]:
 def config_report(loaded: LoadedConfig) -> dict[str, Any]:
     """The whole effective config, with secret environment values masked."""
     data = loaded.config.model_dump(mode="json")
-    data["env"] = {k: ("***" if schema.is_secret_name(k) else v) for k, v in data["env"].items() if v is not None}
+    data["env"] = masked({k: v for k, v in data["env"].items() if v is not None})
     return data
 
 

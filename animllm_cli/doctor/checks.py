@@ -12,7 +12,8 @@ from typing import Callable
 
 from animllm_cli.config import LoadedConfig
 from animllm_cli.doctor.python_env import PythonEnv
-from animllm_cli.gpu.nvml import GIB, MIB, GpuReport
+from animllm_cli.gpu.nvml import GpuReport
+from animllm_cli.units import GIB, MIB
 from animllm_cli.gpu.planner import PlanReport
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -309,7 +310,7 @@ def model_sources(ctx: DoctorContext) -> Result:
         source = plan.source
         if source.startswith("/") and not Path(source).is_dir():
             missing_local.append(f"{plan.model}: {source} does not exist")
-        elif plan.basis and ("local files" in plan.basis or "Hugging Face cache" in plan.basis):
+        elif plan.weights_present:
             found.append(f"{plan.model} ({(plan.checkpoint_bytes or 0) / GIB:.1f} GiB)")
         else:
             size = f", ~{plan.checkpoint_bytes / GIB:.1f} GiB" if plan.checkpoint_bytes else ""
@@ -325,7 +326,7 @@ def model_sources(ctx: DoctorContext) -> Result:
 
 @check("port", "gateway port free")
 def port(ctx: DoctorContext) -> Result:
-    from animllm_cli.gateway.server import bind_error
+    from animllm_cli.gateway.state import bind_error
 
     server = ctx.loaded.config.server
     problem = bind_error(server.host, server.port)

@@ -10,7 +10,7 @@ from typing import Any
 from animllm_cli.config import LoadedConfig
 from animllm_cli.doctor import checks
 from animllm_cli.errors import UsageError
-from animllm_cli.gpu.nvml import GIB, GpuReport
+from animllm_cli.gpu.nvml import GpuReport
 
 SCHEMA_VERSION = 1
 
@@ -63,29 +63,18 @@ def select(only: list[str], skip: list[str]) -> list[checks.Check]:
     return [c for c in checks.REGISTRY if (not only or c.id in only) and c.id not in skip]
 
 
-def vram_basis(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) -> tuple[int, str]:
-    """Which card to plan for: --vram, else the detected GPU 0, else the config's gpu.vram_gib."""
-    if vram_gib:
-        return int(vram_gib * GIB), f"--vram {vram_gib:g}"
-    if gpus.gpus:
-        return gpus.gpus[0].total_bytes, f"detected GPU 0 ({gpus.gpus[0].name})"
-    if loaded.config.gpu.vram_gib:
-        return int(loaded.config.gpu.vram_gib * GIB), f"config gpu.vram_gib ({loaded.config.gpu.vram_gib:g})"
-    raise UsageError("no GPU detected and the config sets no gpu.vram_gib", hint="pass --vram GiB")
-
-
 def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = (), deep: bool = False,
                strict: bool = False, model: str | None = None, nvml: ModuleType | None = None) -> DoctorReport:
     from animllm_cli.config.engine_command import engine_python
     from animllm_cli.doctor.python_env import probe_python
     from animllm_cli.gpu.nvml import probe
-    from animllm_cli.gpu.planner import plan_models
+    from animllm_cli.gpu.planner import plan_models, vram_basis
 
     started = time.perf_counter()
     selected = select(list(only), list(skip))
     gpus = probe(nvml)
     vram, basis = vram_basis(loaded, gpus, None)
-    names = [loaded.resolve_model(model)] if model else loaded.model_names()
+    names = [loaded.catalogue.resolve(model)] if model else loaded.model_names()
     context = checks.DoctorContext(
         loaded=loaded, gpus=gpus, env=probe_python(engine_python(loaded), loaded.config.runtime.forbid_packages),
         plan=plan_models(loaded, names, vram, basis), model=names[0] if model else None, deep=deep)

@@ -26,9 +26,10 @@ import psutil
 from animllm_cli.config.engine_command import ENGINE_HOST, EngineCommand
 from animllm_cli.config.schema import EngineSection
 from animllm_cli.engine import diagnosis, processes
-from animllm_cli.engine.output import OutputPump
+from animllm_cli.engine.logpipe import OutputPump
 from animllm_cli.errors import AnimllmError
 from animllm_cli.gpu import nvml
+from animllm_cli.units import MIB
 
 TAIL_LINES = 30
 
@@ -80,14 +81,16 @@ class EngineStartError(AnimllmError):
         self.log_tail, self.log_path = log_tail, log_path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((ENGINE_HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _port_of(argv: list[str]) -> int:
-    return int(argv[argv.index("--port") + 1])
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` when it is free on the engine host, else a port the kernel picks."""
+    for wanted in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind((ENGINE_HOST, wanted))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise AssertionError("unreachable: port 0 always binds")
 
 
 _LIVE: "weakref.WeakSet[Engine]" = weakref.WeakSet()
@@ -111,7 +114,7 @@ class Engine:
     nvml_module: object | None = None          # tests hand in a fake NVML
 
     def __post_init__(self) -> None:
-        self.port = _port_of(self.command.argv)
+        self.port = self.command.port
         self.state = State.NEW
         self.death_reason: str | None = None
         self._proc: subprocess.Popen | None = None
@@ -133,9 +136,6 @@ class Engine:
     @property
     def phase(self) -> str:
         return self._pump.phase if self._pump else "not started"
-
-    def log_tail(self, count: int = TAIL_LINES) -> list[str]:
-        return self._pump.lines(count) if self._pump else []
 
     def pids(self) -> set[int]:
         """Every live process of this engine, by group and by tree."""
@@ -223,7 +223,7 @@ class Engine:
         report = nvml.probe(self.nvml_module)
         if report.error:
             return report.error
-        held = [f"{p.name} (pid {p.pid}, {p.used_bytes // nvml.MIB if p.used_bytes else '?'} MiB)"
+        held = [f"{p.name} (pid {p.pid}, {p.used_bytes // MIB if p.used_bytes else '?'} MiB)"
                 for g in report.gpus for p in g.processes]
         return ", ".join(held) or "no process listed by NVML"
 
@@ -250,12 +250,6 @@ class Engine:
         self.state, self.death_reason = State.DEAD, reason
         if self.on_dead:
             self.on_dead(self, reason)
-
-    def check_alive(self) -> bool:
-        """A synchronous look, for callers that do not wait for the watcher."""
-        if self.state is State.READY and self._proc and self._proc.poll() is not None:
-            self._died(f"the engine process exited with code {self._proc.returncode}")
-        return self.state is State.READY
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> StopReport:
@@ -313,11 +307,12 @@ class Engine:
 def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable[[Progress], None] | None = None,
            on_dead: Callable[[Engine, str], None] | None = None, log_dir: Path | None = None,
            nvml_module: object | None = None) -> Engine:
-    """An Engine for a configured model (not yet started), on a free port by default."""
+    """An Engine for a configured model (not yet started): on `port`, else on engine.port
+    when that is free, else on a free port."""
     from animllm_cli import paths
     from animllm_cli.config.engine_command import build_engine_command
 
     view = loaded.model(model)
-    command = build_engine_command(loaded, view, port=port or free_port())
+    command = build_engine_command(loaded, view, port=port or free_port(loaded.config.engine.port))
     log_path = (log_dir or paths.state_dir() / "logs") / f"{view.name}.log"
     return Engine(view.name, command, log_path, loaded.config.engine, on_progress, on_dead, nvml_module)

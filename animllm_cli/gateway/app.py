@@ -1,7 +1,8 @@
 """The OpenAI-compatible gateway: one port for every configured model.
 
 Requests are relayed as raw bytes (parsed once, for routing), streams chunk by chunk as
-they arrive. The hot path avoids per-request work that FACTS.md shows costs latency.
+they arrive. The hot path avoids per-request work: a relay that parses every SSE event
+costs measurably more latency (benchmarks/gateway_overhead.py).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from starlette.routing import Route
 from animllm_cli.config import LoadedConfig
 from animllm_cli.gateway.manager import EngineManager
 from animllm_cli.gateway.metrics import GatewayMetrics
-from animllm_cli.gateway.routing import Router
 from animllm_cli.gateway.scheduler import Lease, QueueFull, Scheduler, SwitchFailed
-from animllm_cli.gateway.server import LOOPBACK as LOOPBACK_HOSTS
+from animllm_cli.gateway.state import LOOPBACK as LOOPBACK_HOSTS
+from animllm_cli.gateway.state import (GatewayProcess, GpuMemory, StatusReport, StopAnswer, SwitchReport,
+                                       VramStatus)
 from animllm_cli.gpu import nvml
 
 KV_USAGE = re.compile(rb"^vllm:(?:kv_cache_usage_perc|gpu_cache_usage_perc)\{[^}]*\} ([0-9.eE+-]+)", re.MULTILINE)
@@ -83,7 +85,7 @@ class Gateway:
                  manager: EngineManager | None = None, nvml_module: object | None = None,
                  backoff_s: float = 30.0, admission_interval_s: float = 1.0) -> None:
         self.loaded = loaded
-        self.router = Router(loaded)
+        self.catalogue = loaded.catalogue
         self.metrics = GatewayMetrics()
         self.api_key = api_key
         self.loopback_bind = bind_host in LOOPBACK_HOSTS
@@ -96,8 +98,8 @@ class Gateway:
         self.threshold = limits.vram_threshold
         # Each model's concurrency limit, worked out once: the scheduler asks on every decision.
         self._limits = {name: self._concurrency(name) for name in loaded.config.models}
-        self.scheduler = Scheduler(self._switch, self._limits.__getitem__, queue_max=limits.queue_max,
-                                   backoff_s=backoff_s)
+        self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.manager.model,
+                                   queue_max=limits.queue_max, backoff_s=backoff_s)
         self.admission_interval_s = admission_interval_s
         self.busy_reason: str | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -108,7 +110,6 @@ class Gateway:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                                              auto_decompress=False, skip_auto_headers=("User-Agent",))
@@ -143,7 +144,7 @@ class Gateway:
 
     def _engine_died(self, model: str, reason: str) -> None:
         self.metrics.engine_deaths.labels(model).inc()
-        self.scheduler.engine_lost(model)
+        self.scheduler.engine_lost()
 
     # ------------------------------------------------------------------ admission
     async def _watch_admission(self) -> None:
@@ -169,6 +170,15 @@ class Gateway:
         return None
 
     # ------------------------------------------------------------------ security
+    def resolve(self, requested: str) -> str | None:
+        """The catalogue's rule, with the loaded model first for a task."""
+        return self.catalogue.find(requested, loaded=(self.manager.model,))
+
+    def not_found(self, requested: str) -> JSONResponse:
+        self.metrics.rejections.labels("unknown_model").inc()
+        return error(404, f"model '{requested}' not found; available: {', '.join(self.catalogue.available())}",
+                     param="model", code="model_not_found")
+
     def guard(self, request: Request, *, local_ok: bool = False) -> Response | None:
         if self.loopback_bind:
             host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]").lower()
@@ -186,6 +196,21 @@ class Gateway:
         return None
 
 
+Handler = Callable[[Request, Gateway], Awaitable[Response]]
+
+
+def guarded(*, local_ok: bool = False) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """A route handler that runs only past the gateway's guard, and gets the Gateway.
+    `local_ok`: a loopback client needs no key (the admin commands on this machine)."""
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            gw: Gateway = request.app.state.gateway
+            return gw.guard(request, local_ok=local_ok) or await handler(request, gw)
+        route.__name__ = handler.__name__
+        return route
+    return wrap
+
+
 def _priority(request: Request, payload: dict[str, Any]) -> tuple[float, bool]:
     """From the X-Priority header, or a `priority` field (removed: vLLM rejects it unless
     it runs priority scheduling). Returns (priority, body changed)."""
@@ -199,11 +224,8 @@ def _priority(request: Request, payload: dict[str, Any]) -> tuple[float, bool]:
         return 0.0, False
 
 
-async def proxy(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    denied = gw.guard(request)
-    if denied:
-        return denied
+@guarded()
+async def proxy(request: Request, gw: Gateway) -> Response:
     raw = await request.body()
     try:
         payload = json.loads(raw)
@@ -214,18 +236,16 @@ async def proxy(request: Request) -> Response:
         gw.metrics.rejections.labels("no_model").inc()
         return error(400, "the request needs a `model` (a model name, alias or task)", param="model")
     requested = payload["model"]
-    model = gw.router.resolve(requested, gw.scheduler.current)
+    model = gw.resolve(requested)
     if model is None:
-        gw.metrics.rejections.labels("unknown_model").inc()
-        return error(404, f"model '{requested}' not found; available: {', '.join(gw.router.available())}",
-                     param="model", code="model_not_found")
+        return gw.not_found(requested)
     priority, changed = _priority(request, payload)
-    if changed or requested not in gw.router.served_names(model):
+    if changed or requested not in gw.catalogue.served_names(model):
         payload["model"] = model
         raw = json.dumps(payload).encode()
-    if not gw.switch_on_demand and gw.scheduler.current not in (None, model):
+    if not gw.switch_on_demand and gw.manager.model not in (None, model):
         gw.metrics.rejections.labels("not_loaded").inc()
-        return error(409, f"model '{model}' is not loaded ('{gw.scheduler.current}' is) and switch_on_demand is off",
+        return error(409, f"model '{model}' is not loaded ('{gw.manager.model}' is) and switch_on_demand is off",
                      "model_not_loaded", param="model", code="model_not_loaded")
     if gw.busy_reason:
         gw.metrics.rejections.labels("pressure").inc()
@@ -338,11 +358,8 @@ class RelayResponse(Response):
             raise aiohttp.ClientPayloadError("upstream closed early")
 
 
-async def models(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    denied = gw.guard(request)
-    if denied:
-        return denied
+@guarded()
+async def models(request: Request, gw: Gateway) -> Response:
     loaded_model = gw.manager.model
     data = [{"id": name, "object": "model", "created": int(gw.started_at), "owned_by": "animllm",
              "loaded": name == loaded_model, "aliases": spec.aliases, "tasks": spec.tasks, "source": spec.source}
@@ -352,14 +369,12 @@ async def models(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return JSONResponse({"status": "ok", "model": gw.manager.model, "engine": gw.manager.status()["state"]})
+    return JSONResponse({"status": "ok", "model": gw.manager.model,
+                         "engine": gw.manager.status(gw.scheduler.switching_to).state})
 
 
-async def metrics(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    denied = gw.guard(request, local_ok=True)
-    if denied:
-        return denied
+@guarded(local_ok=True)
+async def metrics(request: Request, gw: Gateway) -> Response:
     body = gw.metrics.render()
     engine = gw.manager.engine
     if engine is not None and gw.manager.model:
@@ -369,55 +384,51 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type="text/plain; version=0.0.4")
 
 
-def status_report(gw: Gateway) -> dict[str, Any]:
+def status_report(gw: Gateway) -> StatusReport:
     report = nvml.probe(gw.nvml_module)
-    gpus = [{"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes,
-             "free_bytes": g.free_bytes} for g in report.gpus]
-    return {"schema_version": 1, "gateway": {"pid": os.getpid(), "uptime_s": round(time.time() - gw.started_at, 1)},
-            "engine": gw.manager.status(), "queue_depth": gw.scheduler.depth, "in_flight": gw.scheduler.in_flight,
-            "backoff": {m: round(until - time.monotonic(), 1) for m, (until, _) in gw.scheduler.backoff_until.items()
-                        if until > time.monotonic()},
-            "busy": gw.busy_reason, "vram": {"gpus": gpus, "error": report.error}}
+    now = time.monotonic()
+    return StatusReport(
+        gateway=GatewayProcess(pid=os.getpid(), uptime_s=round(time.time() - gw.started_at, 1)),
+        engine=gw.manager.status(gw.scheduler.switching_to), queue_depth=gw.scheduler.depth,
+        in_flight=gw.scheduler.in_flight,
+        backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
+        busy=gw.busy_reason,
+        vram=VramStatus(gpus=[GpuMemory(index=g.index, name=g.name, total_bytes=g.total_bytes, used_bytes=g.used_bytes,
+                                        free_bytes=g.free_bytes) for g in report.gpus], error=report.error))
 
 
-async def admin_status(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+@guarded(local_ok=True)
+async def admin_status(request: Request, gw: Gateway) -> Response:
     # NVML is read in a thread, as the admission watcher does: never block the event loop.
-    return gw.guard(request, local_ok=True) or JSONResponse(await asyncio.to_thread(status_report, gw))
+    return JSONResponse((await asyncio.to_thread(status_report, gw)).to_json())
 
 
-async def admin_switch(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    denied = gw.guard(request, local_ok=True)
-    if denied:
-        return denied
+@guarded(local_ok=True)
+async def admin_switch(request: Request, gw: Gateway) -> Response:
     try:
         wanted = (await request.json())["model"]
     except (ValueError, KeyError, TypeError):
         return error(400, "expected {\"model\": NAME}", param="model")
-    model = gw.router.resolve(str(wanted), gw.scheduler.current)
+    model = gw.resolve(str(wanted))
     if model is None:
-        return error(404, f"model '{wanted}' not found; available: {', '.join(gw.router.available())}",
-                     code="model_not_found")
+        return gw.not_found(str(wanted))
     if gw.manager.model == model:
-        return JSONResponse({"outcome": "already loaded", "to_model": model})
+        return JSONResponse(SwitchReport(from_model=model, to_model=model, outcome="already loaded").to_json())
     try:
         await gw.load(model)
     except SwitchFailed as exc:
         return error(503, f"model '{model}' could not be loaded: {exc.reason}", "engine_unavailable",
                      retry_after=exc.retry_after_s)
-    report = gw.manager.last_switch
-    return JSONResponse(report.to_json() if report else {"outcome": "ok", "to_model": model})
+    report = gw.manager.last_switch or SwitchReport(from_model=None, to_model=model, outcome="ok")
+    return JSONResponse(report.to_json())
 
 
-async def admin_stop(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    denied = gw.guard(request, local_ok=True)
-    if denied:
-        return denied
+@guarded(local_ok=True)
+async def admin_stop(request: Request, gw: Gateway) -> Response:
     if gw.shutdown_hook:
         asyncio.get_running_loop().call_later(0.05, gw.shutdown_hook)
-    return JSONResponse({"stopping": True, "engine_pids": sorted(gw.manager.engine.pids()) if gw.manager.engine else []})
+    pids = sorted(gw.manager.engine.pids()) if gw.manager.engine else []
+    return JSONResponse(StopAnswer(stopping=True, engine_pids=pids).to_json())
 
 
 def create_app(gateway: Gateway, *, on_startup: Callable[[], Awaitable[None]] | None = None,

@@ -5,32 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from animllm_cli.config import LoadedConfig
 from animllm_cli.engine.supervisor import Engine, Progress, State, launch
+from animllm_cli.gateway.state import EngineStatus, SwitchReport
 from animllm_cli.gpu import nvml
-
-
-@dataclass
-class SwitchReport:
-    from_model: str | None
-    to_model: str
-    outcome: str                      # ok | failed
-    stop_s: float | None = None
-    vram_release_s: float | None = None
-    load_s: float | None = None
-    total_s: float | None = None
-    vram_free_before: int | None = None
-    vram_free_after: int | None = None
-    vram_note: str | None = None
-    error: str | None = None
-    finished_at: float | None = None  # wall clock
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class EngineGaveUp(Exception):
@@ -49,7 +30,6 @@ class EngineManager:
         self.on_death = on_death
         self.engine: Engine | None = None
         self.last_switch: SwitchReport | None = None
-        self.switching_to: str | None = None
         self.loaded_at: float | None = None
         self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
         self._deaths: dict[str, list[float]] = {}
@@ -57,6 +37,7 @@ class EngineManager:
 
     @property
     def model(self) -> str | None:
+        """The model whose engine is ready: the gateway's one record of what is loaded."""
         return self.engine.model if self.engine and self.engine.state is State.READY else None
 
     def _vram_free(self) -> int | None:
@@ -68,8 +49,7 @@ class EngineManager:
         self._loop = asyncio.get_running_loop()
         self._check_restarts(model)
         started = time.monotonic()
-        report = SwitchReport(self.engine.model if self.engine else None, model, "failed")
-        self.switching_to = model
+        report = SwitchReport(from_model=self.engine.model if self.engine else None, to_model=model, outcome="failed")
         try:
             if self.engine is not None:
                 stopped = await asyncio.to_thread(self.engine.stop)
@@ -94,7 +74,6 @@ class EngineManager:
             report.total_s = round(time.monotonic() - started, 3)
             report.finished_at = time.time()
             self.last_switch = report
-            self.switching_to = None
 
     def _check_restarts(self, model: str) -> None:
         recent = [t for t in self._deaths.get(model, []) if time.monotonic() - t < self.restart_window_s]
@@ -115,17 +94,17 @@ class EngineManager:
         engine, self.engine = self.engine, None
         return await asyncio.to_thread(engine.stop)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, switching_to: str | None) -> EngineStatus:
+        """The engine's part of `/admin/status`; `switching_to` is the scheduler's switch in progress."""
         engine = self.engine
-        return {
-            "model": engine.model if engine else None,
-            "state": "switching" if self.switching_to else (engine.state.value if engine else "none"),
-            "switching_to": self.switching_to,
-            "phase": engine.phase if engine else None,
-            "engine_pid": engine.pid if engine else None,
-            "engine_url": engine.base_url if engine else None,
-            "death_reason": engine.death_reason if engine else None,
-            "log_path": str(engine.log_path) if engine else None,
-            "loaded_since": self.loaded_at if engine and engine.state is State.READY else None,
-            "last_switch": self.last_switch.to_json() if self.last_switch else None,
-        }
+        return EngineStatus(
+            model=engine.model if engine else None,
+            state="switching" if switching_to else (engine.state.value if engine else "none"),
+            switching_to=switching_to,
+            phase=engine.phase if engine else None,
+            engine_pid=engine.pid if engine else None,
+            engine_url=engine.base_url if engine else None,
+            death_reason=engine.death_reason if engine else None,
+            log_path=str(engine.log_path) if engine else None,
+            loaded_since=self.loaded_at if engine and engine.state is State.READY else None,
+            last_switch=self.last_switch)

@@ -63,22 +63,28 @@ class Lease:
 
 
 class Scheduler:
-    def __init__(self, switch: Callable[[str], Awaitable[None]], limit: Callable[[str], int], *, queue_max: int,
-                 backoff_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, switch: Callable[[str], Awaitable[None]], limit: Callable[[str], int],
+                 loaded: Callable[[], str | None], *, queue_max: int, backoff_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._switch = switch
         self._limit = limit
+        self._loaded = loaded  # the engine manager's record of the ready model: the one truth
         self.queue_max = queue_max
         self.backoff_s = backoff_s
         self._clock = clock
         self._seq = itertools.count()
         self.waiting: list[Ticket] = []
-        self.current: str | None = None
         self.in_flight = 0
         self.switching_to: str | None = None
         self.backoff_until: dict[str, tuple[float, str]] = {}
         self._switch_task: asyncio.Task | None = None
 
     # --------------------------------------------------------------------- public
+    @property
+    def current(self) -> str | None:
+        """The model whose engine is ready now (read from the engine manager, not kept here)."""
+        return self._loaded()
+
     async def acquire(self, model: str, priority: float = 0) -> Lease:
         """Wait for a slot on `model`, loading it first if needed. Cancelling the caller
         (a client that went away) takes it out of the queue."""
@@ -109,10 +115,8 @@ class Scheduler:
             return Lease(model, self)
         return None
 
-    def engine_lost(self, model: str) -> None:
+    def engine_lost(self) -> None:
         """The loaded engine died: the next request for it restarts it through a switch."""
-        if self.current == model:
-            self.current = None
         self._pump()
 
     @property
@@ -128,9 +132,10 @@ class Scheduler:
         if self.switching_to is not None:
             return
         self.waiting.sort()
-        foreign = [t for t in self.waiting if t.model != self.current]
+        current = self.current
+        foreign = [t for t in self.waiting if t.model != current]
         first_foreign = foreign[0] if foreign else None
-        for ticket in [t for t in self.waiting if t.model == self.current]:
+        for ticket in [t for t in self.waiting if t.model == current]:
             if self.in_flight >= self._limit(ticket.model):
                 break
             if first_foreign is not None and not ticket < first_foreign:
@@ -154,14 +159,12 @@ class Scheduler:
             await self._switch(model)
         except Exception as exc:  # the engine did not start: fail its waiters, back off
             reason = str(exc) or type(exc).__name__
-            self.current = None
             self.backoff_until[model] = (self._clock() + self.backoff_s, reason)
             for ticket in [t for t in self.waiting if t.model == model]:
                 self.waiting.remove(ticket)
                 if not ticket.granted.done():
                     ticket.granted.set_exception(SwitchFailed(model, reason, self.backoff_s))
         else:
-            self.current = model
             self.backoff_until.pop(model, None)
         finally:
             self.switching_to = None

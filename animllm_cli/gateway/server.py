@@ -1,112 +1,17 @@
-"""Run the gateway: bind checks, the state file that `status`/`switch`/`stop` find it by,
-uvicorn, and the first model load."""
+"""Assemble and run the gateway: the app, uvicorn, the state file's lifetime, and the
+first model load. What others need to know about a gateway lives in `gateway.state`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
-
-from animllm_cli import paths
 from animllm_cli.config import LoadedConfig
-from animllm_cli.errors import AnimllmError, UsageError
-
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-@dataclass
-class GatewayState:
-    pid: int
-    url: str
-    host: str
-    port: int
-    started_at: float
-    log: str | None
-    config_files: list[str]
-
-
-def state_path() -> Path:
-    return paths.state_dir() / "gateway.json"
-
-
-def read_state() -> GatewayState | None:
-    """The running gateway, if any. A state file left by a dead gateway is removed."""
-    path = state_path()
-    try:
-        state = GatewayState(**json.loads(path.read_text()))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError):
-        path.unlink(missing_ok=True)
-        return None
-    if not _alive_since(state.pid, state.started_at):
-        path.unlink(missing_ok=True)
-        return None
-    return state
-
-
-def _alive_since(pid: int, started_at: float) -> bool:
-    """The gateway's process still runs: same pid, and created before it wrote the file
-    (a pid the kernel reused for another program was created later)."""
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= started_at + 1
-    except psutil.Error:
-        return False
-
-
-def write_state(state: GatewayState) -> None:
-    path = state_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
-    tmp.replace(path)
-
-
-def remove_state(pid: int) -> None:
-    path = state_path()
-    try:
-        if json.loads(path.read_text()).get("pid") == pid:
-            path.unlink()
-    except (FileNotFoundError, ValueError):
-        pass
-
-
-def api_key(loaded: LoadedConfig) -> str | None:
-    """The key comes from the environment variable the config names, never from argv."""
-    return os.environ.get(loaded.config.server.api_key_env) or None
-
-
-def bind_error(host: str, port: int) -> str | None:
-    """Why the gateway could not listen on host:port right now, or None if it could."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
-
-
-def check_bind(host: str, key: str | None, key_env: str) -> None:
-    if host not in LOOPBACK and not key:
-        raise UsageError(f"refusing to bind {host} without an API key",
-                         hint=f"export {key_env}=<a long random key> first, or bind 127.0.0.1")
-
-
-def ensure_not_running() -> None:
-    running = read_state()
-    if running:
-        raise AnimllmError(f"a gateway is already running (pid {running.pid}, {running.url})",
-                           hint="`animllm status` shows it; `animllm stop` stops it")
+from animllm_cli.gateway.state import GatewayState, remove_state, url_host, write_state
 
 
 @dataclass
@@ -144,7 +49,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
 
     async def on_startup() -> None:
         if write_state_file:
-            write_state(GatewayState(os.getpid(), f"http://{_url_host(host)}:{port}", host, port, time.time(), log_path,
+            write_state(GatewayState(os.getpid(), f"http://{url_host(host)}:{port}", host, port, time.time(), log_path,
                                      [str(f) for f in loaded.files]))
         gateway._tasks.append(asyncio.create_task(first_load()))
 
@@ -162,6 +67,3 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     gateway.shutdown_hook = lambda: setattr(server, "should_exit", True)
     return server, gateway
 
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

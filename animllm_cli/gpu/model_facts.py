@@ -30,6 +30,7 @@ class ModelFacts:
     quantization: str | None         # how the checkpoint's weights are stored (None: 16-bit)
     basis: str                       # where these numbers came from
     awq_variant: str | None = None
+    present: bool = True             # the weights are on this machine (not only a shipped card)
 
 
 def facts_for(source: str, hf_cache: str | None) -> ModelFacts | None:
@@ -57,7 +58,7 @@ def _hf_cache_snapshot(repo: str, hf_cache: str | None) -> Path | None:
 def _from_card(card: ModelCard) -> ModelFacts:
     return ModelFacts(card.layers, card.kv_heads, card.head_dim, card.hidden, card.intermediate, card.vocab,
                       card.max_positions, card.weight_bytes, 2, card.quantization,
-                      f"model card {card.repo} ({card.weight_basis})", card.awq_variant)
+                      f"model card {card.repo} ({card.weight_basis})", card.awq_variant, present=False)
 
 
 def _weight_files(directory: Path) -> list[Path]:

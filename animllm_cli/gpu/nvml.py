@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
-GIB = 1024**3
-MIB = 1024**2
 
 ARCHITECTURES = {(7, 0): "Volta", (7, 2): "Volta", (7, 5): "Turing", (8, 0): "Ampere", (8, 6): "Ampere",
                  (8, 7): "Ampere", (8, 9): "Ada Lovelace", (9, 0): "Hopper"}

@@ -24,10 +24,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from animllm_cli.config import LoadedConfig, ModelView
+from animllm_cli.errors import UsageError
 from animllm_cli.gpu.model_cards import find_card
 from animllm_cli.gpu.model_facts import ModelFacts, facts_for
+from animllm_cli.gpu.nvml import GpuReport
 
-GIB = 1024**3
+from animllm_cli.units import GIB
+
 NON_TORCH_BYTES = GIB // 2
 CUDA_GRAPH_BYTES = GIB // 2
 # vLLM's defaults when a profile leaves these unset.
@@ -46,6 +49,7 @@ class ModelPlan:
     verdict: str                      # fits | fits-partially | does-not-fit | unknown
     summary: str
     basis: str | None = None
+    weights_present: bool | None = None  # on this machine (local or in the HF cache); None: unknown model
     utilization: float | None = None
     budget_bytes: int | None = None   # VRAM x utilisation
     checkpoint_bytes: int | None = None  # the weights as stored (what a download fetches)
@@ -123,7 +127,8 @@ def plan_model(loaded: LoadedConfig, view: ModelView, vram: int) -> ModelPlan:
     budget = _budget(facts, view.settings, notes)
     pool, tokens, length = budget.pool(vram), budget.tokens(vram), budget.max_model_len
     plan = ModelPlan(
-        view.name, view.engine_source, "fits", "", basis=facts.basis, utilization=budget.utilization,
+        view.name, view.engine_source, "fits", "", basis=facts.basis, weights_present=facts.present,
+        utilization=budget.utilization,
         budget_bytes=int(vram * budget.utilization), checkpoint_bytes=facts.weight_bytes, weight_bytes=budget.weights, activation_bytes=budget.activations,
         non_torch_bytes=NON_TORCH_BYTES, kv_bytes_per_token=budget.kv_per_token, kv_cache_dtype=budget.kv_dtype,
         kv_pool_bytes=pool, kv_tokens=tokens, max_model_len=length, need_bytes=budget.need(), notes=notes)
@@ -199,6 +204,17 @@ class PlanReport:
         return {"schema_version": 1, "vram_bytes": self.vram_bytes, "vram_gib": round(self.vram_bytes / GIB, 2),
                 "vram_basis": self.vram_basis, "models": [m.to_json() for m in self.models],
                 "co_resident": self.co_resident, "formula": self.formula}
+
+
+def vram_basis(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) -> tuple[int, str]:
+    """Which card to plan for: --vram, else the detected GPU 0, else the config's gpu.vram_gib."""
+    if vram_gib:
+        return int(vram_gib * GIB), f"--vram {vram_gib:g}"
+    if gpus.gpus:
+        return gpus.gpus[0].total_bytes, f"detected GPU 0 ({gpus.gpus[0].name})"
+    if loaded.config.gpu.vram_gib:
+        return int(loaded.config.gpu.vram_gib * GIB), f"config gpu.vram_gib ({loaded.config.gpu.vram_gib:g})"
+    raise UsageError("no GPU detected and the config sets no gpu.vram_gib", hint="pass --vram GiB")
 
 
 def plan_models(loaded: LoadedConfig, names: list[str], vram: int, basis: str) -> PlanReport:

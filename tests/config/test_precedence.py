@@ -129,7 +129,7 @@ def test_inherit_defaults_false_stands_alone(tmp_path: Path) -> None:
     loaded = load_config(alone)
     assert loaded.model_names() == ["m"]
     assert loaded.config.env == {}
-    assert loaded.resolve_model(None) == "m"  # the only model is the default
+    assert loaded.catalogue.resolve(None) == "m"  # the only model is the default
 
 
 def test_dotenv_beside_the_config_joins_the_engine_env(isolated_env: Path) -> None:
@@ -168,7 +168,7 @@ def test_models_dir_resolves_bare_names(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("wanted", ["coder", "qwen-coder", "QWEN-CODER", "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", None])
 def test_model_found_by_name_alias_or_source(wanted: str | None) -> None:
-    assert load_config().resolve_model(wanted) == "coder"
+    assert load_config().catalogue.resolve(wanted) == "coder"
 
 
 def test_env_override_value_of_wrong_type_is_a_config_error() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-GIB = 1024**3
+from animllm_cli.units import GIB
+
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 
 

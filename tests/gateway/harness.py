@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -54,6 +55,7 @@ class RunningGateway:
     gateway: Any
     server: Any
     thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
     tmp_path: Path
     events: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -93,9 +95,10 @@ def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | 
                                            nvml_module=nvml or FakeNvml(missing=True), log_dir=tmp_path / "logs",
                                            exit_on_failed_load=False)
     gateway.admission_interval_s = 0.1
-    thread = threading.Thread(target=server.run, daemon=True)
+    loop = asyncio.new_event_loop()  # kept, so that tests can run coroutines on the gateway's loop
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
-    running = RunningGateway(f"http://127.0.0.1:{port}", gateway, server, thread, tmp_path, events)
+    running = RunningGateway(f"http://127.0.0.1:{port}", gateway, server, thread, loop, tmp_path, events)
     deadline = time.monotonic() + start_bound_s(loaded)
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -173,14 +173,14 @@ def _hold_stream(gw, seconds_per_chunk: float = 0.2, tokens: int = 50):
 def test_queue_timeout_is_504(gateway_factory) -> None:
     gw = gateway_factory(concurrency=1, timeout_s=1)
     # Hold the only slot from outside (every request is itself bounded by the same timeout).
-    lease = asyncio.run_coroutine_threadsafe(gw.gateway.scheduler.acquire("a"), gw.gateway.loop).result(5)
+    lease = asyncio.run_coroutine_threadsafe(gw.gateway.scheduler.acquire("a"), gw.loop).result(5)
     try:
         with gw.client() as client:
             reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
         assert reply.status_code == 504 and "timed out after 1s" in reply.json()["error"]["message"]
         assert gw.gateway.scheduler.depth == 0  # the timed-out request left the queue
     finally:
-        gw.gateway.loop.call_soon_threadsafe(lease.release)
+        gw.loop.call_soon_threadsafe(lease.release)
 
 
 def test_full_queue_is_503_with_retry_after(gateway_factory) -> None:

@@ -15,6 +15,7 @@ class Switcher:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.pending: asyncio.Future | None = None
+        self.loaded: str | None = None  # the engine manager's record, which the scheduler reads
 
     async def __call__(self, model: str) -> None:
         self.calls.append(model)
@@ -22,16 +23,19 @@ class Switcher:
         await self.pending
 
     def finish(self) -> None:
+        self.loaded = self.calls[-1]
         self.pending.set_result(None)
 
     def fail(self, reason: str) -> None:
+        self.loaded = None
         self.pending.set_exception(RuntimeError(reason))
 
 
 def make(limit: int = 1, queue_max: int = 100, clock=None) -> tuple[Scheduler, Switcher]:
     switcher = Switcher()
     kwargs = {"clock": clock} if clock else {}
-    return Scheduler(switcher, lambda model: limit, queue_max=queue_max, backoff_s=30, **kwargs), switcher
+    return Scheduler(switcher, lambda model: limit, lambda: switcher.loaded, queue_max=queue_max, backoff_s=30,
+                     **kwargs), switcher
 
 
 async def settle() -> None:
@@ -205,7 +209,8 @@ def test_engine_lost_restarts_through_a_switch() -> None:
         scheduler, switcher = make()
         first = await loaded(scheduler, switcher)
         first.result().release()
-        scheduler.engine_lost("a")
+        switcher.loaded = None  # the engine died: the manager's record says nothing is ready
+        scheduler.engine_lost()
         again = asyncio.create_task(scheduler.acquire("a"))
         await settle()
         assert switcher.calls == ["a", "a"]

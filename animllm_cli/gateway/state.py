@@ -1,0 +1,185 @@
+"""What the rest of animllm knows about a gateway without running one: the state file that
+`status`/`switch`/`stop`/`chat` find it by, the loopback set, the API key and the bind
+rules. A leaf: it imports nothing from the gateway, so clients and commands can read it
+without loading the server stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
+
+from animllm_cli import paths
+from animllm_cli.config import LoadedConfig
+from animllm_cli.errors import AnimllmError, UsageError
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+@dataclass
+class GatewayState:
+    pid: int
+    url: str
+    host: str
+    port: int
+    started_at: float
+    log: str | None
+    config_files: list[str]
+
+
+def state_path() -> Path:
+    return paths.state_dir() / "gateway.json"
+
+
+def read_state() -> GatewayState | None:
+    """The running gateway, if any. A state file left by a dead gateway is removed."""
+    path = state_path()
+    try:
+        state = GatewayState(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if not _alive_since(state.pid, state.started_at):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def _alive_since(pid: int, started_at: float) -> bool:
+    """The gateway's process still runs: same pid, and created before it wrote the file
+    (a pid the kernel reused for another program was created later)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= started_at + 1
+    except psutil.Error:
+        return False
+
+
+def write_state(state: GatewayState) -> None:
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(path)
+
+
+def remove_state(pid: int) -> None:
+    path = state_path()
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (FileNotFoundError, ValueError):
+        pass
+
+
+def api_key(loaded: LoadedConfig) -> str | None:
+    """The key comes from the environment variable the config names, never from argv."""
+    return os.environ.get(loaded.config.server.api_key_env) or None
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def bind_error(host: str, port: int) -> str | None:
+    """Why the gateway could not listen on host:port right now, or None if it could."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def check_bind(host: str, key: str | None, key_env: str) -> None:
+    if host not in LOOPBACK and not key:
+        raise UsageError(f"refusing to bind {host} without an API key",
+                         hint=f"export {key_env}=<a long random key> first, or bind 127.0.0.1")
+
+
+def ensure_not_running() -> None:
+    running = read_state()
+    if running:
+        raise AnimllmError(f"a gateway is already running (pid {running.pid}, {running.url})",
+                           hint="`animllm status` shows it; `animllm stop` stops it")
+
+
+# --------------------------------------------------------------------------- the admin API's answers
+# One typed form each, written by the gateway and read by the commands; their JSON is the
+# README's documented schema (`status --json`, `switch --json`).
+
+class Report(BaseModel):
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class SwitchReport(Report):
+    from_model: str | None
+    to_model: str
+    outcome: str                      # ok | failed | already loaded
+    stop_s: float | None = None
+    vram_release_s: float | None = None
+    load_s: float | None = None
+    total_s: float | None = None
+    vram_free_before: int | None = None
+    vram_free_after: int | None = None
+    vram_note: str | None = None
+    error: str | None = None
+    finished_at: float | None = None  # wall clock
+
+
+class EngineStatus(Report):
+    model: str | None
+    state: str                        # none | starting | ready | switching | dead | stopped
+    switching_to: str | None = None
+    phase: str | None = None
+    engine_pid: int | None = None
+    engine_url: str | None = None
+    death_reason: str | None = None
+    log_path: str | None = None
+    loaded_since: float | None = None
+    last_switch: SwitchReport | None = None
+
+
+class GpuMemory(Report):
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+
+class VramStatus(Report):
+    gpus: list[GpuMemory] = []
+    error: str | None = None
+
+
+class GatewayProcess(Report):
+    pid: int
+    uptime_s: float
+
+
+class StatusReport(Report):
+    schema_version: int = 1
+    url: str | None = None            # filled in by the client from the state file
+    gateway: GatewayProcess
+    engine: EngineStatus
+    queue_depth: int
+    in_flight: int
+    backoff: dict[str, float] = {}    # model -> seconds left
+    busy: str | None = None           # why requests are refused, or None
+    vram: VramStatus
+
+
+class StopAnswer(Report):
+    stopping: bool
+    engine_pids: list[int] = []
+
