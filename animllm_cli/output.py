@@ -1,4 +1,5 @@
-"""The one place that decides how results look: human (Rich), JSON, or quiet.
+"""The one place that decides how results look: human (Rich), JSON, or quiet; and the
+only place that makes Rich consoles, spinners, progress bars and live views.
 
 Data goes to stdout, messages and progress to stderr. Rich turns colour off by itself
 when the stream is not a terminal or NO_COLOR is set. Machine formats (JSON, YAML, shell
@@ -7,12 +8,33 @@ lines) are written plainly, never through Rich, so nothing wraps or gets highlig
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
+    from rich.live import Live
+    from rich.progress import Progress
+
+
+def jsonable(data: Any) -> Any:
+    """Plain JSON data for a result: a typed result serializes itself (its own `to_json`,
+    pydantic's JSON mode, or its dataclass fields); anything else is taken as it is."""
+    if hasattr(data, "to_json"):
+        return data.to_json()
+    if hasattr(data, "model_dump"):
+        return data.model_dump(mode="json")
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return dataclasses.asdict(data)
+    return data
+
+
+def json_text(data: Any) -> str:
+    """The one JSON form of a result, for stdout and for files alike."""
+    return json.dumps(jsonable(data), indent=2, ensure_ascii=False, default=str)
 
 
 class Output:
@@ -29,7 +51,15 @@ class Output:
         return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
 
     def json(self, data: Any) -> None:
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.write(json_text(data) + "\n")
+
+    def result(self, data: Any, render: Callable[[Any], None], *, json: bool) -> None:
+        """A command's result: JSON for scripts, else `render(data)` for people. Quiet does
+        not apply: a result is data, not a message."""
+        if json:
+            self.json(data)
+        else:
+            render(data)
 
     def text(self, text: str) -> None:
         """Plain data for scripts: printed as is, newline-terminated."""
@@ -49,6 +79,38 @@ class Output:
 
     def warn(self, message: str) -> None:
         self._console(stderr=True).print(f"[yellow]warning:[/yellow] {message}")
+
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner on stderr while the block runs. Quiet: nothing at all. Not a terminal
+        (a log, a pipe, CI): the message once as a line, since an animation would either
+        vanish (transient) or fill the log with frames."""
+        if self.quiet:
+            yield
+            return
+        console = self._console(stderr=True)
+        if not console.is_terminal:
+            console.print(message)
+            yield
+            return
+        with console.status(message):
+            yield
+
+    def progress(self) -> Progress:
+        """A transient progress bar on stderr (description, bar, done/total, elapsed), silent
+        when quiet. Use it as a context manager; `add_task` and `advance` as Rich's."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=self._console(stderr=True), transient=True, disable=self.quiet)
+
+    def live(self, renderable: RenderableType) -> Live:
+        """A view on stdout that `update()` redraws in place, such as an answer rendered as
+        Markdown while it streams. It is the data itself, so quiet does not hide it."""
+        from rich.live import Live
+
+        return Live(renderable, console=self._console(stderr=False), refresh_per_second=12,
+                    vertical_overflow="visible")
 
     def error(self, message: str, hint: str | None = None) -> None:
         from rich.markup import escape

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from animllm_cli.bench import loadgen  # noqa: E402
-from animllm_cli.bench.metrics import summarize  # noqa: E402
+from animllm_cli.bench.metrics import LevelSummary, summarize  # noqa: E402
 
 TARGET = 5000
 
@@ -32,7 +32,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def measure(url: str, concurrency: int, requests: int, output_len: int) -> tuple[float, dict]:
+async def measure(url: str, concurrency: int, requests: int, output_len: int) -> tuple[float, LevelSummary]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         payload = lambda index: loadgen.request_body("m", list(range(32)), output_len)  # noqa: E731
         await loadgen.run_level(session, url, payload, 4, concurrency=4)  # warm up
@@ -65,7 +65,7 @@ def main() -> None:
             rate, summary = asyncio.run(measure(url, concurrency, requests, 256))
             verdict = "met" if rate >= TARGET else "MISSED"
             print(f"{concurrency:>11} {requests:>9} {rate:>10.0f}  {verdict} "
-                  f"(completed {summary['completed']}, failed {summary['failed']})")
+                  f"(completed {summary.completed}, failed {summary.failed})")
     finally:
         fake.terminate()
         fake.wait(timeout=10)

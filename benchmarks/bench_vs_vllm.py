@@ -63,9 +63,9 @@ async def run_ours(url: str, model: str, args: argparse.Namespace, round_seed: i
             session, url, lambda i: loadgen.request_body(model, prompt(i), args.output_len), args.requests,
             concurrency=args.concurrency)
     summary = summarize(samples, duration)
-    return {"median_ttft_ms": summary["ttft_ms"]["median"], "median_tpot_ms": summary["tpot_ms"]["median"],
-            "output_throughput": summary["output_throughput"], "completed": summary["completed"],
-            "total_input_tokens": summary["input_tokens"]}
+    return {"median_ttft_ms": summary.ttft_ms.median, "median_tpot_ms": summary.tpot_ms.median,
+            "output_throughput": summary.output_throughput, "completed": summary.completed,
+            "total_input_tokens": summary.input_tokens}
 
 
 def main() -> None:

@@ -49,29 +49,56 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def distribution_ms(values: list[float]) -> dict[str, float]:
+@dataclass
+class Distribution:
+    """One metric over a level, in milliseconds."""
+    mean: float
+    median: float
+    p90: float
+    p99: float
+
+
+@dataclass
+class LevelSummary:
+    """A level's results; the field names are the keys of `summary` in `bench --json`."""
+    completed: int
+    failed: int
+    errors: list[str]                  # up to five distinct messages
+    duration_s: float
+    input_tokens: int
+    output_tokens: int
+    request_throughput: float
+    output_throughput: float
+    total_token_throughput: float
+    ttft_ms: Distribution
+    tpot_ms: Distribution
+    itl_ms: Distribution
+    e2el_ms: Distribution
+
+
+def distribution_ms(values: list[float]) -> Distribution:
     scaled = [v * 1000 for v in values]
-    return {"mean": statistics.fmean(scaled) if scaled else 0.0, "median": percentile(scaled, 50),
-            "p90": percentile(scaled, 90), "p99": percentile(scaled, 99)}
+    return Distribution(mean=statistics.fmean(scaled) if scaled else 0.0, median=percentile(scaled, 50),
+                        p90=percentile(scaled, 90), p99=percentile(scaled, 99))
 
 
-def summarize(samples: list[Sample], duration_s: float) -> dict[str, Any]:
+def summarize(samples: list[Sample], duration_s: float) -> LevelSummary:
     done = [s for s in samples if s.ok]
     output_tokens = sum(s.output_tokens for s in done)
     input_tokens = sum(s.prompt_tokens for s in done)
     duration = max(duration_s, 1e-9)
-    return {
-        "completed": len(done),
-        "failed": len(samples) - len(done),
-        "errors": sorted({s.error for s in samples if s.error})[:5],
-        "duration_s": duration_s,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "request_throughput": len(done) / duration,
-        "output_throughput": output_tokens / duration,
-        "total_token_throughput": (input_tokens + output_tokens) / duration,
-        "ttft_ms": distribution_ms([s.ttft for s in done if s.ttft is not None]),
-        "tpot_ms": distribution_ms([s.tpot for s in done if s.tpot is not None]),
-        "itl_ms": distribution_ms([gap for s in done for gap in s.itl]),
-        "e2el_ms": distribution_ms([s.latency for s in done]),
-    }
+    return LevelSummary(
+        completed=len(done),
+        failed=len(samples) - len(done),
+        errors=sorted({s.error for s in samples if s.error})[:5],
+        duration_s=duration_s,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        request_throughput=len(done) / duration,
+        output_throughput=output_tokens / duration,
+        total_token_throughput=(input_tokens + output_tokens) / duration,
+        ttft_ms=distribution_ms([s.ttft for s in done if s.ttft is not None]),
+        tpot_ms=distribution_ms([s.tpot for s in done if s.tpot is not None]),
+        itl_ms=distribution_ms([gap for s in done for gap in s.itl]),
+        e2el_ms=distribution_ms([s.latency for s in done]),
+    )

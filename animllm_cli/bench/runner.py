@@ -10,8 +10,10 @@ import aiohttp
 
 from animllm_cli.bench import loadgen
 from animllm_cli.bench.metrics import summarize
+from animllm_cli.bench.results import BenchResult, LevelResult, SwitchRun, level_label
 from animllm_cli.client.openai import ServerNotRunning
 from animllm_cli.errors import AnimllmError
+from animllm_cli.output import Output
 
 
 @dataclass
@@ -29,13 +31,9 @@ class BenchPlan:
     api_key: str | None = None
 
 
-async def run_bench(plan: BenchPlan, out: Any) -> dict[str, Any]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+async def run_bench(plan: BenchPlan, out: Output) -> BenchResult:
     headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
-    result: dict[str, Any] = {"schema_version": 1, "url": plan.url, "model": plan.model, "input_len": plan.input_len,
-                              "output_len": plan.output_len, "levels": []}
+    result = BenchResult(url=plan.url, model=plan.model, input_len=plan.input_len, output_len=plan.output_len)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
@@ -57,23 +55,20 @@ async def run_bench(plan: BenchPlan, out: Any) -> dict[str, Any]:
             if not sample.ok:
                 raise AnimllmError(f"warm-up request failed: {sample.error}")
         runs = [(level, None) for level in plan.levels] or [(None, plan.request_rate)]
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True, disable=out.quiet) as progress:
+        with out.progress() as progress:
             for concurrency, rate in runs:
-                label = f"concurrency {concurrency}" if concurrency else f"{rate:g} req/s"
-                task = progress.add_task(label, total=plan.requests)
+                task = progress.add_task(level_label(concurrency, rate), total=plan.requests)
                 samples, duration = await loadgen.run_level(
                     session, plan.url, payloads(), plan.requests, concurrency=concurrency, request_rate=rate,
                     on_done=lambda _sample, task=task: progress.advance(task))
-                result["levels"].append({"concurrency": concurrency, "request_rate": rate,
-                                         "summary": summarize(samples, duration),
-                                         "samples": [s.to_json() for s in samples]})
+                result.levels.append(LevelResult(concurrency=concurrency, request_rate=rate,
+                                                 summary=summarize(samples, duration), samples=samples))
     if plan.switch_models:
-        result["switch"] = await asyncio.to_thread(_switches, plan, out)
+        result.switch = await asyncio.to_thread(_switches, plan, out)
     return result
 
 
-def _switches(plan: BenchPlan, out: Any) -> dict[str, Any]:
+def _switches(plan: BenchPlan, out: Output) -> SwitchRun:
     import httpx
 
     from animllm_cli.bench.switching import run_switches

@@ -9,9 +9,8 @@ from typing import Any, Callable
 import httpx
 
 from animllm_cli.bench.metrics import percentile
+from animllm_cli.bench.results import Spread, SwitchRun, SwitchSummary
 from animllm_cli.errors import AnimllmError
-
-FIELDS = ("stop_s", "vram_release_s", "load_s", "total_s", "first_token_s")
 
 
 def first_token_s(http: httpx.Client, model: str) -> float:
@@ -28,7 +27,7 @@ def first_token_s(http: httpx.Client, model: str) -> float:
 
 
 def run_switches(http: httpx.Client, models: list[str], rounds: int,
-                 on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                 on_done: Callable[[dict[str, Any]], None] | None = None) -> SwitchRun:
     """Switch to each model in turn, `rounds` times over; the first switch (to the first
     model) only positions the gateway and is not counted when that model was loaded."""
     switches: list[dict[str, Any]] = []
@@ -44,8 +43,10 @@ def run_switches(http: httpx.Client, models: list[str], rounds: int,
         switches.append(report)
         if on_done:
             on_done(report)
-    summary = {}
-    for name in FIELDS:
-        values = [s[name] for s in switches if s.get(name) is not None]
-        summary[name] = {"median": percentile(values, 50), "max": max(values)} if values else None
-    return {"count": len(switches), "switches": switches, "summary": summary}
+    summary = SwitchSummary(**{name: _spread([s[name] for s in switches if s.get(name) is not None])
+                               for name in SwitchSummary.names()})
+    return SwitchRun(count=len(switches), switches=switches, summary=summary)
+
+
+def _spread(values: list[float]) -> Spread | None:
+    return Spread(median=percentile(values, 50), max=max(values)) if values else None

@@ -41,14 +41,12 @@ def stream_plain(client: OpenAIClient, payload: dict, write: Callable[[str], Non
     return result
 
 
-def stream_markdown(client: OpenAIClient, payload: dict) -> ChatResult:
+def stream_markdown(client: OpenAIClient, payload: dict, out: Output) -> ChatResult:
     """Show the answer as it arrives, rendered as Markdown."""
-    from rich.console import Console
-    from rich.live import Live
     from rich.markdown import Markdown
 
     result = ChatResult()
-    with Live(Markdown(""), console=Console(), refresh_per_second=12, vertical_overflow="visible") as live:
+    with out.live(Markdown("")) as live:
         for _ in client.chat_stream(payload, result):
             live.update(Markdown(result.text))
     return result
@@ -86,7 +84,7 @@ class Repl:
         payload = self.conv.user(text)
         try:
             if self.fancy:
-                result = stream_markdown(self.client, payload)
+                result = stream_markdown(self.client, payload, self.out)
             else:
                 result = stream_plain(self.client, payload, lambda d: (sys.stdout.write(d), sys.stdout.flush()))
                 sys.stdout.write("\n")

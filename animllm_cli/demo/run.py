@@ -7,11 +7,14 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from animllm_cli import paths
 from animllm_cli.errors import AnimllmError
 from animllm_cli.output import Output, phase_printer
+
+if TYPE_CHECKING:
+    from animllm_cli.bench.metrics import LevelSummary
 
 DEMO_CONFIG = """# Written by `animllm demo`: two tiny models on the CPU build of vLLM.
 inherit_defaults: false
@@ -143,7 +146,8 @@ class _DemoGateway:
         self.out.info(f"      {model}: {shown!r} (random weights: noise)  [dim]{stats_line(result)}[/dim]")
         return {"model": result.model, "ttft_s": result.ttft_s, "tokens": result.completion_tokens}
 
-    def bench(self, model: str) -> dict[str, Any]:
+    def bench(self, model: str) -> dict[int, LevelSummary]:
+        """The summary of each concurrency level (1 and 4)."""
         import asyncio
 
         from animllm_cli.bench.runner import BenchPlan, run_bench
@@ -151,7 +155,7 @@ class _DemoGateway:
         plan = BenchPlan(url=self.url, model=model, levels=[1, 4], request_rate=None, requests=8, input_len=32,
                          output_len=32, warmup=1)
         result = asyncio.run(run_bench(plan, self.out))
-        return {f"c{level['concurrency']}": level["summary"] for level in result["levels"]}
+        return {level.concurrency: level.summary for level in result.levels}
 
     def engine_pids(self) -> set[int]:
         engine = self.gateway.manager.engine
@@ -170,15 +174,15 @@ class _DemoGateway:
 def _show(out: Output, summary: dict[str, Any]) -> None:
     from animllm_cli.output import table
 
-    c1, c4 = summary["bench"]["c1"], summary["bench"]["c4"]
-    per_stream = 1000 / c1["tpot_ms"]["median"] if c1["tpot_ms"]["median"] else 0
+    c1, c4 = summary["bench"][1], summary["bench"][4]
+    per_stream = 1000 / c1.tpot_ms.median if c1.tpot_ms.median else 0
     rows = [
         ["model start (tiny-a, to ready)", f"{summary['start_s']:.1f} s"],
         ["switch tiny-a -> tiny-b (stop, start, ready)", f"{summary['switch_s']:.1f} s"],
-        ["TTFT median, 1 stream", f"{c1['ttft_ms']['median']:.1f} ms"],
+        ["TTFT median, 1 stream", f"{c1.ttft_ms.median:.1f} ms"],
         ["tokens/s, 1 stream (1 / TPOT)", f"{per_stream:.0f}"],
-        ["output tokens/s, 4 streams", f"{c4['output_throughput']:.0f}"],
-        ["requests completed / failed", f"{c1['completed'] + c4['completed']} / {c1['failed'] + c4['failed']}"],
+        ["output tokens/s, 4 streams", f"{c4.output_throughput:.0f}"],
+        ["requests completed / failed", f"{c1.completed + c4.completed} / {c1.failed + c4.failed}"],
         ["nothing left running", "yes" if not summary["left"] else f"NO: {summary['left']}"],
         ["demo wall time", f"{summary['wall_s']:.0f} s"],
     ]

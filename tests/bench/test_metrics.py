@@ -28,17 +28,17 @@ def test_summary_of_a_trace() -> None:
         Sample(ok=False, start=0, latency=0.2, error="HTTP 503: busy"),
     ]
     s = summarize(samples, duration_s=2.0)
-    assert (s["completed"], s["failed"], s["errors"]) == (2, 1, ["HTTP 503: busy"])
-    assert s["request_throughput"] == 1.0
-    assert s["output_throughput"] == 5.0                    # 10 tokens over 2 s
-    assert s["total_token_throughput"] == 15.0              # (20 + 10) / 2
-    assert s["ttft_ms"]["mean"] == pytest.approx(200) and s["ttft_ms"]["median"] == pytest.approx(200)
-    assert s["tpot_ms"]["median"] == pytest.approx(150)     # 0.1 and 0.2 per token
-    assert s["itl_ms"]["median"] == pytest.approx(200)      # pooled: .1 .1 .2 .2 .2 .4
-    assert s["itl_ms"]["p90"] == pytest.approx(300)         # 0.2 + 0.5 * (0.4 - 0.2)
-    assert s["e2el_ms"]["p99"] == pytest.approx(500 + 0.99 * 600)
+    assert (s.completed, s.failed, s.errors) == (2, 1, ["HTTP 503: busy"])
+    assert s.request_throughput == 1.0
+    assert s.output_throughput == 5.0                    # 10 tokens over 2 s
+    assert s.total_token_throughput == 15.0              # (20 + 10) / 2
+    assert s.ttft_ms.mean == pytest.approx(200) and s.ttft_ms.median == pytest.approx(200)
+    assert s.tpot_ms.median == pytest.approx(150)     # 0.1 and 0.2 per token
+    assert s.itl_ms.median == pytest.approx(200)      # pooled: .1 .1 .2 .2 .2 .4
+    assert s.itl_ms.p90 == pytest.approx(300)         # 0.2 + 0.5 * (0.4 - 0.2)
+    assert s.e2el_ms.p99 == pytest.approx(500 + 0.99 * 600)
 
 
 def test_failed_requests_do_not_count_in_the_latencies() -> None:
     s = summarize([Sample(ok=False, start=0, latency=9.0, ttft=5.0, output_tokens=3)], 1.0)
-    assert s["completed"] == 0 and s["e2el_ms"]["median"] == 0.0 and s["output_tokens"] == 0
+    assert s.completed == 0 and s.e2el_ms.median == 0.0 and s.output_tokens == 0

@@ -1,0 +1,98 @@
+"""The results of one `animllm bench` run, typed, with their one JSON form: the keys the
+README documents for `bench --json` (schema_version 1)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from animllm_cli.bench.metrics import LevelSummary, Sample
+
+SCHEMA_VERSION = 1
+
+
+def level_label(concurrency: int | None, request_rate: float | None) -> str:
+    return f"concurrency {concurrency}" if concurrency else f"{request_rate:g} req/s"
+
+
+@dataclass
+class LevelResult:
+    """One level: a fixed concurrency, or Poisson arrivals at a request rate."""
+    concurrency: int | None
+    request_rate: float | None
+    summary: LevelSummary
+    samples: list[Sample] | None = None  # None: left out of the JSON (bench without --samples)
+
+    @property
+    def label(self) -> str:
+        return level_label(self.concurrency, self.request_rate)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"concurrency": self.concurrency, "request_rate": self.request_rate,
+                                "summary": asdict(self.summary)}
+        if self.samples is not None:
+            data["samples"] = [sample.to_json() for sample in self.samples]
+        return data
+
+
+@dataclass
+class Spread:
+    median: float
+    max: float
+
+
+@dataclass
+class SwitchSummary:
+    """Median and max seconds of each part of a switch; None where no switch reported it
+    (VRAM release without a GPU)."""
+    stop_s: Spread | None
+    vram_release_s: Spread | None
+    load_s: Spread | None
+    total_s: Spread | None
+    first_token_s: Spread | None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass
+class SwitchRun:
+    count: int
+    # The gateway's switch reports as it sent them, each with first_token_s added: their
+    # shape is the gateway's (`switch --json`), passed through, not redefined here.
+    switches: list[dict[str, Any]]
+    summary: SwitchSummary
+
+
+@dataclass
+class CheckRow:
+    metric: str
+    value: float
+    target: str
+    ok: bool
+
+
+@dataclass
+class BenchResult:
+    url: str
+    model: str
+    input_len: int
+    output_len: int
+    levels: list[LevelResult] = field(default_factory=list)
+    switch: SwitchRun | None = None     # with --switch
+    check: list[CheckRow] | None = None  # with --check
+    schema_version: int = SCHEMA_VERSION
+
+    def without_samples(self) -> BenchResult:
+        return replace(self, levels=[replace(level, samples=None) for level in self.levels])
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"schema_version": self.schema_version, "url": self.url, "model": self.model,
+                                "input_len": self.input_len, "output_len": self.output_len,
+                                "levels": [level.to_json() for level in self.levels]}
+        if self.switch is not None:
+            data["switch"] = asdict(self.switch)
+        if self.check is not None:
+            data["check"] = [asdict(row) for row in self.check]
+        return data

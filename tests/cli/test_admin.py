@@ -1,0 +1,55 @@
+"""`animllm switch` and `status` against a running gateway over fake engines: what goes to
+stdout, what to stderr, and what `-q` silences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A gateway with model `a` loaded; `switch` and `status` find it through the state file."""
+    config = fake_gateway_config(tmp_path)
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    running = start_gateway(tmp_path, config)
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+def test_quiet_switch_prints_nothing_on_stderr(gateway, terminal: bool) -> None:
+    # TTY_COMPATIBLE=1 makes Rich take stderr for a terminal: the spinner path.
+    env = {"TTY_COMPATIBLE": "1"} if terminal else None
+    quiet = run_cli("-q", "switch", "b", env=env)
+    assert quiet.exit_code == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert "a -> b" in quiet.stdout  # the report is data: -q keeps it
+
+    loud = run_cli("switch", "a", env=env)
+    assert loud.exit_code == 0, loud.stderr
+    assert "switching to a" in loud.stderr and "b -> a" in loud.stdout
+
+
+def test_quiet_switch_still_prints_errors(gateway) -> None:
+    result = run_cli("-q", "switch", "no-such-model")
+    assert result.exit_code == 1 and "not found" in result.stderr
+
+
+def test_switch_json_is_only_the_report(gateway) -> None:
+    import json
+
+    result = run_cli("switch", "b", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["from_model"], report["to_model"], report["outcome"]) == ("a", "b", "ok")
+
+
+def test_status_table_names_the_loaded_model(gateway) -> None:
+    result = run_cli("status")
+    assert result.exit_code == 0, result.stderr
+    assert gateway.url in result.stdout and "a (ready)" in result.stdout

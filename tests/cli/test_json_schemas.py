@@ -1,0 +1,168 @@
+"""Every `--json` output has exactly the keys, at every level, of the example the README
+documents for it (its "## JSON output" section), so the README and the code cannot drift.
+
+The examples' conventions: `{"...": "as plan --json"}` stands for another command's
+documented object (`, plus first_token_s` adds keys to it); `{"<model>": 42.0}` is a map
+whose keys are data; a list's first element stands for every element.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
+from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.helpers import REPO_ROOT, free_port, run_cli
+
+REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?:, plus (?P<extra>[\w, ]+))?$")
+
+
+def documented_schemas() -> dict[str, Any]:
+    """Command name -> the JSON example the README gives for it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("\n## JSON output\n", 1)[1].split("\n## ", 1)[0]
+    pieces = re.split(r"```json\n(.*?)\n```", section, flags=re.S)
+    schemas = {}
+    for prose, example in zip(pieces[0::2], pieces[1::2]):
+        # the command named last before an example is the one it documents
+        schemas[re.findall(r"`animllm ([a-z ]+?) --json", prose)[-1]] = json.loads(example)
+    return schemas
+
+
+SCHEMAS = documented_schemas()
+
+
+def _expand(documented: Any) -> Any:
+    """A reference to another command's example, replaced by that example."""
+    if isinstance(documented, dict) and set(documented) == {"..."}:
+        match = REFERENCE.match(documented["..."])
+        assert match, f"unreadable reference in the README: {documented}"
+        extra = [key.strip() for key in (match["extra"] or "").split(",") if key.strip()]
+        return {**SCHEMAS[match["name"]], **dict.fromkeys(extra)}
+    return documented
+
+
+def _is_map(documented: dict) -> bool:
+    return len(documented) == 1 and re.fullmatch(r"<\w+>", next(iter(documented))) is not None
+
+
+def _compare(actual: Any, documented: Any, path: str, problems: list[str], seen: set[str]) -> None:
+    documented = _expand(documented)
+    if isinstance(documented, dict) and isinstance(actual, dict):
+        seen.add(path)
+        if _is_map(documented):
+            (value,) = documented.values()
+            for item in actual.values():
+                _compare(item, value, f"{path}.<>", problems, seen)
+            return
+        missing, extra = sorted(set(documented) - set(actual)), sorted(set(actual) - set(documented))
+        if missing or extra:
+            problems.append(f"{path}: documented but not output {missing}; output but not documented {extra}")
+        for key in documented.keys() & actual.keys():
+            _compare(actual[key], documented[key], f"{path}.{key}", problems, seen)
+    elif isinstance(documented, list) and isinstance(actual, list) and documented:
+        for item in actual:
+            _compare(item, documented[0], f"{path}[]", problems, seen)
+    # anything else is a value (null where a number or object may also come): not a key
+
+
+def _object_paths(documented: Any, path: str = "$") -> set[str]:
+    documented = _expand(documented)
+    if isinstance(documented, dict):
+        if _is_map(documented):
+            return {path} | _object_paths(next(iter(documented.values())), f"{path}.<>")
+        return {path}.union(*(_object_paths(value, f"{path}.{key}") for key, value in documented.items()))
+    if isinstance(documented, list) and documented:
+        return _object_paths(documented[0], f"{path}[]")
+    return set()
+
+
+def assert_matches_readme(command: str, output: Any, *, not_exercised: set[str] = frozenset()) -> None:
+    """The keys of `output` at every level equal the README's; and the output reached
+    every documented object (but `not_exercised`), so no part passes by being absent."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    _compare(output, SCHEMAS[command], "$", problems, seen)
+    assert problems == [], f"`{command} --json` and the README differ:\n" + "\n".join(problems)
+    assert _object_paths(SCHEMAS[command]) - seen - set(not_exercised) == set()
+
+
+def test_the_readme_documents_each_json_output() -> None:
+    assert {"models", "doctor", "plan", "status", "switch", "stop", "bench"} <= set(SCHEMAS)
+
+
+def test_models_json() -> None:
+    result = run_cli("models", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert_matches_readme("models", json.loads(result.stdout))
+
+
+@pytest.fixture
+def one_busy_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
+    fake = FakeNvml([FakeGpu(compute=[(4321, 2 * GIB)])])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    return fake
+
+
+def test_doctor_json(one_busy_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    from animllm_cli.doctor import python_env
+
+    installed = python_env.PythonEnv(sys.executable, python="3.11.7", packages={"torch": "2.7.0+cu128", "vllm": "0.10.0"},
+                                     requires={"vllm": ["torch==2.7.0"], "torch": []})
+    monkeypatch.setattr(python_env, "probe_python", lambda executable, extra=None: installed)
+    result = run_cli("doctor", "--json", "--skip", "port")
+    assert_matches_readme("doctor", json.loads(result.stdout))
+
+
+def test_plan_json() -> None:
+    result = run_cli("plan", "--json", "--vram", "16")
+    assert_matches_readme("plan", json.loads(result.stdout))
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = fake_gateway_config(tmp_path, chunk_delay=0.002)
+    config.write_text(config.read_text() + "expectations: {p: {ttft_s_max: 60, tokens_per_s_min: 0.01, switch_s_max: 600}}\n")
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    running = start_gateway(tmp_path, config, nvml=FakeNvml([FakeGpu()]))
+    yield running
+    running.stop()
+
+
+def test_switch_and_status_json(gateway) -> None:
+    switched = run_cli("switch", "b", "--json")
+    assert switched.exit_code == 0, switched.stderr
+    assert_matches_readme("switch", json.loads(switched.stdout))
+    status = run_cli("status", "--json")
+    assert status.exit_code == 0, status.stderr
+    assert_matches_readme("status", json.loads(status.stdout))
+
+
+def test_bench_json_with_samples_switch_and_check(gateway) -> None:
+    result = run_cli("bench", "-c", "1", "-n", "3", "--input-len", "8", "--output-len", "4", "--switch", "a,b",
+                     "--switch-rounds", "1", "--samples", "--check", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    assert_matches_readme("bench", json.loads(result.stdout))
+
+
+def test_bench_json_leaves_out_what_was_not_asked_for(gateway) -> None:
+    result = run_cli("bench", "-n", "2", "--input-len", "8", "--output-len", "4", "--json", "-")
+    data = json.loads(result.stdout)
+    assert set(SCHEMAS["bench"]) - set(data) == {"switch", "check"}
+    assert set(SCHEMAS["bench"]["levels"][0]) - set(data["levels"][0]) == {"samples"}
+
+
+def test_stop_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `stop` waits for the gateway's process to exit: it needs a gateway of its own (detached).
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(fake_gateway_config(tmp_path)))
+    started = run_cli("serve", "a", "--port", str(free_port()), "--detach")
+    assert started.exit_code == 0, started.stderr
+    stopped = run_cli("stop", "--json")
+    assert stopped.exit_code == 0, stopped.stderr
+    assert_matches_readme("stop", json.loads(stopped.stdout))
