@@ -50,4 +50,4 @@ class AdminClient:
         return SwitchReport.model_validate(self._call("POST", "/admin/switch", json={"model": model}))
 
     def stop(self) -> StopAnswer:
-        return StopAnswer.model_validate(self._call("POST", "/admin/stop"))
+        return StopAnswer.model_validate(self._call("POST", "/admin/stop", json={}))

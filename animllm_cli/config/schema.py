@@ -141,8 +141,16 @@ PATH_EXPORTS: dict[str, str] = {"hf_cache": "HF_HOME", "vllm_cache": "VLLM_CACHE
 
 class LimitsSection(Section):
     vram_threshold: Fraction = 0.95
-    request_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    # The seed's 300 s: no answer from the engine for this long fails the request. It is the
+    # default of the first-byte and idle bounds; none of them cuts a long answer that flows.
+    request_timeout_s: Seconds = 300.0
+    queue_timeout_s: Optional[Seconds] = None      # a slot, a model load included (null: engine.start_timeout_s + request_timeout_s)
+    first_byte_timeout_s: Optional[Seconds] = None  # sent to the engine until its answer starts (null: request_timeout_s)
+    idle_timeout_s: Optional[Seconds] = None       # the longest gap between chunks of a stream (null: request_timeout_s)
+    total_timeout_s: Optional[Seconds] = None      # the whole request from arrival (null: no bound)
     queue_max: PositiveInt = 64
+    # Room for several 20 MiB images, base64-encoded (x 4/3) in one chat request.
+    max_body_bytes: PositiveInt = 100 * 1024 * 1024
 
 
 class ServerSection(Section):

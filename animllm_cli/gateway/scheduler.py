@@ -6,8 +6,10 @@ Rules:
 - A request for the loaded model runs when that model has a free slot (its profile's
   concurrency limit).
 - A request for another model makes a switch pending. From then on, only requests for the
-  loaded model that arrived before it (or outrank it) still run; later ones wait, so the
-  loaded model cannot starve the other forever.
+  loaded model that arrived before the oldest request waiting for another model still
+  run, whatever their priority; later ones wait behind the switch. So a request waiting
+  for a switch waits at most for what arrived before it and what is in flight: no
+  stream of later requests, however high their priority, can starve it.
 - A model with requests in flight is never evicted: the switch starts when the loaded
   model's in-flight count is zero.
 - A failed switch fails every request waiting for that model, and the model gets a
@@ -135,11 +137,12 @@ class Scheduler:
         current = self.current
         foreign = [t for t in self.waiting if t.model != current]
         first_foreign = foreign[0] if foreign else None
+        oldest_foreign = min((t.seq for t in foreign), default=None)
         for ticket in [t for t in self.waiting if t.model == current]:
             if self.in_flight >= self._limit(ticket.model):
                 break
-            if first_foreign is not None and not ticket < first_foreign:
-                break  # arrived after the pending switch and does not outrank it
+            if oldest_foreign is not None and ticket.seq > oldest_foreign:
+                continue  # arrived after a request that waits for a switch: it waits too
             self._grant(ticket)
         if first_foreign is not None and self.in_flight == 0:
             self._start_switch(first_foreign.model)

@@ -13,6 +13,8 @@ vLLM's arguments and behaves as FAKE_VLLM_MODE says:
   grandchild       fork a grandchild that keeps the output pipe open, then crash
   die-after-ready  become ready, then exit after FAKE_VLLM_AFTER seconds
   sick-after-ready become ready, then answer /health with 503 after FAKE_VLLM_AFTER seconds
+  hang-after-ready become ready, then hang after FAKE_VLLM_AFTER seconds: nothing answers
+                   (not /health, not a stream) and SIGTERM is never handled
   slow             like ok, but take FAKE_VLLM_AFTER seconds to get ready
   fork-ready       like ok, with a worker child process (as EngineCore) in the same group
   die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
@@ -71,6 +73,11 @@ def make_app(names: list[str], mode: str, after: float):
         tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 8)
         chat = request.path.endswith("chat/completions")
         if not body.get("stream"):
+            for _ in range(tokens if delay else 0):  # generate at the chunk pace; stop if the client left
+                await asyncio.sleep(delay)
+                if request.transport is None or request.transport.is_closing():
+                    record({"model": body["model"], "stream": False, "gone": True})
+                    return web.Response(status=499)
             record({"model": body["model"], "stream": False, "keys": sorted(body), "messages": body.get("messages")})
             text = " ".join(f"t{i}" for i in range(tokens))
             choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
@@ -112,7 +119,12 @@ def make_app(names: list[str], mode: str, after: float):
         return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
                                   "model": names[0]})
 
+    async def hang_later(app) -> None:  # the event loop blocks: its SIGTERM handler never runs either
+        asyncio.get_running_loop().call_later(after, time.sleep, 3600)
+
     app = web.Application()
+    if mode == "hang-after-ready":
+        app.on_startup.append(hang_later)
     app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
                     web.post("/v1/chat/completions", complete), web.post("/v1/completions", complete),
                     web.post("/v1/embeddings", embed), web.post("/tokenize", tokenize)])

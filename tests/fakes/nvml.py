@@ -30,6 +30,21 @@ class FakeGpu:
     used: int = int(0.4 * GIB)
     compute: list[tuple[int, int | None]] = field(default_factory=list)   # (pid, bytes)
     graphics: list[tuple[int, int | None]] = field(default_factory=list)
+    engine_bytes: int = 0   # what each running fake vLLM (a child of this process) holds, as a real card shows it
+
+    def engines(self) -> list[tuple[int, int]]:
+        if not self.engine_bytes:
+            return []
+        import psutil
+
+        found = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if "tests.fakes.fake_vllm" in " ".join(proc.cmdline()):
+                    found.append((proc.pid, self.engine_bytes))
+            except psutil.Error:
+                continue
+        return found
 
 
 class FakeNvml:
@@ -73,10 +88,11 @@ class FakeNvml:
         return gpu.capability
 
     def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> SimpleNamespace:
-        return SimpleNamespace(total=gpu.total, used=gpu.used, free=gpu.total - gpu.used)
+        used = gpu.used + sum(held for _, held in gpu.engines())
+        return SimpleNamespace(total=gpu.total, used=used, free=gpu.total - used)
 
     def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
-        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.compute]
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in [*gpu.compute, *gpu.engines()]]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
         return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.graphics]

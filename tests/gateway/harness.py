@@ -18,7 +18,7 @@ from tests.helpers import REPO_ROOT, free_port, write
 
 
 def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, chunk_delay: float = 0,
-                        concurrency: int = 4, queue_max: int = 64, timeout_s: float = 30, kv: float = 0.1,
+                        concurrency: int = 4, queue_max: int = 64, kv: float = 0.1, limits: dict | None = None,
                         engine: dict | None = None) -> Path:
     settings = {"module": "tests.fakes.fake_vllm", "stall_timeout_s": 5, "start_timeout_s": 30, "stop_grace_s": 2,
                 "health_interval_s": 0.2, "health_failures": 3, **(engine or {})}
@@ -27,7 +27,7 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
         engine: {json.dumps(settings)}
         env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_MODE: {mode}, FAKE_VLLM_AFTER: "{after}",
               FAKE_VLLM_CHUNK_DELAY: "{chunk_delay}", FAKE_VLLM_KV: "{kv}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"}}
-        limits: {{request_timeout_s: {timeout_s}, queue_max: {queue_max}, vram_threshold: 0.95}}
+        limits: {json.dumps({"request_timeout_s": 30, "queue_max": queue_max, "vram_threshold": 0.95, **(limits or {})})}
         profiles: {{p: {{max_model_len: 1024, concurrency: {concurrency}}}}}
         models:
           a: {{source: org/model-a, profile: p, tasks: [chat], aliases: [alpha]}}

@@ -218,3 +218,70 @@ def test_engine_lost_restarts_through_a_switch() -> None:
         await settle()
         assert again.done()
     run(scenario())
+
+
+def test_higher_priority_latecomers_cannot_starve_a_pending_switch() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1)
+        holder = (await loaded(scheduler, switcher)).result()
+        b = asyncio.create_task(scheduler.acquire("b"))                    # waits for a switch
+        await settle()
+        urgent = [asyncio.create_task(scheduler.acquire("a", 100)) for _ in range(3)]  # later, outranking b
+        await settle()
+        holder.release()
+        await settle()
+        assert not any(t.done() for t in urgent)        # they arrived after b: they wait behind the switch
+        assert switcher.calls == ["a", "b"]
+        switcher.finish()
+        await settle()
+        assert b.done()
+    run(scenario())
+
+
+def test_a_slot_granted_as_the_client_leaves_is_given_back() -> None:
+    """The grant and the disconnect land in the same turn of the loop, in either order,
+    through the gateway's own disconnect race: in_flight always returns to zero."""
+    from animllm_cli.gateway.relay import ClientGone, race_disconnect
+
+    async def scenario(disconnect_first: bool):
+        scheduler, switcher = make(limit=1)
+        holder = (await loaded(scheduler, switcher)).result()
+        disconnect = asyncio.get_running_loop().create_future()
+
+        async def receive() -> dict:
+            return await disconnect
+
+        waiting = asyncio.create_task(race_disconnect(receive, scheduler.acquire("a"),
+                                                      discard=lambda lease: lease.release()))
+        await settle()
+        if disconnect_first:
+            disconnect.set_result({"type": "http.disconnect"})
+            holder.release()
+        else:
+            holder.release()
+            disconnect.set_result({"type": "http.disconnect"})
+        try:
+            lease = await waiting
+        except ClientGone:
+            pass
+        else:
+            lease.release()  # won the race: the caller owns it and gives it back
+        await settle()
+        assert scheduler.in_flight == 0 and scheduler.depth == 0
+
+    for disconnect_first in (True, False):
+        run(scenario(disconnect_first))
+
+
+def test_a_grant_cancelled_before_the_caller_resumes_is_given_back() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1)
+        holder = (await loaded(scheduler, switcher)).result()
+        waiting = asyncio.create_task(scheduler.acquire("a"))
+        await settle()
+        holder.release()       # grants the waiting ticket (in_flight 1) ...
+        waiting.cancel()       # ... and its caller is cancelled before it runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert scheduler.in_flight == 0
+    run(scenario())

@@ -1,0 +1,97 @@
+"""Who may talk to the gateway, and what it reads from them.
+
+- Without an API key (only allowed on a loopback bind) the Host header must name a
+  loopback host: a DNS-rebinding page cannot reach it under another name.
+- With a key, every route but /health needs it (admin routes too).
+- A browser's cross-site request (an `Origin` that is not a loopback origin) is refused
+  unless it carries the key: a web page cannot drive the gateway behind the user's back.
+- POST bodies must be JSON (`Content-Type: application/json`), which a cross-site "simple"
+  request cannot send, and at most `limits.max_body_bytes` long (413 before reading more).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from animllm_cli.gateway.state import LOOPBACK
+
+def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
+          code: str | None = None, retry_after: float | None = None) -> JSONResponse:
+    """OpenAI's error envelope."""
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+class Refused(Exception):
+    """A request the guard turns away; carries the response and the metric label."""
+
+    def __init__(self, response: JSONResponse, label: str) -> None:
+        super().__init__(label)
+        self.response, self.label = response, label
+
+
+def _host(value: str) -> str:
+    return (urlsplit(f"//{value}").hostname or "").lower()
+
+
+def loopback_origin(origin: str) -> bool:
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and (parts.hostname or "").lower() in LOOPBACK
+
+
+def _bearer(request: Request) -> str:
+    return request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+
+
+def check(request: Request, api_key: str | None) -> None:
+    """Raise Refused unless the request may go on (headers only; the body is read later)."""
+    keyed = api_key is not None and hmac.compare_digest(_bearer(request).encode(), api_key.encode())
+    if api_key is None and _host(request.headers.get("host", "")) not in LOOPBACK:
+        raise Refused(error(403, "non-local Host header refused (no API key is set)", "permission_error"), "host")
+    origin = request.headers.get("origin")
+    if origin is not None and not loopback_origin(origin) and not keyed:
+        raise Refused(error(403, f"cross-site request from {origin} refused", "permission_error"), "origin")
+    if api_key is not None and not keyed:
+        raise Refused(error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error"),
+                      "auth")
+    if request.method == "POST":
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise Refused(error(415, f"POST bodies must be application/json (got {media or 'no content type'})"),
+                          "content_type")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    too_large = Refused(error(413, f"the request body is larger than the limit of {limit:,} bytes "
+                                   "(limits.max_body_bytes)"), "too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object, or Refused with a 400 that says what is wrong (never a 500)."""
+    try:
+        payload = json.loads(raw)
+    except RecursionError:  # the C parser stops at the interpreter's recursion limit
+        raise Refused(error(400, "the request body nests too deeply"), "bad_json") from None
+    except ValueError as exc:
+        raise Refused(error(400, f"the request body is not valid JSON ({str(exc)[:120]})"), "bad_json") from None
+    if not isinstance(payload, dict):
+        raise Refused(error(400, f"the request body must be a JSON object, not {type(payload).__name__}"), "bad_json")
+    return payload

@@ -1,0 +1,79 @@
+"""What the gateway lets in: browsers' cross-site requests, non-JSON posts, oversized
+bodies, admin routes with a key; and a non-streamed request whose client leaves."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.harness import fake_gateway_config, start_gateway
+
+CHAT = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path):
+    running = start_gateway(tmp_path, fake_gateway_config(tmp_path, limits={"max_body_bytes": 4096}))
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/admin/stop", "/admin/switch"])
+def test_a_web_page_cannot_post_to_the_gateway(gateway, path: str) -> None:
+    """A cross-site page can send 'simple' requests (text/plain or a form) with a right
+    Host; both the foreign Origin and the non-JSON type are refused, before anything runs."""
+    with gateway.client() as client:
+        foreign = client.post(path, content=json.dumps(CHAT), headers={"origin": "https://evil.example",
+                                                                       "content-type": "application/json"})
+        assert foreign.status_code == 403 and "cross-site" in foreign.json()["error"]["message"]
+        plain = client.post(path, content=json.dumps(CHAT), headers={"content-type": "text/plain"})
+        assert plain.status_code == 415
+        form = client.post(path, data={"model": "a"})
+        assert form.status_code == 415
+        local_page = client.post("/v1/chat/completions", json=CHAT, headers={"origin": "http://localhost:3000"})
+        assert local_page.status_code == 200
+    assert gateway.thread.is_alive() and gateway.gateway.manager.model == "a"  # not stopped, not switched
+
+
+def test_an_oversized_body_is_413_before_it_is_read(gateway) -> None:
+    with gateway.client() as client:
+        big = {**CHAT, "messages": [{"role": "user", "content": "x" * 10_000}]}
+        assert client.post("/v1/chat/completions", json=big).status_code == 413
+    # A client that announces a huge body gets its answer without sending it.
+    with socket.create_connection(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000000000\r\n\r\n{")
+        sock.settimeout(10)
+        assert sock.recv(100).startswith(b"HTTP/1.1 413")
+    # Chunked uploads have no length: counted as they arrive.
+    def chunks():
+        for _ in range(10):
+            yield b" " * 1000
+    with gateway.client() as client:
+        assert client.post("/v1/chat/completions", content=chunks(),
+                           headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_a_non_streamed_request_whose_client_leaves_stops_generating(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path, fake_gateway_config(tmp_path, chunk_delay=0.2, concurrency=1))
+    try:
+        port = int(gw.url.rsplit(":", 1)[1])
+        body = json.dumps({**CHAT, "max_tokens": 100}).encode()   # 20 s of generation
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            deadline = time.monotonic() + 10
+            while gw.gateway.scheduler.in_flight == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        # the client is gone: the slot comes back and the engine stops, long before 20 s
+        deadline = time.monotonic() + 10
+        while (gw.gateway.scheduler.in_flight or not gw.requests_seen()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gw.gateway.scheduler.in_flight == 0
+        assert gw.requests_seen()[-1] == {"model": "a", "stream": False, "gone": True}
+    finally:
+        gw.stop()
