@@ -21,6 +21,7 @@ from animllm_cli.config.provenance import Source
 from animllm_cli.credentials import is_secret_name, masked
 
 ENGINE_HOST = "127.0.0.1"
+ENGINE_KEY_VAR = "VLLM_API_KEY"  # vLLM guards its /v1 routes with this key when set
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class EngineCommand:
         assignments = [f'{k}="${k}"' if is_secret_name(k) else f"{k}={shlex.quote(v)}"
                        for k, v in self.env.items()]
         return " ".join([*assignments, *(shlex.quote(a) for a in self.argv)])
+
+    @property
+    def api_key(self) -> str | None:
+        """The engine's own key (see build_engine_command), sent with every request to it."""
+        return self.env.get(ENGINE_KEY_VAR)
 
     def full_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment the engine process gets: the inherited one plus ours."""
@@ -75,8 +81,10 @@ def engine_python(loaded: LoadedConfig) -> str:
     return expanded
 
 
-def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | None = None) -> EngineCommand:
-    """The command for `model`, listening on `port` (default: engine.port)."""
+def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | None = None,
+                         api_key: str | None = None) -> EngineCommand:
+    """The command for `model`, listening on `port` (default: engine.port). `api_key`: the
+    engine's own key, through its environment (vLLM reads VLLM_API_KEY), never argv."""
     config = loaded.config
     port = config.engine.port if port is None else port
     argv = [engine_python(loaded), "-m", config.engine.module,
@@ -97,6 +105,8 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
         argv += args
         flag_sources.append((args, loaded.source_of(("models", model.name, "extra_args", key))))
     env, env_sources = engine_environment(loaded)
+    if api_key:
+        env[ENGINE_KEY_VAR], env_sources[ENGINE_KEY_VAR] = api_key, Source("builtin", "a random key per launch")
     return EngineCommand(argv, port, env, env_sources, flag_sources)
 
 

@@ -18,6 +18,7 @@ vLLM's arguments and behaves as FAKE_VLLM_MODE says:
   slow             like ok, but take FAKE_VLLM_AFTER seconds to get ready
   fork-ready       like ok, with a worker child process (as EngineCore) in the same group
   die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
+  ignores-key      like ok, but answers /v1 without checking VLLM_API_KEY (an impostor on the port)
 
 Other knobs: FAKE_VLLM_CHUNK_DELAY (seconds between streamed chunks), FAKE_VLLM_KV
 (the KV cache usage reported on /metrics), FAKE_VLLM_LOG (a file that records each
@@ -122,7 +123,15 @@ def make_app(names: list[str], mode: str, after: float):
     async def hang_later(app) -> None:  # the event loop blocks: its SIGTERM handler never runs either
         asyncio.get_running_loop().call_later(after, time.sleep, 3600)
 
-    app = web.Application()
+    key = None if mode == "ignores-key" else os.environ.get("VLLM_API_KEY")
+
+    @web.middleware
+    async def authenticate(request, handler):  # as vLLM does: VLLM_API_KEY guards the /v1 routes
+        if key and request.path.startswith("/v1") and request.headers.get("Authorization") != f"Bearer {key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[authenticate])
     if mode == "hang-after-ready":
         app.on_startup.append(hang_later)
     app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
