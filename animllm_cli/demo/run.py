@@ -1,20 +1,33 @@
 """`animllm demo`: the whole flow on the CPU build of vLLM with two tiny local models:
 build them (once), serve, chat with each (a switch happens), a short benchmark, stop, and
-a summary that says whether anything was left running."""
+a summary that says whether anything was left running.
+
+The gateway runs the way a user runs it: `animllm serve` in a child process, with its own
+state directory (so a gateway the user already runs is neither found nor disturbed), and
+the demo talks to it only over HTTP, through the same clients as the other commands."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from animllm_cli import paths
 from animllm_cli.errors import AnimllmError
-from animllm_cli.output import Output, phase_printer
+from animllm_cli.output import Output
 
 if TYPE_CHECKING:
     from animllm_cli.bench.metrics import LevelSummary
+    from animllm_cli.client.admin import AdminClient
+    from animllm_cli.config import LoadedConfig
+    from animllm_cli.gateway.state import GatewayState
 
 DEMO_CONFIG = """# Written by `animllm demo`: two tiny models on the CPU build of vLLM.
 inherit_defaults: false
@@ -35,6 +48,11 @@ models:
   tiny-b: {{source: {b}, profile: tiny, tasks: [code], aliases: [demo-code]}}
 """
 
+INDENT = "      "
+READY_MARGIN_S = 60.0   # beyond the config's engine.start_timeout_s: Python start, config, bind
+STOP_MARGIN_S = 60.0    # beyond engine.stop_grace_s: the gateway's own graceful shutdown
+TAIL_LINES = 25
+
 
 def gpu_instructions() -> str:
     return ("A GPU is present: run the real thing instead of the CPU demo:\n"
@@ -49,8 +67,6 @@ def gpu_instructions() -> str:
 def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     from animllm_cli.doctor.python_env import probe_python
     from animllm_cli.gpu import nvml
-
-    import sys
 
     if not force_cpu and nvml.probe().gpus:
         out.text(gpu_instructions())
@@ -67,84 +83,228 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     models = build_tiny_models(root / "models")
     config_path = root / "animllm.yaml"
     config_path.write_text(DEMO_CONFIG.format(a=models["tiny-a"], b=models["tiny-b"]))
-    out.info(f"      config: {config_path}")
+    out.info(f"{INDENT}config: {config_path}")
     from animllm_cli.config import load_config
 
     loaded = load_config(config_path)
-    gateway = _DemoGateway(loaded, out)
-    try:
-        out.info("[bold]2/5[/] starting the gateway and tiny-a")
-        gateway.start()
-        summary["start_s"] = gateway.first_load_s
-        out.info(f"      ready in {summary['start_s']:.1f}s at {gateway.url}")
-        out.info("[bold]3/5[/] chatting with tiny-a, then tiny-b (the gateway switches)")
-        summary["chat"] = [gateway.ask("tiny-a", "Say hello to the studio."), gateway.ask("tiny-b", "Write a loop.")]
-        switch = gateway.gateway.manager.last_switch
-        summary["switch_s"] = switch.total_s if switch else None
-        out.info(f"      switch tiny-a -> tiny-b took {summary['switch_s']:.1f}s")
-        out.info("[bold]4/5[/] a short benchmark of tiny-b")
-        summary["bench"] = gateway.bench("tiny-b")
-        engine_pids = gateway.engine_pids()
-    finally:
-        out.info("[bold]5/5[/] stopping everything")
-        left = gateway.stop()
-    summary["left"] = left
-    summary["engine_pids_seen"] = sorted(engine_pids) if "engine_pids" in locals() else []
+    gateway = _ServedGateway(loaded, config_path, root / "state", out)
+    with _terminate_as_interrupt():
+        try:
+            out.info("[bold]2/5[/] starting the gateway (`animllm serve tiny-a`) and tiny-a")
+            summary["start_s"] = gateway.start("tiny-a")
+            out.info(f"{INDENT}ready in {summary['start_s']:.1f}s at {gateway.url} (gateway pid {gateway.pid})")
+            out.info("[bold]3/5[/] chatting with tiny-a, then tiny-b (the gateway switches)")
+            summary["chat"] = [gateway.ask("tiny-a", "Say hello to the studio."),
+                               gateway.ask("tiny-b", "Write a loop.")]
+            summary["switch_s"] = gateway.switch_s("tiny-b")
+            out.info(f"{INDENT}switch tiny-a -> tiny-b took {summary['switch_s']:.1f}s")
+            out.info("[bold]4/5[/] a short benchmark of tiny-b")
+            summary["bench"] = gateway.bench("tiny-b")
+            out.info("[bold]5/5[/] stopping everything (`POST /admin/stop`)")
+            summary["left"], summary["exit_code"] = gateway.stop()
+        except KeyboardInterrupt:
+            out.info("interrupted: stopping the gateway")
+            raise
+        finally:
+            gateway.terminate()   # only if still running: an error or Ctrl-C above
     summary["wall_s"] = time.monotonic() - started
     _show(out, summary)
-    return 0 if not left else 1
+    return 0 if not summary["left"] and summary["exit_code"] == 0 else 1
 
 
-class _DemoGateway:
-    """The real gateway, in this process, on a free port; no state file, so a gateway the
-    user already runs is neither found nor disturbed."""
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM to the demo stops the gateway it started, as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def __init__(self, loaded, out: Output) -> None:
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _ServedGateway:
+    """`python -m animllm_cli --config <demo config> serve MODEL` as a child process, on a
+    free port, with its own state directory; found through that directory's state file and
+    driven over HTTP only. Its stderr is passed through, indented, as the demo's progress."""
+
+    def __init__(self, loaded: LoadedConfig, config_path: Path, state_dir: Path, out: Output) -> None:
         from animllm_cli.engine.supervisor import free_port
-        from animllm_cli.gateway import server as gateway_server
+        from animllm_cli.gateway.state import api_key
 
+        self.loaded = loaded
+        self.config_path = config_path
+        self.state_dir = state_dir
         self.out = out
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ready = threading.Event()
-        self.failure: Exception | None = None
-        self.first_load_s: float | None = None
-        self.stopped_report: Any = None
-        progress = phase_printer(out, "      [dim]{elapsed_s:5.1f}s {model}: {phase}[/dim]")
+        self.key_env = loaded.config.server.api_key_env
+        self.key = api_key(loaded)
+        self.child: subprocess.Popen[str] | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.reader: threading.Thread | None = None
+        self.state: GatewayState | None = None
+        self.admin: AdminClient | None = None
+        self.engine_pgid: int | None = None   # the engine's pid, which leads its process group
 
-        def on_ready(report) -> None:
-            self.first_load_s = report.load_s
-            self.ready.set()
+    @property
+    def url(self) -> str:
+        return self.state.url if self.state else f"http://127.0.0.1:{self.port}"
 
-        def on_failed(exc: Exception) -> None:
-            self.failure = exc
-            self.ready.set()
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child else None
 
-        hooks = gateway_server.Hooks(on_ready, on_failed, lambda report: setattr(self, "stopped_report", report))
-        self.server, self.gateway = gateway_server.build(loaded, model="tiny-a", host="127.0.0.1", port=self.port,
-                                                         key=None, hooks=hooks, on_progress=progress,
-                                                         write_state_file=False, log_dir=paths.cache_dir() / "demo" / "logs")
-        self.thread = threading.Thread(target=self.server.run, name="demo-gateway", daemon=True)
+    # ------------------------------------------------------------------ the child process
+    def start(self, model: str) -> float:
+        """Start `animllm serve MODEL`; wait (within the config's own start bound) until
+        the gateway reports MODEL ready. Returns its load time, as the gateway measured it."""
+        from animllm_cli.client.admin import AdminClient
 
-    def start(self) -> None:
-        self.thread.start()
-        self.ready.wait()
-        if self.failure is not None:
-            raise AnimllmError(f"the demo model did not start: {self.failure}")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "animllm_cli", "--config", str(self.config_path),
+                "serve", model, "--host", "127.0.0.1", "--port", str(self.port)]
+        env = {**os.environ, "ANIMLLM_STATE_DIR": str(self.state_dir), "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+        # The child stays in the demo's process group: Ctrl-C at the terminal reaches it too.
+        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1, env=env)
+        self.reader = threading.Thread(target=self._pass_through, name="demo-gateway-stderr", daemon=True)
+        self.reader.start()
+        bound = self.loaded.config.engine.start_timeout_s + READY_MARGIN_S
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            if self.child.poll() is not None:
+                raise self._failure(f"the gateway exited with code {self.child.returncode} before {model} was ready")
+            if self.admin is None:
+                state = self._read_state()
+                if state is None or state.pid != self.child.pid:
+                    time.sleep(0.3)
+                    continue
+                self.state, self.admin = state, AdminClient(state, self.key_env)
+            try:
+                engine = self.admin.status().engine
+            except AnimllmError:  # not listening yet
+                time.sleep(0.3)
+                continue
+            self.engine_pgid = engine.engine_pid or self.engine_pgid
+            if engine.state == "ready" and engine.model == model:
+                switch = engine.last_switch
+                if switch is None or switch.load_s is None:
+                    raise self._failure(f"{model} is ready but the gateway reports no load time")
+                return switch.load_s
+            time.sleep(0.3)
+        raise self._failure(f"{model} was not ready within {bound:.0f}s (engine.start_timeout_s + {READY_MARGIN_S:.0f}s)")
 
+    def _read_state(self) -> GatewayState | None:
+        """The state file in the demo's own state directory, read by the same code as
+        `animllm status` reads the user's (the override is set for this call only)."""
+        from animllm_cli.gateway.state import read_state
+
+        saved = os.environ.get("ANIMLLM_STATE_DIR")
+        os.environ["ANIMLLM_STATE_DIR"] = str(self.state_dir)
+        try:
+            return read_state()
+        finally:
+            if saved is None:
+                os.environ.pop("ANIMLLM_STATE_DIR", None)
+            else:
+                os.environ["ANIMLLM_STATE_DIR"] = saved
+
+    def _pass_through(self) -> None:
+        from rich.markup import escape
+
+        assert self.child is not None and self.child.stderr is not None
+        for raw in self.child.stderr:
+            line = raw.rstrip()
+            self.tail.append(line)
+            if line.strip():
+                self.out.info(f"{INDENT}[dim]{escape(line)}[/dim]")
+
+    def _failure(self, message: str) -> AnimllmError:
+        self.terminate()
+        tail = "\n".join(f"    {line}" for line in self.tail) or "    (nothing)"
+        return AnimllmError(f"{message}; the last lines of its stderr:\n{tail}",
+                            hint=f"the demo's config is {self.config_path}; `animllm doctor` checks the setup")
+
+    def _wait(self, timeout_s: float) -> int | None:
+        """The child's exit code, or None if it still runs after timeout_s. A second Ctrl-C
+        does not cut the wait short: the engine it stops would otherwise be left running."""
+        assert self.child is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return None
+            except KeyboardInterrupt:
+                self.out.warn("still stopping the gateway and its engine; one moment")
+
+    def _finish_reader(self) -> None:
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        if self.admin is not None:
+            self.admin.http.close()
+
+    def terminate(self) -> None:
+        """Stop the child if it still runs (after an error or Ctrl-C): SIGTERM (a clean
+        shutdown that stops the engine; unlike a second SIGINT, it never forces uvicorn's
+        exit), then SIGKILL, and the engine group it last reported is ended here."""
+        if self.child is None:
+            return
+        if self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+            if self._wait(self.loaded.config.engine.stop_grace_s + STOP_MARGIN_S) is None:
+                self.out.warn(f"the gateway (pid {self.child.pid}) did not stop; killing it")
+                self.child.kill()
+                self._wait(10)
+                self._end_engine_group()
+        self._finish_reader()
+
+    def _end_engine_group(self) -> None:
+        """After a SIGKILL of the gateway: end the engine group it last reported (SIGTERM,
+        SIGKILL after the grace period), should it still run."""
+        from animllm_cli.engine import processes
+
+        pgid = self.engine_pgid
+        if pgid is None or not processes.group_members(pgid):
+            return
+        processes.signal_all(pgid, {}, signal.SIGTERM)
+        if processes.wait_gone(pgid, {}, self.loaded.config.engine.stop_grace_s):
+            processes.signal_all(pgid, {}, signal.SIGKILL)
+            processes.wait_gone(pgid, {}, 5.0)
+        self.out.warn(f"ended the engine's process group {pgid}, which the killed gateway left")
+
+    # ------------------------------------------------------------------ over HTTP
     def ask(self, model: str, prompt: str) -> dict[str, Any]:
+        from rich.markup import escape
+
         from animllm_cli.chat.repl import stats_line, stream_plain
         from animllm_cli.client.openai import OpenAIClient
 
-        client = OpenAIClient(self.url)
+        client = OpenAIClient(self.url, api_key=self.key)
         try:
             result = stream_plain(client, {"model": model, "max_tokens": 24,
                                            "messages": [{"role": "user", "content": prompt}]}, lambda delta: None)
         finally:
             client.close()
         shown = " ".join(result.text.split())[:60]
-        self.out.info(f"      {model}: {shown!r} (random weights: noise)  [dim]{stats_line(result)}[/dim]")
+        self.out.info(f"{INDENT}{model}: {escape(repr(shown))} (random weights: noise)  [dim]{stats_line(result)}[/dim]")
         return {"model": result.model, "ttft_s": result.ttft_s, "tokens": result.completion_tokens}
+
+    def switch_s(self, model: str) -> float:
+        """How long the gateway's last switch (to `model`) took, stop to ready."""
+        assert self.admin is not None
+        engine = self.admin.status().engine
+        self.engine_pgid = engine.engine_pid or self.engine_pgid
+        switch = engine.last_switch
+        if switch is None or switch.to_model != model or switch.outcome != "ok" or switch.total_s is None:
+            raise AnimllmError(f"the gateway reports no finished switch to {model}: {switch}")
+        return switch.total_s
 
     def bench(self, model: str) -> dict[int, LevelSummary]:
         """The summary of each concurrency level (1 and 4)."""
@@ -153,22 +313,27 @@ class _DemoGateway:
         from animllm_cli.bench.runner import BenchPlan, run_bench
 
         plan = BenchPlan(url=self.url, model=model, levels=[1, 4], request_rate=None, requests=8, input_len=32,
-                         output_len=32, warmup=1)
+                         output_len=32, warmup=1, api_key=self.key)
         result = asyncio.run(run_bench(plan, self.out))
         return {level.concurrency: level.summary for level in result.levels}
 
-    def engine_pids(self) -> set[int]:
-        engine = self.gateway.manager.engine
-        return engine.pids() if engine else set()
+    def stop(self) -> tuple[list[int], int | None]:
+        """`POST /admin/stop`, as `animllm stop` does; then wait for the child's exit and
+        look for anything left in the engine's process group. Returns (pids left, exit code)."""
+        from animllm_cli.engine.processes import group_members
 
-    def stop(self) -> list[int]:
-        import psutil
-
-        seen = self.engine_pids()
-        self.server.should_exit = True
-        self.thread.join(timeout=120)
-        time.sleep(0.2)
-        return sorted(p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE)
+        assert self.admin is not None and self.child is not None
+        pgid = self.engine_pgid = self.admin.status().engine.engine_pid
+        self.admin.stop()
+        code = self._wait(self.loaded.config.engine.stop_grace_s + STOP_MARGIN_S)
+        if code is None:
+            self.out.warn(f"the gateway (pid {self.child.pid}) still runs after `POST /admin/stop`")
+            self.terminate()
+        self._finish_reader()
+        left = sorted(group_members(pgid)) if pgid else []
+        if self.child.poll() is None:
+            left.append(self.child.pid)
+        return left, code
 
 
 def _show(out: Output, summary: dict[str, Any]) -> None:
@@ -176,6 +341,7 @@ def _show(out: Output, summary: dict[str, Any]) -> None:
 
     c1, c4 = summary["bench"][1], summary["bench"][4]
     per_stream = 1000 / c1.tpot_ms.median if c1.tpot_ms.median else 0
+    code = summary["exit_code"]
     rows = [
         ["model start (tiny-a, to ready)", f"{summary['start_s']:.1f} s"],
         ["switch tiny-a -> tiny-b (stop, start, ready)", f"{summary['switch_s']:.1f} s"],
@@ -183,6 +349,7 @@ def _show(out: Output, summary: dict[str, Any]) -> None:
         ["tokens/s, 1 stream (1 / TPOT)", f"{per_stream:.0f}"],
         ["output tokens/s, 4 streams", f"{c4.output_throughput:.0f}"],
         ["requests completed / failed", f"{c1.completed + c4.completed} / {c1.failed + c4.failed}"],
+        ["gateway (`animllm serve`) exit code", "did not exit" if code is None else str(code)],
         ["nothing left running", "yes" if not summary["left"] else f"NO: {summary['left']}"],
         ["demo wall time", f"{summary['wall_s']:.0f} s"],
     ]
