@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -88,16 +88,22 @@ class StopResult:
     gateway_pid: int
     seconds: float
     engine_processes_left: list[int]
+    leftovers_stopped: list[int] = field(default_factory=list)  # engine groups a dead gateway left
 
 
 def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """Stop the gateway and its engine, and confirm that nothing is left."""
     import psutil
 
+    from animllm_cli.client.admin import NotRunning
     from animllm_cli.errors import AnimllmError
 
     out = common.output(ctx)
-    client = _client(ctx, config)
+    try:
+        client = _client(ctx, config)
+    except NotRunning:
+        _stop_leftovers(ctx, out, config, json_output)
+        return
     pid = client.state.pid
     try:
         engine_pids = client.stop().engine_pids
@@ -116,6 +122,33 @@ def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: com
     out.result(result, lambda r: _show_stop(out, r), json=json_output)
     if left:
         raise typer.Exit(1)
+
+
+def _stop_leftovers(ctx: typer.Context, out, config: Optional[Path], json_output: bool) -> None:
+    """No gateway runs, but one that died without its cleanup may have left its engines
+    (only those provably ours are stopped). Nothing at all: "no gateway is running"."""
+    from animllm_cli.client.admin import NotRunning
+    from animllm_cli.gateway import leftovers
+
+    started = time.monotonic()
+    stopped = leftovers.clean(common.load(ctx, config).config.engine.stop_grace_s)
+    if not stopped:
+        raise NotRunning()
+    for item in stopped:
+        out.info(f"no gateway is running; stopped {item.describe()}")
+    left = sorted(pid for item in stopped for pid in item.left)
+    result = StopResult(True, stopped[0].gateway_pid, round(time.monotonic() - started, 2), left,
+                        [item.pgid for item in stopped])
+    out.result(result, lambda r: _show_leftovers_stopped(out, r), json=json_output)
+    if left:
+        raise typer.Exit(1)
+
+
+def _show_leftovers_stopped(out, result: StopResult) -> None:
+    if result.engine_processes_left:
+        out.error(f"engine processes are still alive: {result.engine_processes_left}")
+    else:
+        out.info(f"stopped in {result.seconds:.2f}s; no engine process left")
 
 
 def _show_stop(out, result: StopResult) -> None:

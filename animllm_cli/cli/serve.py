@@ -43,11 +43,24 @@ def serve(
     key = gateway_state.api_key(loaded)
     gateway_state.check_bind(host, key, loaded.config.server.api_key_env)
     gateway_state.ensure_not_running()
+    _stop_leftovers(out, loaded)
     _check_port_free(host, port)
     if detach:
         argv = _child_argv(ctx, config, name, host, port, sets, gpu_memory_utilization, max_model_len)
         raise typer.Exit(_detach(out, loaded, argv, name, host, port))
     raise typer.Exit(_foreground(out, loaded, name, host, port, key))
+
+
+def _stop_leftovers(out, loaded) -> None:
+    """A gateway that died without its cleanup may have left its engine holding the GPU
+    and its port: stop it (only if it is provably ours) before starting another."""
+    from animllm_cli.gateway import leftovers
+
+    for item in leftovers.clean(loaded.config.engine.stop_grace_s):
+        if item.left:
+            out.warn(f"could not stop {item.describe()}: pids {item.left} still alive")
+        else:
+            out.warn(f"stopped {item.describe()}")
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -98,8 +111,34 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None) -
     out.info(f"gateway on {url}, loading {name}")
     server, gateway = gateway_server.build(loaded, model=name, host=host, port=port, key=key,
                                            hooks=gateway_server.Hooks(ready, failed, stopped), on_progress=progress)
-    server.run()
+    _run_until_signalled(server)
     return 1 if gateway.failed else 0
+
+
+def _run_until_signalled(server) -> None:
+    """uvicorn shuts down cleanly on SIGINT and SIGTERM; a closed terminal (SIGHUP) gets the
+    same clean shutdown (the engine stopped, the state file removed), then SIGHUP's usual
+    end, as uvicorn re-raises SIGTERM. Under `nohup` (SIGHUP ignored) nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        server.run()
+        return
+    hung_up: list[int] = []
+
+    def on_hangup(sig, frame) -> None:
+        hung_up.append(sig)
+        server.handle_exit(sig, frame)
+
+    previous = signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    if hung_up:
+        signal.raise_signal(signal.SIGHUP)
 
 
 def _child_argv(ctx, config, name, host, port, sets, gpu_util, max_len) -> list[str]:

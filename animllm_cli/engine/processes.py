@@ -64,3 +64,14 @@ def wait_gone(pgid: int, known: dict[int, psutil.Process], timeout_s: float) -> 
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.05)
+
+
+def end_group(pgid: int, known: dict[int, psutil.Process], grace_s: float) -> tuple[bool, set[int]]:
+    """SIGTERM the group and the known processes, SIGKILL whatever is left after `grace_s`;
+    return whether SIGKILL was needed, and what is still alive after it."""
+    signal_all(pgid, known, signal.SIGTERM)
+    left = wait_gone(pgid, known, grace_s)
+    if not left:
+        return False, set()
+    signal_all(pgid, known, signal.SIGKILL)
+    return True, wait_gone(pgid, known, 5.0)

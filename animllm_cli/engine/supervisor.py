@@ -1,5 +1,7 @@
 """One vLLM engine process: start it, know when it is ready or why it failed, watch it,
-and stop every process it made.
+and stop every process it made. It dies with its owner, whatever ends the owner: it is
+started through `launcher.py`, whose watchdog ends the engine's group once the owner is
+gone (an atexit hook alone misses SIGKILL, the OOM killer and a closed terminal).
 
 Blocking calls, with threads for the output and the liveness probe, so that a CLI can use
 it directly and an asyncio gateway through `asyncio.to_thread`.
@@ -9,9 +11,9 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -25,13 +27,14 @@ import psutil
 
 from animllm_cli.config.engine_command import ENGINE_HOST, EngineCommand
 from animllm_cli.config.schema import EngineSection
-from animllm_cli.engine import diagnosis, processes
+from animllm_cli.engine import diagnosis, launcher, processes
 from animllm_cli.engine.logpipe import OutputPump
 from animllm_cli.errors import AnimllmError
 from animllm_cli.gpu import nvml
 from animllm_cli.units import MIB
 
 TAIL_LINES = 30
+LAUNCHER = Path(__file__).with_name("launcher.py")
 
 
 class State(str, Enum):
@@ -112,12 +115,17 @@ class Engine:
     on_progress: Callable[[Progress], None] | None = None
     on_dead: Callable[["Engine", str], None] | None = None
     nvml_module: object | None = None          # tests hand in a fake NVML
+    on_launched: Callable[["Engine"], None] | None = None  # its process exists (pid, created_at)
 
     def __post_init__(self) -> None:
         self.port = self.command.port
         self.state = State.NEW
         self.death_reason: str | None = None
+        self.created_at: float | None = None    # the engine process's creation time (tells a reused pid apart)
+        self.watchdog_pid: int | None = None
         self._proc: subprocess.Popen | None = None
+        self._watchdog_fd: int | None = None    # our end of the watchdog's pipe: it closes when we go
+        self._stop_requested = threading.Event()
         self._pump: OutputPump | None = None
         self._known: dict[int, psutil.Process] = {}
         self._started_at = 0.0
@@ -134,6 +142,12 @@ class Engine:
         return f"http://{ENGINE_HOST}:{self.port}"
 
     @property
+    def module(self) -> str:
+        """The engine module its command line runs (`-m MODULE`)."""
+        argv = self.command.argv
+        return argv[argv.index("-m") + 1] if "-m" in argv else argv[0]
+
+    @property
     def phase(self) -> str:
         return self._pump.phase if self._pump else "not started"
 
@@ -146,30 +160,73 @@ class Engine:
 
     # ------------------------------------------------------------------ start
     def start(self) -> StartReport:
-        """Launch and wait for /health 200. Raises EngineStartError with a diagnosis."""
-        read_fd, write_fd = os.pipe()
-        env = self.command.full_env()
-        try:
-            self._proc = subprocess.Popen(self.command.argv, env=env, stdin=subprocess.DEVNULL, stdout=write_fd,
-                                          stderr=write_fd, start_new_session=True, close_fds=True)
-        except OSError as exc:
-            os.close(read_fd)
-            raise AnimllmError(f"cannot run the engine interpreter {self.command.argv[0]}: {exc.strerror}",
-                               hint="set engine.python to an interpreter that has vLLM") from None
-        finally:
-            os.close(write_fd)
+        """Launch and wait for /health 200. Raises EngineStartError with a diagnosis, and
+        at once if `stop()` is called meanwhile (from another thread) or was called before."""
+        with self._stop_lock:  # a stop either comes first (nothing is launched) or sees the process
+            if self._stop_requested.is_set():
+                raise self._stopped_error("stopped before it was started")
+            read_fd = self._spawn()
         _LIVE.add(self)
         self.state = State.STARTING
         self._started_at = time.monotonic()
         self._pump = OutputPump(read_fd, self.log_path, max_bytes=self.settings.log_max_bytes)
         try:
+            if self.on_launched:
+                self.on_launched(self)
             phases = self._wait_ready()
-        except BaseException:  # a failed start and Ctrl-C both leave nothing behind
+            with self._stop_lock:
+                if self._stop_requested.is_set():  # ready just as a stop came: the stop wins
+                    raise self._stopped_error("stopped while starting")
+                self.state = State.READY
+        except BaseException:  # a failed start, a stop and Ctrl-C all leave nothing behind
             self.stop()
             raise
-        self.state = State.READY
         threading.Thread(target=self._watch, name=f"engine-watch-{self.model}", daemon=True).start()
         return StartReport(self.model, self._proc.pid, self.port, time.monotonic() - self._started_at, phases)
+
+    def _spawn(self) -> int:
+        """Run the engine through the launcher (see launcher.py): it stays our child, in its
+        own process group, writing into the pipe whose read end is returned; its watchdog
+        holds a pipe that only we can write to. Waits until the launcher has exec'd the
+        engine (milliseconds), which also reports an engine interpreter that cannot run."""
+        out_r, out_w = os.pipe()
+        watch_r, watch_w = os.pipe()   # not inheritable: no other child of ours gets our end
+        ready_r, ready_w = os.pipe()
+        argv = [sys.executable, "-I", "-S", str(LAUNCHER), str(watch_r), str(ready_w),
+                f"{self.settings.stop_grace_s:g}", "--", *self.command.argv]
+        try:
+            self._proc = subprocess.Popen(argv, env=self.command.full_env(), stdin=subprocess.DEVNULL, stdout=out_w,
+                                          stderr=out_w, start_new_session=True, pass_fds=(watch_r, ready_w))
+        except BaseException:
+            for fd in (out_r, watch_w, ready_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, watch_r, ready_w):
+                os.close(fd)
+        self._watchdog_fd = watch_w
+        with os.fdopen(ready_r, "rb") as ready:
+            report = ready.read().decode(errors="replace").splitlines()
+        for line in report:
+            kind, _, value = line.partition(" ")
+            if kind == "watchdog":
+                self.watchdog_pid = int(value)
+            elif kind == "error":
+                self._abandon_launch(out_r)
+                raise AnimllmError(f"cannot run the engine interpreter {self.command.argv[0]}: {value}",
+                                   hint="set engine.python to an interpreter that has vLLM")
+        try:
+            self.created_at = psutil.Process(self._proc.pid).create_time()
+        except psutil.Error:  # it exited already: the wait for ready reports it
+            pass
+        return out_r
+
+    def _abandon_launch(self, out_r: int) -> None:
+        """The engine could not be exec'd: reap the launcher, let the watchdog go."""
+        self._proc.wait()
+        self._proc = None
+        os.close(out_r)
+        self._release_watchdog(quietly=True)
 
     def _wait_ready(self) -> list[tuple[str, float]]:
         seen: list[tuple[str, float]] = []
@@ -184,6 +241,8 @@ class Engine:
                 if self.on_progress:
                     tail = self._pump.lines(1)
                     self.on_progress(Progress(self.model, phase, elapsed, tail[0] if tail else None))
+                if self._stop_requested.is_set():
+                    raise self._stopped_error("stopped while starting")
                 code = self._proc.poll()
                 if code is not None:
                     self._pump.closed.wait(1.0)  # let the last lines arrive
@@ -200,7 +259,7 @@ class Engine:
                     raise self._start_error(f"not ready after {elapsed:.0f}s (start_timeout_s "
                                             f"{self.settings.start_timeout_s:g}), in phase '{phase}'", "timeout",
                                             generic_fix="raise engine.start_timeout_s if this model is just slow")
-                time.sleep(0.25)
+                self._stop_requested.wait(0.25)
         finally:
             client.close()
 
@@ -218,6 +277,12 @@ class Engine:
                                     log_tail=lines[-TAIL_LINES:], log_path=self.log_path)
         return EngineStartError(self.model, what, fix=generic_fix or f"read the log: {self.log_path}", kind=kind,
                                 log_tail=lines[-TAIL_LINES:], log_path=self.log_path)
+
+    def _stopped_error(self, what: str) -> EngineStartError:
+        """Asked to stop (a closing gateway): no diagnosis, the log says nothing about it."""
+        lines = self._pump.lines() if self._pump else []
+        return EngineStartError(self.model, what, fix=None, kind="stopped", log_tail=lines[-TAIL_LINES:],
+                                log_path=self.log_path)
 
     def _gpu_holders(self) -> str:
         report = nvml.probe(self.nvml_module)
@@ -250,11 +315,21 @@ class Engine:
         self.state, self.death_reason = State.DEAD, reason
         if self.on_dead:
             self.on_dead(self, reason)
+        # A hung engine would keep its connections (and so the gateway's slots) until their
+        # timeouts, and its VRAM until the next switch: end its processes now. The engine
+        # stays DEAD, with its reason, until stop() finishes the teardown.
+        with self._stop_lock:
+            if self.state is State.DEAD:
+                self._remember_tree()
+                processes.end_group(self._proc.pid, self._known, self.settings.stop_grace_s)
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> StopReport:
         """SIGTERM the group, SIGKILL after the grace period, reap, confirm, then wait for
-        the GPU to release the memory. Safe to call more than once."""
+        the GPU to release the memory. Safe to call more than once, and from another thread
+        while `start()` runs: that start then ends with EngineStartError (kind "stopped"),
+        and one that has not launched yet launches nothing."""
+        self._stop_requested.set()
         with self._stop_lock:
             if self._proc is None or self.state is State.STOPPED:
                 return StopReport(self.model, 0.0, False, [], None, "not running")
@@ -263,16 +338,12 @@ class Engine:
             self._remember_tree()
             pgid = self._proc.pid
             gpu_pids = set(self._known) | {pgid}
-            processes.signal_all(pgid, self._known, signal.SIGTERM)
-            left = processes.wait_gone(pgid, self._known, self.settings.stop_grace_s)
-            forced = bool(left)
-            if left:
-                processes.signal_all(pgid, self._known, signal.SIGKILL)
-                left = processes.wait_gone(pgid, self._known, 5.0)
+            forced, left = processes.end_group(pgid, self._known, self.settings.stop_grace_s)
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+            self._release_watchdog(quietly=not left)
             stop_s = time.monotonic() - started
             if self._pump:
                 self._pump.close()
@@ -280,6 +351,21 @@ class Engine:
             _LIVE.discard(self)
             release_s, note = self._wait_vram_released(gpu_pids)
             return StopReport(self.model, round(stop_s, 3), forced, sorted(left), release_s, note)
+
+    def _release_watchdog(self, *, quietly: bool) -> None:
+        """Close our end of the watchdog's pipe. `quietly`: the engine is gone, so tell the
+        watchdog to leave without a signal (its group id is free for reuse now); otherwise
+        the bare close makes it end the group once more."""
+        if self._watchdog_fd is None:
+            return
+        fd, self._watchdog_fd = self._watchdog_fd, None
+        try:
+            if quietly:
+                os.write(fd, launcher.OWNER_STOPPED)
+        except OSError:  # it has left already (it saw the group go)
+            pass
+        finally:
+            os.close(fd)
 
     def _wait_vram_released(self, pids: set[int]) -> tuple[float | None, str]:
         """A freed port is not freed VRAM: poll NVML until none of our processes holds any."""
@@ -306,7 +392,7 @@ class Engine:
 
 def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable[[Progress], None] | None = None,
            on_dead: Callable[[Engine, str], None] | None = None, log_dir: Path | None = None,
-           nvml_module: object | None = None) -> Engine:
+           nvml_module: object | None = None, on_launched: Callable[[Engine], None] | None = None) -> Engine:
     """An Engine for a configured model (not yet started): on `port`, else on engine.port
     when that is free, else on a free port."""
     from animllm_cli import paths
@@ -315,4 +401,4 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
     view = loaded.model(model)
     command = build_engine_command(loaded, view, port=port or free_port(loaded.config.engine.port))
     log_path = (log_dir or paths.state_dir() / "logs") / f"{view.name}.log"
-    return Engine(view.name, command, log_path, loaded.config.engine, on_progress, on_dead, nvml_module)
+    return Engine(view.name, command, log_path, loaded.config.engine, on_progress, on_dead, nvml_module, on_launched)

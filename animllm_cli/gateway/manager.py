@@ -1,5 +1,6 @@
 """The one engine the gateway owns: switch models (drain is the scheduler's job; here:
-stop, VRAM released, start, ready), restart after a death with a bound, report timings."""
+stop, VRAM released, start, ready), restart after a death with a bound, report timings,
+and say which engine processes run (for the state file). A closing manager starts nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 from animllm_cli.config import LoadedConfig
 from animllm_cli.engine.supervisor import Engine, Progress, State, launch
-from animllm_cli.gateway.state import EngineStatus, SwitchReport
+from animllm_cli.gateway.state import EngineGroup, EngineStatus, SwitchReport
 from animllm_cli.gpu import nvml
 
 
@@ -18,10 +19,15 @@ class EngineGaveUp(Exception):
     pass
 
 
+class ManagerClosing(Exception):
+    """The gateway is stopping: no engine is started any more."""
+
+
 class EngineManager:
     def __init__(self, loaded: LoadedConfig, *, log_dir: Path | None = None, nvml_module: object | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  on_death: Callable[[str, str], None] | None = None,
+                 on_engines_changed: Callable[[], None] | None = None,
                  max_restarts: int = 3, restart_window_s: float = 600.0) -> None:
         self.loaded = loaded
         self.log_dir = log_dir
@@ -34,6 +40,11 @@ class EngineManager:
         self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
         self._deaths: dict[str, list[float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Every engine launched and not yet confirmed stopped, including one being replaced
+        # or shut down: what a dead gateway would leave behind.
+        self._running: list[Engine] = []
+        self.on_engines_changed = on_engines_changed
+        self._closing = False
 
     @property
     def model(self) -> str | None:
@@ -47,20 +58,24 @@ class EngineManager:
     async def switch(self, model: str) -> SwitchReport:
         """Stop what is loaded (if anything), wait for its VRAM, start `model`, wait for ready."""
         self._loop = asyncio.get_running_loop()
+        self._refuse_if_closing(model)
         self._check_restarts(model)
         started = time.monotonic()
         report = SwitchReport(from_model=self.engine.model if self.engine else None, to_model=model, outcome="failed")
+        engine: Engine | None = None
         try:
             if self.engine is not None:
-                stopped = await asyncio.to_thread(self.engine.stop)
+                stopped = await self._stop(self.engine)
                 report.stop_s, report.vram_release_s, report.vram_note = (
                     stopped.stop_s, stopped.vram_release_s, stopped.vram_note)
                 self.engine = None
             report.vram_free_before = await asyncio.to_thread(self._vram_free)
+            self._refuse_if_closing(model)  # shutdown may have begun while the old engine stopped
             engine = launch(self.loaded, model, on_progress=self.on_progress, on_dead=self._engine_died,
-                            log_dir=self.log_dir, nvml_module=self.nvml_module)
-            self.engine = engine
+                            log_dir=self.log_dir, nvml_module=self.nvml_module, on_launched=self._track)
+            self.engine = engine  # from here shutdown() sees it, and its stop ends the start at once
             ready = await asyncio.to_thread(engine.start)
+            self._refuse_if_closing(model)  # shutdown stopped it just as it became ready
             report.load_s = round(ready.ready_s, 3)
             report.vram_free_after = await asyncio.to_thread(self._vram_free)
             report.outcome = "ok"
@@ -69,6 +84,8 @@ class EngineManager:
         except Exception as exc:
             report.error = getattr(exc, "reason", None) or str(exc)
             self.engine = None
+            if engine is not None and engine.state is State.STOPPED:  # a failed start stops what it launched
+                self._untrack(engine)
             raise
         finally:
             report.total_s = round(time.monotonic() - started, 3)
@@ -88,11 +105,42 @@ class EngineManager:
         if self.on_death and self._loop:
             self._loop.call_soon_threadsafe(self.on_death, engine.model, reason)
 
+    def _refuse_if_closing(self, model: str) -> None:
+        if self._closing:
+            raise ManagerClosing(f"the gateway is stopping: not starting '{model}'")
+
+    async def _stop(self, engine: Engine) -> Any:
+        stopped = await asyncio.to_thread(engine.stop)
+        self._untrack(engine)
+        return stopped
+
+    def _track(self, engine: Engine) -> None:
+        """Called from the starting thread as soon as the engine's process exists."""
+        self._running.append(engine)
+        self._engines_changed()
+
+    def _untrack(self, engine: Engine) -> None:
+        if engine in self._running:
+            self._running.remove(engine)
+            self._engines_changed()
+
+    def _engines_changed(self) -> None:
+        if self.on_engines_changed:
+            self.on_engines_changed()
+
+    def engine_groups(self) -> list[EngineGroup]:
+        """The engine processes this gateway runs: for the state file."""
+        return [EngineGroup(e.model, e.pid, e.created_at, e.module, e.watchdog_pid)
+                for e in list(self._running) if e.pid is not None]
+
     async def shutdown(self) -> Any:
+        """Start nothing more, and stop the engine, even one that is still starting (its
+        start then fails at once) or that a switch is about to replace."""
+        self._closing = True
         if self.engine is None:
             return None
         engine, self.engine = self.engine, None
-        return await asyncio.to_thread(engine.stop)
+        return await self._stop(engine)
 
     def status(self, switching_to: str | None) -> EngineStatus:
         """The engine's part of `/admin/status`; `switching_to` is the scheduler's switch in progress."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     from animllm_cli.gateway.manager import EngineManager
 
     manager = EngineManager(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress)
+    state_file = _StateFile() if write_state_file else None
+    if state_file:
+        manager.on_engines_changed = lambda: state_file.record_engines(manager)
     gateway = Gateway(loaded, api_key=key, bind_host=host, manager=manager, nvml_module=nvml_module)
     server_box: dict[str, uvicorn.Server] = {}
 
@@ -48,14 +52,14 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
                 hooks.on_ready(manager.last_switch)
 
     async def on_startup() -> None:
-        if write_state_file:
-            write_state(GatewayState(os.getpid(), f"http://{url_host(host)}:{port}", host, port, time.time(), log_path,
-                                     [str(f) for f in loaded.files]))
+        if state_file:
+            state_file.open(GatewayState(os.getpid(), f"http://{url_host(host)}:{port}", host, port, time.time(),
+                                         log_path, [str(f) for f in loaded.files]))
         gateway._tasks.append(asyncio.create_task(first_load()))
 
     async def on_shutdown(stopped: Any) -> None:
-        if write_state_file:
-            remove_state(os.getpid())
+        if state_file:
+            state_file.close()
         if hooks.on_stopped:
             hooks.on_stopped(stopped)
 
@@ -66,4 +70,32 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     server_box["server"] = server
     gateway.shutdown_hook = lambda: setattr(server, "should_exit", True)
     return server, gateway
+
+
+class _StateFile:
+    """The gateway's state file, rewritten whenever its engines change (from the loop or
+    from a starting thread: one writer at a time), so that it always names the engine
+    groups a sudden death of this process would leave for the next `serve`/`stop`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: GatewayState | None = None
+
+    def open(self, state: GatewayState) -> None:
+        with self._lock:
+            self._state = state
+            write_state(state)
+
+    def record_engines(self, manager: Any) -> None:
+        with self._lock:
+            if self._state is None:  # not written yet, or removed at shutdown: never recreate it
+                return
+            self._state.engines = manager.engine_groups()
+            write_state(self._state)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state is not None:
+                remove_state(self._state.pid)
+                self._state = None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -22,6 +22,18 @@ LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @dataclass
+class EngineGroup:
+    """An engine the gateway runs, as the next `serve`/`stop` needs it should the gateway
+    die without its cleanup: its process group, and the proof that a process is it (the
+    leader's creation time, so that a reused pid is never taken for it, and its module)."""
+    model: str
+    pgid: int                         # the API server's pid, which is its group's id
+    created_at: float | None          # the API server's creation time (psutil's create_time)
+    module: str                       # the engine module its command line runs
+    watchdog_pid: int | None = None
+
+
+@dataclass
 class GatewayState:
     pid: int
     url: str
@@ -30,6 +42,10 @@ class GatewayState:
     started_at: float
     log: str | None
     config_files: list[str]
+    engines: list[EngineGroup] = field(default_factory=list)  # launched and not yet confirmed stopped
+
+    def __post_init__(self) -> None:
+        self.engines = [EngineGroup(**e) if isinstance(e, dict) else e for e in self.engines]
 
 
 def state_path() -> Path:
@@ -37,19 +53,33 @@ def state_path() -> Path:
 
 
 def read_state() -> GatewayState | None:
-    """The running gateway, if any. A state file left by a dead gateway is removed."""
+    """The running gateway, if any. A state file left by a dead gateway is removed, unless
+    it names engines: those wait for `serve`/`stop` to clean them (see read_dead_state)."""
+    state = _read_state_file()
+    if state is None or _alive_since(state.pid, state.started_at):
+        return state
+    if not state.engines:
+        remove_state(state.pid)
+    return None
+
+
+def read_dead_state() -> GatewayState | None:
+    """The state file of a gateway that is gone, with the engines it had running."""
+    state = _read_state_file()
+    if state is None or _alive_since(state.pid, state.started_at):
+        return None
+    return state
+
+
+def _read_state_file() -> GatewayState | None:
     path = state_path()
     try:
-        state = GatewayState(**json.loads(path.read_text()))
+        return GatewayState(**json.loads(path.read_text()))
     except FileNotFoundError:
         return None
     except (ValueError, TypeError):
         path.unlink(missing_ok=True)
         return None
-    if not _alive_since(state.pid, state.started_at):
-        path.unlink(missing_ok=True)
-        return None
-    return state
 
 
 def _alive_since(pid: int, started_at: float) -> bool:

@@ -1,0 +1,63 @@
+"""What a gateway that died without its cleanup left running: the engine groups its state
+file names. Each engine has a watchdog that ends it once the gateway is gone, so this is
+the second line: for a watchdog that died too (the OOM killer, a `kill -9` of both), or a
+gateway from before watchdogs. `serve` and `stop` call `clean()`.
+
+Only processes provably ours are stopped: the group's leader is alive, leads the recorded
+group, was created when the recorded one was (a pid the kernel reused was created later),
+and runs the recorded engine module."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psutil
+
+from animllm_cli.engine import processes
+from animllm_cli.gateway.state import EngineGroup, read_dead_state, remove_state
+
+# psutil derives creation times from the boot time, which the kernel reports to the
+# second and which clock adjustments can move: a match within this is the same process.
+SAME_PROCESS_S = 1.0
+
+
+@dataclass
+class Leftover:
+    model: str
+    pgid: int
+    gateway_pid: int   # the dead gateway that left it
+    forced: bool       # SIGKILL was needed after the grace period
+    left: list[int]    # pids still alive afterwards (should be empty)
+
+    def describe(self) -> str:
+        return (f"the engine for '{self.model}' (process group {self.pgid}) that a dead gateway "
+                f"(pid {self.gateway_pid}) left running")
+
+
+def is_ours(group: EngineGroup) -> bool:
+    try:
+        leader = psutil.Process(group.pgid)
+        return (leader.status() != psutil.STATUS_ZOMBIE
+                and os.getpgid(leader.pid) == group.pgid
+                and group.created_at is not None
+                and abs(leader.create_time() - group.created_at) <= SAME_PROCESS_S
+                and group.module in leader.cmdline())
+    except (psutil.Error, OSError):
+        return False
+
+
+def clean(grace_s: float) -> list[Leftover]:
+    """Stop the engines a dead gateway left (SIGTERM to each group, SIGKILL after
+    `grace_s`), then forget its state file. Empty when there was nothing of ours."""
+    dead = read_dead_state()
+    if dead is None:
+        return []
+    stopped = []
+    for group in dead.engines:
+        if is_ours(group):
+            forced, left = processes.end_group(group.pgid, {}, grace_s)
+            stopped.append(Leftover(group.model, group.pgid, dead.pid, forced, sorted(left)))
+    if not any(item.left for item in stopped):  # else the record stays, for another try
+        remove_state(dead.pid)
+    return stopped
