@@ -69,16 +69,19 @@ class Output:
         """A Rich table or other renderable for people, on stdout."""
         self._console(stderr=False).print(renderable)
 
+    # `info` takes Rich markup ("[bold]1/5[/]"): anything in it that came from outside (a
+    # model name, a path, a server's answer) goes through `plain()` first. `debug`, `warn`,
+    # `status` and `error` take plain text and escape it themselves.
     def info(self, message: str) -> None:
         if not self.quiet:
             self._console(stderr=True).print(message)
 
     def debug(self, message: str) -> None:
         if self.verbose:
-            self._console(stderr=True).print(f"[dim]{message}[/dim]")
+            self._console(stderr=True).print(f"[dim]{plain(message)}[/dim]")
 
     def warn(self, message: str) -> None:
-        self._console(stderr=True).print(f"[yellow]warning:[/yellow] {message}")
+        self._console(stderr=True).print(f"[yellow]warning:[/yellow] {plain(message)}")
 
     @contextlib.contextmanager
     def status(self, message: str) -> Iterator[None]:
@@ -90,10 +93,10 @@ class Output:
             return
         console = self._console(stderr=True)
         if not console.is_terminal:
-            console.print(message)
+            console.print(plain(message))
             yield
             return
-        with console.status(message):
+        with console.status(plain(message)):
             yield
 
     def progress(self) -> Progress:
@@ -113,12 +116,18 @@ class Output:
                     vertical_overflow="visible")
 
     def error(self, message: str, hint: str | None = None) -> None:
-        from rich.markup import escape
-
         console = self._console(stderr=True)
-        console.print(f"[bold red]error:[/bold red] {escape(message)}")
+        console.print(f"[bold red]error:[/bold red] {plain(message)}")
         if hint:
-            console.print(f"[dim]hint:[/dim] {escape(hint)}")
+            console.print(f"[dim]hint:[/dim] {plain(hint)}")
+
+
+def plain(text: object) -> str:
+    """`text` as literal Rich markup: brackets in a model name, a file name or a server's
+    message print as they are, never as styles (nor as a markup error)."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = ()) -> Any:

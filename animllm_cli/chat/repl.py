@@ -10,7 +10,7 @@ from typing import Callable
 from animllm_cli.chat.conversation import Conversation
 from animllm_cli.client.openai import ChatResult, OpenAIClient
 from animllm_cli.errors import AnimllmError
-from animllm_cli.output import Output
+from animllm_cli.output import Output, plain
 
 HELP = """commands:
   /help            this list
@@ -62,7 +62,7 @@ class Repl:
         self.resolve, self.switch = resolve, switch
 
     def run(self) -> int:
-        self.out.info(f"chatting with {self.conv.model}; /help for commands, Ctrl-D to leave")
+        self.out.info(f"chatting with {plain(self.conv.model)}; /help for commands, Ctrl-D to leave")
         while True:
             try:
                 line = self.read_line(f"{self.conv.model}> " if self.fancy else "")
@@ -97,7 +97,7 @@ class Repl:
             self.out.error(exc.message, exc.hint)
             return
         self.conv.answered(result.text)
-        self.out.info(f"[dim]{stats_line(result)}[/dim]")
+        self.out.info(f"[dim]{plain(stats_line(result))}[/dim]")
 
     def command(self, line: str) -> str | None:
         name, _, arg = line.partition(" ")
@@ -116,7 +116,7 @@ class Repl:
                 if not arg:
                     raise AnimllmError("usage: /image PATH")
                 self.conv.attach(arg)
-                self.out.info(f"attached {arg} to your next message")
+                self.out.info(f"attached {plain(arg)} to your next message")
             elif name == "/clear":
                 self.conv.clear()
                 self.out.info("conversation cleared")
@@ -124,7 +124,7 @@ class Repl:
                 if not arg:
                     raise AnimllmError("usage: /save FILE")
                 self.conv.save(Path(arg).expanduser())
-                self.out.info(f"saved to {arg}")
+                self.out.info(f"saved to {plain(arg)}")
             else:
                 self.out.error(f"unknown command {name}; /help lists them")
         except AnimllmError as exc:
@@ -135,7 +135,7 @@ class Repl:
 
     def _model(self, wanted: str) -> None:
         if not wanted:
-            self.out.info(f"talking to {self.conv.model}")
+            self.out.info(f"talking to {plain(self.conv.model)}")
             return
         name, vision = self.resolve(wanted)
         if self.switch is not None:
@@ -143,4 +143,4 @@ class Repl:
             if note:
                 self.out.info(note)
         self.conv.model, self.conv.vision = name, vision
-        self.out.info(f"now talking to {name}")
+        self.out.info(f"now talking to {plain(name)}")

@@ -66,18 +66,20 @@ def chat(
 
 def _one_shot(out, client, payload: dict, json_output: bool) -> int:
     from animllm_cli.chat.repl import stats_line, stream_plain
+    from animllm_cli.output import plain
 
     if json_output:
         out.json(client.chat(payload).response)
         return 0
     result = stream_plain(client, payload, lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
     sys.stdout.write("\n")
-    out.info(f"[dim]{stats_line(result)}[/dim]")
+    out.info(f"[dim]{plain(stats_line(result))}[/dim]")
     return 0
 
 
 def _switcher(loaded, out):
     from animllm_cli.client.admin import AdminClient, NotRunning
+    from animllm_cli.output import plain
 
     def switch(name: str) -> str | None:
         try:
@@ -88,7 +90,7 @@ def _switcher(loaded, out):
             report = client.switch(name)
         if report.outcome == "already loaded":
             return None
-        return f"[dim]switched {report.from_model or '-'} -> {name} in {report.total_s or 0:.1f}s[/dim]"
+        return f"[dim]switched {plain(report.from_model or '-')} -> {plain(name)} in {report.total_s or 0:.1f}s[/dim]"
 
     return switch
 
@@ -111,11 +113,21 @@ def _readline_input():
     except ImportError:  # not on every platform
         return input
     history = paths.state_dir() / "chat_history"
-    history.parent.mkdir(parents=True, exist_ok=True)
     try:
+        paths.private_file(history)  # 0600 in a 0700 dir before readline writes to it
         readline.read_history_file(history)
-    except (FileNotFoundError, OSError):
+    except OSError:
         pass
     readline.set_history_length(2000)
-    atexit.register(lambda: readline.write_history_file(history))
+    atexit.register(_write_history, readline, history)
     return input
+
+
+def _write_history(readline, history) -> None:
+    from animllm_cli import paths
+
+    try:
+        readline.write_history_file(history)
+        paths.private_file(history)  # whatever mode readline (or libedit) gave a new file
+    except OSError:
+        pass

@@ -163,8 +163,7 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
     from animllm_cli.gateway.state import read_state
 
     log = paths.state_dir() / "gateway.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as sink:
+    with paths.open_private(log, "wb") as sink:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                                  start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
     deadline = time.monotonic() + loaded.config.engine.start_timeout_s + 60

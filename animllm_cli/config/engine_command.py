@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from animllm_cli.config import schema
 from animllm_cli.config.loader import LoadedConfig, ModelView
@@ -31,6 +31,7 @@ class EngineCommand:
     env: dict[str, str]                       # set on top of the inherited environment
     env_sources: dict[str, Source] = field(default_factory=dict)
     flag_sources: list[tuple[list[str], Source]] = field(default_factory=list)
+    gateway_key_env: str | None = None        # server.api_key_env: never passed to the engine
 
     def display_env(self) -> dict[str, str]:
         """The environment with secret values masked, for printing."""
@@ -48,9 +49,19 @@ class EngineCommand:
         """The engine's own key (see build_engine_command), sent with every request to it."""
         return self.env.get(ENGINE_KEY_VAR)
 
-    def full_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """The environment the engine process gets: the inherited one plus ours."""
-        return {**(os.environ if base is None else base), **self.env}
+    def full_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment the engine process gets: the inherited one plus ours, less the
+        gateway's key and any other animllm secret (see withheld_from_engine)."""
+        merged = {**(os.environ if base is None else base), **self.env}
+        return {k: v for k, v in merged.items() if not withheld_from_engine(k, self.gateway_key_env)}
+
+
+def withheld_from_engine(name: str, gateway_key_env: str | None) -> bool:
+    """Variables the engine never sees: the one holding the gateway's API key
+    (server.api_key_env) and any ANIMLLM_* variable with a secret's name. The engine has
+    its own per-launch key (ENGINE_KEY_VAR); the gateway's key would let anything that
+    reads the engine's environment (its logs, a crash dump, /proc) drive the gateway."""
+    return name == gateway_key_env or (name.upper().startswith("ANIMLLM_") and is_secret_name(name))
 
 
 def flag_args(key: str, value: Any) -> list[str]:
@@ -107,20 +118,23 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
     env, env_sources = engine_environment(loaded)
     if api_key:
         env[ENGINE_KEY_VAR], env_sources[ENGINE_KEY_VAR] = api_key, Source("builtin", "a random key per launch")
-    return EngineCommand(argv, port, env, env_sources, flag_sources)
+    return EngineCommand(argv, port, env, env_sources, flag_sources, gateway_key_env=config.server.api_key_env)
 
 
 def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, Source]]:
-    """Cache paths, then the config's `env:` section, then `.env` beside the config."""
+    """Cache paths, then the config's `env:` section, then `.env` beside the config (which
+    may hold the gateway's key for `serve`: that one, as every withheld name, stays out)."""
     env: dict[str, str] = {}
     sources: dict[str, Source] = {}
+    key_env = loaded.config.server.api_key_env
     for key, var in schema.PATH_EXPORTS.items():
         value = getattr(loaded.config.paths, key)
         if value:
             env[var], sources[var] = value, loaded.source_of(("paths", key))
     for var, value in loaded.config.env.items():
-        if value is not None:
+        if value is not None and not withheld_from_engine(var, key_env):
             env[var], sources[var] = value, loaded.source_of(("env", var))
     for var, (value, source) in loaded.dotenv.items():
-        env[var], sources[var] = value, source
+        if not withheld_from_engine(var, key_env):
+            env[var], sources[var] = value, source
     return env, sources

@@ -15,17 +15,28 @@ import time
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+from animllm_cli import paths
 from animllm_cli.engine import phases
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # tqdm progress bars redraw with \r
 
 
+class _PrivateRotatingFileHandler(RotatingFileHandler):
+    """A RotatingFileHandler whose files are 0600 (see paths.open_private)."""
+
+    def _open(self):
+        for older in Path(self.baseFilename).parent.glob(Path(self.baseFilename).name + ".*"):
+            paths.private_file(older)  # a rotated copy left by an older version
+        return paths.open_private(Path(self.baseFilename), self.mode, encoding=self.encoding, errors=self.errors)
+
+
 class OutputPump:
     def __init__(self, fd: int, log_path: Path, *, max_bytes: int, tail_lines: int = 400) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        paths.private_dir(log_path.parent)
         # A private logger (not in logging's registry) whose handler bounds the file and
-        # keeps one rotated copy beside it.
-        self._handler = RotatingFileHandler(log_path, maxBytes=max_bytes, backupCount=1, encoding="utf-8")
+        # keeps one rotated copy beside it; both only their owner may read (prompts and
+        # model output end up in engine logs).
+        self._handler = _PrivateRotatingFileHandler(log_path, maxBytes=max_bytes, backupCount=1, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._log = logging.Logger(f"animllm.engine.{log_path.stem}")
         self._log.addHandler(self._handler)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ class GatewayState:
     log: str | None
     config_files: list[str]
     engines: list[EngineGroup] = field(default_factory=list)  # launched and not yet confirmed stopped
+    cmdline: list[str] | None = None  # the gateway's own command line, recorded by write_state
 
     def __post_init__(self) -> None:
         self.engines = [EngineGroup(**e) if isinstance(e, dict) else e for e in self.engines]
@@ -57,6 +60,8 @@ def read_state() -> GatewayState | None:
     it names engines: those wait for `serve`/`stop` to clean them (see read_dead_state)."""
     state = _read_state_file()
     if state is None or _alive_since(state.pid, state.started_at):
+        if state is not None:
+            _check_is_gateway(state)
         return state
     if not state.engines:
         remove_state(state.pid)
@@ -74,9 +79,11 @@ def read_dead_state() -> GatewayState | None:
 def _read_state_file() -> GatewayState | None:
     path = state_path()
     try:
-        return GatewayState(**json.loads(path.read_text()))
+        text = _read_trusted(path)
     except FileNotFoundError:
         return None
+    try:
+        return GatewayState(**json.loads(text))
     except (ValueError, TypeError):
         path.unlink(missing_ok=True)
         return None
@@ -92,11 +99,64 @@ def _alive_since(pid: int, started_at: float) -> bool:
         return False
 
 
+def _read_trusted(path: Path) -> str:
+    """The state file's text, if it is ours: `status`/`chat`/`stop`/`switch` send the API
+    key to the URL it names, and `serve`/`stop` signal the processes it names. A file that
+    someone else owns or may write, or a link, is refused and left where it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        problem = "it is a symbolic link" if os.path.islink(path) else f"cannot read it: {exc.strerror}"
+        raise _untrusted(path, problem) from None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _untrusted(path, "it is not a regular file")
+        if info.st_uid != os.getuid():
+            raise _untrusted(path, f"it belongs to uid {info.st_uid}, not to you (uid {os.getuid()})")
+        if info.st_mode & 0o022:
+            raise _untrusted(path, f"others may write it (mode {stat.S_IMODE(info.st_mode):04o})")
+        return handle.read()
+
+
+def _untrusted(path: Path, problem: str) -> AnimllmError:
+    return AnimllmError(f"not using the gateway state file {path}: {problem}",
+                        hint="animllm sends the API key to the address that file names; if no gateway of yours "
+                             "runs, find out who wrote it, then remove it")
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return None
+
+
+def _check_is_gateway(state: GatewayState) -> None:
+    """The live process the file names is the gateway that wrote it: the same command line
+    as it recorded (a gateway run from any launcher, a test harness included), or, for a
+    file without that record, an `animllm ... serve` command line."""
+    live = _cmdline(state.pid)
+    if state.cmdline is not None:
+        ours = live == state.cmdline
+    else:
+        ours = live is not None and any("animllm" in arg for arg in live) and "serve" in live
+    if not ours:
+        seen = "unreadable" if live is None else shlex.join(live)[:200]
+        raise _untrusted(state_path(), f"its pid {state.pid} is not the gateway that wrote it "
+                                       f"(that process's command line: {seen})")
+
+
 def write_state(state: GatewayState) -> None:
+    """Write the state file, 0600 in a 0700 directory, with the gateway's command line."""
     path = state_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if state.cmdline is None and state.pid == os.getpid():
+        state.cmdline = _cmdline(state.pid)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2))
+    with paths.open_private(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(state), indent=2))
     tmp.replace(path)
 
 

@@ -91,3 +91,22 @@ def test_shell_line_round_trips_and_never_shows_secrets(tmp_path: Path) -> None:
     assert "WEIRD=a b'c" in assignments
     assert words[len(command.env):] == command.argv
     assert command.display_env()["HF_TOKEN"] == "***"
+
+
+def test_engine_environment_never_carries_the_gateways_key(tmp_path: Path, monkeypatch) -> None:
+    """The gateway's key (server.api_key_env, here a custom name) and any other ANIMLLM_*
+    secret stay out of the engine's environment, whether inherited, in `env:` or in `.env`;
+    the engine's own per-launch key and ordinary variables pass."""
+    config = write(tmp_path / "c.yaml", "server: {api_key_env: MY_GATEWAY_KEY}\n"
+                                        "env: {MY_GATEWAY_KEY: from-config, HF_TOKEN: hf_abc}\n")
+    write(tmp_path / ".env", "ANIMLLM_API_KEY=from-dotenv\nKEEP_ME=1\n")
+    command = _command(config, api_key="engine-own-key")
+    inherited = {"MY_GATEWAY_KEY": "gw-secret", "ANIMLLM_API_KEY": "default-secret",
+                 "ANIMLLM_UPSTREAM_TOKEN": "other-secret", "ANIMLLM_STATE_DIR": "/tmp/s", "PATH": "/usr/bin"}
+    env = command.full_env(inherited)
+    assert not {"MY_GATEWAY_KEY", "ANIMLLM_API_KEY", "ANIMLLM_UPSTREAM_TOKEN"} & set(env), env
+    assert "MY_GATEWAY_KEY" not in command.env and "ANIMLLM_API_KEY" not in command.env
+    assert env["VLLM_API_KEY"] == "engine-own-key" and env["HF_TOKEN"] == "hf_abc" and env["KEEP_ME"] == "1"
+    assert env["ANIMLLM_STATE_DIR"] == "/tmp/s" and env["PATH"] == "/usr/bin"
+    monkeypatch.setenv("MY_GATEWAY_KEY", "from-os-environ")
+    assert "MY_GATEWAY_KEY" not in command.full_env()       # the default base is os.environ
