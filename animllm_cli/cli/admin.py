@@ -36,25 +36,26 @@ def status(ctx: typer.Context, json_output: common.JsonOption = False, config: c
 
 
 def _show_status(out, report) -> None:
-    from animllm_cli.output import table
+    from animllm_cli.output import plain, table
 
+    # Text from the server (reasons, errors, names) is shown as it is, never as Rich markup.
     engine, last = report.engine, report.engine.last_switch
     phase = f", {engine.phase}" if engine.state != "ready" and engine.phase else ""
     rows = [["gateway", f"{report.url} (pid {report.gateway.pid}, up {report.gateway.uptime_s:.0f}s)"],
-            ["model", f"{engine.model or '-'} ({engine.state}{phase})"],
+            ["model", plain(f"{engine.model or '-'} ({engine.state}{phase})")],
             ["loaded for", f"{time.time() - engine.loaded_since:.0f}s" if engine.loaded_since else "-"],
             ["queue / in flight", f"{report.queue_depth} / {report.in_flight}"]]
     if engine.death_reason:
-        rows.append(["engine died", engine.death_reason])
+        rows.append(["engine died", plain(engine.death_reason)])
     for gpu in report.vram.gpus:
-        rows.append([f"GPU {gpu.index}", f"{gpu.name}: {_gib(gpu.used_bytes)} used of {_gib(gpu.total_bytes)}"])
+        rows.append([f"GPU {gpu.index}", plain(f"{gpu.name}: {_gib(gpu.used_bytes)} used of {_gib(gpu.total_bytes)}")])
     if report.vram.error:
-        rows.append(["VRAM", report.vram.error])
+        rows.append(["VRAM", plain(report.vram.error)])
     if last:
-        rows.append(["last switch", f"{last.from_model or '-'} -> {last.to_model}: {last.outcome} in "
-                                    f"{_secs(last.total_s)}" + (f" ({last.error})" if last.error else "")])
+        rows.append(["last switch", plain(f"{last.from_model or '-'} -> {last.to_model}: {last.outcome} in "
+                                          f"{_secs(last.total_s)}" + (f" ({last.error})" if last.error else ""))])
     if report.busy:
-        rows.append(["refusing requests", report.busy])
+        rows.append(["refusing requests", plain(report.busy)])
     out.show(table("animllm gateway", ["", ""], rows))
 
 
@@ -69,13 +70,13 @@ def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model 
 
 
 def _show_switch(out, report) -> None:
-    from animllm_cli.output import table
+    from animllm_cli.output import plain, table
 
     if report.outcome == "already loaded":
-        out.info(f"{report.to_model} is already loaded")
+        out.info(f"{plain(report.to_model)} is already loaded")
         return
-    released = _secs(report.vram_release_s) if report.vram_release_s is not None else report.vram_note or "-"
-    rows = [["from -> to", f"{report.from_model or '-'} -> {report.to_model}"],
+    released = _secs(report.vram_release_s) if report.vram_release_s is not None else plain(report.vram_note or "-")
+    rows = [["from -> to", plain(f"{report.from_model or '-'} -> {report.to_model}")],
             ["stop", _secs(report.stop_s)], ["VRAM released", released],
             ["load to ready", _secs(report.load_s)], ["total", _secs(report.total_s)],
             ["VRAM free before / after", f"{_gib(report.vram_free_before)} / {_gib(report.vram_free_after)}"]]

@@ -39,12 +39,18 @@ class ChatResult:
 
 
 def server_message(response: httpx.Response) -> str:
-    """The message of an OpenAI error envelope (or the body as it is)."""
+    """The message of an OpenAI error envelope, `{"error": "text"}` as vLLM's key check
+    answers, or the body as it is."""
     try:
         data = response.json()
-        return (data.get("error") or {}).get("message") or data.get("message") or response.text
     except ValueError:
         return response.text.strip() or response.reason_phrase
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return str(data.get("message") or response.text) if isinstance(data, dict) else response.text
 
 
 @dataclass

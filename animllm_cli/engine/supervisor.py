@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import psutil
 
 from animllm_cli.config.engine_command import ENGINE_HOST, EngineCommand
 from animllm_cli.config.schema import EngineSection
+from animllm_cli.credentials import bearer
 from animllm_cli.engine import diagnosis, launcher, processes
 from animllm_cli.engine.logpipe import OutputPump
 from animllm_cli.errors import AnimllmError
@@ -248,6 +250,7 @@ class Engine:
                     self._pump.closed.wait(1.0)  # let the last lines arrive
                     raise self._start_error(f"the engine exited with code {code} while starting", "exited")
                 if self._healthy(client):
+                    self._check_it_is_ours(client)
                     seen.append(("ready", round(time.monotonic() - self._started_at, 2)))
                     return seen
                 silent = time.monotonic() - self._pump.last_output
@@ -262,6 +265,27 @@ class Engine:
                 self._stop_requested.wait(0.25)
         finally:
             client.close()
+
+    def _check_it_is_ours(self, client: httpx.Client) -> None:
+        """Ready means our engine answers on the port: it takes its own key and refuses
+        another. Anything else there (a process that took the port between our probe for
+        a free one and vLLM's bind) is not ours, and is never called ready."""
+        if self.command.api_key is None:
+            return
+        try:
+            with_key = client.get(f"{self.base_url}/v1/models", headers=self.headers).status_code
+            wrong_key = client.get(f"{self.base_url}/v1/models", headers=bearer(secrets.token_urlsafe(16))).status_code
+        except httpx.HTTPError as exc:
+            with_key, wrong_key = f"no answer ({exc})", None
+        if (with_key, wrong_key) != (200, 401):
+            raise self._start_error(f"what answers on 127.0.0.1:{self.port} is not this engine: /v1/models gave "
+                                    f"{with_key} with its key and {wrong_key} with a wrong one (expected 200, 401)",
+                                    "not-ours", generic_fix="stop whatever else listens on that port, then retry")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to this engine carries: its own key."""
+        return bearer(self.command.api_key)
 
     def _healthy(self, client: httpx.Client) -> bool:
         try:
@@ -399,6 +423,8 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
     from animllm_cli.config.engine_command import build_engine_command
 
     view = loaded.model(model)
-    command = build_engine_command(loaded, view, port=port or free_port(loaded.config.engine.port))
+    # A fresh key per launch: only the gateway that launched the engine can use it.
+    command = build_engine_command(loaded, view, port=port or free_port(loaded.config.engine.port),
+                                   api_key=secrets.token_urlsafe(32))
     log_path = (log_dir or paths.state_dir() / "logs") / f"{view.name}.log"
     return Engine(view.name, command, log_path, loaded.config.engine, on_progress, on_dead, nvml_module, on_launched)

@@ -86,8 +86,9 @@ class Gateway:
         lease.release()
 
     def engine_headers(self) -> dict[str, str]:
-        """What every request to the engine carries besides the body."""
-        return {}
+        """What every request to the engine carries besides the body: the engine's own key."""
+        engine = self.manager.engine
+        return engine.headers if engine else {}
 
     # ------------------------------------------------------------------ scheduling glue
     def _concurrency(self, model: str) -> int:

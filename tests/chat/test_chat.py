@@ -91,9 +91,13 @@ def test_server_not_running_says_how_to_start_it() -> None:
     assert result.exit_code == 1 and "nothing answers at" in result.stderr and "animllm serve" in result.stderr
 
 
-def test_any_openai_server_with_url(gateway) -> None:
-    engine_url = gateway.gateway.manager.engine.base_url
-    result = run_cli("chat", "a", "-p", "hi", "--max-tokens", "1", "--url", engine_url)
+def test_any_openai_server_with_url(gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine behind the gateway is such a server; it takes only its own key."""
+    engine = gateway.gateway.manager.engine
+    refused = run_cli("chat", "a", "-p", "hi", "--max-tokens", "1", "--url", engine.base_url)
+    assert refused.exit_code == 1 and "401" in refused.stderr
+    monkeypatch.setenv("ENGINE_KEY", engine.command.api_key)
+    result = run_cli("chat", "a", "-p", "hi", "--max-tokens", "1", "--url", engine.base_url, "--api-key-env", "ENGINE_KEY")
     assert result.exit_code == 0 and result.stdout == "t0 \n"
 
 

@@ -32,9 +32,11 @@ def test_start_chat_stop_leaves_no_process(tiny_models: dict[str, Path], tmp_pat
     try:
         names = {p.name() for p in map(psutil.Process, engine.pids())}
         assert any("EngineCore" in n for n in names), names
-        reply = httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=60, json={
+        reply = httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=60, headers=engine.headers, json={
             "model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+        no_key = httpx.get(f"{engine.base_url}/v1/models", timeout=30)
+        assert no_key.status_code == 401  # the per-launch key reached real vLLM through its environment
         known = dict(engine._known)
     finally:
         stop = engine.stop()

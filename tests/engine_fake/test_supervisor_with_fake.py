@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from animllm_cli.config import load_config
@@ -230,3 +231,31 @@ def test_nothing_left_when_the_owner_exits(tmp_path: Path, how: str) -> None:
     assert result.returncode == (0 if how == "exit" else 1), result.stderr
     pgid = int(result.stdout.split()[0])
     assert processes.group_members(pgid) == set()
+
+
+def test_each_launch_has_its_own_key_in_the_environment_never_in_argv(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ANIMLLM_API_KEY", "the-gateways-own-key")
+    first, second = fake_engine(tmp_path, "ok"), fake_engine(tmp_path, "ok")
+    first.start()
+    try:
+        key = first.command.api_key
+        assert key and key != second.command.api_key
+        process = psutil.Process(first.pid)
+        assert key not in " ".join(process.cmdline())                    # not in a `ps` listing
+        assert process.environ().get("VLLM_API_KEY") == key
+        assert "ANIMLLM_API_KEY" not in process.environ()                # the gateway's key stays with it
+        assert httpx.get(f"{first.base_url}/v1/models").status_code == 401
+        assert httpx.get(f"{first.base_url}/v1/models", headers=first.headers).status_code == 200
+    finally:
+        first.stop()
+    assert_nothing_left(first)
+
+
+def test_an_engine_that_does_not_check_its_key_is_never_called_ready(tmp_path: Path) -> None:
+    """Whatever answers on the port must take the engine's key and refuse another one."""
+    engine = fake_engine(tmp_path, "ignores-key")
+    with pytest.raises(EngineStartError) as info:
+        engine.start()
+    assert info.value.kind == "not-ours" and "is not this engine" in info.value.reason
+    assert engine.state is not State.READY
+    assert_nothing_left(engine)
