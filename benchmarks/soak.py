@@ -43,12 +43,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MODELS = ("tiny-a", "tiny-b")
-QUIET_S = 60  # the gateway's request_timeout_s here: no answer from the engine for this long is its 504
+QUIET_S = 60     # the gateway's request_timeout_s here: no answer from the engine for this long is its 504
+QUEUE_S = 300    # its queue_timeout_s: a slot, model loads included, within this or a 504
+# A client waits as long as the gateway's own bounds allow, and a little more: past that,
+# no answer is the gateway's fault (lost), never this machine's speed.
+CLIENT_TIMEOUT_S = QUEUE_S + QUIET_S + 30
 
 CONFIG = """inherit_defaults: false
 env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
 engine: {{stall_timeout_s: 300, health_interval_s: 0.5, health_failures: 2}}
-limits: {{request_timeout_s: {quiet}}}
+limits: {{request_timeout_s: {quiet}, queue_timeout_s: {queue}}}
 profiles:
   tiny: {{gpu_memory_utilization: 0.3, max_model_len: 512, max_num_seqs: 8, enforce_eager: true,
           dtype: bfloat16, concurrency: 4}}
@@ -105,7 +109,7 @@ class Soak:
     # ------------------------------------------------------------------ clients
     def client(self, index: int, until: float, seed: int) -> None:
         rng = random.Random(seed * 100 + index)
-        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(QUIET_S + 30, connect=5)) as http:
+        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(CLIENT_TIMEOUT_S, connect=5)) as http:
             count = 0
             while time.monotonic() < until:
                 model, stream = rng.choice(MODELS), rng.random() < 0.5
@@ -149,7 +153,7 @@ class Soak:
 
     def kill_engine(self) -> None:
         pid = ((self.status() or {}).get("engine") or {}).get("engine_pid")
-        if pid:
+        if pid and not any(f"(pid {pid})" in event for event in self.events):  # one death per engine
             os.kill(pid, signal.SIGKILL)
             self.events.append(f"{time.strftime('%X')} SIGKILL the engine's API server (pid {pid})")
 
@@ -205,7 +209,8 @@ def run_soak(duration_s: float, clients: int = 4, engine_kills: int = 3, seed: i
 
     root = root or Path(tempfile.mkdtemp(prefix="animllm-soak-"))
     models = build_tiny_models(REPO / ".pytest_cache" / "animllm-tiny-models")
-    (root / "animllm.yaml").write_text(CONFIG.format(a=models["tiny-a"], b=models["tiny-b"], quiet=QUIET_S))
+    (root / "animllm.yaml").write_text(CONFIG.format(a=models["tiny-a"], b=models["tiny-b"], quiet=QUIET_S,
+                                                     queue=QUEUE_S))
     soak = Soak(root, free_port(), models)
     first = soak.start_gateway()
     soak.events.append(f"{time.strftime('%X')} gateway up, tiny-a ready in {first:.1f}s")
@@ -220,6 +225,7 @@ def run_soak(duration_s: float, clients: int = 4, engine_kills: int = 3, seed: i
         status = soak.status() or {}
     finally:
         stopped = soak.cli("stop", "--json")
+        soak.serve.wait()
     time.sleep(0.5)
     return {"sent": sum(soak.outcomes.values()), **{k: soak.outcomes.get(k, 0) for k in
             ("answered", "failed clean", "gateway down", "lost")},

@@ -112,12 +112,10 @@ def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: com
         engine_pids = []
         psutil.Process(pid).terminate()
     started = time.monotonic()
-    try:
-        psutil.Process(pid).wait(timeout=120)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        raise AnimllmError(f"the gateway (pid {pid}) did not exit within 120s") from None
+    engine = common.load(ctx, config).config.engine
+    bound = engine.stop_grace_s + engine.vram_release_timeout_s + 60  # the gateway stops its engine first
+    if not _exited(pid, bound):
+        raise AnimllmError(f"the gateway (pid {pid}) did not exit within {bound:g}s")
     left = [p for p in engine_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     result = StopResult(True, pid, round(time.monotonic() - started, 2), left)
     out.result(result, lambda r: _show_stop(out, r), json=json_output)
@@ -150,6 +148,21 @@ def _show_leftovers_stopped(out, result: StopResult) -> None:
         out.error(f"engine processes are still alive: {result.engine_processes_left}")
     else:
         out.info(f"stopped in {result.seconds:.2f}s; no engine process left")
+
+
+def _exited(pid: int, timeout_s: float) -> bool:
+    """The process is gone or a zombie (exited; its parent has not reaped it yet) in time."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _show_stop(out, result: StopResult) -> None:
