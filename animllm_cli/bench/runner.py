@@ -12,6 +12,7 @@ from animllm_cli.bench import loadgen
 from animllm_cli.bench.metrics import summarize
 from animllm_cli.bench.results import BenchResult, LevelResult, SwitchRun, level_label
 from animllm_cli.client.openai import ServerNotRunning
+from animllm_cli.credentials import bearer
 from animllm_cli.errors import AnimllmError
 from animllm_cli.output import Output
 
@@ -32,7 +33,7 @@ class BenchPlan:
 
 
 async def run_bench(plan: BenchPlan, out: Output) -> BenchResult:
-    headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+    headers = bearer(plan.api_key)
     result = BenchResult(url=plan.url, model=plan.model, input_len=plan.input_len, output_len=plan.output_len)
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -73,7 +74,7 @@ def _switches(plan: BenchPlan, out: Output) -> SwitchRun:
 
     from animllm_cli.bench.switching import run_switches
 
-    headers = {"authorization": f"Bearer {plan.api_key}"} if plan.api_key else {}
+    headers = bearer(plan.api_key)
     with httpx.Client(base_url=plan.url, headers=headers, timeout=httpx.Timeout(30, read=None)) as http:
         def done(report: dict[str, Any]) -> None:
             out.info(f"  switch {report.get('from_model')} -> {report['to_model']}: {report['total_s']:.2f}s, "

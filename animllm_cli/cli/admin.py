@@ -73,7 +73,7 @@ def _show_switch(out, report) -> None:
     from animllm_cli.output import plain, table
 
     if report.outcome == "already loaded":
-        out.info(f"{plain(report.to_model)} is already loaded")
+        out.text(f"{report.to_model} is already loaded")  # the result itself: data, kept by -q
         return
     released = _secs(report.vram_release_s) if report.vram_release_s is not None else plain(report.vram_note or "-")
     rows = [["from -> to", plain(f"{report.from_model or '-'} -> {report.to_model}")],
@@ -105,10 +105,13 @@ def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: com
     except NotRunning:
         _stop_leftovers(ctx, out, config, json_output)
         return
+    from animllm_cli.client.admin import GatewayUnreachable
+
     pid = client.state.pid
+    groups = [group.pgid for group in client.state.engines]  # what the state file says it runs
     try:
         engine_pids = client.stop().engine_pids
-    except AnimllmError:  # not answering: end it by signal
+    except GatewayUnreachable:  # it does not answer: our gateway (the state file proved it), so end it by signal
         engine_pids = []
         psutil.Process(pid).terminate()
     started = time.monotonic()
@@ -116,7 +119,10 @@ def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: com
     bound = engine.stop_grace_s + engine.vram_release_timeout_s + 60  # the gateway stops its engine first
     if not _exited(pid, bound):
         raise AnimllmError(f"the gateway (pid {pid}) did not exit within {bound:g}s")
-    left = [p for p in engine_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    from animllm_cli.engine import processes
+
+    left = sorted({p for p in engine_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+                  | {p for pgid in groups for p in processes.group_members(pgid)})
     result = StopResult(True, pid, round(time.monotonic() - started, 2), left)
     out.result(result, lambda r: _show_stop(out, r), json=json_output)
     if left:
@@ -184,7 +190,7 @@ def logs(ctx: typer.Context,
     loaded = common.load(ctx, config)
     log_dir = paths.state_dir() / "logs"
     if model:
-        path = log_dir / f"{loaded.catalogue.resolve(model)}.log"
+        path = log_dir / f"{loaded.catalogue.resolve(model, loaded=common.loaded_models(loaded))}.log"
     else:
         path = _current_log(loaded, log_dir)
     if not path.exists():

@@ -39,7 +39,8 @@ def doctor(
 
 
 def _render(out, report) -> None:
-    from rich.markup import escape
+    from animllm_cli.output import plain as escape
+    from animllm_cli.units import GIB
 
     from animllm_cli.cli.plan import show_plan
     from animllm_cli.output import table
@@ -48,8 +49,8 @@ def _render(out, report) -> None:
             for c in report.checks]
     out.show(table("Checks", ["check", "status", "detail"], rows, no_wrap=("check", "status")))
     if report.gpus.gpus:
-        gpu_rows = [[g.index, g.name, f"{g.compute_capability} ({g.architecture})", f"{g.total_bytes / 2**30:.1f}",
-                     f"{g.used_bytes / 2**30:.1f}", f"{g.free_bytes / 2**30:.1f}"] for g in report.gpus.gpus]
+        gpu_rows = [[g.index, g.name, f"{g.compute_capability} ({g.architecture})", f"{g.total_bytes / GIB:.1f}",
+                     f"{g.used_bytes / GIB:.1f}", f"{g.free_bytes / GIB:.1f}"] for g in report.gpus.gpus]
         out.show(table(f"GPUs (driver {report.gpus.driver_version}, CUDA {report.gpus.cuda_driver_version})",
                        ["#", "name", "compute", "total GiB", "used GiB", "free GiB"], gpu_rows))
         proc_rows = [[g.index, p.pid, p.name, p.used_bytes // 2**20 if p.used_bytes is not None else "?"]

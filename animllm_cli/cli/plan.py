@@ -43,7 +43,7 @@ def plan(
 
 def show_plan(out, report) -> None:
     """The fit table, then for each model what does not fit and how to fix it."""
-    from rich.markup import escape
+    from animllm_cli.output import plain as escape
 
     out.show(plan_table(report))
     for m in report.models:
@@ -57,7 +57,7 @@ def show_plan(out, report) -> None:
 
 
 def plan_table(report):
-    from rich.markup import escape
+    from animllm_cli.output import plain as escape
 
     from animllm_cli.units import GIB
     from animllm_cli.output import table

@@ -18,9 +18,22 @@ class NotRunning(AnimllmError):
         super().__init__("no gateway is running", hint="start one with `animllm serve` (or `animllm serve --detach`)")
 
 
+class GatewayUnreachable(AnimllmError):
+    """Nothing answers at the gateway's address."""
+
+
+class GatewayRefused(AnimllmError):
+    """The gateway answered with an HTTP error."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
+        super().__init__(f"the gateway answered {status}: {message}", hint=hint)
+        self.status = status
+
+
 class AdminClient:
     def __init__(self, state: GatewayState, key_env: str) -> None:
         self.state = state
+        self.key_env = key_env
         self.http = httpx.Client(base_url=state.url, headers=bearer(os.environ.get(key_env)),
                                  timeout=httpx.Timeout(10.0, read=None))
 
@@ -35,10 +48,12 @@ class AdminClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise AnimllmError(f"the gateway at {self.state.url} (pid {self.state.pid}) does not answer: {exc}",
-                               hint="`animllm stop` ends it; its log is " + (self.state.log or "on its terminal")) from None
+            raise GatewayUnreachable(f"the gateway at {self.state.url} (pid {self.state.pid}) does not answer: {exc}",
+                                     hint="`animllm stop` ends it; its log is " + (self.state.log or "on its terminal")) from None
         if response.status_code >= 400:
-            raise AnimllmError(f"the gateway answered {response.status_code}: {server_message(response)}")
+            hint = (f"this gateway needs its API key: export {self.key_env}=<the key it was started with> "
+                    "in this shell" if response.status_code == 401 else None)
+            raise GatewayRefused(response.status_code, server_message(response), hint)
         return response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
 
     def status(self) -> StatusReport:

@@ -216,7 +216,7 @@ class _ServedGateway:
                 os.environ["ANIMLLM_STATE_DIR"] = saved
 
     def _pass_through(self) -> None:
-        from rich.markup import escape
+        from animllm_cli.output import plain as escape
 
         assert self.child is not None and self.child.stderr is not None
         for raw in self.child.stderr:
@@ -281,7 +281,7 @@ class _ServedGateway:
 
     # ------------------------------------------------------------------ over HTTP
     def ask(self, model: str, prompt: str) -> dict[str, Any]:
-        from rich.markup import escape
+        from animllm_cli.output import plain as escape
 
         from animllm_cli.chat.repl import stats_line, stream_plain
         from animllm_cli.client.openai import OpenAIClient

@@ -267,20 +267,44 @@ class Engine:
             client.close()
 
     def _check_it_is_ours(self, client: httpx.Client) -> None:
-        """Ready means our engine answers on the port: it takes its own key and refuses
-        another. Anything else there (a process that took the port between our probe for
-        a free one and vLLM's bind) is not ours, and is never called ready."""
+        """Ready means our engine answers on the port. First, one of its own processes
+        must hold the listening socket (a process that took the port between our probe for
+        a free one and vLLM's bind is not ours, and never learns the key); then it must
+        refuse a wrong key and take its own."""
+        holders = self._listeners()
+        if not holders & self.pids():
+            raise self._start_error(f"what listens on 127.0.0.1:{self.port} is not this engine (held by "
+                                    f"{', '.join(map(str, sorted(holders))) or 'no process we can see'})", "not-ours",
+                                    generic_fix="stop whatever else listens on that port, then retry")
         if self.command.api_key is None:
             return
         try:
-            with_key = client.get(f"{self.base_url}/v1/models", headers=self.headers).status_code
             wrong_key = client.get(f"{self.base_url}/v1/models", headers=bearer(secrets.token_urlsafe(16))).status_code
+            with_key = client.get(f"{self.base_url}/v1/models", headers=self.headers).status_code
         except httpx.HTTPError as exc:
-            with_key, wrong_key = f"no answer ({exc})", None
-        if (with_key, wrong_key) != (200, 401):
-            raise self._start_error(f"what answers on 127.0.0.1:{self.port} is not this engine: /v1/models gave "
-                                    f"{with_key} with its key and {wrong_key} with a wrong one (expected 200, 401)",
-                                    "not-ours", generic_fix="stop whatever else listens on that port, then retry")
+            wrong_key, with_key = f"no answer ({exc})", None
+        if (wrong_key, with_key) != (401, 200):
+            raise self._start_error(f"the engine on 127.0.0.1:{self.port} does not check its key: /v1/models gave "
+                                    f"{wrong_key} with a wrong key and {with_key} with its own (expected 401, 200)",
+                                    "not-ours", generic_fix="check that the installed vLLM honours VLLM_API_KEY")
+
+    def _listeners(self) -> set[int]:
+        """The pids listening on the engine's port, among the processes we may inspect."""
+        found = set()
+        for pid in self.pids():
+            try:
+                connections = psutil.Process(pid).net_connections(kind="inet")
+            except psutil.Error:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port for c in connections):
+                found.add(pid)
+        if found:
+            return found
+        try:  # not one of ours: name the holder where the system lets us see it
+            return {c.pid for c in psutil.net_connections(kind="inet")
+                    if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port and c.pid}
+        except (psutil.Error, OSError):
+            return set()
 
     @property
     def headers(self) -> dict[str, str]:

@@ -49,9 +49,14 @@ class Admission:
     threshold: float
     at_ready: dict[int, int] = field(default_factory=dict)  # GPU index -> the engine's bytes when it became ready
 
-    def engine_ready(self, report: GpuReport, pids: set[int]) -> None:
-        """Remember the engine's reservation, per GPU, as NVML shows it at ready."""
+    def engine_ready(self, report: GpuReport, pids: set[int], measured: int | None = None) -> None:
+        """Remember the engine's reservation, per GPU, as NVML shows it at ready. Where the
+        driver names no process of the engine (containers see host pids, Windows/WSL show
+        no per-process memory), `measured` (free memory before the start minus after,
+        on GPU 0) stands in for it."""
         self.at_ready = {gpu.index: engine_bytes(gpu, pids) for gpu in report.gpus}
+        if measured and self.at_ready and not any(self.at_ready.values()):
+            self.at_ready[report.gpus[0].index] = max(0, measured)
 
     def engine_gone(self) -> None:
         self.at_ready = {}
@@ -60,11 +65,14 @@ class Admission:
         verdict = Verdict()
         if kv is not None and kv >= self.threshold:
             verdict.loaded = f"the engine's KV cache is {kv:.0%} full (threshold {self.threshold:.0%})"
+        if pids and not self.at_ready:
+            return verdict  # the engine's reservation is not measured yet: no NVML verdict for now
         for gpu in report.gpus:
             if not gpu.total_bytes:
                 continue
             reserved = self.at_ready.get(gpu.index, 0) if pids else 0
-            now = engine_bytes(gpu, pids)
+            listed = any(p.pid in pids for p in gpu.processes)
+            now = engine_bytes(gpu, pids) if listed else reserved  # unlisted: assume it holds its reservation
             others = max(0, gpu.used_bytes - now)
             outside = others + max(0, now - reserved)
             headroom = gpu.total_bytes - reserved

@@ -38,7 +38,7 @@ ADMIN_PRIORITY = PRIORITY_LIMIT + 1   # `animllm switch` and the first load go b
 ENGINE_PROBE_TIMEOUT_S = 2.0          # the admission probe of the engine's /metrics
 
 class Gateway:
-    def __init__(self, loaded: LoadedConfig, *, api_key: str | None, bind_host: str,
+    def __init__(self, loaded: LoadedConfig, *, api_key: str | None,
                  manager: EngineManager | None = None, nvml_module: object | None = None,
                  backoff_s: float = 30.0, admission_interval_s: float = 1.0) -> None:
         self.loaded = loaded
@@ -107,7 +107,8 @@ class Gateway:
         engine = self.manager.engine
         if engine is not None:
             gpus, pids = await asyncio.to_thread(lambda: (nvml.probe(self.nvml_module), engine.pids()))
-            self.admission.engine_ready(gpus, pids)
+            before, after = report.vram_free_before, report.vram_free_after
+            self.admission.engine_ready(gpus, pids, before - after if before is not None and after is not None else None)
 
     def _engine_died(self, model: str, reason: str) -> None:
         self.metrics.engine_deaths.labels(model).inc()
@@ -296,6 +297,8 @@ async def admin_switch(request: Request, gw: Gateway) -> Response:
         return JSONResponse(SwitchReport(from_model=model, to_model=model, outcome="already loaded").to_json())
     try:
         await gw.load(model)
+    except QueueFull:
+        return error(503, f"the queue is full ({gw.scheduler.queue_max} waiting)", "server_busy", retry_after=2)
     except SwitchFailed as exc:
         return error(503, f"model '{model}' could not be loaded: {exc.reason}", "engine_unavailable",
                      retry_after=exc.retry_after_s)

@@ -16,8 +16,8 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from animllm_cli.gateway.state import LOOPBACK
 
@@ -32,7 +32,7 @@ def error(status: int, message: str, kind: str = "invalid_request_error", *, par
 class Refused(Exception):
     """A request the guard turns away; carries the response and the metric label."""
 
-    def __init__(self, response: JSONResponse, label: str) -> None:
+    def __init__(self, response: Response, label: str) -> None:
         super().__init__(label)
         self.response, self.label = response, label
 
@@ -76,11 +76,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone mid-upload: nobody to answer, nothing to log
+        raise Refused(Response(status_code=499), "client_gone") from None
     return b"".join(chunks)
 
 

@@ -35,7 +35,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     state_file = _StateFile() if write_state_file else None
     if state_file:
         manager.on_engines_changed = lambda: state_file.record_engines(manager)
-    gateway = Gateway(loaded, api_key=key, bind_host=host, manager=manager, nvml_module=nvml_module)
+    gateway = Gateway(loaded, api_key=key, manager=manager, nvml_module=nvml_module)
     server_box: dict[str, uvicorn.Server] = {}
 
     async def first_load() -> None:

@@ -53,3 +53,24 @@ def test_status_table_names_the_loaded_model(gateway) -> None:
     result = run_cli("status")
     assert result.exit_code == 0, result.stderr
     assert gateway.url in result.stdout and "a (ready)" in result.stdout
+
+
+def test_admin_commands_against_a_gateway_with_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a key, admin routes need it even from loopback: the commands send the one in
+    the caller's environment, and without it say so; `stop` never kills a gateway that
+    merely refused it."""
+    config = fake_gateway_config(tmp_path)
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    monkeypatch.delenv("ANIMLLM_API_KEY", raising=False)
+    running = start_gateway(tmp_path, config, key="k-123")
+    try:
+        for command in (["status"], ["switch", "b"], ["stop"]):
+            refused = run_cli(*command)
+            assert refused.exit_code == 1, command
+            assert "401" in refused.stderr and "export ANIMLLM_API_KEY" in refused.stderr, refused.stderr
+        assert running.thread.is_alive() and running.gateway.manager.model == "a"
+        monkeypatch.setenv("ANIMLLM_API_KEY", "k-123")
+        assert run_cli("status").exit_code == 0
+        assert run_cli("switch", "b").exit_code == 0 and running.gateway.manager.model == "b"
+    finally:
+        running.stop()

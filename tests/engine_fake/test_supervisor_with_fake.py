@@ -256,6 +256,39 @@ def test_an_engine_that_does_not_check_its_key_is_never_called_ready(tmp_path: P
     engine = fake_engine(tmp_path, "ignores-key")
     with pytest.raises(EngineStartError) as info:
         engine.start()
-    assert info.value.kind == "not-ours" and "is not this engine" in info.value.reason
+    assert info.value.kind == "not-ours" and "does not check its key" in info.value.reason
     assert engine.state is not State.READY
+    assert_nothing_left(engine)
+
+
+def test_a_port_squatter_is_never_called_ready_and_never_sees_the_key(tmp_path: Path) -> None:
+    """Another process answers on the engine's port (it took the port first) and accepts
+    any key: the start fails as 'not ours' before any key is sent to it."""
+    import http.server
+    import threading
+
+    seen_auth: list[str] = []
+
+    class Impostor(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen_auth.append(self.headers.get("authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        loaded = load_config(fake_config(tmp_path, "slow", after=5))
+        engine = launch(loaded, "fake", port=server.server_address[1], log_dir=tmp_path / "logs",
+                        nvml_module=FakeNvml(missing=True))
+        with pytest.raises(EngineStartError) as info:
+            engine.start()
+    finally:
+        server.shutdown()
+    assert info.value.kind == "not-ours" and "is not this engine" in info.value.reason
+    assert not any(engine.command.api_key in header for header in seen_auth)
     assert_nothing_left(engine)

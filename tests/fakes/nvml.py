@@ -31,6 +31,7 @@ class FakeGpu:
     compute: list[tuple[int, int | None]] = field(default_factory=list)   # (pid, bytes)
     graphics: list[tuple[int, int | None]] = field(default_factory=list)
     engine_bytes: int = 0   # what each running fake vLLM (a child of this process) holds, as a real card shows it
+    lists_processes: bool = True  # False: a driver that names no process (a container, Windows/WSL)
 
     def engines(self) -> list[tuple[int, int]]:
         if not self.engine_bytes:
@@ -92,7 +93,11 @@ class FakeNvml:
         return SimpleNamespace(total=gpu.total, used=used, free=gpu.total - used)
 
     def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
+        if not gpu.lists_processes:
+            return []
         return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in [*gpu.compute, *gpu.engines()]]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
+        if not gpu.lists_processes:
+            return []
         return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in gpu.graphics]

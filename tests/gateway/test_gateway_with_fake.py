@@ -292,6 +292,39 @@ def test_admission_counts_memory_outside_the_engines_reservation(gateway_factory
         assert other.status_code == 200 and other.json()["model"] == "b"   # never refused for the large one
 
 
+def test_admission_without_per_process_figures_uses_what_the_start_took(gateway_factory) -> None:
+    """A driver that lists no process (Docker sees host pids; Windows/WSL report none):
+    the engine's reservation is what the start took from free memory, so the same idle
+    95 % card still serves its model and never blocks a switch."""
+    gpu = FakeGpu(used=int(0.8 * GIB), engine_bytes=int(14.4 * GIB), lists_processes=False)
+    gw = gateway_factory(nvml=FakeNvml([gpu]))
+    with gw.client() as client:
+        time.sleep(0.3)  # the admission watcher has judged the card with the engine ready
+        assert client.post("/v1/chat/completions", json={"model": "a", **CHAT}).status_code == 200
+        assert gw.gateway.verdict.loaded is None and gw.gateway.verdict.others is None
+        switched = client.post("/v1/chat/completions", json={"model": "b", **CHAT})
+        assert switched.status_code == 200 and switched.json()["model"] == "b"
+
+
+def test_admin_switch_with_a_full_queue_is_503(gateway_factory) -> None:
+    gw = gateway_factory(queue_max=1, concurrency=1, chunk_delay=0.2)
+    holder = _hold_stream(gw)                              # a holds the only slot
+    def queued():
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "a", **CHAT}, timeout=60)
+    waiting = threading.Thread(target=queued, daemon=True)
+    waiting.start()
+    deadline = time.monotonic() + 5
+    while gw.gateway.scheduler.depth == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with gw.client() as client:
+        reply = client.post("/admin/switch", json={"model": "b"})
+    assert reply.status_code == 503 and "queue is full" in reply.json()["error"]["message"]
+    assert "retry-after" in reply.headers
+    holder.join(timeout=30)
+    waiting.join(timeout=30)
+
+
 def test_admission_refuses_everything_when_other_processes_fill_the_card(gateway_factory) -> None:
     gpu = FakeGpu(used=int(0.4 * GIB))
     gw = gateway_factory(nvml=FakeNvml([gpu]))
