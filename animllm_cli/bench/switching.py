@@ -10,7 +10,9 @@ import httpx
 
 from animllm_cli.bench.metrics import percentile
 from animllm_cli.bench.results import Spread, SwitchRun, SwitchSummary
+from animllm_cli.client.openai import server_message
 from animllm_cli.errors import AnimllmError
+from animllm_cli.gateway.state import SwitchReport
 
 
 def first_token_s(http: httpx.Client, model: str) -> float:
@@ -35,11 +37,11 @@ def run_switches(http: httpx.Client, models: list[str], rounds: int,
     for index, model in enumerate(order):
         resp = http.post("/admin/switch", json={"model": model}, timeout=None)
         if resp.status_code != 200:
-            raise AnimllmError(f"switch to '{model}' failed ({resp.status_code}): {resp.text[:300]}")
-        report = resp.json()
-        if report.get("outcome") == "already loaded" or index == 0:
+            raise AnimllmError(f"switch to '{model}' failed ({resp.status_code}): {server_message(resp)[:300]}")
+        answer = SwitchReport.model_validate(resp.json())
+        if answer.outcome == "already loaded" or index == 0:
             continue
-        report["first_token_s"] = first_token_s(http, model)
+        report = {**answer.to_json(), "first_token_s": first_token_s(http, model)}
         switches.append(report)
         if on_done:
             on_done(report)

@@ -20,18 +20,8 @@ from animllm_cli.config import load_config
 from animllm_cli.engine import processes
 from animllm_cli.gateway.state import EngineGroup, GatewayState, read_dead_state, read_state, state_path, write_state
 from tests.gateway.harness import fake_gateway_config, start_bound_s, stop_bound_s
-from tests.helpers import free_port, run_cli
+from tests.helpers import free_port, run_cli, wait_until
 
-KILL_WAIT_S = 5.0  # what the product waits after SIGKILL
-
-
-def wait_until(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture

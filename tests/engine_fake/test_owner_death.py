@@ -19,18 +19,9 @@ from animllm_cli.config import load_config
 from animllm_cli.engine import launcher, processes
 from animllm_cli.engine.supervisor import EngineStartError, State
 from tests.engine_fake.test_supervisor_with_fake import assert_nothing_left, fake_config, fake_engine
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, wait_until
 
-KILL_WAIT_S = 5.0  # what the product waits after SIGKILL (processes.end_group, launcher.KILL_WAIT_S)
-
-
-def wait_until(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+KILL_WAIT_S = launcher.KILL_WAIT_S  # what the product waits after SIGKILL
 
 
 def gone(pid: int) -> bool:

@@ -218,9 +218,10 @@ def test_queue_timeout_is_504(gateway_factory) -> None:
         gw.loop.call_soon_threadsafe(lease.release)
 
 
-def test_full_queue_is_503_with_retry_after(gateway_factory) -> None:
-    gw = gateway_factory(chunk_delay=0.2, concurrency=1, queue_max=1)
-    _hold_stream(gw)
+def _fill_the_queue(gw):
+    """One slow stream holds the only slot, one request waits in a queue of one."""
+    holder = _hold_stream(gw)
+
     def wait_in_queue():
         with contextlib.suppress(httpx.HTTPError):
             httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "a", **CHAT}, timeout=60)
@@ -230,6 +231,12 @@ def test_full_queue_is_503_with_retry_after(gateway_factory) -> None:
     deadline = time.monotonic() + 5
     while gw.gateway.scheduler.depth == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
+    return holder, waiting
+
+
+def test_full_queue_is_503_with_retry_after(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.2, concurrency=1, queue_max=1)
+    _fill_the_queue(gw)
     with gw.client() as client:
         reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
     assert reply.status_code == 503 and reply.headers["retry-after"] and "queue is full" in reply.json()["error"]["message"]
@@ -308,15 +315,7 @@ def test_admission_without_per_process_figures_uses_what_the_start_took(gateway_
 
 def test_admin_switch_with_a_full_queue_is_503(gateway_factory) -> None:
     gw = gateway_factory(queue_max=1, concurrency=1, chunk_delay=0.2)
-    holder = _hold_stream(gw)                              # a holds the only slot
-    def queued():
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "a", **CHAT}, timeout=60)
-    waiting = threading.Thread(target=queued, daemon=True)
-    waiting.start()
-    deadline = time.monotonic() + 5
-    while gw.gateway.scheduler.depth == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    holder, waiting = _fill_the_queue(gw)
     with gw.client() as client:
         reply = client.post("/admin/switch", json={"model": "b"})
     assert reply.status_code == 503 and "queue is full" in reply.json()["error"]["message"]

@@ -77,3 +77,40 @@ def test_a_non_streamed_request_whose_client_leaves_stops_generating(tmp_path: P
         assert gw.requests_seen()[-1] == {"model": "a", "stream": False, "gone": True}
     finally:
         gw.stop()
+
+
+def test_the_admission_probe_of_a_hung_engine_is_bounded(tmp_path: Path) -> None:
+    """An engine that accepts connections and never answers /metrics: the admission
+    watcher's probe gives up within its bound instead of freezing the last verdict."""
+    import asyncio
+    import socket as sockets
+    from types import SimpleNamespace
+
+    from animllm_cli.config import load_config
+    from animllm_cli.gateway.app import ENGINE_PROBE_TIMEOUT_S, Gateway
+    from tests.fakes.nvml import FakeNvml
+
+    listener = sockets.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # accepts (the kernel does), never answers
+    engine = SimpleNamespace(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", pids=set, headers={})
+    manager = SimpleNamespace(model="a", engine=engine)
+    gateway = Gateway(load_config(fake_gateway_config(tmp_path)), api_key=None, manager=manager,
+                      nvml_module=FakeNvml(missing=True))
+
+    async def judge() -> float:
+        await gateway.start()
+        try:
+            started = time.monotonic()
+            verdict = await asyncio.wait_for(gateway._judge(), ENGINE_PROBE_TIMEOUT_S + 10)
+            assert verdict.loaded is None
+            return time.monotonic() - started
+        finally:
+            await gateway.session.close()
+            for task in gateway._tasks:
+                task.cancel()
+
+    try:
+        assert asyncio.run(judge()) < ENGINE_PROBE_TIMEOUT_S + 5
+    finally:
+        listener.close()
