@@ -271,8 +271,13 @@ class Engine:
         must hold the listening socket (a process that took the port between our probe for
         a free one and vLLM's bind is not ours, and never learns the key); then it must
         refuse a wrong key and take its own."""
-        holders = self._listeners()
-        if not holders & self.pids():
+        ours = self.pids()
+        holders = self._listeners(ours)
+        if not holders & ours:
+            code = self._proc.poll()
+            if code is not None:  # it died during the check: that is the news, not the port
+                self._pump.closed.wait(1.0)
+                raise self._start_error(f"the engine exited with code {code} while starting", "exited")
             raise self._start_error(f"what listens on 127.0.0.1:{self.port} is not this engine (held by "
                                     f"{', '.join(map(str, sorted(holders))) or 'no process we can see'})", "not-ours",
                                     generic_fix="stop whatever else listens on that port, then retry")
@@ -288,10 +293,10 @@ class Engine:
                                     f"{wrong_key} with a wrong key and {with_key} with its own (expected 401, 200)",
                                     "not-ours", generic_fix="check that the installed vLLM honours VLLM_API_KEY")
 
-    def _listeners(self) -> set[int]:
-        """The pids listening on the engine's port, among the processes we may inspect."""
+    def _listeners(self, ours: set[int]) -> set[int]:
+        """The pids listening on the engine's port: among `ours` first, else any we may see."""
         found = set()
-        for pid in self.pids():
+        for pid in ours:
             try:
                 connections = psutil.Process(pid).net_connections(kind="inet")
             except psutil.Error:

@@ -52,14 +52,26 @@ def record(entry: dict) -> None:
 def make_app(names: list[str], mode: str, after: float):
     from aiohttp import web
 
-    sick_at = time.monotonic() + after if mode == "sick-after-ready" else None
+    # "After ready" counts from the supervisor's last readiness step (its keyed /v1/models),
+    # not from start-up, so that a slow machine cannot make the engine fail before it is ready.
+    ready_at: list[float] = []
+
+    def became_ready() -> None:
+        ready_at.append(time.monotonic())
+        if mode == "die-after-ready":
+            threading.Timer(after, lambda: os._exit(3)).start()
+        if mode == "hang-after-ready":  # the event loop blocks: its SIGTERM handler never runs either
+            asyncio.get_running_loop().call_later(after, time.sleep, 3600)
     delay = float(os.environ.get("FAKE_VLLM_CHUNK_DELAY", "0"))
     kv = os.environ.get("FAKE_VLLM_KV", "0.1")
 
     async def health(request):
-        return web.Response(status=503 if sick_at and time.monotonic() >= sick_at else 200)
+        sick = mode == "sick-after-ready" and ready_at and time.monotonic() >= ready_at[0] + after
+        return web.Response(status=503 if sick else 200)
 
     async def models(request):
+        if not ready_at:
+            became_ready()
         return web.json_response({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
     async def metrics(request):
@@ -120,9 +132,6 @@ def make_app(names: list[str], mode: str, after: float):
         return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
                                   "model": names[0]})
 
-    async def hang_later(app) -> None:  # the event loop blocks: its SIGTERM handler never runs either
-        asyncio.get_running_loop().call_later(after, time.sleep, 3600)
-
     key = None if mode == "ignores-key" else os.environ.get("VLLM_API_KEY")
 
     @web.middleware
@@ -132,8 +141,6 @@ def make_app(names: list[str], mode: str, after: float):
         return await handler(request)
 
     app = web.Application(middlewares=[authenticate])
-    if mode == "hang-after-ready":
-        app.on_startup.append(hang_later)
     app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
                     web.post("/v1/chat/completions", complete), web.post("/v1/completions", complete),
                     web.post("/v1/embeddings", embed), web.post("/tokenize", tokenize)])
@@ -185,8 +192,6 @@ def main() -> None:
     time.sleep(after if mode == "slow" else 0.3)
     say("Loading weights took 0.01 seconds")
     say("init engine (profile, create kv cache, warmup model) took 0.1 s")
-    if mode == "die-after-ready":
-        threading.Timer(after, lambda: os._exit(3)).start()
     from aiohttp import web
 
     say(f"Starting vLLM server on http://127.0.0.1:{args.port}")
