@@ -184,13 +184,25 @@ def test_ctrl_c_during_start_tears_the_child_down(tmp_path: Path) -> None:
 
 
 def test_vram_release_is_waited_for_on_a_gpu(tmp_path: Path) -> None:
-    nvml = FakeNvml([FakeGpu()])
+    class SlowDriver(FakeNvml):
+        """Lists the engine's memory for 5 more looks after it is gone: by looks, not by
+        the clock, so a loaded machine cannot let go before the supervisor waits."""
+        looks = 0
+
+        def nvmlDeviceGetComputeRunningProcesses(self, gpu):
+            if gpu.compute and not psutil.pid_exists(engine.pid):
+                self.looks += 1
+                if self.looks > 5:
+                    gpu.compute = []
+            return super().nvmlDeviceGetComputeRunningProcesses(gpu)
+
+    nvml = SlowDriver([FakeGpu()])
     engine = fake_engine(tmp_path, "ok", nvml=nvml)
     engine.start()
     nvml.gpus[0].compute = [(engine.pid, 4 * GIB)]
-    threading.Timer(0.5, lambda: setattr(nvml.gpus[0], "compute", [])).start()  # the driver lets go later
     stop = engine.stop()
-    assert stop.vram_note == "released" and stop.vram_release_s >= 0.4
+    assert stop.vram_note == "released" and nvml.looks == 6
+    assert stop.vram_release_s >= 0.4  # five looks 0.1 s apart: the supervisor waited for the driver
 
 
 def test_log_file_is_bounded(tmp_path: Path) -> None:
