@@ -57,8 +57,6 @@ def show_plan(out, report) -> None:
 
 
 def plan_table(report):
-    from animllm_cli.output import plain as escape
-
     from animllm_cli.units import GIB
     from animllm_cli.output import table
 
