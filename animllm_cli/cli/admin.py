@@ -13,6 +13,12 @@ from animllm_cli.cli import common
 
 
 
+# The scheduler's reasons for a switch (gateway/scheduler.py, Decision), in words.
+SWITCH_REASONS = {"cold": "nothing was loaded", "idle": "the loaded model had no work left",
+                  "max_wait": "a request waited scheduler.max_wait_s", "admin": "animllm switch",
+                  "arrival_order": "strict arrival order, scheduler.policy fifo"}
+
+
 def _client(ctx: typer.Context, config: Optional[Path]):
     from animllm_cli.client.admin import AdminClient
 
@@ -45,6 +51,8 @@ def _show_status(out, report) -> None:
             ["model", plain(f"{engine.model or '-'} ({engine.state}{phase})")],
             ["loaded for", f"{time.time() - engine.loaded_since:.0f}s" if engine.loaded_since else "-"],
             ["queue / in flight", f"{report.queue_depth} / {report.in_flight}"]]
+    for model, queue in sorted(report.queues.items()):
+        rows.append([plain(f"waiting for {model}"), f"{queue.waiting} (oldest {queue.oldest_wait_s:.0f}s)"])
     if engine.death_reason:
         rows.append(["engine died", plain(engine.death_reason)])
     for gpu in report.vram.gpus:
@@ -53,7 +61,9 @@ def _show_status(out, report) -> None:
         rows.append(["VRAM", plain(report.vram.error)])
     if last:
         rows.append(["last switch", plain(f"{last.from_model or '-'} -> {last.to_model}: {last.outcome} in "
-                                          f"{_secs(last.total_s)}" + (f" ({last.error})" if last.error else ""))])
+                                          f"{_secs(last.total_s)}" + (f" ({last.error})" if last.error else "")
+                                          + (f" ({SWITCH_REASONS.get(last.reason, last.reason)})"
+                                             if last.reason else ""))])
     if report.busy:
         rows.append(["refusing requests", plain(report.busy)])
     out.show(table("animllm gateway", ["", ""], rows))

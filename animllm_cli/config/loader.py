@@ -277,6 +277,7 @@ _SECTION_CLASSES: dict[KeyPath, type[BaseModel]] = {
     ("paths",): schema.PathsSection,
     ("limits",): schema.LimitsSection,
     ("server",): schema.ServerSection,
+    ("scheduler",): schema.SchedulerSection,
     ("profiles", "*"): schema.Profile,
     ("models", "*"): schema.ModelSpec,
     ("expectations", "*"): schema.Expectation,

@@ -160,6 +160,14 @@ class ServerSection(Section):
     switch_on_demand: bool = True   # false: a request for another model is refused, not switched to
 
 
+class SchedulerSection(Section):
+    # Time-limited exhaustive service (see gateway/scheduler.py): the loaded model keeps the
+    # card while it has work, until a request for another model has waited max_wait_s.
+    policy: Literal["batch", "fifo"] = "batch"   # fifo: strict arrival order, one switch per interleaved request
+    max_wait_s: Annotated[float, Field(ge=0)] = 60.0
+    batch_factor: Annotated[float, Field(ge=1)] = 4.0  # a model with this many times the waiters goes first
+
+
 class Expectation(Section):
     ttft_s_max: Optional[Annotated[float, Field(gt=0)]] = None
     tokens_per_s_min: Optional[Annotated[float, Field(gt=0)]] = None
@@ -177,4 +185,5 @@ class AnimllmConfig(Section):
     default_model: Optional[str] = None
     limits: LimitsSection = LimitsSection()
     server: ServerSection = ServerSection()
+    scheduler: SchedulerSection = SchedulerSection()
     expectations: dict[Name, Expectation] = {}

@@ -27,7 +27,7 @@ from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
 from animllm_cli.gateway.guard import Refused, error
 from animllm_cli.gateway.manager import EngineManager
 from animllm_cli.gateway.metrics import GatewayMetrics
-from animllm_cli.gateway.scheduler import Lease, QueueFull, Scheduler, SwitchFailed
+from animllm_cli.gateway.scheduler import Decision, Lease, QueueFull, Scheduler, SwitchFailed
 from animllm_cli.gateway.relay import Bounds, ClientGone, Deadlines, Expired, forward, race_disconnect
 from animllm_cli.gateway.state import (GatewayProcess, GpuMemory, StatusReport, StopAnswer, SwitchReport,
                                        VramStatus)
@@ -54,8 +54,10 @@ class Gateway:
         self.switch_on_demand = loaded.config.server.switch_on_demand
         # Each model's concurrency limit, worked out once: the scheduler asks on every decision.
         self._limits = {name: self._concurrency(name) for name in loaded.config.models}
+        rule = loaded.config.scheduler
         self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.manager.model,
-                                   queue_max=limits.queue_max, backoff_s=backoff_s)
+                                   queue_max=limits.queue_max, backoff_s=backoff_s, policy=rule.policy,
+                                   max_wait_s=rule.max_wait_s, batch_factor=rule.batch_factor)
         self.admission = Admission(limits.vram_threshold)
         self.admission_interval_s = admission_interval_s
         self.verdict = Verdict()
@@ -82,7 +84,7 @@ class Gateway:
 
     async def load(self, model: str) -> None:
         """Load `model` the way a request would, ahead of any: used at start and by /admin/switch."""
-        lease = await self.scheduler.acquire(model, priority=ADMIN_PRIORITY)
+        lease = await self.scheduler.acquire(model, priority=ADMIN_PRIORITY, urgent=True)
         lease.release()
 
     def engine_headers(self) -> dict[str, str]:
@@ -95,14 +97,15 @@ class Gateway:
         settings = self.loaded.model(model).settings
         return settings.get("concurrency") or settings.get("max_num_seqs") or 16
 
-    async def _switch(self, model: str) -> None:
+    async def _switch(self, decision: Decision) -> None:
         self.admission.engine_gone()
+        labels = {"model": decision.model, "reason": decision.reason, "chosen_by": decision.chosen_by}
         try:
-            report = await self.manager.switch(model)
+            report = await self.manager.switch(decision.model, reason=decision.reason, chosen_by=decision.chosen_by)
         except Exception:
-            self.metrics.switches.labels(model, "failed").inc()
+            self.metrics.switches.labels(outcome="failed", **labels).inc()
             raise
-        self.metrics.switches.labels(model, "ok").inc()
+        self.metrics.switches.labels(outcome="ok", **labels).inc()
         self.metrics.switch_seconds.observe(report.total_s or 0)
         engine = self.manager.engine
         if engine is not None:
@@ -137,8 +140,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ routing
     def resolve(self, requested: str) -> str | None:
-        """The catalogue's rule, with the loaded model first for a task."""
-        return self.catalogue.find(requested, loaded=(self.manager.model,))
+        """The catalogue's rule, with the loaded model (or the one being loaded) first for
+        a task: a task never costs a switch that a model on the card could spare."""
+        return self.catalogue.find(requested, loaded=(self.manager.model, self.scheduler.switching_to))
 
     def not_found(self, requested: str) -> Refused:
         return Refused(error(404, f"model '{requested}' not found; available: {', '.join(self.catalogue.available())}",
@@ -266,13 +270,14 @@ async def metrics(request: Request, gw: Gateway) -> Response:
     return Response(body, media_type="text/plain; version=0.0.4")
 
 
-def status_report(gw: Gateway) -> StatusReport:
-    report = nvml.probe(gw.nvml_module)
+def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
+    """On the event loop (the scheduler's lists are the loop's); `report` read beforehand."""
     now = time.monotonic()
     return StatusReport(
         gateway=GatewayProcess(pid=os.getpid(), uptime_s=round(time.time() - gw.started_at, 1)),
         engine=gw.manager.status(gw.scheduler.switching_to), queue_depth=gw.scheduler.depth,
         in_flight=gw.scheduler.in_flight,
+        queues=gw.scheduler.queues(),
         backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
         busy=gw.verdict.loaded or gw.verdict.others,
         vram=VramStatus(gpus=[GpuMemory(index=g.index, name=g.name, total_bytes=g.total_bytes, used_bytes=g.used_bytes,
@@ -282,7 +287,8 @@ def status_report(gw: Gateway) -> StatusReport:
 @guarded
 async def admin_status(request: Request, gw: Gateway) -> Response:
     # NVML is read in a thread, as the admission watcher does: never block the event loop.
-    return JSONResponse((await asyncio.to_thread(status_report, gw)).to_json())
+    gpus = await asyncio.to_thread(nvml.probe, gw.nvml_module)
+    return JSONResponse(status_report(gw, gpus).to_json())
 
 
 @guarded

@@ -55,13 +55,15 @@ class EngineManager:
         report = nvml.probe(self.nvml_module)
         return report.gpus[0].free_bytes if report.gpus else None
 
-    async def switch(self, model: str) -> SwitchReport:
-        """Stop what is loaded (if anything), wait for its VRAM, start `model`, wait for ready."""
+    async def switch(self, model: str, *, reason: str | None = None, chosen_by: str | None = None) -> SwitchReport:
+        """Stop what is loaded (if anything), wait for its VRAM, start `model`, wait for ready.
+        `reason` and `chosen_by` are the scheduler's decision, kept in the report."""
         self._loop = asyncio.get_running_loop()
         self._refuse_if_closing(model)
         self._check_restarts(model)
         started = time.monotonic()
-        report = SwitchReport(from_model=self.engine.model if self.engine else None, to_model=model, outcome="failed")
+        report = SwitchReport(from_model=self.engine.model if self.engine else None, to_model=model, outcome="failed",
+                              reason=reason, chosen_by=chosen_by)
         engine: Engine | None = None
         try:
             if self.engine is not None:

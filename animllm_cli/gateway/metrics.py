@@ -12,8 +12,10 @@ class GatewayMetrics:
                                 registry=self.registry)
         self.queue_depth = Gauge("animllm_queue_depth", "Requests waiting", registry=self.registry)
         self.in_flight = Gauge("animllm_in_flight", "Requests being answered", registry=self.registry)
-        self.switches = Counter("animllm_switches", "Model switches by target and outcome", ["model", "outcome"],
-                                registry=self.registry)
+        # reason: why the loaded model gave up the card; chosen_by: why this model went next
+        # (gateway/scheduler.py, Decision).
+        self.switches = Counter("animllm_switches", "Model switches by target, outcome, reason and choice",
+                                ["model", "outcome", "reason", "chosen_by"], registry=self.registry)
         self.switch_seconds = Histogram("animllm_switch_seconds", "Switch duration, stop to ready",
                                         buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=self.registry)
         self.rejections = Counter("animllm_rejections", "Requests refused before reaching an engine", ["reason"],

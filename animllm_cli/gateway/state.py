@@ -215,6 +215,8 @@ class SwitchReport(Report):
     from_model: str | None
     to_model: str
     outcome: str                      # ok | failed | already loaded
+    reason: str | None = None         # why: cold | idle | max_wait | admin | arrival_order (scheduler.Decision)
+    chosen_by: str | None = None      # why this model: only | oldest | priority | more_work | overdue | explicit | arrival_order
     stop_s: float | None = None
     vram_release_s: float | None = None
     load_s: float | None = None
@@ -257,6 +259,11 @@ class GatewayProcess(Report):
     uptime_s: float
 
 
+class ModelQueue(Report):
+    waiting: int
+    oldest_wait_s: float              # how long the oldest of them has waited
+
+
 class StatusReport(Report):
     schema_version: int = 1
     url: str | None = None            # filled in by the client from the state file
@@ -264,6 +271,7 @@ class StatusReport(Report):
     engine: EngineStatus
     queue_depth: int
     in_flight: int
+    queues: dict[str, ModelQueue] = {}  # model -> its waiting requests
     backoff: dict[str, float] = {}    # model -> seconds left
     busy: str | None = None           # why requests are refused, or None
     vram: VramStatus

@@ -49,10 +49,13 @@ def test_switch_json_is_only_the_report(gateway) -> None:
     assert (report["from_model"], report["to_model"], report["outcome"]) == ("a", "b", "ok")
 
 
-def test_status_table_names_the_loaded_model(gateway) -> None:
-    result = run_cli("status")
+def test_status_table_names_the_loaded_model_who_waits_and_why_it_was_loaded(gateway) -> None:
+    with gateway.one_waiting(busy="a", waiting="b"):
+        result = run_cli("status")
     assert result.exit_code == 0, result.stderr
     assert gateway.url in result.stdout and "a (ready)" in result.stdout
+    assert "waiting for b" in result.stdout and "1 (oldest 0s)" in result.stdout
+    assert "-> a: ok in" in result.stdout and "(nothing was loaded)" in result.stdout
 
 
 def test_admin_commands_against_a_gateway_with_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

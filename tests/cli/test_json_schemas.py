@@ -139,9 +139,11 @@ def test_switch_and_status_json(gateway) -> None:
     switched = run_cli("switch", "b", "--json")
     assert switched.exit_code == 0, switched.stderr
     assert_matches_readme("switch", json.loads(switched.stdout))
-    status = run_cli("status", "--json")
+    with gateway.one_waiting(busy="b", waiting="a"):  # so that `queues` has an entry
+        status = run_cli("status", "--json")
     assert status.exit_code == 0, status.stderr
     assert_matches_readme("status", json.loads(status.stdout))
+    assert json.loads(status.stdout)["queues"]["a"]["waiting"] == 1
 
 
 def test_bench_json_with_samples_switch_and_check(gateway) -> None:

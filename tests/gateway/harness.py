@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
@@ -75,6 +76,19 @@ class RunningGateway:
                 return
             time.sleep(0.05)
         raise AssertionError(f"gateway not ready: {self.events}")
+
+    @contextlib.contextmanager
+    def one_waiting(self, busy: str, waiting: str) -> Iterator[None]:
+        """Hold the slot of the loaded model `busy` and queue one request for `waiting`
+        behind it, straight through the scheduler on the gateway's loop."""
+        scheduler = self.gateway.scheduler
+        holder = asyncio.run_coroutine_threadsafe(scheduler.acquire(busy), self.loop).result(timeout=10)
+        waiter = asyncio.run_coroutine_threadsafe(scheduler.acquire(waiting), self.loop)
+        try:
+            yield
+        finally:
+            waiter.cancel()
+            self.loop.call_soon_threadsafe(holder.release)
 
     def stop(self) -> None:
         self.server.should_exit = True

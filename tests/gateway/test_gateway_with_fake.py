@@ -377,7 +377,7 @@ def test_metrics_include_gateway_and_engine_figures(gateway_factory) -> None:
         text = client.get("/metrics").text
     assert 'animllm_requests_total{model="a",outcome="ok"} 1.0' in text
     assert 'animllm_rejections_total{reason="unknown_model"} 1.0' in text
-    assert 'animllm_switches_total{model="a",outcome="ok"} 1.0' in text
+    assert 'animllm_switches_total{chosen_by="explicit",model="a",outcome="ok",reason="cold"} 1.0' in text
     assert "vllm:kv_cache_usage_perc" in text
 
 
@@ -405,3 +405,49 @@ def test_switch_on_demand_can_be_turned_off(tmp_path: Path, monkeypatch) -> None
             assert client.post("/v1/chat/completions", json={"model": "b", **CHAT}).status_code == 200
     finally:
         gw.stop()
+
+
+def _switch_counts(gw) -> dict[str, float]:
+    """animllm_switches_total by (model, reason), outcome ok."""
+    import re
+
+    counts = {}
+    for line in httpx.get(f"{gw.url}/metrics").text.splitlines():
+        if line.startswith("animllm_switches_total{") and 'outcome="ok"' in line:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            counts[f"{labels['model']}/{labels['reason']}"] = float(line.split()[-1])
+    return counts
+
+
+def test_interleaved_requests_cost_one_switch_and_a_task_never_switches(tmp_path: Path) -> None:
+    config = fake_gateway_config(tmp_path, chunk_delay=0.05, concurrency=2)
+    config.write_text(config.read_text().replace("tasks: [code]", "tasks: [code, chat]"))  # a and b both chat
+    gw = start_gateway(tmp_path, config)
+    answers: list[tuple[str, int, str]] = []
+
+    def ask(model: str) -> None:
+        with gw.client() as client:
+            reply = client.post("/v1/chat/completions", json={"model": model, **CHAT})
+            answers.append((model, reply.status_code, reply.json().get("model")))
+
+    try:
+        holder = _hold_stream(gw, tokens=40)                 # a is busy for about 2 s
+        threads = []
+        for model in ["b", "a", "b", "a", "b", "a", "chat"]:  # strict arrival order would switch 6 times
+            threads.append(threading.Thread(target=ask, args=(model,)))
+            threads[-1].start()
+            time.sleep(0.05)
+        queues = httpx.get(f"{gw.url}/admin/status").json()["queues"]
+        for thread in threads:
+            thread.join(timeout=60)
+        holder.join(timeout=60)
+        ask("chat")                                           # b is loaded now and serves chat: no switch
+        switches = _switch_counts(gw)
+    finally:
+        gw.stop()
+    assert queues["b"]["waiting"] == 3                          # b waits while a serves its own
+    assert all(status == 200 for _, status, _ in answers), answers
+    assert [(m, by) for m, _, by in answers if m != "chat"] == [(m, m) for m, _, _ in answers if m != "chat"]
+    chat_answers = [by for m, _, by in answers if m == "chat"]
+    assert chat_answers == ["a", "b"]                          # the loaded model each time
+    assert switches == {"a/cold": 1, "b/idle": 1}

@@ -1,4 +1,5 @@
-"""The scheduler alone: no HTTP, no sleeps. A fake switch that the test completes by hand."""
+"""The scheduler alone: no HTTP, no sleeps, an injected clock. A fake switch that the test
+completes by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from animllm_cli.gateway.scheduler import QueueFull, Scheduler, SwitchFailed
+from animllm_cli.gateway.scheduler import Decision, QueueFull, Scheduler, SwitchFailed
 
 
 class Switcher:
@@ -14,11 +15,13 @@ class Switcher:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.decisions: list[Decision] = []
         self.pending: asyncio.Future | None = None
         self.loaded: str | None = None  # the engine manager's record, which the scheduler reads
 
-    async def __call__(self, model: str) -> None:
-        self.calls.append(model)
+    async def __call__(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+        self.calls.append(decision.model)
         self.pending = asyncio.get_running_loop().create_future()
         await self.pending
 
@@ -31,16 +34,34 @@ class Switcher:
         self.pending.set_exception(RuntimeError(reason))
 
 
-def make(limit: int = 1, queue_max: int = 100, clock=None) -> tuple[Scheduler, Switcher]:
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(limit: int = 1, queue_max: int = 100, clock=None, **rule) -> tuple[Scheduler, Switcher]:
+    """`rule`: policy, max_wait_s, batch_factor."""
     switcher = Switcher()
-    kwargs = {"clock": clock} if clock else {}
     return Scheduler(switcher, lambda model: limit, lambda: switcher.loaded, queue_max=queue_max, backoff_s=30,
-                     **kwargs), switcher
+                     clock=clock or Clock(), **rule), switcher
 
 
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def finish_next_switch(switcher: Switcher) -> None:
+    """Let the loop run until a switch is pending, then complete it."""
+    for _ in range(200):
+        if switcher.pending is not None and not switcher.pending.done():
+            break
+        await asyncio.sleep(0)
+    switcher.finish()
+    await settle()
 
 
 async def loaded(scheduler: Scheduler, switcher: Switcher, model: str = "a"):
@@ -118,9 +139,9 @@ def test_queue_bound() -> None:
     run(scenario())
 
 
-def test_no_eviction_while_in_flight_and_same_model_grouping() -> None:
+def test_fifo_policy_keeps_strict_arrival_order_across_models() -> None:
     async def scenario():
-        scheduler, switcher = make(limit=1)
+        scheduler, switcher = make(limit=1, policy="fifo")
         a1 = await loaded(scheduler, switcher)
         lease_a1 = a1.result()
         a2 = asyncio.create_task(scheduler.acquire("a"))   # waiting for a before b asked
@@ -150,8 +171,8 @@ def test_no_eviction_while_in_flight_and_same_model_grouping() -> None:
 
 def test_failed_switch_fails_all_its_waiters_and_backs_off() -> None:
     async def scenario():
-        now = [100.0]
-        scheduler, switcher = make(clock=lambda: now[0])
+        clock = Clock()
+        scheduler, switcher = make(clock=clock)
         waiters = [asyncio.create_task(scheduler.acquire("b")) for _ in range(3)]
         await settle()
         switcher.fail("out of memory")
@@ -163,7 +184,7 @@ def test_failed_switch_fails_all_its_waiters_and_backs_off() -> None:
         with pytest.raises(SwitchFailed) as info:       # within the backoff window: at once, no new switch
             await scheduler.acquire("b")
         assert info.value.retry_after_s == 30 and switcher.calls == ["b"]
-        now[0] += 31                                       # after the window: tried again
+        clock.now += 31                                       # after the window: tried again
         retry = asyncio.create_task(scheduler.acquire("b"))
         await settle()
         assert switcher.calls == ["b", "b"]
@@ -220,9 +241,9 @@ def test_engine_lost_restarts_through_a_switch() -> None:
     run(scenario())
 
 
-def test_higher_priority_latecomers_cannot_starve_a_pending_switch() -> None:
+def test_fifo_policy_higher_priority_latecomers_cannot_starve_a_pending_switch() -> None:
     async def scenario():
-        scheduler, switcher = make(limit=1)
+        scheduler, switcher = make(limit=1, policy="fifo")
         holder = (await loaded(scheduler, switcher)).result()
         b = asyncio.create_task(scheduler.acquire("b"))                    # waits for a switch
         await settle()
@@ -284,4 +305,363 @@ def test_a_grant_cancelled_before_the_caller_resumes_is_given_back() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert scheduler.in_flight == 0
+    run(scenario())
+
+
+# ------------------------------------------------------------------ the batch rule (the default)
+
+async def client(scheduler: Scheduler, model: str, log: list[str], priority: float = 0) -> None:
+    """A request: wait for a slot, note who ran, give the slot back at once."""
+    lease = await scheduler.acquire(model, priority)
+    log.append(model)
+    lease.release()
+
+
+def test_interleaved_arrivals_are_served_in_one_switch() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=2)
+        holder = (await loaded(scheduler, switcher)).result()
+        served: list[str] = []
+        tasks = []
+        for model in ["b", "a"] * 4:                        # b first: strict order would switch 7 times
+            tasks.append(asyncio.create_task(client(scheduler, model, served)))
+            await settle()
+        assert served == ["a"] * 4                          # the loaded model's requests ran, b's wait
+        holder.release()
+        await settle()
+        assert switcher.calls == ["a", "b"] and switcher.decisions[-1].reason == "idle"
+        switcher.finish()
+        await asyncio.gather(*tasks)
+        assert served == ["a"] * 4 + ["b"] * 4 and switcher.calls == ["a", "b"]
+    run(scenario())
+
+
+def test_a_cold_start_with_interleaved_arrivals_costs_one_switch_per_model() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1)
+        served: list[str] = []
+        tasks = [asyncio.create_task(client(scheduler, m, served)) for m in ["a", "b", "a", "b", "a", "b"]]
+        await settle()
+        assert switcher.decisions == [Decision("a", "cold", "only")]  # the first arrival starts it at once
+        switcher.finish()
+        await settle()
+        switcher.finish()
+        await asyncio.gather(*tasks)
+        assert served == ["a"] * 3 + ["b"] * 3 and switcher.calls == ["a", "b"]
+    run(scenario())
+
+
+def test_the_fairness_bound_holds_under_an_endless_stream_for_the_loaded_model() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make(limit=2, clock=clock, max_wait_s=60)
+        running = [await loaded(scheduler, switcher)]      # a is busy when b arrives
+        b = asyncio.create_task(scheduler.acquire("b"))
+        b_arrived = clock.now
+        started = 0
+        while switcher.calls == ["a"]:      # a request for a every 5 s, each lasting 10 s: a is never idle
+            running.append(asyncio.create_task(scheduler.acquire("a")))
+            await settle()
+            clock.now += 5
+            if len(running) > 1 and running[0].done():
+                running.pop(0).result().release()
+                started += 1
+            assert clock.now - b_arrived <= 60 + 10, "a kept the card past max_wait_s and its in-flight work"
+            await settle()
+        assert switcher.decisions[-1] == Decision("b", "max_wait", "overdue")
+        assert 10 <= started <= 13                          # a ran until b had waited 60 s, and no longer
+        switcher.finish()
+        await settle()
+        assert b.done()
+        b.result().release()
+        await settle()
+        assert switcher.calls == ["a", "b", "a"]            # the held-back requests for a are served next
+        switcher.finish()
+        await settle()
+        for task in running:
+            (await task).release()
+    run(scenario())
+
+
+def test_the_batch_a_model_was_loaded_for_runs_even_when_others_become_overdue() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make(limit=1, clock=clock, max_wait_s=10)
+        (await loaded(scheduler, switcher)).result().release()
+        served: list[str] = []
+        tasks = [asyncio.create_task(client(scheduler, "b", served))]
+        await settle()                                      # a is idle: the switch to b starts at once
+        for model in ["a", "b", "b"]:                       # arrive during the (slow) switch
+            tasks.append(asyncio.create_task(client(scheduler, model, served)))
+        await settle()
+        clock.now += 30                                     # the switch took longer than max_wait_s
+        switcher.finish()
+        await settle()
+        assert served == ["b", "b", "b"]                    # not one b, then a switch back for a
+        assert switcher.calls == ["a", "b", "a"] and switcher.decisions[-1].reason == "idle"
+        switcher.finish()
+        await asyncio.gather(*tasks)
+    run(scenario())
+
+
+def test_priority_within_a_model_and_a_models_turn() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1)
+        holder = (await loaded(scheduler, switcher)).result()
+        order: list[str] = []
+
+        async def named(model: str, name: str, priority: float) -> None:
+            lease = await scheduler.acquire(model, priority)
+            order.append(name)
+            lease.release()
+
+        tasks = [asyncio.create_task(named(m, n, p)) for m, n, p in
+                 [("b", "b-low", 0), ("c", "c-low", 0), ("c", "c-high", 5)]]
+        await settle()
+        holder.release()
+        await settle()
+        assert switcher.decisions[-1] == Decision("c", "idle", "priority")  # c's best request outranks b's
+        switcher.finish()
+        await settle()
+        assert order == ["c-high", "c-low"]                 # priority, then arrival, within c
+        switcher.finish()
+        await asyncio.gather(*tasks)
+        assert order[-1] == "b-low" and switcher.calls == ["a", "c", "b"]
+    run(scenario())
+
+
+@pytest.mark.parametrize("c_waiting, first", [(3, Decision("b", "idle", "oldest")),      # 3 is not 4 x 1
+                                                (4, Decision("c", "idle", "more_work"))])
+def test_a_model_with_far_more_waiting_goes_before_an_older_waiter(c_waiting: int, first: Decision) -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1, batch_factor=4)
+        holder = (await loaded(scheduler, switcher)).result()
+        served: list[str] = []
+        tasks = [asyncio.create_task(client(scheduler, "b", served))]
+        await settle()
+        tasks += [asyncio.create_task(client(scheduler, "c", served)) for _ in range(c_waiting)]
+        await settle()
+        holder.release()
+        await settle()
+        assert switcher.decisions[-1] == first
+        for _ in range(2):
+            await finish_next_switch(switcher)
+        await asyncio.gather(*tasks)
+        assert len(switcher.calls) == 3 and served == sorted(served, key=[first.model].__contains__, reverse=True)
+    run(scenario())
+
+
+def test_an_overdue_request_goes_before_a_busier_model() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make(limit=1, clock=clock, max_wait_s=10, batch_factor=2)
+        holder = (await loaded(scheduler, switcher)).result()
+        served: list[str] = []
+        tasks = [asyncio.create_task(client(scheduler, "b", served))]
+        await settle()
+        clock.now += 11
+        tasks += [asyncio.create_task(client(scheduler, "c", served)) for _ in range(5)]
+        await settle()
+        holder.release()
+        await settle()
+        assert switcher.decisions[-1] == Decision("b", "idle", "overdue")
+        for _ in range(2):
+            switcher.finish()
+            await settle()
+        await asyncio.gather(*tasks)
+        assert switcher.calls == ["a", "b", "c"]
+    run(scenario())
+
+
+def test_an_explicit_switch_waits_only_for_what_runs() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1)
+        holder = (await loaded(scheduler, switcher)).result()
+        served: list[str] = []
+        admin = asyncio.create_task(scheduler.acquire("b", urgent=True))
+        await settle()
+        later = asyncio.create_task(client(scheduler, "a", served))  # would join a's batch, but b is urgent
+        await settle()
+        holder.release()
+        await settle()
+        assert served == [] and switcher.decisions[-1] == Decision("b", "admin", "explicit")
+        switcher.finish()
+        await settle()
+        admin.result().release()
+        await settle()
+        switcher.finish()
+        await later
+    run(scenario())
+
+
+def test_a_failed_switch_fails_only_its_own_waiters() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=2)
+        holder = (await loaded(scheduler, switcher)).result()
+        b = [asyncio.create_task(scheduler.acquire("b")) for _ in range(2)]
+        c = [asyncio.create_task(scheduler.acquire("c")) for _ in range(2)]
+        a = asyncio.create_task(scheduler.acquire("a"))
+        await settle()
+        assert a.done()                                      # a is still loaded and has a slot: it runs
+        holder.release()
+        a.result().release()
+        await settle()
+        assert switcher.calls[-1] == "b"
+        switcher.fail("out of memory")
+        await settle()
+        assert all(isinstance(t.exception(), SwitchFailed) for t in b)
+        assert not any(t.done() for t in c) and switcher.calls[-1] == "c"  # c's turn comes, untouched
+        switcher.finish()
+        await settle()
+        assert all(t.done() and t.exception() is None for t in c)
+        for t in c:
+            t.result().release()
+        assert scheduler.in_flight == 0
+    run(scenario())
+
+
+@pytest.mark.parametrize("state", ["queued for the loaded model", "before its switch", "during its switch",
+                                   "held back by an overdue request", "in the batch", "granted, not resumed"])
+def test_a_waiter_cancelled_in_any_state_leaves_nothing_behind(state: str) -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make(limit=1, clock=clock, max_wait_s=10)
+        holder = (await loaded(scheduler, switcher)).result()
+        others: list[asyncio.Task] = []
+        if state == "queued for the loaded model":
+            victim = asyncio.create_task(scheduler.acquire("a"))
+        elif state == "before its switch":
+            victim = asyncio.create_task(scheduler.acquire("b"))
+        elif state == "during its switch":
+            victim = asyncio.create_task(scheduler.acquire("b"))
+            await settle()
+            holder.release()
+            holder = None
+        elif state == "held back by an overdue request":
+            others.append(asyncio.create_task(scheduler.acquire("b")))
+            await settle()
+            clock.now += 11
+            victim = asyncio.create_task(scheduler.acquire("a"))
+        elif state == "in the batch":
+            others.append(asyncio.create_task(scheduler.acquire("b")))
+            victim = asyncio.create_task(scheduler.acquire("b"))
+            await settle()
+            holder.release()
+            holder = None
+            await settle()
+            switcher.finish()                                # b loads: others[0] runs, the victim is batched
+        else:
+            victim = asyncio.create_task(scheduler.acquire("a"))
+            await settle()
+            holder.release()                                 # grants the victim ...
+            holder = None
+        await settle() if state != "granted, not resumed" else None
+        victim.cancel()                                      # ... whose caller goes away before it resumes
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        await settle()
+        if holder is not None:
+            holder.release()
+        await settle()
+        while switcher.pending is not None and not switcher.pending.done():
+            switcher.finish()
+            await settle()
+        for task in others:
+            (await task).release()
+        await settle()
+        assert scheduler.in_flight == 0 and scheduler.depth == 0 and scheduler.switching_to is None
+    run(scenario())
+
+
+def test_queues_report_per_model_counts_and_the_oldest_wait() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make(limit=1, clock=clock)
+        holder = (await loaded(scheduler, switcher)).result()
+        tasks = [asyncio.create_task(scheduler.acquire("b"))]
+        await settle()
+        clock.now += 7
+        tasks += [asyncio.create_task(scheduler.acquire(m)) for m in ("b", "a")]
+        await settle()
+        clock.now += 1
+        queues = scheduler.queues()
+        assert {m: (q.waiting, q.oldest_wait_s) for m, q in queues.items()} == {"b": (2, 8.0), "a": (1, 1.0)}
+        for task in tasks:
+            task.cancel()
+        holder.release()
+    run(scenario())
+
+
+def test_fifo_policy_with_priorities_over_three_models_serves_everyone() -> None:
+    """The switch goes to the oldest waiter, as the gate does: choosing by priority while
+    gating by arrival switched back and forth for ever, serving nobody."""
+    async def scenario():
+        scheduler, switcher = make(limit=1, policy="fifo")
+        holder = (await loaded(scheduler, switcher)).result()
+        served: list[str] = []
+        tasks = [asyncio.create_task(client(scheduler, m, served, p)) for m, p in [("b", 0), ("c", 5), ("a", 5)]]
+        await settle()
+        holder.release()
+        for _ in range(3):
+            await finish_next_switch(switcher)
+        await asyncio.wait_for(asyncio.gather(*tasks), 1)
+        assert served == ["b", "c", "a"] and switcher.calls == ["a", "b", "c", "a"]
+    run(scenario())
+
+
+def test_an_explicit_switch_does_not_wait_for_the_loaded_models_queue() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1)
+        holder = (await loaded(scheduler, switcher)).result()
+        served: list[str] = []
+        queued = [asyncio.create_task(client(scheduler, "a", served)) for _ in range(3)]  # before the switch
+        await settle()
+        admin = asyncio.create_task(scheduler.acquire("b", urgent=True))
+        await settle()
+        holder.release()
+        await settle()
+        assert served == [] and switcher.calls == ["a", "b"]
+        switcher.finish()
+        await settle()
+        admin.result().release()
+        await finish_next_switch(switcher)
+        await asyncio.gather(*queued)
+        assert served == ["a"] * 3
+    run(scenario())
+
+
+def test_the_oldest_overdue_request_goes_first_and_an_explicit_switch_before_it() -> None:
+    async def scenario(with_admin: bool):
+        clock = Clock()
+        scheduler, switcher = make(limit=1, clock=clock, max_wait_s=10)
+        holder = (await loaded(scheduler, switcher)).result()
+        tasks = [asyncio.create_task(scheduler.acquire("b"))]
+        await settle()
+        clock.now += 5
+        tasks.append(asyncio.create_task(scheduler.acquire("c")))
+        await settle()
+        if with_admin:
+            tasks.append(asyncio.create_task(scheduler.acquire("d", urgent=True)))
+            await settle()
+        clock.now += 20                                      # b and c both overdue; b the older
+        holder.release()
+        await settle()
+        expected = Decision("d", "admin", "explicit") if with_admin else Decision("b", "idle", "overdue")
+        assert switcher.decisions[-1] == expected
+        for task in tasks:
+            task.cancel()
+    for with_admin in (False, True):
+        run(scenario(with_admin))
+
+
+def test_a_client_gone_in_the_same_turn_as_a_release_starts_no_switch() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1)
+        holder = (await loaded(scheduler, switcher)).result()
+        b = asyncio.create_task(scheduler.acquire("b"))
+        await settle()
+        b.cancel()
+        holder.release()                                     # before b's own cleanup has run
+        await settle()
+        assert switcher.calls == ["a"] and scheduler.depth == 0
     run(scenario())
