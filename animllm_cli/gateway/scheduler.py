@@ -64,7 +64,7 @@ class Ticket:
     model: str = field(compare=False)
     granted: asyncio.Future = field(compare=False, repr=False)
     arrived: float = field(compare=False, default=0.0)
-    urgent: bool = field(compare=False, default=False)   # `animllm switch`: overdue from the start
+    urgent: bool = field(compare=False, default=False)   # `animllm switch`: overdue at once, and nothing more starts
     batched: bool = field(compare=False, default=False)  # waiting when its model became loaded
 
     @property
@@ -133,8 +133,7 @@ class Scheduler:
     async def acquire(self, model: str, priority: float = 0, *, urgent: bool = False) -> Lease:
         """Wait for a slot on `model`, loading it first if needed. `urgent` (an explicit
         switch): nothing more starts on the loaded model, the switch waits only for what
-        runs. Cancelling
-        the caller (a client that went away) takes it out of the queue."""
+        runs. Cancelling the caller (a client that went away) takes it out of the queue."""
         blocked = self.backoff_until.get(model)
         if blocked and blocked[0] > self._clock():
             raise SwitchFailed(model, blocked[1], blocked[0] - self._clock())

@@ -555,7 +555,8 @@ def test_a_waiter_cancelled_in_any_state_leaves_nothing_behind(state: str) -> No
             await settle()
             holder.release()                                 # grants the victim ...
             holder = None
-        await settle() if state != "granted, not resumed" else None
+        if state != "granted, not resumed":
+            await settle()
         victim.cancel()                                      # ... whose caller goes away before it resumes
         with pytest.raises(asyncio.CancelledError):
             await victim
