@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 MAX_WAIT_S = 60.0
 CONFIG = """inherit_defaults: false
+{extra}
 env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
 engine: {{stall_timeout_s: 300}}
 limits: {{queue_timeout_s: 3600}}
@@ -80,13 +81,16 @@ class Answer:
 class Gateway:
     """`animllm serve` in its own session, with its own config and state directory."""
 
-    def __init__(self, root: Path, policy: str, models: dict[str, Path]) -> None:
+    def __init__(self, root: Path, policy: str, models: dict[str, Path], *, name: str | None = None,
+                 extra: str = "", model_keys: str = "") -> None:
+        """`extra`: more top-level config (pool, gpu); `model_keys`: more keys on every model."""
         from animllm_cli.engine.supervisor import free_port
 
-        self.root = root / policy
+        self.root = root / (name or policy)
         self.root.mkdir(parents=True)
-        listed = "\n".join(f"  {name}: {{source: {path}, profile: tiny}}" for name, path in models.items())
-        (self.root / "animllm.yaml").write_text(CONFIG.format(policy=policy, max_wait=MAX_WAIT_S, models=listed))
+        listed = "\n".join(f"  {name}: {{source: {path}, profile: tiny{model_keys}}}" for name, path in models.items())
+        (self.root / "animllm.yaml").write_text(CONFIG.format(policy=policy, max_wait=MAX_WAIT_S, models=listed,
+                                                              extra=extra))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.switch_records: dict[float, float] = {}  # finished_at -> total_s, from /admin/status
@@ -123,12 +127,12 @@ class Gateway:
             time.sleep(0.5)
 
     def switches(self) -> dict[str, float]:
-        """animllm_switches_total (outcome ok) by reason, `animllm switch`es left out."""
+        """animllm_switches_total (outcome ok) by reason, `animllm switch`es and unloads left out."""
         counts: dict[str, float] = {}
         for line in httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines():
             if line.startswith("animllm_switches_total{") and 'outcome="ok"' in line:
                 reason = re.search(r'reason="([^"]*)"', line).group(1)
-                if reason not in ("admin", "cold"):
+                if reason not in ("admin", "cold", "unload"):
                     counts[reason] = counts.get(reason, 0) + float(line.split()[-1])
         return counts
 
@@ -168,10 +172,18 @@ def arrivals(scenario: str, requests: int, rate: float, seed: int) -> list[tuple
     return sorted(plan)
 
 
-def run_scenario(gateway: Gateway, plan: list[tuple[float, str, bool]]) -> tuple[list[Answer], dict[str, float]]:
-    switched = gateway.cli("switch", "tiny-a")  # every scenario starts from the same place
+def reset(gateway: Gateway) -> None:
+    """Every scenario starts from the same place: tiny-a loaded, nothing else."""
+    switched = gateway.cli("switch", "tiny-a")
     if switched.returncode != 0:
         raise SystemExit(f"switch failed: {switched.stderr}")
+    for engine in json.loads(gateway.cli("ps", "--json").stdout)["engines"]:
+        if engine["model"] != "tiny-a":
+            gateway.cli("unload", engine["model"])
+
+
+def run_scenario(gateway: Gateway, plan: list[tuple[float, str, bool]]) -> tuple[list[Answer], dict[str, float]]:
+    reset(gateway)
     before = gateway.switches()
     answers, threads, start = [], [], time.monotonic()
     for index, (at, model, stream) in enumerate(plan):
@@ -212,11 +224,9 @@ def main() -> None:
                         help="comma-separated, from interleaved, poisson-2, poisson-3")
     args = parser.parse_args()
 
-    from animllm_cli.demo.tiny_models import TinySpec, build_tiny_model, build_tiny_models
+    from animllm_cli.demo.tiny_models import build_tiny_models
 
-    cache = REPO / ".pytest_cache" / "animllm-tiny-models"
-    models = dict(build_tiny_models(cache))
-    models["tiny-c"] = build_tiny_model(cache / "tiny-c", TinySpec("tiny-c", seed=3, layers=2))
+    models = build_tiny_models(REPO / ".pytest_cache" / "animllm-tiny-models")
     root = Path(tempfile.mkdtemp(prefix="animllm-mixed-"))
     scenarios = args.scenarios.split(",")
     results: dict[tuple[str, str], dict] = {}

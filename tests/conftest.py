@@ -49,8 +49,14 @@ def _engine_tier_needs_vllm(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_models() -> dict[str, Path]:
+def tiny_models(three_tiny_models: dict[str, Path]) -> dict[str, Path]:
     """Two distinct tiny Qwen2 models, built locally once and reused across runs."""
+    return {name: path for name, path in three_tiny_models.items() if name in ("tiny-a", "tiny-b")}
+
+
+@pytest.fixture(scope="session")
+def three_tiny_models() -> dict[str, Path]:
+    """Three distinct tiny Qwen2 models (tiny-a, tiny-b, tiny-c), for the engine pool."""
     from animllm_cli.demo.tiny_models import build_tiny_models
 
     return build_tiny_models(REPO_ROOT / ".pytest_cache" / "animllm-tiny-models")

@@ -22,6 +22,7 @@ class LevelResult:
     request_rate: float | None
     summary: LevelSummary
     samples: list[Sample] | None = None  # None: left out of the JSON (bench without --samples)
+    vram_peak_bytes: int | None = None  # the most VRAM this machine's GPUs held during the level (NVML)
 
     @property
     def label(self) -> str:
@@ -29,7 +30,7 @@ class LevelResult:
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"concurrency": self.concurrency, "request_rate": self.request_rate,
-                                "summary": asdict(self.summary)}
+                                "summary": asdict(self.summary), "vram_peak_bytes": self.vram_peak_bytes}
         if self.samples is not None:
             data["samples"] = [sample.to_json() for sample in self.samples]
         return data

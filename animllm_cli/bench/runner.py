@@ -11,6 +11,7 @@ import aiohttp
 from animllm_cli.bench import loadgen
 from animllm_cli.bench.metrics import summarize
 from animllm_cli.bench.results import BenchResult, LevelResult, SwitchRun, level_label
+from animllm_cli.bench.vram import PeakVram
 from animllm_cli.client.openai import ServerNotRunning
 from animllm_cli.credentials import bearer
 from animllm_cli.errors import AnimllmError
@@ -30,6 +31,7 @@ class BenchPlan:
     switch_models: list[str] = field(default_factory=list)
     switch_rounds: int = 2
     api_key: str | None = None
+    nvml_module: object | None = None  # tests hand in a fake NVML
 
 
 async def run_bench(plan: BenchPlan, out: Output) -> BenchResult:
@@ -59,11 +61,13 @@ async def run_bench(plan: BenchPlan, out: Output) -> BenchResult:
         with out.progress() as progress:
             for concurrency, rate in runs:
                 task = progress.add_task(level_label(concurrency, rate), total=plan.requests)
-                samples, duration = await loadgen.run_level(
-                    session, plan.url, payloads(), plan.requests, concurrency=concurrency, request_rate=rate,
-                    on_done=lambda _sample, task=task: progress.advance(task))
+                with PeakVram(plan.nvml_module) as peak:
+                    samples, duration = await loadgen.run_level(
+                        session, plan.url, payloads(), plan.requests, concurrency=concurrency, request_rate=rate,
+                        on_done=lambda _sample, task=task: progress.advance(task))
                 result.levels.append(LevelResult(concurrency=concurrency, request_rate=rate,
-                                                 summary=summarize(samples, duration), samples=samples))
+                                                 summary=summarize(samples, duration), samples=samples,
+                                                 vram_peak_bytes=peak.bytes))
     if plan.switch_models:
         result.switch = await asyncio.to_thread(_switches, plan, out)
     return result

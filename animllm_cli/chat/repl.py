@@ -34,20 +34,26 @@ def stats_line(result: ChatResult) -> str:
     return " · ".join(parts)
 
 
-def stream_plain(client: OpenAIClient, payload: dict, write: Callable[[str], None]) -> ChatResult:
+def stream_plain(client: OpenAIClient, payload: dict, write: Callable[[str], None],
+                 on_wait: Callable[[str], None] | None = None) -> ChatResult:
     result = ChatResult()
-    for delta in client.chat_stream(payload, result):
+    for delta in client.chat_stream(payload, result, on_wait):
         write(delta)
     return result
 
 
 def stream_markdown(client: OpenAIClient, payload: dict, out: Output) -> ChatResult:
-    """Show the answer as it arrives, rendered as Markdown."""
+    """Show the answer as it arrives, rendered as Markdown; before it, what the request
+    waits for ("loading coder… 12 s"), in place."""
     from rich.markdown import Markdown
+    from rich.text import Text
 
     result = ChatResult()
     with out.live(Markdown("")) as live:
-        for _ in client.chat_stream(payload, result):
+        def waiting(note: str) -> None:
+            live.update(Text(note, style="dim"))
+
+        for _ in client.chat_stream(payload, result, waiting):
             live.update(Markdown(result.text))
     return result
 
@@ -86,7 +92,8 @@ class Repl:
             if self.fancy:
                 result = stream_markdown(self.client, payload, self.out)
             else:
-                result = stream_plain(self.client, payload, lambda d: (sys.stdout.write(d), sys.stdout.flush()))
+                result = stream_plain(self.client, payload, lambda d: (sys.stdout.write(d), sys.stdout.flush()),
+                                      lambda note: self.out.info(f"[dim]{plain(note)}[/dim]"))
                 sys.stdout.write("\n")
         except KeyboardInterrupt:
             self.conv.drop_last_question()

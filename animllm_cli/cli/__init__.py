@@ -86,6 +86,8 @@ def _register() -> None:
     app.command("serve")(serve.serve)
     app.command("switch")(admin.switch)
     app.command("status")(admin.status)
+    app.command("ps")(admin.ps)
+    app.command("unload")(admin.unload)
     app.command("stop")(admin.stop)
     app.command("logs")(admin.logs)
     app.command("chat")(chat.chat)

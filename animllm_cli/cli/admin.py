@@ -1,4 +1,4 @@
-"""`animllm status`, `switch`, `stop`, `logs`: the running gateway, from another terminal."""
+"""`animllm status`, `ps`, `switch`, `unload`, `stop`, `logs`: the running gateway, from another terminal."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from animllm_cli.cli import common
 
 
 # The scheduler's reasons for a switch (gateway/scheduler.py, Decision), in words.
-SWITCH_REASONS = {"cold": "nothing was loaded", "idle": "the loaded model had no work left",
+SWITCH_REASONS = {"cold": "nothing was loaded", "beside": "it fit beside the resident models",
+                  "idle": "the evicted model had no work left",
                   "max_wait": "a request waited scheduler.max_wait_s", "admin": "animllm switch",
-                  "arrival_order": "strict arrival order, scheduler.policy fifo"}
+                  "arrival_order": "strict arrival order, scheduler.policy fifo",
+                  "keep_alive": "idle for its keep_alive", "unload": "animllm unload"}
 
 
 def _client(ctx: typer.Context, config: Optional[Path]):
@@ -67,14 +69,83 @@ def _show_status(out, report) -> None:
     if report.busy:
         rows.append(["refusing requests", plain(report.busy)])
     out.show(table("animllm gateway", ["", ""], rows))
+    if report.engines:
+        out.show(engines_table(report.engines))
+
+
+def ps(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
+    """The resident models: GPU(s), state, VRAM (measured), requests, idle time and keep-alive."""
+    out = common.output(ctx)
+    report = _client(ctx, config).status()
+    pool = PoolView(report.url, report.engines, report.engine.switching_to, report.queues)
+    out.result(pool, lambda view: out.show(engines_table(view.engines)), json=json_output)
+
+
+@dataclass
+class PoolView:
+    """`ps --json`: the engines of `status --json`, with what is being loaded and what waits."""
+    url: str | None
+    engines: list
+    switching_to: str | None
+    queues: dict
+
+    def to_json(self) -> dict:
+        return {"schema_version": 1, "url": self.url, "switching_to": self.switching_to,
+                "engines": [e.to_json() for e in self.engines],
+                "queues": {m: q.to_json() for m, q in self.queues.items()}}
+
+
+def engines_table(engines):
+    """`ps`: one row per engine, narrow enough for 80 columns. VRAM as NVML measures it,
+    or the plan's estimate (marked ~) until it has."""
+    from animllm_cli.output import plain, table
+    from animllm_cli.units import GIB
+
+    def gib(value, planned=None) -> str:
+        if value is not None:
+            return f"{value / GIB:.1f}"
+        return f"~{planned / GIB:.1f}" if planned else "-"
+
+    def unload(engine) -> str:
+        if engine.pinned:
+            return "pinned"
+        if engine.keep_alive_s is None or engine.keep_alive_s < 0:
+            return "never"
+        return f"in {engine.unload_in_s:.0f}s" if engine.unload_in_s is not None else f"{engine.keep_alive_s:g}s idle"
+
+    rows = [[plain(e.model or "-"), plain(e.state), ",".join(map(str, e.gpus)) or "-",
+             "-" if e.share is None else f"{e.share:g}", gib(e.vram_bytes, e.vram_planned_bytes),
+             gib(e.vram_peak_bytes), f"{e.in_flight}/{e.waiting}",
+             "-" if e.idle_s is None else f"{e.idle_s:.0f}s", unload(e)] for e in engines]
+    return table("Resident models (VRAM GiB: NVML per process; ~ the plan's estimate)",
+                 ["model", "state", "GPU", "share", "VRAM", "peak", "run/wait", "idle", "unload"], rows,
+                 no_wrap=("model", "state", "VRAM", "unload"))
+
+
+def unload(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.",
+                                                                    autocompletion=common.complete_models)],
+           json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
+    """Free one model's engine (after its in-flight requests finish)."""
+    out = common.output(ctx)
+    client = _client(ctx, config)
+    with out.status(f"unloading {model} (waits for its in-flight requests)"):
+        report = client.unload(model)
+    out.result(report, lambda r: out.info(f"unloaded {', '.join(r.evicted) or model}: stopped in {_secs(r.stop_s)}, "
+                                          f"VRAM {plain_note(r)}"), json=json_output)
+
+
+def plain_note(report) -> str:
+    from animllm_cli.output import plain
+
+    return _secs(report.vram_release_s) if report.vram_release_s is not None else plain(report.vram_note or "-")
 
 
 def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.", autocompletion=common.complete_models)],
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
-    """Load another model now (after in-flight requests finish) and report the timings."""
+    """Load a model now, evicting only what it must (after their in-flight requests finish); report the timings."""
     out = common.output(ctx)
     client = _client(ctx, config)
-    with out.status(f"switching to {model} (waits for in-flight requests)"):
+    with out.status(f"loading {model} (an eviction waits for in-flight requests)"):
         report = client.switch(model)
     out.result(report, lambda r: _show_switch(out, r), json=json_output)
 
@@ -85,8 +156,10 @@ def _show_switch(out, report) -> None:
     if report.outcome == "already loaded":
         out.text(f"{report.to_model} is already loaded")  # the result itself: data, kept by -q
         return
-    released = _secs(report.vram_release_s) if report.vram_release_s is not None else plain(report.vram_note or "-")
+    released = plain_note(report)
+    evicted = ", ".join(report.evicted) or "nothing (it fit beside the resident models)"
     rows = [["from -> to", plain(f"{report.from_model or '-'} -> {report.to_model}")],
+            ["placed on", f"GPU {', '.join(map(str, report.gpus)) or '-'}"], ["evicted", plain(evicted)],
             ["stop", _secs(report.stop_s)], ["VRAM released", released],
             ["load to ready", _secs(report.load_s)], ["total", _secs(report.total_s)],
             ["VRAM free before / after", f"{_gib(report.vram_free_before)} / {_gib(report.vram_free_after)}"]]

@@ -105,6 +105,8 @@ def _render(out, result: BenchResult) -> None:
         for metric, d in (("TTFT", s.ttft_ms), ("TPOT", s.tpot_ms), ("ITL", s.itl_ms), ("E2EL", s.e2el_ms)):
             rows.append([f"{metric} ms mean / median / p90 / p99",
                          f"{d.mean:.2f} / {d.median:.2f} / {d.p90:.2f} / {d.p99:.2f}"])
+        if level.vram_peak_bytes is not None:
+            rows.append(["peak VRAM (all GPUs of this machine)", f"{level.vram_peak_bytes / 2**30:.2f} GiB"])
         if s.errors:
             rows.append(["errors", "; ".join(s.errors)])
         out.show(table(f"{result.model}: {level.label}, {result.input_len} in / {result.output_len} out tokens",

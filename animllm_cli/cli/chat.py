@@ -71,7 +71,8 @@ def _one_shot(out, client, payload: dict, json_output: bool) -> int:
     if json_output:
         out.json(client.chat(payload).response)
         return 0
-    result = stream_plain(client, payload, lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
+    result = stream_plain(client, payload, lambda delta: (sys.stdout.write(delta), sys.stdout.flush()),
+                          lambda note: out.info(f"[dim]{plain(note)}[/dim]"))  # on stderr: stdout is the answer
     sys.stdout.write("\n")
     out.info(f"[dim]{plain(stats_line(result))}[/dim]")
     return 0

@@ -17,6 +17,8 @@ def plan(
                                                         autocompletion=common.complete_models)] = None,
     vram: Annotated[Optional[float], typer.Option("--vram", min=0.5, metavar="GiB",
                                                   help="Plan for a card of this size (default: the detected GPU, else gpu.vram_gib).")] = None,
+    together: Annotated[Optional[str], typer.Option("--together", metavar="A,B[,C]", show_default=False,
+                                                    help="Whether these models fit at once, and with which shares.")] = None,
     gpu_memory_utilization: common.GpuUtilOption = None,
     max_model_len: common.MaxModelLenOption = None,
     sets: common.SetOption = None,
@@ -25,16 +27,27 @@ def plan(
 ) -> None:
     """VRAM fit per model: weights, KV bytes per token, the KV tokens that fit, a verdict and a fix.
 
-    Exit 0 when every planned model fits at its max_model_len, 1 otherwise.
+    Exit 0 when every planned model fits at its max_model_len (with --together: when the
+    set fits at once), 1 otherwise.
     """
+    from animllm_cli.errors import UsageError
     from animllm_cli.gpu.nvml import GpuReport, probe
-    from animllm_cli.gpu.planner import plan_models, vram_basis
+    from animllm_cli.gpu.planner import cards_now, plan_models, plan_together, vram_basis
 
     out = common.output(ctx)
     loaded = common.load(ctx, config, common.model_overrides(
         sets, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len))
-    names = [loaded.catalogue.resolve(m) for m in models] if models else loaded.model_names()
     gpus = GpuReport() if vram else probe()
+    if together is not None:
+        wanted = [loaded.catalogue.resolve(m.strip()) for m in together.split(",") if m.strip()]
+        if len(wanted) < 2 or models:
+            raise UsageError("--together takes two or more models, A,B[,C], and no model arguments",
+                             hint="animllm plan --together coder,vision")
+        cards, basis = cards_now(loaded, gpus, vram)
+        result = plan_together(loaded, list(dict.fromkeys(wanted)), cards, basis)
+        out.result(result, lambda r: out.show(together_table(r)), json=json_output)
+        raise typer.Exit(0 if result.fits else 1)
+    names = [loaded.catalogue.resolve(m) for m in models] if models else loaded.model_names()
     size, basis = vram_basis(loaded, gpus, vram)
     report = plan_models(loaded, list(dict.fromkeys(names)), size, basis)
     out.result(report, lambda r: show_plan(out, r), json=json_output)
@@ -53,7 +66,23 @@ def show_plan(out, report) -> None:
         if lines:
             out.show(f"[bold]{m.model}[/]\n  " + "\n  ".join(lines))
     if report.co_resident:
-        out.show("could stay loaded together: " + "; ".join(" + ".join(g) for g in report.co_resident))
+        shares = report.shares
+        out.show("could stay loaded together (each at its share of the card): " + "; ".join(
+            " + ".join(f"{m} ({shares[m].utilization:g})" for m in g) for g in report.co_resident))
+
+
+def together_table(report):
+    from animllm_cli.output import table
+    from animllm_cli.units import GIB
+
+    rows = [[p.model, "does not fit" if p.gpus is None else ", ".join(map(str, p.gpus)), f"{p.utilization:g}",
+             f"{p.bytes_per_gpu / GIB:.1f}", {"share": "config share", "smallest": "smallest that holds max_model_len",
+                                              "alone": "its own utilization (runs alone)"}[p.basis]]
+            for p in report.placements]
+    rooms = ", ".join(f"GPU {c.index}: {c.room_bytes / GIB:.1f} of {c.total_bytes / GIB:.1f} GiB" for c in report.cards)
+    verdict = "[green]fits[/]" if report.fits else "[bold red]does not fit[/]"
+    return table(f"Together on {report.card_basis} ({rooms} free below the threshold): {verdict} — {report.summary}",
+                 ["model", "GPU", "share", "GiB per GPU", "share from"], rows, no_wrap=("model", "share"))
 
 
 def plan_table(report):

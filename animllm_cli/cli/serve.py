@@ -26,18 +26,23 @@ def serve(
     host: HostOption = None,
     port: PortOption = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the model is ready; run in the background.")] = False,
+    preload: Annotated[Optional[str], typer.Option("--preload", metavar="A,B", show_default=False,
+                                                   help="Load these too, in order, beside each other where they fit "
+                                                        "(default: pool.preload).")] = None,
     sets: common.SetOption = None,
     gpu_memory_utilization: common.GpuUtilOption = None,
     max_model_len: common.MaxModelLenOption = None,
     config: common.ConfigOption = None,
 ) -> None:
-    """Start the OpenAI-compatible gateway and load a model; Ctrl-C stops everything."""
+    """Start the OpenAI-compatible gateway and load a model (and the preloads); Ctrl-C stops everything."""
     from animllm_cli.gateway import state as gateway_state
 
     out = common.output(ctx)
     overrides = common.model_overrides(sets, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
     loaded = common.load(ctx, config, overrides)
-    name = loaded.catalogue.resolve(model)
+    preloads = [loaded.catalogue.resolve(m.strip()) for m in (preload.split(",") if preload is not None
+                                                              else loaded.config.pool.preload) if m.strip()]
+    name = loaded.catalogue.resolve(model if model or not preloads else preloads[0])
     host = host or loaded.config.server.host
     port = port or loaded.config.server.port
     key = gateway_state.api_key(loaded)
@@ -47,8 +52,10 @@ def serve(
     _check_port_free(host, port)
     if detach:
         argv = _child_argv(ctx, config, name, host, port, sets, gpu_memory_utilization, max_model_len)
+        if preload is not None:
+            argv += ["--preload", ",".join(preloads)]
         raise typer.Exit(_detach(out, loaded, argv, name, host, port))
-    raise typer.Exit(_foreground(out, loaded, name, host, port, key))
+    raise typer.Exit(_foreground(out, loaded, name, host, port, key, preloads))
 
 
 def _stop_leftovers(out, loaded) -> None:
@@ -79,11 +86,11 @@ def endpoints_table(url: str):
     rows = [["OpenAI base URL", f"{url}/v1"], ["chat", f"POST {url}/v1/chat/completions"],
             ["completions", f"POST {url}/v1/completions"], ["embeddings", f"POST {url}/v1/embeddings"],
             ["models", f"GET {url}/v1/models"], ["health / metrics", f"GET {url}/health, {url}/metrics"],
-            ["admin", "animllm status | switch MODEL | logs -f | stop"]]
+            ["admin", "animllm status | ps | switch MODEL | unload MODEL | logs -f | stop"]]
     return table("Endpoints", ["what", "where"], rows)
 
 
-def _foreground(out, loaded, name: str, host: str, port: int, key: str | None) -> int:
+def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, preloads: list[str]) -> int:
     from animllm_cli.gateway import server as gateway_server
 
     from animllm_cli.output import phase_printer
@@ -109,8 +116,9 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None) -
                      f"(VRAM: {report.vram_note})")
 
     out.info(f"gateway on {url}, loading {name}")
-    server, gateway = gateway_server.build(loaded, model=name, host=host, port=port, key=key,
-                                           hooks=gateway_server.Hooks(ready, failed, stopped), on_progress=progress)
+    server, gateway = gateway_server.build(loaded, model=name, host=host, port=port, key=key, preload=preloads,
+                                           hooks=gateway_server.Hooks(ready, failed, stopped, out.info),
+                                           on_progress=progress)
     _run_until_signalled(server)
     return 1 if gateway.failed else 0
 
@@ -178,14 +186,15 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
             state = read_state()
             if state and state.pid == child.pid:
                 try:
-                    engine = AdminClient(state, loaded.config.server.api_key_env).status().engine
+                    status = AdminClient(state, loaded.config.server.api_key_env).status()
                 except AnimllmError:  # not answering yet
                     time.sleep(0.3)
                     continue
+                engine = next((e for e in status.engines if e.model == name), status.engine)
                 if engine.phase and engine.phase != phase:
                     phase = engine.phase
                     out.info(f"  {name}: {phase}")
-                if engine.state == "ready" and engine.model == name:
+                if engine.state == "ready" and engine.model == name:  # preloads may still be loading
                     out.info(f"{name} ready; gateway pid {child.pid}, log {log}")
                     out.show(endpoints_table(state.url))
                     return 0

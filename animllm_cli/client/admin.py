@@ -64,5 +64,8 @@ class AdminClient:
     def switch(self, model: str) -> SwitchReport:
         return SwitchReport.model_validate(self._call("POST", "/admin/switch", json={"model": model}))
 
+    def unload(self, model: str) -> SwitchReport:
+        return SwitchReport.model_validate(self._call("POST", "/admin/unload", json={"model": model}))
+
     def stop(self) -> StopAnswer:
         return StopAnswer.model_validate(self._call("POST", "/admin/stop", json={}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -87,8 +87,11 @@ class OpenAIClient:
                           completion_tokens=(data.get("usage") or {}).get("completion_tokens"),
                           finish_reason=choice.get("finish_reason"), response=data)
 
-    def chat_stream(self, payload: dict[str, Any], result: ChatResult) -> Iterator[str]:
-        """Yield text deltas as they arrive; fill `result` with timings and counts."""
+    def chat_stream(self, payload: dict[str, Any], result: ChatResult,
+                    on_wait: Callable[[str], None] | None = None) -> Iterator[str]:
+        """Yield text deltas as they arrive; fill `result` with timings and counts.
+        `on_wait` gets the gateway's comment lines ("loading coder… 12 s") while the
+        request waits for a model to be loaded."""
         from httpx_sse import SSEError, connect_sse
 
         started = time.perf_counter()
@@ -100,7 +103,7 @@ class OpenAIClient:
                     source.response.read()
                     raise AnimllmError(f"the server answered {source.response.status_code}: "
                                        f"{server_message(source.response)}")
-                for event in source.iter_sse():
+                for event in _events_and_comments(source.response, on_wait):
                     if event.data.strip() == "[DONE]":
                         break
                     data = json.loads(event.data)
@@ -126,3 +129,19 @@ class OpenAIClient:
             result.elapsed_s = time.perf_counter() - started
             if result.completion_tokens is None and chunks:
                 result.completion_tokens = chunks
+
+
+def _events_and_comments(response: httpx.Response, on_wait: Callable[[str], None] | None) -> Iterator[Any]:
+    """The stream's events, as httpx-sse decodes them, with each comment line handed to
+    `on_wait` (its public iterator drops comments, which the gateway's waits are)."""
+    from httpx_sse._decoders import SSEDecoder  # httpx-sse 0.4: EventSource.iter_sse uses this decoder
+
+    decoder = SSEDecoder()
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            if on_wait and line[1:].strip():
+                on_wait(line[1:].strip())
+            continue
+        event = decoder.decode(line.rstrip("\n"))
+        if event is not None:
+            yield event

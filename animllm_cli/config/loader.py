@@ -278,6 +278,7 @@ _SECTION_CLASSES: dict[KeyPath, type[BaseModel]] = {
     ("limits",): schema.LimitsSection,
     ("server",): schema.ServerSection,
     ("scheduler",): schema.SchedulerSection,
+    ("pool",): schema.PoolSection,
     ("profiles", "*"): schema.Profile,
     ("models", "*"): schema.ModelSpec,
     ("expectations", "*"): schema.Expectation,
@@ -345,6 +346,15 @@ def _check_references(loaded: LoadedConfig) -> None:
     if config.default_model and config.default_model.lower() not in claimed:
         problems.append(_problem(tree, ("default_model",),
                                  f"no model or alias named {config.default_model!r}; models: {', '.join(config.models) or '(none)'}"))
+    for index, wanted in enumerate(config.pool.preload):
+        if wanted.lower() not in claimed:
+            problems.append(_problem(tree, ("pool", "preload"), f"item {index + 1}: no model or alias named "
+                                                              f"{wanted!r}; models: {', '.join(config.models) or '(none)'}"))
+    for name, spec in config.models.items():
+        tp = spec.tensor_parallel_size or getattr(config.profiles.get(spec.profile), "tensor_parallel_size", None)
+        if spec.gpus is not None and tp and len(spec.gpus) != tp:
+            problems.append(_problem(tree, ("models", name, "gpus"), f"names {len(spec.gpus)} GPU(s) but "
+                                                                    f"tensor_parallel_size is {tp}; make them agree"))
     for profile in config.expectations:
         if profile not in config.profiles:
             problems.append(_problem(tree, ("expectations", profile),

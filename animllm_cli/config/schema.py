@@ -61,6 +61,7 @@ class EngineSettings(Section):
     trust_remote_code: Optional[bool] = None
     limit_mm_per_prompt: Optional[dict[str, Annotated[int, Field(ge=0)]]] = None
     seed: Optional[int] = None
+    tensor_parallel_size: Optional[PositiveInt] = None
 
 
 ENGINE_SETTING_KEYS: tuple[str, ...] = tuple(EngineSettings.model_fields)
@@ -80,6 +81,10 @@ class Profile(Tunables):
     pass
 
 
+# Ollama's meaning: -1 keeps the model loaded until it is evicted, 0 unloads it once idle.
+KeepAlive = Annotated[float, Field(ge=-1)]
+
+
 class ModelSpec(Tunables):
     source: str = Field(description="Hugging Face repo id, or a local directory (relative to the config file)")
     profile: Name
@@ -88,6 +93,15 @@ class ModelSpec(Tunables):
     description: Optional[str] = None
     extra_args: dict[str, ExtraArgValue] = Field(
         default={}, description="further vLLM flags, passed through as --key value")
+    # The engine pool (gateway/pool.py): where the model goes and how long it stays.
+    share: Optional[Fraction] = Field(
+        default=None, description="gpu_memory_utilization when resident beside others (null: the planner's smallest "
+                                  "share that holds max_model_len, when the model can share a card at all)")
+    gpus: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
+        default=None, description="GPU indices (NVML order) to run on; null: the GPU with room, by the plan")
+    pin: bool = Field(default=False, description="never evicted to make room for another model")
+    keep_alive: Optional[KeepAlive] = Field(
+        default=None, description="seconds an idle model stays loaded; -1 forever, 0 unload when idle (null: pool.keep_alive)")
 
     @field_validator("source")
     @classmethod
@@ -168,6 +182,13 @@ class SchedulerSection(Section):
     batch_factor: Annotated[float, Field(ge=1)] = 4.0  # a model with this many times the waiters goes first
 
 
+class PoolSection(Section):
+    # Every model that fits stays loaded (see gateway/pool.py); the rest are evicted LRU.
+    max_engines: Optional[PositiveInt] = None   # at most this many resident at once (null: as many as fit)
+    keep_alive: KeepAlive = -1.0                # the default of each model's keep_alive
+    preload: list[str] = []                     # models loaded when the gateway starts, in order
+
+
 class Expectation(Section):
     ttft_s_max: Optional[Annotated[float, Field(gt=0)]] = None
     tokens_per_s_min: Optional[Annotated[float, Field(gt=0)]] = None
@@ -186,4 +207,5 @@ class AnimllmConfig(Section):
     limits: LimitsSection = LimitsSection()
     server: ServerSection = ServerSection()
     scheduler: SchedulerSection = SchedulerSection()
+    pool: PoolSection = PoolSection()
     expectations: dict[Name, Expectation] = {}

@@ -1,6 +1,7 @@
-"""`animllm demo`: the whole flow on the CPU build of vLLM with two tiny local models:
-build them (once), serve, chat with each (a switch happens), a short benchmark, stop, and
-a summary that says whether anything was left running.
+"""`animllm demo`: the whole flow on the CPU build of vLLM with three tiny local models:
+build them (once), serve, chat with two that stay loaded together (the engine pool), a
+third that evicts the least recently used one, a short benchmark, stop, and a summary
+that says whether anything was left running.
 
 The gateway runs the way a user runs it: `animllm serve` in a child process, with its own
 state directory (so a gateway the user already runs is neither found nor disturbed), and
@@ -29,8 +30,11 @@ if TYPE_CHECKING:
     from animllm_cli.config import LoadedConfig
     from animllm_cli.gateway.state import GatewayState
 
-DEMO_CONFIG = """# Written by `animllm demo`: two tiny models on the CPU build of vLLM.
+DEMO_CONFIG = """# Written by `animllm demo`: three tiny models on the CPU build of vLLM.
 inherit_defaults: false
+# No NVML on the CPU build: the pool plans for this card, and each engine holds its share.
+# At 0.45 each, two models fit below the 95 % threshold and a third evicts one.
+gpu: {{vram_gib: 16}}
 env:
   VLLM_CPU_KVCACHE_SPACE: "1"      # GiB of CPU memory for the KV cache
 engine: {{start_timeout_s: 300, stall_timeout_s: 120}}
@@ -44,8 +48,9 @@ profiles:
     concurrency: 8
 default_model: tiny-a
 models:
-  tiny-a: {{source: {a}, profile: tiny, tasks: [chat], aliases: [demo-chat]}}
-  tiny-b: {{source: {b}, profile: tiny, tasks: [code], aliases: [demo-code]}}
+  tiny-a: {{source: {a}, profile: tiny, share: 0.45, tasks: [chat], aliases: [demo-chat]}}
+  tiny-b: {{source: {b}, profile: tiny, share: 0.45, tasks: [code], aliases: [demo-code]}}
+  tiny-c: {{source: {c}, profile: tiny, share: 0.45, tasks: [vision], aliases: [demo-vision]}}
 """
 
 INDENT = "      "
@@ -77,12 +82,12 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     started = time.monotonic()
     summary: dict[str, Any] = {}
     root = paths.cache_dir() / "demo"
-    out.info("[bold]1/5[/] building two tiny models (once; no download)")
+    out.info("[bold]1/6[/] building three tiny models (once; no download)")
     from animllm_cli.demo.tiny_models import build_tiny_models
 
     models = build_tiny_models(root / "models")
     config_path = root / "animllm.yaml"
-    config_path.write_text(DEMO_CONFIG.format(a=models["tiny-a"], b=models["tiny-b"]))
+    config_path.write_text(DEMO_CONFIG.format(a=models["tiny-a"], b=models["tiny-b"], c=models["tiny-c"]))
     out.info(f"{INDENT}config: {config_path}")
     from animllm_cli.config import load_config
 
@@ -90,17 +95,21 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     gateway = _ServedGateway(loaded, config_path, root / "state", out)
     with _terminate_as_interrupt():
         try:
-            out.info("[bold]2/5[/] starting the gateway (`animllm serve tiny-a`) and tiny-a")
+            out.info("[bold]2/6[/] starting the gateway (`animllm serve tiny-a`) and tiny-a")
             summary["start_s"] = gateway.start("tiny-a")
             out.info(f"{INDENT}ready in {summary['start_s']:.1f}s at {gateway.url} (gateway pid {gateway.pid})")
-            out.info("[bold]3/5[/] chatting with tiny-a, then tiny-b (the gateway switches)")
-            summary["chat"] = [gateway.ask("tiny-a", "Say hello to the studio."),
-                               gateway.ask("tiny-b", "Write a loop.")]
-            summary["switch_s"] = gateway.switch_s("tiny-b")
-            out.info(f"{INDENT}switch tiny-a -> tiny-b took {summary['switch_s']:.1f}s")
-            out.info("[bold]4/5[/] a short benchmark of tiny-b")
-            summary["bench"] = gateway.bench("tiny-b")
-            out.info("[bold]5/5[/] stopping everything (`POST /admin/stop`)")
+            out.info("[bold]3/6[/] chatting with tiny-b: it loads beside tiny-a (the plan has room for two)")
+            summary["chat"] = [gateway.ask("tiny-b", "Write a loop.")]
+            summary["beside"] = gateway.last_switch("tiny-b")
+            summary["chat"].append(gateway.ask("tiny-a", "Say hello to the studio."))
+            summary["resident_two"] = gateway.show_resident()
+            out.info("[bold]4/6[/] chatting with tiny-c: no room for a third, so the least recently used goes")
+            summary["chat"].append(gateway.ask("tiny-c", "Describe a picture."))
+            summary["evict"] = gateway.last_switch("tiny-c")
+            summary["resident_after"] = gateway.show_resident()
+            out.info("[bold]5/6[/] a short benchmark of tiny-c")
+            summary["bench"] = gateway.bench("tiny-c")
+            out.info("[bold]6/6[/] stopping everything (`POST /admin/stop`)")
             summary["left"], summary["exit_code"] = gateway.stop()
         except KeyboardInterrupt:
             out.info("interrupted: stopping the gateway")
@@ -150,7 +159,7 @@ class _ServedGateway:
         self.reader: threading.Thread | None = None
         self.state: GatewayState | None = None
         self.admin: AdminClient | None = None
-        self.engine_pgid: int | None = None   # the engine's pid, which leads its process group
+        self.engine_pgids: set[int] = set()   # each engine's pid, which leads its process group
 
     @property
     def url(self) -> str:
@@ -191,7 +200,7 @@ class _ServedGateway:
             except AnimllmError:  # not listening yet
                 time.sleep(0.3)
                 continue
-            self.engine_pgid = engine.engine_pid or self.engine_pgid
+            self._remember(engine)
             if engine.state == "ready" and engine.model == model:
                 switch = engine.last_switch
                 if switch is None or switch.load_s is None:
@@ -266,18 +275,21 @@ class _ServedGateway:
         self._finish_reader()
 
     def _end_engine_group(self) -> None:
-        """After a SIGKILL of the gateway: end the engine group it last reported (SIGTERM,
-        SIGKILL after the grace period), should it still run."""
+        """After a SIGKILL of the gateway: end the engine groups it last reported (SIGTERM,
+        SIGKILL after the grace period), should they still run."""
         from animllm_cli.engine import processes
 
-        pgid = self.engine_pgid
-        if pgid is None or not processes.group_members(pgid):
-            return
-        processes.signal_all(pgid, {}, signal.SIGTERM)
-        if processes.wait_gone(pgid, {}, self.loaded.config.engine.stop_grace_s):
-            processes.signal_all(pgid, {}, signal.SIGKILL)
-            processes.wait_gone(pgid, {}, 5.0)
-        self.out.warn(f"ended the engine's process group {pgid}, which the killed gateway left")
+        for pgid in sorted(self.engine_pgids):
+            if not processes.group_members(pgid):
+                continue
+            processes.signal_all(pgid, {}, signal.SIGTERM)
+            if processes.wait_gone(pgid, {}, self.loaded.config.engine.stop_grace_s):
+                processes.signal_all(pgid, {}, signal.SIGKILL)
+                processes.wait_gone(pgid, {}, 5.0)
+            self.out.warn(f"ended the engine's process group {pgid}, which the killed gateway left")
+
+    def _remember(self, *engines: Any) -> None:
+        self.engine_pgids.update(e.engine_pid for e in engines if e.engine_pid)
 
     # ------------------------------------------------------------------ over HTTP
     def ask(self, model: str, prompt: str) -> dict[str, Any]:
@@ -296,15 +308,29 @@ class _ServedGateway:
         self.out.info(f"{INDENT}{model}: {escape(repr(shown))} (random weights: noise)  [dim]{stats_line(result)}[/dim]")
         return {"model": result.model, "ttft_s": result.ttft_s, "tokens": result.completion_tokens}
 
-    def switch_s(self, model: str) -> float:
-        """How long the gateway's last switch (to `model`) took, stop to ready."""
+    def last_switch(self, model: str) -> Any:
+        """The gateway's last switch, which must be the load of `model`; said in a line."""
         assert self.admin is not None
-        engine = self.admin.status().engine
-        self.engine_pgid = engine.engine_pid or self.engine_pgid
-        switch = engine.last_switch
+        status = self.admin.status()
+        self._remember(*status.engines)
+        switch = status.engine.last_switch
         if switch is None or switch.to_model != model or switch.outcome != "ok" or switch.total_s is None:
-            raise AnimllmError(f"the gateway reports no finished switch to {model}: {switch}")
-        return switch.total_s
+            raise AnimllmError(f"the gateway reports no finished load of {model}: {switch}")
+        evicted = f"evicted {', '.join(switch.evicted)} (least recently used)" if switch.evicted else \
+            "nothing evicted"
+        self.out.info(f"{INDENT}{model} loaded on GPU {', '.join(map(str, switch.gpus))} in {switch.total_s:.1f}s, "
+                      f"{evicted}")
+        return switch
+
+    def show_resident(self) -> list[str]:
+        """`animllm ps`, as the demo's gateway answers it; the resident models."""
+        from animllm_cli.cli.admin import engines_table
+
+        assert self.admin is not None
+        engines = self.admin.status().engines
+        self._remember(*engines)
+        self.out.show(engines_table(engines))
+        return [e.model for e in engines if e.state == "ready"]
 
     def bench(self, model: str) -> dict[int, LevelSummary]:
         """The summary of each concurrency level (1 and 4)."""
@@ -323,14 +349,14 @@ class _ServedGateway:
         from animllm_cli.engine.processes import group_members
 
         assert self.admin is not None and self.child is not None
-        pgid = self.engine_pgid = self.admin.status().engine.engine_pid
+        self._remember(*self.admin.status().engines)
         self.admin.stop()
         code = self._wait(self.loaded.config.engine.stop_grace_s + STOP_MARGIN_S)
         if code is None:
             self.out.warn(f"the gateway (pid {self.child.pid}) still runs after `POST /admin/stop`")
             self.terminate()
         self._finish_reader()
-        left = sorted(group_members(pgid)) if pgid else []
+        left = sorted(pid for pgid in self.engine_pgids for pid in group_members(pgid))
         if self.child.poll() is None:
             left.append(self.child.pid)
         return left, code
@@ -342,9 +368,13 @@ def _show(out: Output, summary: dict[str, Any]) -> None:
     c1, c4 = summary["bench"][1], summary["bench"][4]
     per_stream = 1000 / c1.tpot_ms.median if c1.tpot_ms.median else 0
     code = summary["exit_code"]
+    beside, evict = summary["beside"], summary["evict"]
     rows = [
         ["model start (tiny-a, to ready)", f"{summary['start_s']:.1f} s"],
-        ["switch tiny-a -> tiny-b (stop, start, ready)", f"{summary['switch_s']:.1f} s"],
+        ["tiny-b loaded beside tiny-a (nothing evicted)", f"{beside.total_s:.1f} s"],
+        ["resident together", " + ".join(summary["resident_two"])],
+        [f"tiny-c loaded, evicting {', '.join(evict.evicted) or 'nothing'}", f"{evict.total_s:.1f} s"],
+        ["resident after", " + ".join(summary["resident_after"])],
         ["TTFT median, 1 stream", f"{c1.ttft_ms.median:.1f} ms"],
         ["tokens/s, 1 stream (1 / TPOT)", f"{per_stream:.0f}"],
         ["output tokens/s, 4 streams", f"{c4.output_throughput:.0f}"],

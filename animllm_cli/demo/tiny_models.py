@@ -44,8 +44,10 @@ class TinySpec:
         return 2 * self.layers * self.kv_heads * self.head_dim * 2  # K and V, bf16
 
 
-# Two distinct models, so that switching between them can be tested and seen.
-TINY_MODELS = (TinySpec("tiny-a", seed=1, layers=2), TinySpec("tiny-b", seed=2, layers=3))
+# Distinct models, so that switching between them can be tested and seen; three, so that
+# two can stay loaded together while a third evicts one.
+TINY_MODELS = (TinySpec("tiny-a", seed=1, layers=2), TinySpec("tiny-b", seed=2, layers=3),
+               TinySpec("tiny-c", seed=3, layers=2))
 
 
 def _corpus() -> list[str]:

@@ -445,15 +445,26 @@ class Engine:
 
 def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable[[Progress], None] | None = None,
            on_dead: Callable[[Engine, str], None] | None = None, log_dir: Path | None = None,
-           nvml_module: object | None = None, on_launched: Callable[[Engine], None] | None = None) -> Engine:
+           nvml_module: object | None = None, on_launched: Callable[[Engine], None] | None = None,
+           gpus: tuple[int, ...] | None = None, utilization: float | None = None) -> Engine:
     """An Engine for a configured model (not yet started): on `port`, else on engine.port
-    when that is free, else on a free port."""
+    when that is free, else on a free port. `gpus` (NVML indices) and `utilization` are
+    the pool's placement: the engine sees only those GPUs and takes that share of each."""
+    from dataclasses import replace
+
     from animllm_cli import paths
     from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.config.provenance import Source
 
     view = loaded.model(model)
+    if utilization is not None:
+        view = replace(view, settings={**view.settings, "gpu_memory_utilization": utilization},
+                       sources={**view.sources, "gpu_memory_utilization": Source("builtin", "the pool's share")})
     # A fresh key per launch: only the gateway that launched the engine can use it.
     command = build_engine_command(loaded, view, port=port or free_port(loaded.config.engine.port),
                                    api_key=secrets.token_urlsafe(32))
+    if gpus is not None:
+        # PCI bus order is NVML's order: CUDA's default ("fastest first") may number them differently.
+        command.env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))
     log_path = (log_dir or paths.state_dir() / "logs") / f"{view.name}.log"
     return Engine(view.name, command, log_path, loaded.config.engine, on_progress, on_dead, nvml_module, on_launched)

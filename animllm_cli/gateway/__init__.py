@@ -1,1 +1,1 @@
-"""The OpenAI-compatible gateway: routing, the scheduler, the engine manager, the relay."""
+"""The OpenAI-compatible gateway: routing, the scheduler, the engine pool, the relay."""

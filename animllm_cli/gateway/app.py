@@ -25,29 +25,31 @@ from animllm_cli.config import LoadedConfig
 from animllm_cli.gateway import guard
 from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
 from animllm_cli.gateway.guard import Refused, error
-from animllm_cli.gateway.manager import EngineManager
 from animllm_cli.gateway.metrics import GatewayMetrics
+from animllm_cli.gateway.pool import EnginePool
 from animllm_cli.gateway.scheduler import Decision, Lease, QueueFull, Scheduler, SwitchFailed
-from animllm_cli.gateway.relay import Bounds, ClientGone, Deadlines, Expired, forward, race_disconnect
-from animllm_cli.gateway.state import (GatewayProcess, GpuMemory, StatusReport, StopAnswer, SwitchReport,
-                                       VramStatus)
+from animllm_cli.gateway.relay import Bounds, ClientGone, Deadlines, Expired, WaitingStream, forward, race_disconnect
+from animllm_cli.gateway.state import (EngineStatus, GatewayProcess, GpuMemory, StatusReport, StopAnswer,
+                                       SwitchReport, VramStatus)
 from animllm_cli.gpu import nvml
 
 PRIORITY_LIMIT = 1000
 ADMIN_PRIORITY = PRIORITY_LIMIT + 1   # `animllm switch` and the first load go before any client
 ENGINE_PROBE_TIMEOUT_S = 2.0          # the admission probe of the engine's /metrics
+LOADING_COMMENT_S = 5.0               # a stream waiting for a load hears what it waits for this often
+
 
 class Gateway:
     def __init__(self, loaded: LoadedConfig, *, api_key: str | None,
-                 manager: EngineManager | None = None, nvml_module: object | None = None,
+                 pool: EnginePool | None = None, nvml_module: object | None = None,
                  backoff_s: float = 30.0, admission_interval_s: float = 1.0) -> None:
         self.loaded = loaded
         self.catalogue = loaded.catalogue
         self.metrics = GatewayMetrics()
         self.api_key = api_key
         self.nvml_module = nvml_module
-        self.manager = manager or EngineManager(loaded, nvml_module=nvml_module)
-        self.manager.on_death = self._engine_died
+        self.pool = pool or EnginePool(loaded, nvml_module=nvml_module)
+        self.pool.on_death = self._engine_died
         limits = loaded.config.limits
         self.bounds = Bounds.from_config(loaded.config)
         self.max_body_bytes = limits.max_body_bytes
@@ -55,11 +57,14 @@ class Gateway:
         # Each model's concurrency limit, worked out once: the scheduler asks on every decision.
         self._limits = {name: self._concurrency(name) for name in loaded.config.models}
         rule = loaded.config.scheduler
-        self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.manager.model,
+        self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.pool.models,
+                                   place=self.pool.fits, pinned=self.pool.pinned,
                                    queue_max=limits.queue_max, backoff_s=backoff_s, policy=rule.policy,
                                    max_wait_s=rule.max_wait_s, batch_factor=rule.batch_factor)
         self.admission = Admission(limits.vram_threshold)
-        self.admission_interval_s = admission_interval_s
+        self.admission_interval_s = admission_interval_s   # also how often NVML is sampled for each engine's VRAM
+        self.keep_alive_interval_s = 1.0
+        self.loading_comment_s = LOADING_COMMENT_S
         self.verdict = Verdict()
         self.session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
@@ -73,23 +78,25 @@ class Gateway:
         self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                                              auto_decompress=False, skip_auto_headers=("User-Agent",))
         self._tasks.append(asyncio.create_task(self._watch_admission()))
+        self._tasks.append(asyncio.create_task(self._watch_keep_alive()))
 
     async def close(self) -> Any:
         for task in self._tasks:
             task.cancel()
-        stopped = await self.manager.shutdown()
+        stopped = await self.pool.shutdown()
         if self.session:
             await self.session.close()
         return stopped
 
     async def load(self, model: str) -> None:
-        """Load `model` the way a request would, ahead of any: used at start and by /admin/switch."""
+        """Load `model` the way a request would, ahead of any: used at start (preload) and
+        by /admin/switch. It evicts only what it must."""
         lease = await self.scheduler.acquire(model, priority=ADMIN_PRIORITY, urgent=True)
         lease.release()
 
-    def engine_headers(self) -> dict[str, str]:
-        """What every request to the engine carries besides the body: the engine's own key."""
-        engine = self.manager.engine
+    def engine_headers(self, model: str) -> dict[str, str]:
+        """What every request to the model's engine carries besides the body: its own key."""
+        engine = self.pool.engine_for(model)
         return engine.headers if engine else {}
 
     # ------------------------------------------------------------------ scheduling glue
@@ -98,25 +105,35 @@ class Gateway:
         return settings.get("concurrency") or settings.get("max_num_seqs") or 16
 
     async def _switch(self, decision: Decision) -> None:
-        self.admission.engine_gone()
-        labels = {"model": decision.model, "reason": decision.reason, "chosen_by": decision.chosen_by}
+        labels = {"model": decision.model or "", "reason": decision.reason, "chosen_by": decision.chosen_by}
         try:
-            report = await self.manager.switch(decision.model, reason=decision.reason, chosen_by=decision.chosen_by)
+            report = await self.pool.switch(decision)
         except Exception:
             self.metrics.switches.labels(outcome="failed", **labels).inc()
             raise
         self.metrics.switches.labels(outcome="ok", **labels).inc()
-        self.metrics.switch_seconds.observe(report.total_s or 0)
-        engine = self.manager.engine
-        if engine is not None:
-            gpus, pids = await asyncio.to_thread(lambda: (nvml.probe(self.nvml_module), engine.pids()))
-            before, after = report.vram_free_before, report.vram_free_after
-            self.admission.engine_ready(gpus, pids, before - after if before is not None and after is not None else None)
+        if decision.model is not None:
+            self.metrics.switch_seconds.observe(report.total_s or 0)
 
     def _engine_died(self, model: str, reason: str) -> None:
         self.metrics.engine_deaths.labels(model).inc()
-        self.admission.engine_gone()
         self.scheduler.engine_lost()
+
+    async def unload(self, model: str) -> SwitchReport | None:
+        """Evict `model` once its requests have finished; None if it was not loaded."""
+        if model not in self.pool.models:
+            return None
+        await self.scheduler.unload(model)
+        return self.pool.last_switch
+
+    async def _watch_keep_alive(self) -> None:
+        """Unload each model that has stayed idle for its keep_alive (-1: never; pinned: never)."""
+        while True:
+            await asyncio.sleep(self.keep_alive_interval_s)
+            for model in self.pool.models:
+                keep, idle_s = self.pool.keep_alive(model), self.scheduler.idle_for(model)
+                if keep >= 0 and not self.pool.pinned(model) and idle_s is not None and idle_s >= keep:
+                    self.scheduler.request_unload(model, "keep_alive")
 
     # ------------------------------------------------------------------ admission
     async def _watch_admission(self) -> None:
@@ -128,21 +145,45 @@ class Gateway:
             await asyncio.sleep(self.admission_interval_s)
 
     async def _judge(self) -> Verdict:
-        engine = self.manager.engine if self.manager.model else None
-        gpus, pids = await asyncio.to_thread(lambda: (nvml.probe(self.nvml_module), engine.pids() if engine else set()))
-        kv = None
-        if engine is not None and self.session:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):  # a hung engine: no KV verdict, no hang
-                async with self.session.get(f"{engine.base_url}/metrics", headers=self.engine_headers(),
-                                            timeout=aiohttp.ClientTimeout(total=ENGINE_PROBE_TIMEOUT_S)) as resp:
-                    kv = kv_usage(await resp.read())
-        return self.admission.judge(gpus, pids, kv)
+        """Read NVML once (each engine's VRAM, its peak) and each ready engine's KV cache."""
+        ready = [m for m in self.pool.models if self.pool.engine_for(m)]
+        gpus, pids = await asyncio.to_thread(lambda: (self.pool.refresh(), self.pool.all_pids()))
+        self.metrics.record_vram(self.pool.residents.values())
+        usage = await asyncio.gather(*(self._kv_usage(m) for m in ready))
+        kv = {m: u for m, u in zip(ready, usage) if u is not None}
+        return self.admission.judge(gpus, pids, self.pool.reserved(), kv)
+
+    async def _kv_usage(self, model: str) -> float | None:
+        engine = self.pool.engine_for(model)
+        if engine is None or not self.session:
+            return None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):  # a hung engine: no KV verdict, no hang
+            async with self.session.get(f"{engine.base_url}/metrics", headers=engine.headers,
+                                        timeout=aiohttp.ClientTimeout(total=ENGINE_PROBE_TIMEOUT_S)) as resp:
+                return kv_usage(await resp.read())
+        return None
+
+    def queue_failure(self, model: str, exc: Exception) -> Response:
+        """A wait for a slot that failed, as the client's answer (and its metric)."""
+        if isinstance(exc, QueueFull):
+            self.metrics.rejections.labels("queue_full").inc()
+            return error(503, f"the queue is full ({self.scheduler.queue_max} waiting)", "server_busy", retry_after=2)
+        if isinstance(exc, SwitchFailed):
+            self.metrics.requests.labels(model, "switch_failed").inc()
+            return error(503, f"model '{model}' could not be loaded: {exc.reason}", "engine_unavailable",
+                         retry_after=exc.retry_after_s)
+        if isinstance(exc, ClientGone):
+            self.metrics.requests.labels(model, "client_gone").inc()
+            return Response(status_code=499)
+        assert isinstance(exc, Expired)
+        self.metrics.requests.labels(model, "timeout").inc()
+        return error(504, str(exc), "timeout")
 
     # ------------------------------------------------------------------ routing
     def resolve(self, requested: str) -> str | None:
-        """The catalogue's rule, with the loaded model (or the one being loaded) first for
-        a task: a task never costs a switch that a model on the card could spare."""
-        return self.catalogue.find(requested, loaded=(self.manager.model, self.scheduler.switching_to))
+        """The catalogue's rule, with the resident models (and the one being loaded) first
+        for a task: a task never costs a switch that a model on the card could spare."""
+        return self.catalogue.find(requested, loaded=(*self.pool.models, self.scheduler.switching_to))
 
     def not_found(self, requested: str) -> Refused:
         return Refused(error(404, f"model '{requested}' not found; available: {', '.join(self.catalogue.available())}",
@@ -203,83 +244,121 @@ async def proxy(request: Request, gw: Gateway) -> Response:
     if changed or requested not in gw.catalogue.served_names(model):
         payload["model"] = model
         raw = json.dumps(payload).encode()
-    loaded = gw.manager.model
-    if not gw.switch_on_demand and loaded not in (None, model):
-        raise Refused(error(409, f"model '{model}' is not loaded ('{loaded}' is) and switch_on_demand is off",
-                            "model_not_loaded", param="model", code="model_not_loaded"), "not_loaded")
-    busy = gw.verdict.reason(for_loaded_model=model == loaded)
+    residents = gw.pool.models
+    if not gw.switch_on_demand and residents and model not in residents:
+        raise Refused(error(409, f"model '{model}' is not loaded ({', '.join(residents)} is) and switch_on_demand "
+                                 f"is off", "model_not_loaded", param="model", code="model_not_loaded"), "not_loaded")
+    busy = gw.verdict.reason(model, resident=model in residents)
     if busy:
         raise Refused(error(503, f"busy: {busy}", "server_busy", retry_after=5), "pressure")
+    stream = payload.get("stream") is True
     lease = gw.scheduler.try_acquire(model)
+    if lease is None and stream and model not in residents:
+        refused = _refusal(gw, model)
+        if refused is not None:
+            return refused
+        # A load ahead: answer now, and say what it waits for while it waits.
+        return WaitingStream(gw, request, model, _acquire(gw, model, priority, deadlines), raw, deadlines,
+                             lambda: gw.scheduler.waiting_for(model), gw.loading_comment_s)
     if lease is None:
         lease = await _queue(gw, request, model, priority, deadlines)
         if isinstance(lease, Response):
             return lease
-    return await forward(gw, request, model, lease, raw, payload.get("stream") is True, deadlines)
+    return await forward(gw, request, model, lease, raw, stream, deadlines)
+
+
+async def _acquire(gw: Gateway, model: str, priority: float, deadlines: Deadlines) -> Lease:
+    """A slot on `model` (loading it if needed), within queue_timeout_s."""
+    gw.metrics.queue_depth.set(gw.scheduler.depth + 1)
+    try:
+        return await deadlines.within(gw.scheduler.acquire(model, priority), gw.bounds.queue_s,
+                                      f"no slot for '{model}' within queue_timeout_s")
+    finally:
+        gw.metrics.queue_depth.set(gw.scheduler.depth)
 
 
 async def _queue(gw: Gateway, request: Request, model: str, priority: float, deadlines: Deadlines) -> Lease | Response:
-    """Wait for a slot on `model` (loading it if needed), within queue_timeout_s."""
-    gw.metrics.queue_depth.set(gw.scheduler.depth + 1)
+    """Wait for a slot on `model` (loading it if needed), unless the client goes away."""
     try:
-        waiting = deadlines.within(gw.scheduler.acquire(model, priority), gw.bounds.queue_s,
-                                   f"no slot for '{model}' within queue_timeout_s")
-        return await race_disconnect(request.receive, waiting, discard=lambda lease: lease.release())
-    except QueueFull:
-        gw.metrics.rejections.labels("queue_full").inc()
-        return error(503, f"the queue is full ({gw.scheduler.queue_max} waiting)", "server_busy", retry_after=2)
-    except SwitchFailed as exc:
-        gw.metrics.requests.labels(model, "switch_failed").inc()
-        return error(503, f"model '{model}' could not be loaded: {exc.reason}", "engine_unavailable",
-                     retry_after=exc.retry_after_s)
-    except ClientGone:
-        gw.metrics.requests.labels(model, "client_gone").inc()
-        return Response(status_code=499)
-    except Expired as exc:
-        gw.metrics.requests.labels(model, "timeout").inc()
-        return error(504, str(exc), "timeout")
-    finally:
-        gw.metrics.queue_depth.set(gw.scheduler.depth)
+        return await race_disconnect(request.receive, _acquire(gw, model, priority, deadlines),
+                                     discard=lambda lease: lease.release())
+    except (QueueFull, SwitchFailed, ClientGone, Expired) as exc:
+        return gw.queue_failure(model, exc)
+
+
+def _refusal(gw: Gateway, model: str) -> Response | None:
+    """What a wait for `model` would fail with at once (a full queue, a backoff), as a response."""
+    try:
+        gw.scheduler.check(model)
+    except (QueueFull, SwitchFailed) as exc:
+        return gw.queue_failure(model, exc)
+    return None
 
 
 
 @guarded
 async def models(request: Request, gw: Gateway) -> Response:
-    loaded_model = gw.manager.model
+    residents = gw.pool.models
     data = [{"id": name, "object": "model", "created": int(gw.started_at), "owned_by": "animllm",
-             "loaded": name == loaded_model, "aliases": spec.aliases, "tasks": spec.tasks, "source": spec.source}
+             "loaded": name in residents, "aliases": spec.aliases, "tasks": spec.tasks, "source": spec.source}
             for name, spec in gw.loaded.config.models.items()]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def health(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    return JSONResponse({"status": "ok", "model": gw.manager.model,
-                         "engine": gw.manager.status(gw.scheduler.switching_to).state})
+    return JSONResponse({"status": "ok", "model": gw.pool.model, "models": gw.pool.models,
+                         "engine": newest_engine(gw).state})
 
 
 @guarded
 async def metrics(request: Request, gw: Gateway) -> Response:
     body = gw.metrics.render()
-    engine = gw.manager.engine
-    if engine is not None and gw.manager.model:
+    for model in gw.pool.models:
+        engine = gw.pool.engine_for(model)
+        if engine is None:
+            continue
         with contextlib.suppress(Exception):
-            async with gw.session.get(f"{engine.base_url}/metrics", headers=gw.engine_headers(),
+            async with gw.session.get(f"{engine.base_url}/metrics", headers=engine.headers,
                                       timeout=aiohttp.ClientTimeout(total=ENGINE_PROBE_TIMEOUT_S)) as resp:
-                body += b"\n# the loaded engine's own metrics\n" + await resp.read()
+                body += f"\n# the engine of '{model}': its own metrics\n".encode() + await resp.read()
     return Response(body, media_type="text/plain; version=0.0.4")
+
+
+def engine_statuses(gw: Gateway) -> list[EngineStatus]:
+    """Every engine of the pool, as `animllm ps` shows it (on the event loop)."""
+    scheduler, queues = gw.scheduler, gw.scheduler.queues()
+    return [gw.pool.status(r, running=scheduler.running.get(m, 0),
+                           waiting=queues[m].waiting if m in queues else 0,
+                           idle_s=_rounded(scheduler.idle_for(m)))
+            for m, r in list(gw.pool.residents.items())]
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def newest_engine(gw: Gateway, statuses: list[EngineStatus] | None = None) -> EngineStatus:
+    """The single-slot view: the model loaded last (or being loaded), and the last switch."""
+    switching_to = gw.scheduler.switching_to
+    newest = next((s for s in statuses or engine_statuses(gw) if s.model == gw.pool.newest), None)
+    if newest is None:
+        newest = EngineStatus(model=None, state="none")
+    return newest.model_copy(update={"switching_to": switching_to, "last_switch": gw.pool.last_switch,
+                                     "state": "switching" if switching_to else newest.state})
 
 
 def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
     """On the event loop (the scheduler's lists are the loop's); `report` read beforehand."""
     now = time.monotonic()
+    engines = engine_statuses(gw)
     return StatusReport(
         gateway=GatewayProcess(pid=os.getpid(), uptime_s=round(time.time() - gw.started_at, 1)),
-        engine=gw.manager.status(gw.scheduler.switching_to), queue_depth=gw.scheduler.depth,
+        engine=newest_engine(gw, engines), engines=engines, queue_depth=gw.scheduler.depth,
         in_flight=gw.scheduler.in_flight,
         queues=gw.scheduler.queues(),
         backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
-        busy=gw.verdict.loaded or gw.verdict.others,
+        busy=gw.verdict.summary,
         vram=VramStatus(gpus=[GpuMemory(index=g.index, name=g.name, total_bytes=g.total_bytes, used_bytes=g.used_bytes,
                                         free_bytes=g.free_bytes) for g in report.gpus], error=report.error))
 
@@ -291,24 +370,36 @@ async def admin_status(request: Request, gw: Gateway) -> Response:
     return JSONResponse(status_report(gw, gpus).to_json())
 
 
-@guarded
-async def admin_switch(request: Request, gw: Gateway) -> Response:
+async def _model_named(request: Request, gw: Gateway) -> str:
     wanted = guard.parse_object(await guard.read_body(request, gw.max_body_bytes)).get("model")
     if not isinstance(wanted, str) or not wanted:
-        return error(400, "expected {\"model\": NAME}", param="model")
+        raise Refused(error(400, "expected {\"model\": NAME}", param="model"), "no_model")
     model = gw.resolve(wanted)
     if model is None:
         raise gw.not_found(wanted)
-    if gw.manager.model == model:
-        return JSONResponse(SwitchReport(from_model=model, to_model=model, outcome="already loaded").to_json())
+    return model
+
+
+@guarded
+async def admin_switch(request: Request, gw: Gateway) -> Response:
+    model = await _model_named(request, gw)
+    if model in gw.pool.models:
+        return JSONResponse(SwitchReport(from_model=model, to_model=model, outcome="already loaded",
+                                         gpus=list(gw.pool.residents[model].gpus)).to_json())
     try:
         await gw.load(model)
-    except QueueFull:
-        return error(503, f"the queue is full ({gw.scheduler.queue_max} waiting)", "server_busy", retry_after=2)
-    except SwitchFailed as exc:
-        return error(503, f"model '{model}' could not be loaded: {exc.reason}", "engine_unavailable",
-                     retry_after=exc.retry_after_s)
-    report = gw.manager.last_switch or SwitchReport(from_model=None, to_model=model, outcome="ok")
+    except (QueueFull, SwitchFailed) as exc:
+        return gw.queue_failure(model, exc)
+    report = gw.pool.last_switch or SwitchReport(from_model=None, to_model=model, outcome="ok")
+    return JSONResponse(report.to_json())
+
+
+@guarded
+async def admin_unload(request: Request, gw: Gateway) -> Response:
+    model = await _model_named(request, gw)
+    report = await gw.unload(model)
+    if report is None:
+        return error(409, f"model '{model}' is not loaded", "model_not_loaded", param="model", code="model_not_loaded")
     return JSONResponse(report.to_json())
 
 
@@ -316,8 +407,7 @@ async def admin_switch(request: Request, gw: Gateway) -> Response:
 async def admin_stop(request: Request, gw: Gateway) -> Response:
     if gw.shutdown_hook:
         asyncio.get_running_loop().call_later(0.05, gw.shutdown_hook)
-    pids = sorted(gw.manager.engine.pids()) if gw.manager.engine else []
-    return JSONResponse(StopAnswer(stopping=True, engine_pids=pids).to_json())
+    return JSONResponse(StopAnswer(stopping=True, engine_pids=sorted(gw.pool.all_pids())).to_json())
 
 
 def create_app(gateway: Gateway, *, on_startup: Callable[[], Awaitable[None]] | None = None,
@@ -338,6 +428,7 @@ def create_app(gateway: Gateway, *, on_startup: Callable[[], Awaitable[None]] | 
     routes = [Route(path, proxy, methods=["POST"]) for path in relayed]
     routes += [Route("/v1/models", models), Route("/health", health), Route("/metrics", metrics),
                Route("/admin/status", admin_status), Route("/admin/switch", admin_switch, methods=["POST"]),
+               Route("/admin/unload", admin_unload, methods=["POST"]),
                Route("/admin/stop", admin_stop, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -20,8 +22,22 @@ class GatewayMetrics:
                                         buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600), registry=self.registry)
         self.rejections = Counter("animllm_rejections", "Requests refused before reaching an engine", ["reason"],
                                   registry=self.registry)
+        # Sampled from NVML every admission interval, per engine process (gateway/pool.py).
+        self.engine_vram = Gauge("animllm_engine_vram_bytes", "VRAM each resident engine holds now",
+                                 ["model"], registry=self.registry)
+        self.engine_vram_peak = Gauge("animllm_engine_vram_peak_bytes", "The most VRAM each resident engine has held "
+                                      "since it became ready", ["model"], registry=self.registry)
         self.engine_deaths = Counter("animllm_engine_deaths", "Engines that died after ready", ["model"],
                                      registry=self.registry)
+
+    def record_vram(self, residents: Iterable[Any]) -> None:
+        """Each resident's measured VRAM and peak (gateway/pool.Resident); gone ones drop out."""
+        self.engine_vram.clear()
+        self.engine_vram_peak.clear()
+        for resident in residents:
+            if resident.measured_bytes:
+                self.engine_vram.labels(resident.model).set(sum(resident.measured_bytes.values()))
+                self.engine_vram_peak.labels(resident.model).set(sum(resident.peak_bytes.values()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

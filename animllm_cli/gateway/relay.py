@@ -28,18 +28,20 @@ from animllm_cli.gateway.scheduler import Lease
 
 if TYPE_CHECKING:
     from animllm_cli.config.schema import AnimllmConfig
-    from animllm_cli.gateway.manager import EngineManager
     from animllm_cli.gateway.metrics import GatewayMetrics
+    from animllm_cli.gateway.pool import EnginePool
 
 
 class Gateway(Protocol):
     """What the relay needs of the gateway (app.Gateway), without importing it."""
 
     session: aiohttp.ClientSession
-    manager: EngineManager
+    pool: EnginePool
     metrics: GatewayMetrics
 
-    def engine_headers(self) -> dict[str, str]: ...
+    def engine_headers(self, model: str) -> dict[str, str]: ...
+
+    def queue_failure(self, model: str, exc: Exception) -> Response: ...
 
 
 @dataclass(frozen=True)
@@ -131,15 +133,15 @@ async def race_disconnect(receive: Callable[[], Awaitable[dict]], awaitable: Awa
 
 async def forward(gw: Gateway, request: Request, model: str, lease: Lease, raw: bytes, stream: bool,
                   deadlines: Deadlines) -> Response:
-    """Send the request to the loaded engine; the lease is released when the answer ends."""
-    engine = gw.manager.engine
+    """Send the request to the model's engine; the lease is released when the answer ends."""
+    engine = gw.pool.engine_for(model)
     gw.metrics.in_flight.inc()
     handed_over = False
     bounds = deadlines.bounds
     try:
         if engine is None:
-            raise aiohttp.ClientConnectionError("no engine is loaded")
-        headers = {"content-type": "application/json", **gw.engine_headers()}
+            raise aiohttp.ClientConnectionError(f"no engine of '{model}' is ready")
+        headers = {"content-type": "application/json", **gw.engine_headers(model)}
         send = gw.session.post(f"{engine.base_url}{request.url.path}", data=raw, headers=headers)
         upstream = await race_disconnect(
             request.receive, deadlines.within(send, bounds.first_byte_s, "no answer from the engine within "
@@ -185,6 +187,10 @@ class RelayResponse(Response):
         self.background = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.stream(receive, send, started=False)
+
+    async def stream(self, receive: Any, send: Any, *, started: bool) -> None:
+        """Relay the upstream's body; `started`: the response's head was sent already."""
         upstream = self.upstream
         gone = False
 
@@ -197,9 +203,10 @@ class RelayResponse(Response):
         watcher = asyncio.create_task(watch())
         outcome = "ok"
         try:
-            await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": [(b"content-type", upstream.headers.get("content-type", "text/event-stream").encode()),
-                                    (b"cache-control", b"no-cache")]})
+            if not started:
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": [(b"content-type", upstream.headers.get("content-type", "text/event-stream").encode()),
+                                        (b"cache-control", b"no-cache")]})
             try:
                 await self._pump(send)
             except Expired as exc:
@@ -229,3 +236,70 @@ class RelayResponse(Response):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if not content.is_eof():
             raise aiohttp.ClientPayloadError("upstream closed early")
+
+
+class WaitingStream(Response):
+    """A streamed request whose model must be loaded first. The answer starts at once
+    (200, an event stream), and while the request waits a comment line says what for,
+    every `every_s` (`: loading coder, evicting vision… 12 s`): OpenAI clients skip
+    comments, proxies see bytes flow instead of timing out, `chat` shows them. Then the
+    engine's stream follows; a failure on the way is an error event, as mid-stream."""
+
+    def __init__(self, gw: Gateway, request: Request, model: str, waiting: Awaitable[Lease], raw: bytes,
+                 deadlines: Deadlines, describe: Callable[[], str], every_s: float) -> None:
+        self.gw, self.request, self.model, self.raw, self.deadlines = gw, request, model, raw, deadlines
+        self.waiting, self.describe, self.every_s = asyncio.ensure_future(waiting), describe, every_s
+        self.status_code = 200
+        self.background = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        try:
+            lease = await self._wait(receive, send)
+        except ClientGone:
+            self.gw.metrics.requests.labels(self.model, "client_gone").inc()
+            return
+        except Exception as exc:
+            failed = self.gw.queue_failure(self.model, exc)
+            await self._end(send, _error_message(failed.body), "engine_unavailable")
+            return
+        answer = await forward(self.gw, self.request, self.model, lease, self.raw, True, self.deadlines)
+        if isinstance(answer, RelayResponse):
+            await answer.stream(receive, send, started=True)
+        else:  # the engine refused it (4xx/5xx): its error as an event
+            await self._end(send, _error_message(answer.body), "engine_error")
+
+    async def _wait(self, receive: Any, send: Any) -> Lease:
+        """The lease, saying what it waits for every `every_s`; ClientGone if the client leaves."""
+        started = asyncio.get_running_loop().time()
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            while True:
+                done, _ = await asyncio.wait({self.waiting, gone}, timeout=self.every_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if self.waiting in done:
+                    return self.waiting.result()
+                if gone in done:
+                    self.waiting.cancel()
+                    with contextlib.suppress(BaseException):
+                        (await self.waiting).release()  # granted in the same turn: give it back
+                    raise ClientGone()
+                waited = asyncio.get_running_loop().time() - started
+                note = f": {self.describe()}\u2026 {waited:.0f} s\n\n"
+                await send({"type": "http.response.body", "body": note.encode(), "more_body": True})
+        finally:
+            gone.cancel()
+
+    async def _end(self, send: Any, message: str, kind: str) -> None:
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": sse_error(message, kind)[2:], "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error")
+        return error.get("message") if isinstance(error, dict) else str(error)
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace")[:500] or "the request failed"

@@ -1,28 +1,35 @@
-"""Who runs next, and when to switch models. Pure asyncio: no HTTP, no clock of its own
-(tests pass one), no sleeps.
+"""Who runs next, and when to load or evict models. Pure asyncio: no HTTP, no clock of its
+own (tests pass one), no sleeps.
 
-A switch costs 10-30 s on the studio box and a request a few: this is a polling system
-with switch-over times, and the rule (policy "batch", the default) is the one that
-literature calls time-limited exhaustive service. The loaded model keeps the card while
-it has work, so one switch pays for a batch; the time limit keeps a waiting model from
-being starved.
+The engine pool (gateway/pool.py) keeps every model that fits loaded: a request for a
+resident model starts as soon as that model has a free slot (its concurrency limit),
+whatever the pool is doing meanwhile. A request for a model that is not resident needs a
+*switch*: load it beside the residents when the pool has room (`place`), else evict
+residents, idle ones least recently used first, pinned ones never, until it has.
+
+A switch costs 10-30 s on the studio box and a request a few: when a switch must evict
+a model that still has work, this is a polling system with switch-over times, and the rule
+(policy "batch", the default) is the one that literature calls time-limited exhaustive
+service. The model to evict keeps the card while it has work, so one switch pays for a
+batch; the time limit keeps a waiting model from being starved.
 
 - Within a model: priority (higher first), then arrival.
-- A request for the loaded model starts as soon as the model has a free slot (its
-  concurrency limit), whatever waits for other models, unless a request for another
-  model is *overdue* (it has waited `max_wait_s`). Then only the loaded model's requests
-  that arrived before the oldest overdue one still start, plus the batch it switched in
-  for (every request that was waiting for it when it became loaded). An urgent request
-  (`animllm switch`) lets nothing more start.
-- The switch starts when the loaded model has nothing running (a model with requests in
-  flight is never evicted) and nothing it may still start.
+- A request for a resident model starts as soon as the model has a free slot, unless the
+  model is to be evicted for the next switch and a request for another model is
+  *overdue* (it has waited `max_wait_s`). Then only its requests that arrived before the
+  oldest overdue one still start, plus the batch it was loaded for (every request that
+  was waiting for it when it became loaded). An urgent request (`animllm switch`) lets
+  nothing more start on the models it evicts.
+- The switch starts when the models it evicts have nothing running (a model with
+  requests in flight is never evicted) and nothing they may still start. One switch runs
+  at a time; the residents it leaves alone serve throughout.
 - The next model: an urgent request's, else the oldest overdue request's; otherwise the
   model whose turn is best (the highest priority among its waiters, ties to the oldest
   arrival), unless another has at least `batch_factor` times as many requests waiting.
 - A failed switch fails every request waiting for that model (and only those), and the
   model gets a backoff window during which new requests for it fail at once.
 
-So a request waits at most `max_wait_s`, plus what the loaded model still has to finish
+So a request waits at most `max_wait_s`, plus what the evicted model still has to finish
 then (what runs, its batch, and its requests older than this one), plus the switch to its
 model and, with three models or more, the switches to and batches of models whose
 requests are older than its own.
@@ -39,7 +46,7 @@ import itertools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Literal
+from typing import Awaitable, Callable, Collection, Literal
 
 from animllm_cli.gateway.state import ModelQueue
 
@@ -80,17 +87,22 @@ class Ticket:
 class Decision:
     """Why a switch happened and why to this model: the labels of the switch metric.
 
-    reason: cold (nothing was loaded: the first load, or after an engine died) | idle (the
-    loaded model had no work left, even if a request elsewhere had just become overdue) |
-    max_wait (it still had work, but a request elsewhere waited max_wait_s) | admin
-    (`animllm switch`) | arrival_order (policy fifo).
+    reason: cold (nothing was loaded: the first load, or after an engine died) | beside
+    (loaded next to the residents, nothing evicted) | idle (the evicted models had no work
+    left, even if a request elsewhere had just become overdue) | max_wait (they still had
+    work, but a request elsewhere waited max_wait_s) | admin (`animllm switch`) |
+    arrival_order (policy fifo) | keep_alive, unload (no model loaded: one evicted because
+    it stayed idle for its keep_alive, or by `animllm unload`).
     chosen_by: only (one model waited) | oldest | priority | more_work | overdue | explicit
-    (`animllm switch`, or the model `serve` starts with) | arrival_order.
+    (`animllm switch`, `unload`, preload, or the model `serve` starts with) | arrival_order
+    | idle (keep_alive).
+    `evict`: the residents it stops first, least recently used first (not a label).
     """
 
-    model: str
+    model: str | None
     reason: str
     chosen_by: str
+    evict: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass
@@ -105,40 +117,56 @@ class Lease:
             self._scheduler._release(self)
 
 
+class NoRoom(Exception):
+    """The model cannot be placed even with every evictable resident gone."""
+
+
 class Scheduler:
     def __init__(self, switch: Callable[[Decision], Awaitable[None]], limit: Callable[[str], int],
-                 loaded: Callable[[], str | None], *, queue_max: int, backoff_s: float = 30.0,
+                 residents: Callable[[], Collection[str]], *, queue_max: int, backoff_s: float = 30.0,
+                 place: Callable[[str, frozenset[str]], bool] | None = None,
+                 pinned: Callable[[str], bool] = lambda model: False,
                  policy: Policy = "batch", max_wait_s: float = 60.0, batch_factor: float = 4.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._switch = switch
         self._limit = limit
-        self._loaded = loaded  # the engine manager's record of the ready model: the one truth
+        self._residents = residents  # the pool's record of the ready engines: the one truth
+        # Whether `model` fits once the residents in the set are gone; without a pool, one at a time.
+        self._place = place or (lambda model, evicting: not set(self._residents()) - evicting)
+        self._pinned = pinned
         self.queue_max = queue_max
         self.backoff_s = backoff_s
         self.policy, self.max_wait_s, self.batch_factor = policy, max_wait_s, batch_factor
         self._clock = clock
         self._seq = itertools.count()
         self.waiting: list[Ticket] = []
-        self.in_flight = 0
-        self.switching_to: str | None = None
+        self.running: dict[str, int] = defaultdict(int)   # model -> requests in flight
+        self.last_used: dict[str, float] = {}             # model -> when a request last started or ended
+        self.operation: Decision | None = None            # the switch (or unload) in progress
         self.backoff_until: dict[str, tuple[float, str]] = {}
+        self._unloads: dict[str, tuple[Decision, asyncio.Future]] = {}  # asked for, waiting for the model to drain
         self._switch_task: asyncio.Task | None = None
 
     # --------------------------------------------------------------------- public
     @property
     def current(self) -> str | None:
-        """The model whose engine is ready now (read from the engine manager, not kept here)."""
-        return self._loaded()
+        """The one resident model, if exactly one is resident (the single-slot view)."""
+        residents = list(self._residents())
+        return residents[0] if len(residents) == 1 else None
+
+    @property
+    def switching_to(self) -> str | None:
+        return self.operation.model if self.operation else None
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self.running.values())
 
     async def acquire(self, model: str, priority: float = 0, *, urgent: bool = False) -> Lease:
         """Wait for a slot on `model`, loading it first if needed. `urgent` (an explicit
-        switch): nothing more starts on the loaded model, the switch waits only for what
-        runs. Cancelling the caller (a client that went away) takes it out of the queue."""
-        blocked = self.backoff_until.get(model)
-        if blocked and blocked[0] > self._clock():
-            raise SwitchFailed(model, blocked[1], blocked[0] - self._clock())
-        if len(self.waiting) >= self.queue_max:
-            raise QueueFull()
+        switch): nothing more starts on the models it evicts, the switch waits only for
+        what runs. Cancelling the caller (a client that went away) takes it out of the queue."""
+        self.check(model)
         ticket = Ticket((-priority, next(self._seq)), model, asyncio.get_running_loop().create_future(),
                         arrived=self._clock(), urgent=urgent)
         self.waiting.append(ticket)
@@ -154,16 +182,52 @@ class Scheduler:
             raise
         return Lease(model, self)
 
+    def check(self, model: str) -> None:
+        """Raise what a wait for `model` would fail with at once: its backoff, a full queue."""
+        blocked = self.backoff_until.get(model)
+        if blocked and blocked[0] > self._clock():
+            raise SwitchFailed(model, blocked[1], blocked[0] - self._clock())
+        if len(self.waiting) >= self.queue_max:
+            raise QueueFull()
+
     def try_acquire(self, model: str) -> Lease | None:
-        """The fast path: the model is loaded, a slot is free and nobody waits. No await."""
-        if (model == self.current and self.switching_to is None and not self.waiting
-                and self.in_flight < self._limit(model)):
-            self.in_flight += 1
+        """The fast path: the model is resident, a slot is free and nobody waits. No await."""
+        if (not self.waiting and model not in self._unloads and model in self._residents()
+                and self.running[model] < self._limit(model)):
+            self._start(model)
             return Lease(model, self)
         return None
 
+    async def unload(self, model: str, reason: str = "unload") -> None:
+        """Evict `model` once what runs on it has finished; nothing new starts on it
+        meanwhile (requests that wait for it load it again afterwards)."""
+        done = self.request_unload(model, reason)
+        if done is not None:
+            await asyncio.shield(done)
+
+    def request_unload(self, model: str, reason: str) -> asyncio.Future | None:
+        """`unload` without waiting (keep-alive); asking twice is asking once. None: not resident."""
+        if model not in self._residents():
+            return None
+        if model not in self._unloads:
+            chosen_by = "idle" if reason == "keep_alive" else "explicit"
+            self._unloads[model] = (Decision(None, reason, chosen_by, (model,)),
+                                    asyncio.get_running_loop().create_future())
+            self._pump()
+        return self._unloads[model][1] if model in self._unloads else None
+
+    def idle(self, model: str) -> bool:
+        """Nothing runs on `model` and nothing waits for it."""
+        return not self.running[model] and not any(t.model == model for t in self.waiting)
+
+    def idle_for(self, model: str) -> float | None:
+        """How long `model` has had nothing running and nothing waiting; None while it has."""
+        if not self.idle(model) or model not in self.last_used:
+            return None
+        return max(0.0, self._clock() - self.last_used[model])
+
     def engine_lost(self) -> None:
-        """The loaded engine died: the next request for it restarts it through a switch."""
+        """A resident engine died: the next request for it restarts it through a switch."""
         self._pump()
 
     @property
@@ -177,32 +241,56 @@ class Scheduler:
                                   oldest_wait_s=round(now - min(t.arrived for t in tickets), 3))
                 for model, tickets in by_model.items()}
 
+    def waiting_for(self, model: str) -> str:
+        """What a request for `model` waits for now, in words (the loading comments)."""
+        operation = self.operation
+        if operation is not None and operation.model == model:
+            evicting = f", evicting {', '.join(operation.evict)}" if operation.evict else ""
+            return f"loading {model}{evicting}"
+        if model in self._residents():
+            return f"waiting for a free slot on {model}"
+        if operation is not None:
+            return f"waiting for {model}: {operation.model or ', '.join(operation.evict)} is being " \
+                   f"{'loaded' if operation.model else 'unloaded'} first"
+        return f"waiting for {model}: its turn to be loaded"
+
     # --------------------------------------------------------------------- internals
+    def _start(self, model: str) -> None:
+        self.running[model] += 1
+        self.last_used[model] = self._clock()
+
     def _release(self, lease: Lease) -> None:
-        self.in_flight -= 1
+        self.running[lease.model] -= 1
+        self.last_used[lease.model] = self._clock()
         self._pump()
 
     def _pump(self) -> None:
-        """Start what may start; start a switch when the loaded model may give up the card.
-        Called on every event (arrival, release, switch end): a wait only ends at one."""
-        if self.switching_to is not None:
-            return
+        """Start what may start; start a switch when the models it evicts may give up
+        the card. Called on every event (arrival, release, switch end): a wait only ends at one."""
         # A caller cancelled in this same turn of the loop is not waiting any more, even
         # before its own cleanup runs: it must not start a switch.
         self.waiting = sorted(t for t in self.waiting if not t.granted.done())
-        current = self.current
-        foreign = [t for t in self.waiting if t.model != current]
+        residents = set(self._residents())
+        loading = self.switching_to
+        foreign = [t for t in self.waiting if t.model not in residents and t.model != loading]
         overdue = self._overdue(foreign)
+        decision = self._decide(residents, foreign, overdue) if foreign and self.operation is None else None
+        evicting = set(decision.evict) if decision else set()
         gate = min((t.seq for t in overdue), default=None)
         explicit = any(t.urgent for t in foreign)  # `animllm switch` waits only for what runs
-        for ticket in [t for t in self.waiting if t.model == current]:
-            if self.in_flight >= self._limit(ticket.model) or explicit:
-                break
-            if gate is not None and ticket.seq > gate and not ticket.batched:
-                continue  # arrived after a request that has waited long enough: it waits too
+        for ticket in list(self.waiting):
+            model = ticket.model
+            if model not in residents or model in self._unloads or self.running[model] >= self._limit(model):
+                continue
+            if model in evicting and (explicit or (gate is not None and ticket.seq > gate and not ticket.batched)):
+                continue  # to be evicted, and this one arrived after a request that has waited long enough
             self._grant(ticket)
-        if foreign and self.in_flight == 0:
-            self._start_switch(self._decide(current, foreign, overdue))
+        if self.operation is None:
+            drained = next((m for m in self._unloads if not self.running[m]), None)
+            if drained is not None:
+                self._start_operation(self._unloads[drained][0])
+            elif decision is not None and not any(self.running[m] for m in decision.evict):
+                self._start_operation(decision)
 
     def _overdue(self, foreign: list[Ticket]) -> list[Ticket]:
         if self.policy == "fifo":
@@ -210,17 +298,39 @@ class Scheduler:
         now = self._clock()
         return [t for t in foreign if t.urgent or now - t.arrived >= self.max_wait_s]
 
-    def _decide(self, current: str | None, foreign: list[Ticket], overdue: list[Ticket]) -> Decision:
+    def _decide(self, residents: set[str], foreign: list[Ticket], overdue: list[Ticket]) -> Decision | None:
         model, chosen_by = self._next_model(foreign, overdue)
-        if current is None:
+        evict = self._victims(model, residents)
+        if evict is None:
+            self._fail(model, f"'{model}' does not fit beside the pinned models "
+                              f"({', '.join(sorted(m for m in residents if self._pinned(m)))}) and nothing else "
+                              f"can be evicted; see `animllm plan --together`", backoff=False)
+            return None
+        if not residents:
             reason = "cold"
         elif any(t.urgent and t.model == model for t in foreign):
             reason = "admin"
-        elif any(t.model == current for t in self.waiting):  # it still had work, held back by the gate
+        elif not evict:
+            reason = "beside"
+        elif any(t.model in evict for t in self.waiting):  # they still had work, held back by the gate
             reason = "arrival_order" if self.policy == "fifo" else "max_wait"
         else:
             reason = "idle"
-        return Decision(model, reason, chosen_by)
+        return Decision(model, reason, chosen_by, tuple(evict))
+
+    def _victims(self, model: str, residents: set[str]) -> list[str] | None:
+        """The residents to evict so that `model` fits: none if it fits beside them; else
+        idle ones least recently used first, then busy ones (whose work must end first);
+        never a pinned one. None: it cannot fit even then."""
+        victims: list[str] = []
+        candidates = sorted((m for m in residents if not self._pinned(m)),
+                            key=lambda m: (not self.idle(m), self.last_used.get(m, 0.0)))
+        for candidate in [None, *candidates]:
+            if candidate is not None:
+                victims.append(candidate)
+            if self._place(model, frozenset(victims)):
+                return victims
+        return None
 
     def _next_model(self, foreign: list[Ticket], overdue: list[Ticket]) -> tuple[str, str]:
         if self.policy == "fifo":  # the oldest, whatever its priority: the gate is by arrival too
@@ -252,29 +362,41 @@ class Scheduler:
     def _grant(self, ticket: Ticket) -> None:
         self.waiting.remove(ticket)
         if not ticket.granted.done():
-            self.in_flight += 1
+            self._start(ticket.model)
             ticket.granted.set_result(None)
 
-    def _start_switch(self, decision: Decision) -> None:
-        self.switching_to = decision.model
-        self._switch_task = asyncio.get_running_loop().create_task(self._run_switch(decision))
+    def _fail(self, model: str, reason: str, *, backoff: bool) -> None:
+        """Fail every request waiting for `model` (and only those)."""
+        if backoff:
+            self.backoff_until[model] = (self._clock() + self.backoff_s, reason)
+        for ticket in [t for t in self.waiting if t.model == model]:
+            self.waiting.remove(ticket)
+            if not ticket.granted.done():
+                ticket.granted.set_exception(SwitchFailed(model, reason, self.backoff_s if backoff else 0))
 
-    async def _run_switch(self, decision: Decision) -> None:
+    def _start_operation(self, decision: Decision) -> None:
+        self.operation = decision
+        self._switch_task = asyncio.get_running_loop().create_task(self._run_operation(decision))
+
+    async def _run_operation(self, decision: Decision) -> None:
         model = decision.model
         try:
             await self._switch(decision)
         except Exception as exc:  # the engine did not start: fail its waiters, back off
-            reason = str(exc) or type(exc).__name__
-            self.backoff_until[model] = (self._clock() + self.backoff_s, reason)
-            for ticket in [t for t in self.waiting if t.model == model]:
-                self.waiting.remove(ticket)
-                if not ticket.granted.done():
-                    ticket.granted.set_exception(SwitchFailed(model, reason, self.backoff_s))
+            if model is not None:
+                self._fail(model, str(exc) or type(exc).__name__, backoff=True)
         else:
-            self.backoff_until.pop(model, None)
-            if self.policy == "batch":  # what it was loaded for runs, whoever becomes overdue meanwhile
+            if model is not None:
+                self.backoff_until.pop(model, None)
+                self.last_used[model] = self._clock()  # idle from here, for keep_alive
+            if model is not None and self.policy == "batch":  # what it was loaded for runs, whoever becomes overdue meanwhile
                 for ticket in self.waiting:
                     ticket.batched = ticket.batched or ticket.model == model
         finally:
-            self.switching_to = None
+            for evicted in decision.evict:
+                self.running.pop(evicted, None)
+                unload = self._unloads.pop(evicted, None)
+                if unload and not unload[1].done():
+                    unload[1].set_result(None)
+            self.operation = None
             self._pump()

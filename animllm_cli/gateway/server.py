@@ -20,22 +20,25 @@ class Hooks:
     on_ready: Callable[[Any], None] | None = None        # the first model is loaded (SwitchReport)
     on_failed: Callable[[Exception], None] | None = None  # it could not be loaded
     on_stopped: Callable[[Any], None] | None = None       # gateway down, engine stopped (StopReport)
+    on_note: Callable[[str], None] | None = None          # how each further preload went
 
 
 def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | None, hooks: Hooks,
+          preload: list[str] | None = None,
           log_path: str | None = None, nvml_module: object | None = None, log_dir: Path | None = None,
           on_progress: Callable | None = None, write_state_file: bool = True, exit_on_failed_load: bool = True):
-    """A uvicorn.Server for the gateway, and the Gateway itself."""
+    """A uvicorn.Server for the gateway, and the Gateway itself. It loads `model`, then
+    each of `preload` in turn (beside the others where the plan has room)."""
     import uvicorn
 
     from animllm_cli.gateway.app import Gateway, create_app
-    from animllm_cli.gateway.manager import EngineManager
+    from animllm_cli.gateway.pool import EnginePool
 
-    manager = EngineManager(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress)
+    pool = EnginePool(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress)
     state_file = _StateFile() if write_state_file else None
     if state_file:
-        manager.on_engines_changed = lambda: state_file.record_engines(manager)
-    gateway = Gateway(loaded, api_key=key, manager=manager, nvml_module=nvml_module)
+        pool.on_engines_changed = lambda: state_file.record_engines(pool)
+    gateway = Gateway(loaded, api_key=key, pool=pool, nvml_module=nvml_module)
     server_box: dict[str, uvicorn.Server] = {}
 
     async def first_load() -> None:
@@ -49,7 +52,21 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
                 server_box["server"].should_exit = True
         else:
             if hooks.on_ready:
-                hooks.on_ready(manager.last_switch)
+                hooks.on_ready(pool.last_switch)
+            for name in [m for m in dict.fromkeys(preload or []) if m != model]:
+                await _preload(name)
+
+    async def _preload(name: str) -> None:
+        note = hooks.on_note or (lambda text: None)
+        try:
+            await gateway.load(name)
+        except Exception as exc:
+            note(f"preload: {name} could not be loaded: {getattr(exc, 'reason', None) or exc}")
+            return
+        report = pool.last_switch
+        evicted = f"; it evicted {', '.join(report.evicted)} (they do not fit together: see `animllm plan " \
+                  f"--together`)" if report and report.evicted else ""
+        note(f"preload: {name} ready in {report.load_s or 0:.1f}s{evicted}" if report else f"preload: {name} ready")
 
     async def on_startup() -> None:
         if state_file:
@@ -86,11 +103,11 @@ class _StateFile:
             self._state = state
             write_state(state)
 
-    def record_engines(self, manager: Any) -> None:
+    def record_engines(self, pool: Any) -> None:
         with self._lock:
             if self._state is None:  # not written yet, or removed at shutdown: never recreate it
                 return
-            self._state.engines = manager.engine_groups()
+            self._state.engines = pool.engine_groups()
             write_state(self._state)
 
     def close(self) -> None:

@@ -212,10 +212,12 @@ class Report(BaseModel):
 
 
 class SwitchReport(Report):
-    from_model: str | None
-    to_model: str
+    from_model: str | None            # the first model evicted, if any
+    to_model: str | None              # None: an unload
     outcome: str                      # ok | failed | already loaded
-    reason: str | None = None         # why: cold | idle | max_wait | admin | arrival_order (scheduler.Decision)
+    evicted: list[str] = []           # every model stopped to make room, least recently used first
+    gpus: list[int] = []              # where the model was placed
+    reason: str | None = None         # why: cold | beside | idle | max_wait | admin | arrival_order | keep_alive | unload
     chosen_by: str | None = None      # why this model: only | oldest | priority | more_work | overdue | explicit | arrival_order
     stop_s: float | None = None
     vram_release_s: float | None = None
@@ -230,7 +232,7 @@ class SwitchReport(Report):
 
 class EngineStatus(Report):
     model: str | None
-    state: str                        # none | starting | ready | switching | dead | stopped
+    state: str                        # none | starting | ready | switching | stopping | dead | stopped
     switching_to: str | None = None
     phase: str | None = None
     engine_pid: int | None = None
@@ -239,6 +241,18 @@ class EngineStatus(Report):
     log_path: str | None = None
     loaded_since: float | None = None
     last_switch: SwitchReport | None = None
+    # The pool's view of one resident engine (`animllm ps`):
+    gpus: list[int] = []
+    share: float | None = None        # the gpu_memory_utilization it runs with
+    vram_bytes: int | None = None     # what NVML shows its processes hold now (None: not measured)
+    vram_planned_bytes: int | None = None  # the plan's estimate
+    vram_peak_bytes: int | None = None     # the most NVML showed it hold since it became ready
+    in_flight: int = 0
+    waiting: int = 0
+    idle_s: float | None = None       # how long it has had nothing running or waiting
+    pinned: bool = False
+    keep_alive_s: float | None = None
+    unload_in_s: float | None = None  # when keep_alive unloads it, if it stays idle
 
 
 class GpuMemory(Report):
@@ -268,7 +282,8 @@ class StatusReport(Report):
     schema_version: int = 1
     url: str | None = None            # filled in by the client from the state file
     gateway: GatewayProcess
-    engine: EngineStatus
+    engine: EngineStatus              # the model loaded last (or being loaded): the single-slot view
+    engines: list[EngineStatus] = []  # every engine of the pool (`animllm ps`)
     queue_depth: int
     in_flight: int
     queues: dict[str, ModelQueue] = {}  # model -> its waiting requests

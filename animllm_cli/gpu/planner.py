@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from animllm_cli.config import LoadedConfig, ModelView
 from animllm_cli.errors import UsageError
@@ -192,18 +192,172 @@ def _room(tokens: int, length: int) -> str:
     return f"room for {tokens:,} tokens, so also max_model_len: {tokens // 1024 * 1024}"
 
 
+# The smallest share is the plan's need (without CUDA graphs, which vLLM captures outside
+# its budget) with this much room on top: the arithmetic is an estimate, and a share that
+# falls short fails the engine's start ("max model len ... larger than the KV cache").
+SHARE_MARGIN = 1.05
+
+
+@dataclass
+class Share:
+    """What one engine of a model takes of each card it runs on: the
+    gpu_memory_utilization it is launched with, and once ready that much of the card
+    plus its CUDA graphs."""
+    model: str
+    utilization: float
+    graphs_bytes: int
+    basis: str                        # share (the config's) | smallest (the planner's) | alone (its own utilization)
+    tensor_parallel: int = 1          # how many GPUs it spans
+
+    def bytes_on(self, card_bytes: int) -> int:
+        return int(card_bytes * self.utilization) + self.graphs_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def smallest_share(plan: ModelPlan, card: int, tensor_parallel: int = 1) -> float | None:
+    """The least utilization whose KV pool still holds max_model_len (weights and KV
+    split over `tensor_parallel` cards), or None when the model's facts are unknown."""
+    if plan.verdict == "unknown" or plan.weight_bytes is None:
+        return None
+    budget = (plan.weight_bytes + (plan.kv_bytes_per_token or 0) * (plan.max_model_len or 0)) / tensor_parallel \
+        + (plan.activation_bytes or 0) + (plan.non_torch_bytes or 0)
+    return min(1.0, math.ceil(budget * SHARE_MARGIN / card * 100) / 100)
+
+
+def model_share(view: ModelView, plan: ModelPlan, card: int, *, shareable: bool) -> Share:
+    tp = int(view.settings.get("tensor_parallel_size") or len(view.spec.gpus or []) or 1)
+    graphs = 0 if view.settings.get("enforce_eager") else CUDA_GRAPH_BYTES
+    smallest = smallest_share(plan, card, tp)
+    if view.spec.share is not None:
+        return Share(view.name, view.spec.share, graphs, "share", tp)
+    if shareable and smallest is not None:
+        return Share(view.name, smallest, graphs, "smallest", tp)
+    return Share(view.name, view.settings.get("gpu_memory_utilization") or DEFAULT_UTILIZATION, graphs, "alone", tp)
+
+
+def card_shares(loaded: LoadedConfig, card: int) -> dict[str, Share]:
+    """Each model's share of a card of `card` bytes. A model that can stay loaded beside
+    another (in a co-resident group) runs at the share its config gives, else at the
+    planner's smallest; a model that can only run alone keeps its own utilization, so a
+    card that holds one model at a time works as it always has."""
+    views = {name: loaded.model(name) for name in loaded.model_names()}
+    plans = {name: plan_model(loaded, view, card) for name, view in views.items()}
+    candidates = [model_share(views[name], plans[name], card, shareable=True) for name in views]
+    together = {name for group in groups_of(candidates, card, loaded.config.limits.vram_threshold) for name in group}
+    return {name: model_share(view, plans[name], card, shareable=name in together) for name, view in views.items()}
+
+
+def groups_of(shares: list[Share], card: int, threshold: float) -> list[list[str]]:
+    """Largest groups of models whose shares of one card add up to at most card x threshold."""
+    groups: list[list[str]] = []
+    for size in range(len(shares), 1, -1):
+        for combo in itertools.combinations(shares, size):
+            names = [s.model for s in combo]
+            if sum(s.bytes_on(card) for s in combo) <= card * threshold and \
+                    not any(set(names) <= set(g) for g in groups):
+                groups.append(names)
+    return groups
+
+
+@dataclass
+class Card:
+    """One GPU as placement sees it: its size, and the room left on it below the threshold."""
+    index: int
+    total_bytes: int
+    room_bytes: int
+
+
+def place(need: Callable[[Card], int], tensor_parallel: int, cards: list[Card],
+          wanted: list[int] | None) -> tuple[int, ...] | None:
+    """The GPUs an engine goes on: the ones the model names if each has room for it, else
+    the `tensor_parallel` GPUs with the most room. None: it does not fit now."""
+    by_index = {card.index: card for card in cards}
+    if wanted is not None:
+        chosen = [by_index.get(i) for i in wanted]
+        return tuple(wanted) if all(c is not None and c.room_bytes >= need(c) for c in chosen) else None
+    fitting = sorted((c for c in cards if c.room_bytes >= need(c)), key=lambda c: (-c.room_bytes, c.index))
+    if len(fitting) < tensor_parallel:
+        return None
+    return tuple(sorted(c.index for c in fitting[:tensor_parallel]))
+
+
+@dataclass
+class Placement:
+    model: str
+    gpus: tuple[int, ...] | None      # None: it does not fit
+    utilization: float
+    bytes_per_gpu: int
+    basis: str
+
+
+@dataclass
+class TogetherReport:
+    """`plan --together`: whether a set of models fits the cards at once, and how."""
+    cards: list[Card]
+    card_basis: str
+    placements: list[Placement]
+    fits: bool
+    summary: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": 1, "card_basis": self.card_basis, "fits": self.fits, "summary": self.summary,
+                "cards": [asdict(c) for c in self.cards], "placements": [asdict(p) for p in self.placements]}
+
+
+def cards_now(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) -> tuple[list[Card], str]:
+    """The cards to place on, with their room now: --vram (one empty card), else every GPU
+    NVML sees with what other processes hold taken off, else the config's gpu.vram_gib."""
+    threshold = loaded.config.limits.vram_threshold
+    if gpus.gpus and not vram_gib:
+        return ([Card(g.index, g.total_bytes, int(g.total_bytes * threshold) - g.used_bytes) for g in gpus.gpus],
+                f"{len(gpus.gpus)} detected GPU(s), as NVML sees them now")
+    size, basis = vram_basis(loaded, gpus, vram_gib)
+    return [Card(0, size, int(size * threshold))], basis
+
+
+def plan_together(loaded: LoadedConfig, names: list[str], cards: list[Card], card_basis: str) -> TogetherReport:
+    """Place the models one after another, in the given order, as the pool would."""
+    threshold = loaded.config.limits.vram_threshold
+    views = {name: loaded.model(name) for name in names}
+    shares = {card.total_bytes: {name: model_share(view, plan_model(loaded, view, card.total_bytes), card.total_bytes,
+                                                   shareable=True) for name, view in views.items()}
+              for card in cards}
+    left = [Card(c.index, c.total_bytes, c.room_bytes) for c in cards]
+    placements: list[Placement] = []
+    for name in names:
+        share_on = lambda card, name=name: shares[card.total_bytes][name]
+        spec = loaded.config.models[name]
+        first = share_on(left[0])
+        gpus = place(lambda card: share_on(card).bytes_on(card.total_bytes), first.tensor_parallel, left, spec.gpus)
+        on = [c for c in left if gpus and c.index in gpus]
+        for card in on:
+            card.room_bytes -= share_on(card).bytes_on(card.total_bytes)
+        shown = share_on(on[0]) if on else first
+        placements.append(Placement(name, gpus, shown.utilization,
+                                    shown.bytes_on((on[0] if on else left[0]).total_bytes), shown.basis))
+    missing = [p.model for p in placements if p.gpus is None]
+    summary = (f"{', '.join(names)} fit together" if not missing else
+               f"{', '.join(missing)} do{'es' if len(missing) == 1 else ''} not fit beside the others "
+               f"(threshold {threshold:.0%} of each card)")
+    return TogetherReport(cards, card_basis, placements, not missing, summary)
+
+
 @dataclass
 class PlanReport:
     vram_bytes: int
     vram_basis: str
     models: list[ModelPlan]
-    co_resident: list[list[str]]
+    co_resident: list[list[str]]      # groups that can stay loaded together, each engine at its share
+    shares: dict[str, Share] = field(default_factory=dict)
     formula: str = FORMULA
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": 1, "vram_bytes": self.vram_bytes, "vram_gib": round(self.vram_bytes / GIB, 2),
                 "vram_basis": self.vram_basis, "models": [m.to_json() for m in self.models],
-                "co_resident": self.co_resident, "formula": self.formula}
+                "co_resident": self.co_resident, "shares": {k: v.to_json() for k, v in self.shares.items()},
+                "formula": self.formula}
 
 
 def vram_basis(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) -> tuple[int, str]:
@@ -219,18 +373,7 @@ def vram_basis(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) ->
 
 def plan_models(loaded: LoadedConfig, names: list[str], vram: int, basis: str) -> PlanReport:
     plans = [plan_model(loaded, loaded.model(name), vram) for name in names]
-    return PlanReport(vram, basis, plans, co_resident(plans, vram, loaded.config.limits.vram_threshold))
-
-
-def co_resident(plans: list[ModelPlan], vram: int, threshold: float) -> list[list[str]]:
-    """Largest groups of fitting models whose needs add up to at most VRAM x threshold.
-    Each engine would then run with gpu_memory_utilization = its need / VRAM."""
-    fitting = [p for p in plans if p.verdict == "fits" and p.need_bytes]
-    groups: list[list[str]] = []
-    for size in range(len(fitting), 1, -1):
-        for combo in itertools.combinations(fitting, size):
-            names = [p.model for p in combo]
-            if sum(p.need_bytes or 0 for p in combo) <= vram * threshold and \
-                    not any(set(names) <= set(g) for g in groups):
-                groups.append(names)
-    return groups
+    shares = card_shares(loaded, vram)
+    fitting = [shares[p.model] for p in plans if p.verdict == "fits"]
+    return PlanReport(vram, basis, plans, groups_of(fitting, vram, loaded.config.limits.vram_threshold),
+                      {name: shares[name] for name in names})

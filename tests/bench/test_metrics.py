@@ -42,3 +42,22 @@ def test_summary_of_a_trace() -> None:
 def test_failed_requests_do_not_count_in_the_latencies() -> None:
     s = summarize([Sample(ok=False, start=0, latency=9.0, ttft=5.0, output_tokens=3)], 1.0)
     assert s.completed == 0 and s.e2el_ms.median == 0.0 and s.output_tokens == 0
+
+
+def test_peak_vram_is_the_highest_sample_over_the_level() -> None:
+    import time
+
+    from animllm_cli.bench.vram import PeakVram
+    from animllm_cli.units import GIB
+    from tests.fakes.nvml import FakeGpu, FakeNvml
+
+    gpus = [FakeGpu(used=1 * GIB), FakeGpu(used=1 * GIB)]
+    with PeakVram(FakeNvml(gpus), every_s=0.01) as peak:
+        for used in (3, 2):
+            time.sleep(0.1)
+            gpus[0].used = used * GIB
+        time.sleep(0.1)
+    assert peak.bytes == 4 * GIB   # 3 GiB + 1 GiB, at the same sample
+    with PeakVram(FakeNvml(missing=True)) as none:
+        pass
+    assert none.bytes is None

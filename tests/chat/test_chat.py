@@ -93,7 +93,7 @@ def test_server_not_running_says_how_to_start_it() -> None:
 
 def test_any_openai_server_with_url(gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine behind the gateway is such a server; it takes only its own key."""
-    engine = gateway.gateway.manager.engine
+    engine = gateway.gateway.pool.engine
     refused = run_cli("chat", "a", "-p", "hi", "--max-tokens", "1", "--url", engine.base_url)
     assert refused.exit_code == 1 and "401" in refused.stderr
     monkeypatch.setenv("ENGINE_KEY", engine.command.api_key)

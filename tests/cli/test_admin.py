@@ -32,7 +32,7 @@ def test_quiet_switch_prints_nothing_on_stderr(gateway, terminal: bool) -> None:
 
     loud = run_cli("switch", "a", env=env)
     assert loud.exit_code == 0, loud.stderr
-    assert "switching to a" in loud.stderr and "b -> a" in loud.stdout
+    assert "loading a" in loud.stderr and "b -> a" in loud.stdout
 
 
 def test_quiet_switch_still_prints_errors(gateway) -> None:
@@ -71,9 +71,9 @@ def test_admin_commands_against_a_gateway_with_a_key(tmp_path: Path, monkeypatch
             refused = run_cli(*command)
             assert refused.exit_code == 1, command
             assert "401" in refused.stderr and "export ANIMLLM_API_KEY" in refused.stderr, refused.stderr
-        assert running.thread.is_alive() and running.gateway.manager.model == "a"
+        assert running.thread.is_alive() and running.gateway.pool.model == "a"
         monkeypatch.setenv("ANIMLLM_API_KEY", "k-123")
         assert run_cli("status").exit_code == 0
-        assert run_cli("switch", "b").exit_code == 0 and running.gateway.manager.model == "b"
+        assert run_cli("switch", "b").exit_code == 0 and running.gateway.pool.model == "b"
     finally:
         running.stop()

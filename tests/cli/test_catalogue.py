@@ -84,8 +84,7 @@ def test_serve_resolves_a_task(config: Path) -> None:
 
 
 def test_a_shared_task_prefers_the_loaded_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = fake_gateway_config(tmp_path)
-    path.write_text(path.read_text().replace("tasks: [vision]", "tasks: [vision, chat]"))
+    path = fake_gateway_config(tmp_path, models={"v": {"tasks": ["vision", "chat"]}})
     monkeypatch.setenv("ANIMLLM_CONFIG", str(path))
     assert out_json("config", "show", "chat", "--json")["name"] == "a"   # nothing loaded: the first in the config
     gateway = start_gateway(tmp_path, path, model="v")

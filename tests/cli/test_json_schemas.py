@@ -20,7 +20,7 @@ from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.gateway.harness import fake_gateway_config, start_gateway
 from tests.helpers import REPO_ROOT, free_port, run_cli
 
-REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?:, plus (?P<extra>[\w, ]+))?$")
+REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?: (?P<key>\w+))?(?:, plus (?P<extra>[\w, ]+))?$")
 
 
 def documented_schemas() -> dict[str, Any]:
@@ -31,7 +31,7 @@ def documented_schemas() -> dict[str, Any]:
     schemas = {}
     for prose, example in zip(pieces[0::2], pieces[1::2]):
         # the command named last before an example is the one it documents
-        schemas[re.findall(r"`animllm ([a-z ]+?) --json", prose)[-1]] = json.loads(example)
+        schemas[re.findall(r"`animllm ([a-zA-Z ,-]+?) --json", prose)[-1]] = json.loads(example)
     return schemas
 
 
@@ -44,7 +44,10 @@ def _expand(documented: Any) -> Any:
         match = REFERENCE.match(documented["..."])
         assert match, f"unreadable reference in the README: {documented}"
         extra = [key.strip() for key in (match["extra"] or "").split(",") if key.strip()]
-        return {**SCHEMAS[match["name"]], **dict.fromkeys(extra)}
+        target = SCHEMAS[match["name"]]
+        if match["key"]:  # one object inside another command's example
+            target = _expand(target[match["key"]])
+        return {**target, **dict.fromkeys(extra)}
     return documented
 
 
@@ -94,7 +97,7 @@ def assert_matches_readme(command: str, output: Any, *, not_exercised: set[str] 
 
 
 def test_the_readme_documents_each_json_output() -> None:
-    assert {"models", "doctor", "plan", "status", "switch", "stop", "bench"} <= set(SCHEMAS)
+    assert {"models", "doctor", "plan", "plan --together A,B", "status", "ps", "switch", "stop", "bench"} <= set(SCHEMAS)
 
 
 def test_models_json() -> None:
@@ -125,6 +128,11 @@ def test_plan_json() -> None:
     assert_matches_readme("plan", json.loads(result.stdout))
 
 
+def test_plan_together_json() -> None:
+    result = run_cli("plan", "--together", "coder,vision", "--vram", "16", "--max-model-len", "4096", "--json")
+    assert_matches_readme("plan --together A,B", json.loads(result.stdout))
+
+
 @pytest.fixture
 def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     config = fake_gateway_config(tmp_path, chunk_delay=0.002)
@@ -142,8 +150,16 @@ def test_switch_and_status_json(gateway) -> None:
     with gateway.one_waiting(busy="b", waiting="a"):  # so that `queues` has an entry
         status = run_cli("status", "--json")
     assert status.exit_code == 0, status.stderr
-    assert_matches_readme("status", json.loads(status.stdout))
+    # last_switch is the single-slot view's (the `engine` object), never an entry of `engines`
+    assert_matches_readme("status", json.loads(status.stdout), not_exercised={"$.engines[].last_switch"})
     assert json.loads(status.stdout)["queues"]["a"]["waiting"] == 1
+    with gateway.one_waiting(busy="b", waiting="a"):
+        ps = run_cli("ps", "--json")
+    assert ps.exit_code == 0, ps.stderr
+    assert_matches_readme("ps", json.loads(ps.stdout), not_exercised={"$.engines[].last_switch"})
+    unloaded = run_cli("unload", "b", "--json")
+    assert unloaded.exit_code == 0, unloaded.stderr
+    assert_matches_readme("switch", json.loads(unloaded.stdout))
 
 
 def test_bench_json_with_samples_switch_and_check(gateway) -> None:

@@ -28,6 +28,6 @@ def test_one_shot_and_a_repl_that_switches_models(tiny_models: dict[str, Path], 
         stats = [line for line in session.stderr.splitlines() if "tokens · " in line]
         assert len(stats) == 2 and stats[0].endswith("tiny-a") and stats[1].endswith("tiny-b")
         assert "switched tiny-a -> tiny-b" in session.stderr
-        assert gw.gateway.manager.model == "tiny-b"
+        assert gw.gateway.pool.model == "tiny-b"
     finally:
         gw.stop()

@@ -58,7 +58,7 @@ def test_interleaved_clients_of_the_openai_sdk_cost_at_most_two_switches(tiny_mo
         for thread in threads:
             thread.join()
         metrics = httpx.get(f"{gw.url}/metrics").text
-        engine_pids = gw.gateway.manager.engine.pids()
+        engine_pids = gw.gateway.pool.engine.pids()
     finally:
         gw.stop()
     assert len(results) == 8, results                                    # none lost

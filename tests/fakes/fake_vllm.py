@@ -20,7 +20,9 @@ vLLM's arguments and behaves as FAKE_VLLM_MODE says:
   die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
   ignores-key      like ok, but answers /v1 without checking VLLM_API_KEY (an impostor on the port)
 
-Other knobs: FAKE_VLLM_CHUNK_DELAY (seconds between streamed chunks), FAKE_VLLM_KV
+Other knobs: FAKE_VLLM_ALLOCATE=torch (hold --gpu-memory-utilization of the visible GPU,
+for scripts/gpu_check.py), FAKE_VLLM_CRASH_MODELS (the --model values that crash whatever the mode),
+FAKE_VLLM_CHUNK_DELAY (seconds between streamed chunks), FAKE_VLLM_KV
 (the KV cache usage reported on /metrics), FAKE_VLLM_LOG (a file that records each
 request's model and whether the client went away).
 """
@@ -147,6 +149,22 @@ def make_app(names: list[str], mode: str, after: float):
     return app
 
 
+HELD: list = []
+
+
+def allocate(parser: argparse.ArgumentParser):
+    """A stand-in engine on a real GPU (scripts/gpu_check.py): hold --gpu-memory-utilization
+    of the card that CUDA_VISIBLE_DEVICES leaves visible, with torch, as vLLM reserves it."""
+    import torch
+
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    share = parser.parse_known_args()[0].gpu_memory_utilization
+    total = torch.cuda.get_device_properties(0).total_memory
+    held = torch.empty(int(total * share), dtype=torch.uint8, device="cuda")
+    say(f"stand-in holds {held.numel() / 2**30:.2f} GiB of cuda:0 ({share} of {total / 2**30:.1f} GiB)")
+    return held
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model")
@@ -155,6 +173,8 @@ def main() -> None:
     parser.add_argument("--served-model-name", nargs="+", default=[])
     args, _ = parser.parse_known_args()
     mode = os.environ.get("FAKE_VLLM_MODE", "ok")
+    if args.model in os.environ.get("FAKE_VLLM_CRASH_MODELS", "").split(","):
+        mode = "crash"
     after = float(os.environ.get("FAKE_VLLM_AFTER", "1"))
     names = args.served_model_name or [args.model]
 
@@ -190,6 +210,8 @@ def main() -> None:
     if mode == "fork-ready":
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     time.sleep(after if mode == "slow" else 0.3)
+    if os.environ.get("FAKE_VLLM_ALLOCATE") == "torch":
+        HELD.append(allocate(parser))  # kept for the life of the process, as vLLM keeps its reservation
     say("Loading weights took 0.01 seconds")
     say("init engine (profile, create kv cache, warmup model) took 0.1 s")
     from aiohttp import web

@@ -30,8 +30,12 @@ class FakeGpu:
     used: int = int(0.4 * GIB)
     compute: list[tuple[int, int | None]] = field(default_factory=list)   # (pid, bytes)
     graphics: list[tuple[int, int | None]] = field(default_factory=list)
-    engine_bytes: int = 0   # what each running fake vLLM (a child of this process) holds, as a real card shows it
+    # What each running engine (a fake or a real vLLM API server, a child of this process)
+    # holds, as a real card shows it: a number of bytes, or "share": its
+    # --gpu-memory-utilization of this card, on the GPUs its CUDA_VISIBLE_DEVICES names.
+    engine_bytes: int | str = 0
     lists_processes: bool = True  # False: a driver that names no process (a container, Windows/WSL)
+    index: int = 0                # set by FakeNvml
 
     def engines(self) -> list[tuple[int, int]]:
         if not self.engine_bytes:
@@ -41,11 +45,25 @@ class FakeGpu:
         found = []
         for proc in psutil.Process().children(recursive=True):
             try:
-                if "tests.fakes.fake_vllm" in " ".join(proc.cmdline()):
-                    found.append((proc.pid, self.engine_bytes))
+                argv = proc.cmdline()
+                if not any(m in argv for m in ENGINE_MODULES):
+                    continue
+                devices = proc.environ().get("CUDA_VISIBLE_DEVICES", "0").split(",")
             except psutil.Error:
                 continue
+            if str(self.index) in devices:
+                found.append((proc.pid, self._held(argv)))
         return found
+
+    def _held(self, argv: list[str]) -> int:
+        if self.engine_bytes != "share":
+            return int(self.engine_bytes)
+        flag = "--gpu-memory-utilization"
+        utilization = float(argv[argv.index(flag) + 1]) if flag in argv else 0.9
+        return int(self.total * utilization)
+
+
+ENGINE_MODULES = ("tests.fakes.fake_vllm", "vllm.entrypoints.openai.api_server")
 
 
 class FakeNvml:
@@ -56,6 +74,8 @@ class FakeNvml:
     def __init__(self, gpus: list[FakeGpu] | None = None, *, driver: str = "575.51.02", cuda: int = 12090,
                  missing: bool = False) -> None:
         self.gpus = gpus if gpus is not None else [FakeGpu()]
+        for index, gpu in enumerate(self.gpus):
+            gpu.index = index
         self.driver, self.cuda, self.missing = driver, cuda, missing
         self.initialised = False
 

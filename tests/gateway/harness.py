@@ -20,22 +20,28 @@ from tests.helpers import REPO_ROOT, free_port, write
 
 def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, chunk_delay: float = 0,
                         concurrency: int = 4, queue_max: int = 64, kv: float = 0.1, limits: dict | None = None,
-                        engine: dict | None = None) -> Path:
+                        engine: dict | None = None, models: dict[str, dict] | None = None,
+                        sections: dict[str, dict] | None = None, crash_models: str = "") -> Path:
+    """Three fake models a, b, v; `models` adds keys to them (share, pin, keep_alive, gpus),
+    `sections` adds top-level sections (pool, gpu, scheduler)."""
     settings = {"module": "tests.fakes.fake_vllm", "stall_timeout_s": 5, "start_timeout_s": 30, "stop_grace_s": 2,
                 "health_interval_s": 0.2, "health_failures": 3, **(engine or {})}
+    base = {"a": {"source": "org/model-a", "profile": "p", "tasks": ["chat"], "aliases": ["alpha"]},
+            "b": {"source": "org/model-b", "profile": "p", "tasks": ["code"]},
+            "v": {"source": "org/model-v", "profile": "p", "tasks": ["vision"]}}
+    entries = {name: {**keys, **(models or {}).get(name, {})} for name, keys in base.items()}
+    extra = "".join(f"        {name}: {json.dumps(value)}\n" for name, value in (sections or {}).items())
     return write(tmp_path / "gateway.yaml", f"""
         inherit_defaults: false
         engine: {json.dumps(settings)}
         env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_MODE: {mode}, FAKE_VLLM_AFTER: "{after}",
-              FAKE_VLLM_CHUNK_DELAY: "{chunk_delay}", FAKE_VLLM_KV: "{kv}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"}}
+              FAKE_VLLM_CHUNK_DELAY: "{chunk_delay}", FAKE_VLLM_KV: "{kv}",
+              FAKE_VLLM_CRASH_MODELS: "{crash_models}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"}}
         limits: {json.dumps({"request_timeout_s": 30, "queue_max": queue_max, "vram_threshold": 0.95, **(limits or {})})}
         profiles: {{p: {{max_model_len: 1024, concurrency: {concurrency}}}}}
-        models:
-          a: {{source: org/model-a, profile: p, tasks: [chat], aliases: [alpha]}}
-          b: {{source: org/model-b, profile: p, tasks: [code]}}
-          v: {{source: org/model-v, profile: p, tasks: [vision]}}
+        models: {json.dumps(entries)}
         default_model: a
-    """)
+{extra}    """)
 
 
 def stop_bound_s(loaded: Any) -> float:
@@ -90,13 +96,22 @@ class RunningGateway:
             waiter.cancel()
             self.loop.call_soon_threadsafe(holder.release)
 
+    @contextlib.contextmanager
+    def one_running(self, model: str) -> Iterator[None]:
+        """Hold a slot on the resident `model`, as a request in flight would."""
+        lease = asyncio.run_coroutine_threadsafe(self.gateway.scheduler.acquire(model), self.loop).result(timeout=10)
+        try:
+            yield
+        finally:
+            self.loop.call_soon_threadsafe(lease.release)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=stop_bound_s(self.gateway.loaded))
 
 
 def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | None = None, host: str = "127.0.0.1",
-                  nvml: Any = None, wait: bool = True) -> RunningGateway:
+                  nvml: Any = None, wait: bool = True, preload: list[str] | None = None) -> RunningGateway:
     from tests.fakes.nvml import FakeNvml
 
     loaded = load_config(config)
@@ -104,8 +119,10 @@ def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | 
     events: list[tuple[str, Any]] = []
     hooks = gateway_server.Hooks(on_ready=lambda r: events.append(("ready", r)),
                                  on_failed=lambda e: events.append(("failed", e)),
-                                 on_stopped=lambda r: events.append(("stopped", r)))
+                                 on_stopped=lambda r: events.append(("stopped", r)),
+                                 on_note=lambda text: events.append(("note", text)))
     server, gateway = gateway_server.build(loaded, model=model, host=host, port=port, key=key, hooks=hooks,
+                                           preload=preload,
                                            nvml_module=nvml or FakeNvml(missing=True), log_dir=tmp_path / "logs",
                                            exit_on_failed_load=False)
     gateway.admission_interval_s = 0.1

@@ -16,7 +16,8 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
 from animllm_cli.engine.supervisor import EngineStartError
-from animllm_cli.gateway.manager import EngineManager, ManagerClosing
+from animllm_cli.gateway.pool import EnginePool, ManagerClosing
+from animllm_cli.gateway.scheduler import Decision
 from animllm_cli.gateway.state import read_state
 from tests.fakes.nvml import FakeNvml
 from tests.gateway.harness import fake_gateway_config, start_gateway
@@ -24,44 +25,48 @@ from tests.gateway.harness import fake_gateway_config, start_gateway
 KILL_WAIT_S = 5.0  # what the product waits after SIGKILL
 
 
-def manager_for(tmp_path: Path, mode: str, **engine: object) -> EngineManager:
+def pool_for(tmp_path: Path, mode: str, **engine: object) -> EnginePool:
     loaded = load_config(fake_gateway_config(tmp_path, mode=mode, after=60, engine=engine or None))
-    return EngineManager(loaded, log_dir=tmp_path / "logs", nvml_module=FakeNvml(missing=True))
+    return EnginePool(loaded, log_dir=tmp_path / "logs", nvml_module=FakeNvml(missing=True))
+
+
+def load(model: str, *evict: str) -> Decision:
+    return Decision(model, "admin", "explicit", evict)
 
 
 def test_shutdown_during_a_switch_launches_nothing(tmp_path: Path) -> None:
     """The switch is stopping the old engine (SIGTERM ignored: it takes the grace period)
     when shutdown begins: the new engine is never launched."""
-    manager = manager_for(tmp_path, "ignore-term", stop_grace_s=1)
+    pool = pool_for(tmp_path, "ignore-term", stop_grace_s=1)
 
     async def scenario() -> None:
-        await manager.switch("a")
-        switching = asyncio.create_task(manager.switch("b"))
+        await pool.switch(load("a"))
+        switching = asyncio.create_task(pool.switch(load("b", "a")))
         await asyncio.sleep(0)  # the switch is now stopping 'a' in a thread
-        await manager.shutdown()
+        await pool.shutdown()
         with pytest.raises(ManagerClosing):
             await switching
 
     try:
         asyncio.run(scenario())
     finally:
-        if manager.engine is not None:
-            manager.engine.stop()
-    assert manager.engine is None and manager.engine_groups() == []
+        if pool.engine is not None:
+            pool.engine.stop()
+    assert pool.engine is None and pool.engine_groups() == []
     assert not (tmp_path / "logs" / "b.log").exists(), "the closing gateway launched 'b'"
 
 
 def test_shutdown_stops_an_engine_that_is_still_starting(tmp_path: Path) -> None:
-    manager = manager_for(tmp_path, "slow", stall_timeout_s=120, start_timeout_s=120)
+    pool = pool_for(tmp_path, "slow", stall_timeout_s=120, start_timeout_s=120)
     started: list[float] = []
 
     async def scenario() -> EngineStartError:
-        loading = asyncio.create_task(manager.switch("a"))
-        while not manager.engine_groups():  # launched: its process exists
+        loading = asyncio.create_task(pool.switch(load("a")))
+        while not pool.engine_groups():  # launched: its process exists
             await asyncio.sleep(0.05)
-        engine = manager.engine
+        engine = pool.engine
         started.append(time.monotonic())
-        await manager.shutdown()
+        await pool.shutdown()
         with pytest.raises(EngineStartError) as info:
             await loading
         assert not processes.group_members(engine.pid)
@@ -69,14 +74,14 @@ def test_shutdown_stops_an_engine_that_is_still_starting(tmp_path: Path) -> None
 
     error = asyncio.run(scenario())
     assert error.kind == "stopped"
-    assert time.monotonic() - started[0] < manager.loaded.config.engine.stop_grace_s + KILL_WAIT_S + 2
-    assert manager.engine_groups() == []
+    assert time.monotonic() - started[0] < pool.loaded.config.engine.stop_grace_s + KILL_WAIT_S + 2
+    assert pool.engine_groups() == []
 
 
 def test_the_state_file_names_the_running_engine_group(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path, fake_gateway_config(tmp_path))
     try:
-        engine = gw.gateway.manager.engine
+        engine = gw.gateway.pool.engine
         [group] = read_state().engines
         assert (group.model, group.pgid, group.module) == ("a", engine.pid, "tests.fakes.fake_vllm")
         assert group.created_at == psutil.Process(engine.pid).create_time()
@@ -84,7 +89,7 @@ def test_the_state_file_names_the_running_engine_group(tmp_path: Path) -> None:
         with gw.client() as client:
             assert client.post("/admin/switch", json={"model": "b"}).status_code == 200
         [group] = read_state().engines
-        assert (group.model, group.pgid) == ("b", gw.gateway.manager.engine.pid)
+        assert (group.model, group.pgid) == ("b", gw.gateway.pool.engine.pid)
     finally:
         gw.stop()
     assert read_state() is None

@@ -67,13 +67,13 @@ def test_routes_by_name_alias_task_and_source(gateway_factory) -> None:
 ])
 def test_bad_requests_never_touch_the_engine(gateway_factory, body: bytes, status: int, fragment: str) -> None:
     gw = gateway_factory()
-    switches = gw.gateway.manager.last_switch
+    switches = gw.gateway.pool.last_switch
     with gw.client() as client:
         reply = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == status
     error = reply.json()["error"]
     assert fragment in error["message"] and set(error) == {"message", "type", "param", "code"}
-    assert gw.requests_seen() == [] and gw.gateway.manager.last_switch is switches
+    assert gw.requests_seen() == [] and gw.gateway.pool.last_switch is switches
 
 
 def test_models_lists_every_configured_model_marked_loaded(gateway_factory) -> None:
@@ -145,10 +145,10 @@ def test_failed_start_503s_with_the_diagnosis_then_backs_off(gateway_factory) ->
         first = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
         assert first.status_code == 503
         assert "vLLM estimates the maximum model length is 19104" in first.json()["error"]["message"]
-        attempts = gw.gateway.manager.last_switch.finished_at
+        attempts = gw.gateway.pool.last_switch.finished_at
         second = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
         assert second.status_code == 503 and int(second.headers["retry-after"]) > 0
-        assert gw.gateway.manager.last_switch.finished_at == attempts  # no new start inside the backoff
+        assert gw.gateway.pool.last_switch.finished_at == attempts  # no new start inside the backoff
 
 
 def test_stream_cut_by_the_total_bound_ends_with_an_error_event(gateway_factory) -> None:
@@ -291,10 +291,10 @@ def test_admission_counts_memory_outside_the_engines_reservation(gateway_factory
         reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
         assert reply.status_code == 200, reply.text                       # 95 % used, served
         gpu.used = gpu.graphics[0][1] + int(0.75 * GIB)                    # the desktop grows by 0.75 GiB
-        wait_for_verdict(gw, lambda v: v.loaded is not None)
+        wait_for_verdict(gw, lambda v: v.residents is not None)
         refused = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
-        assert "memory outside the engine's reservation is 1.55 GiB" in refused.json()["error"]["message"]
+        assert "memory outside the engines' reservations is 1.55 GiB" in refused.json()["error"]["message"]
         other = client.post("/v1/chat/completions", json={"model": "b", **CHAT})
         assert other.status_code == 200 and other.json()["model"] == "b"   # never refused for the large one
 
@@ -308,7 +308,7 @@ def test_admission_without_per_process_figures_uses_what_the_start_took(gateway_
     with gw.client() as client:
         time.sleep(0.3)  # the admission watcher has judged the card with the engine ready
         assert client.post("/v1/chat/completions", json={"model": "a", **CHAT}).status_code == 200
-        assert gw.gateway.verdict.loaded is None and gw.gateway.verdict.others is None
+        assert gw.gateway.verdict.residents is None and gw.gateway.verdict.others is None
         switched = client.post("/v1/chat/completions", json={"model": "b", **CHAT})
         assert switched.status_code == 200 and switched.json()["model"] == "b"
 
@@ -420,8 +420,8 @@ def _switch_counts(gw) -> dict[str, float]:
 
 
 def test_interleaved_requests_cost_one_switch_and_a_task_never_switches(tmp_path: Path) -> None:
-    config = fake_gateway_config(tmp_path, chunk_delay=0.05, concurrency=2)
-    config.write_text(config.read_text().replace("tasks: [code]", "tasks: [code, chat]"))  # a and b both chat
+    config = fake_gateway_config(tmp_path, chunk_delay=0.05, concurrency=2,
+                                 models={"b": {"tasks": ["code", "chat"]}})  # a and b both chat
     gw = start_gateway(tmp_path, config)
     answers: list[tuple[str, int, str]] = []
 

@@ -36,7 +36,7 @@ def test_a_web_page_cannot_post_to_the_gateway(gateway, path: str) -> None:
         assert form.status_code == 415
         local_page = client.post("/v1/chat/completions", json=CHAT, headers={"origin": "http://localhost:3000"})
         assert local_page.status_code == 200
-    assert gateway.thread.is_alive() and gateway.gateway.manager.model == "a"  # not stopped, not switched
+    assert gateway.thread.is_alive() and gateway.gateway.pool.model == "a"  # not stopped, not switched
 
 
 def test_an_oversized_body_is_413_before_it_is_read(gateway) -> None:
@@ -88,14 +88,16 @@ def test_the_admission_probe_of_a_hung_engine_is_bounded(tmp_path: Path) -> None
 
     from animllm_cli.config import load_config
     from animllm_cli.gateway.app import ENGINE_PROBE_TIMEOUT_S, Gateway
+    from animllm_cli.gpu.nvml import GpuReport
     from tests.fakes.nvml import FakeNvml
 
     listener = sockets.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()  # accepts (the kernel does), never answers
     engine = SimpleNamespace(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", pids=set, headers={})
-    manager = SimpleNamespace(model="a", engine=engine)
-    gateway = Gateway(load_config(fake_gateway_config(tmp_path)), api_key=None, manager=manager,
+    pool = SimpleNamespace(models=["a"], engine_for=lambda model: engine, refresh=GpuReport, all_pids=set,
+                           residents={}, reserved=dict, fits=lambda *args: True, pinned=lambda model: False)
+    gateway = Gateway(load_config(fake_gateway_config(tmp_path)), api_key=None, pool=pool,
                       nvml_module=FakeNvml(missing=True))
 
     async def judge() -> float:
@@ -103,7 +105,7 @@ def test_the_admission_probe_of_a_hung_engine_is_bounded(tmp_path: Path) -> None
         try:
             started = time.monotonic()
             verdict = await asyncio.wait_for(gateway._judge(), ENGINE_PROBE_TIMEOUT_S + 10)
-            assert verdict.loaded is None
+            assert verdict.summary is None
             return time.monotonic() - started
         finally:
             await gateway.session.close()

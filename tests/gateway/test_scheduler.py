@@ -11,26 +11,35 @@ from animllm_cli.gateway.scheduler import Decision, QueueFull, Scheduler, Switch
 
 
 class Switcher:
-    """Records switch requests; each stays pending until the test finishes or fails it."""
+    """A pool whose switches each stay pending until the test finishes or fails them."""
 
     def __init__(self) -> None:
-        self.calls: list[str] = []
+        self.calls: list[str | None] = []
         self.decisions: list[Decision] = []
         self.pending: asyncio.Future | None = None
-        self.loaded: str | None = None  # the engine manager's record, which the scheduler reads
+        self.residents: set[str] = set()  # the pool's record, which the scheduler reads
+
+    @property
+    def loaded(self) -> str | None:
+        return next(iter(self.residents)) if len(self.residents) == 1 else None
+
+    @loaded.setter
+    def loaded(self, model: str | None) -> None:
+        self.residents = {model} if model else set()
 
     async def __call__(self, decision: Decision) -> None:
         self.decisions.append(decision)
         self.calls.append(decision.model)
+        self.residents -= set(decision.evict)  # stopped first, as the pool does
         self.pending = asyncio.get_running_loop().create_future()
         await self.pending
 
     def finish(self) -> None:
-        self.loaded = self.calls[-1]
+        if self.decisions[-1].model:
+            self.residents.add(self.decisions[-1].model)
         self.pending.set_result(None)
 
     def fail(self, reason: str) -> None:
-        self.loaded = None
         self.pending.set_exception(RuntimeError(reason))
 
 
@@ -43,9 +52,9 @@ class Clock:
 
 
 def make(limit: int = 1, queue_max: int = 100, clock=None, **rule) -> tuple[Scheduler, Switcher]:
-    """`rule`: policy, max_wait_s, batch_factor."""
+    """`rule`: policy, max_wait_s, batch_factor, and the pool's place and pinned."""
     switcher = Switcher()
-    return Scheduler(switcher, lambda model: limit, lambda: switcher.loaded, queue_max=queue_max, backoff_s=30,
+    return Scheduler(switcher, lambda model: limit, lambda: switcher.residents, queue_max=queue_max, backoff_s=30,
                      clock=clock or Clock(), **rule), switcher
 
 
@@ -665,4 +674,135 @@ def test_a_client_gone_in_the_same_turn_as_a_release_starts_no_switch() -> None:
         holder.release()                                     # before b's own cleanup has run
         await settle()
         assert switcher.calls == ["a"] and scheduler.depth == 0
+    run(scenario())
+
+
+# ------------------------------------------------------------------ the engine pool's rules
+
+def make_pool(capacity: int, *, pinned: frozenset[str] = frozenset(), limit: int = 1,
+              clock=None) -> tuple[Scheduler, Switcher]:
+    """A pool with room for `capacity` engines of any model."""
+    scheduler, switcher = make(limit=limit, clock=clock, pinned=lambda m: m in pinned)
+    scheduler._place = lambda model, evicting: len(switcher.residents - evicting) < capacity
+    return scheduler, switcher
+
+
+async def resident(scheduler: Scheduler, switcher: Switcher, *models: str, clock: Clock | None = None) -> None:
+    """Load `models` one after another through requests that end at once (a second apart)."""
+    for model in models:
+        await load_through(scheduler, switcher, model)
+        if clock:
+            clock.now += 1
+
+
+async def load_through(scheduler: Scheduler, switcher: Switcher, model: str) -> Decision:
+    """A request for `model` that needs a switch: the decision, once the request has ended."""
+    task = asyncio.create_task(scheduler.acquire(model))
+    await settle()
+    decision = switcher.decisions[-1]
+    await finish_next_switch(switcher)
+    (await task).release()
+    return decision
+
+
+def test_a_model_that_fits_loads_beside_and_the_resident_never_waits() -> None:
+    async def scenario():
+        scheduler, switcher = make_pool(2, limit=4)
+        await resident(scheduler, switcher, "a")
+        loading = asyncio.create_task(scheduler.acquire("b"))
+        await settle()
+        assert switcher.decisions[-1] == Decision("b", "beside", "only") and switcher.decisions[-1].evict == ()
+        assert "loading b" in scheduler.waiting_for("b")
+        during = await asyncio.wait_for(scheduler.acquire("a"), 1)  # a serves while b loads
+        during.release()
+        await finish_next_switch(switcher)
+        (await loading).release()
+        assert switcher.residents == {"a", "b"} and switcher.calls == ["a", "b"]
+    run(scenario())
+
+
+def test_a_model_that_does_not_fit_evicts_the_least_recently_used_idle_one() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make_pool(2, clock=clock)
+        await resident(scheduler, switcher, "a", "b", clock=clock)
+        (await scheduler.acquire("a")).release()  # a is used after b: b is the least recently used
+        clock.now += 1
+        decision = await load_through(scheduler, switcher, "c")
+        assert decision == Decision("c", "idle", "only") and decision.evict == ("b",)
+        assert switcher.residents == {"a", "c"}
+    run(scenario())
+
+
+def test_a_request_in_flight_protects_its_model_even_when_it_is_the_least_recently_used() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make_pool(2, clock=clock)
+        await resident(scheduler, switcher, "a", "b", clock=clock)
+        busy = await scheduler.acquire("a")  # a runs a request: b, idle, goes instead
+        assert (await load_through(scheduler, switcher, "c")).evict == ("b",)
+        busy.release()
+        assert switcher.residents == {"a", "c"}
+    run(scenario())
+
+
+def test_when_every_resident_is_busy_the_switch_waits_for_the_one_it_evicts() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make_pool(2, clock=clock)
+        await resident(scheduler, switcher, "a", "b")
+        on_a, on_b = await scheduler.acquire("a"), await scheduler.acquire("b")
+        task = asyncio.create_task(scheduler.acquire("c"))
+        await settle()
+        assert switcher.calls == ["a", "b"]  # nothing is evicted while it runs a request
+        on_a.release()                       # a is now idle: it goes, b keeps running
+        await settle()
+        assert switcher.decisions[-1].evict == ("a",) and switcher.decisions[-1].reason == "idle"
+        await finish_next_switch(switcher)
+        (await task).release()
+        on_b.release()
+        assert switcher.residents == {"b", "c"}
+    run(scenario())
+
+
+def test_a_pinned_model_is_never_evicted() -> None:
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make_pool(2, pinned=frozenset({"a"}), clock=clock)
+        await resident(scheduler, switcher, "a", "b", clock=clock)
+        (await scheduler.acquire("b")).release()  # a is least recently used, but pinned
+        assert (await load_through(scheduler, switcher, "c")).evict == ("b",)
+        assert "a" in switcher.residents
+    run(scenario())
+
+
+def test_no_room_beside_pinned_models_fails_the_request_at_once() -> None:
+    async def scenario():
+        scheduler, switcher = make_pool(1, pinned=frozenset({"a"}))
+        await resident(scheduler, switcher, "a")
+        with pytest.raises(SwitchFailed, match="pinned models \\(a\\)"):
+            await asyncio.wait_for(scheduler.acquire("b"), 1)
+        assert switcher.calls == ["a"] and scheduler.depth == 0
+    run(scenario())
+
+
+def test_unload_drains_then_evicts_and_nothing_new_starts_meanwhile() -> None:
+    async def scenario():
+        scheduler, switcher = make_pool(2, limit=4)
+        await resident(scheduler, switcher, "a", "b")
+        running = await scheduler.acquire("a")
+        unloading = asyncio.create_task(scheduler.unload("a"))
+        await settle()
+        assert scheduler.try_acquire("a") is None and switcher.calls == ["a", "b"]
+        late = asyncio.create_task(scheduler.acquire("a"))
+        await settle()
+        assert not late.done()               # waits: the model is draining
+        running.release()
+        await settle()
+        assert switcher.decisions[-1] == Decision(None, "unload", "explicit") and switcher.decisions[-1].evict == ("a",)
+        await finish_next_switch(switcher)
+        await asyncio.wait_for(unloading, 1)
+        assert switcher.calls[-1] == "a"     # the request that waited loads it again
+        await finish_next_switch(switcher)
+        (await late).release()
     run(scenario())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 from animllm_cli.config import Overrides, load_config
@@ -129,3 +130,60 @@ def test_utilisation_flag_changes_the_budget() -> None:
     assert low["reasoning"].verdict == "does-not-fit"
     result = run_cli("plan", "reasoning", "--gpu-memory-utilization", "0.5", "--json")
     assert result.exit_code == 1 and json.loads(result.stdout)["models"][0]["utilization"] == 0.5
+
+
+def test_the_smallest_share_still_holds_max_model_len() -> None:
+    from animllm_cli.gpu.planner import plan_model, smallest_share
+
+    loaded = load_config()
+    for name in ("coder", "vision", "reasoning"):
+        view = loaded.model(name)
+        share = smallest_share(plan_model(loaded, view, 48 * GIB), 48 * GIB)
+        at_share = plan_model(loaded, replace(view, settings={**view.settings, "gpu_memory_utilization": share}),
+                              48 * GIB)
+        assert at_share.verdict == "fits", (name, share, at_share.summary)
+        below = replace(view, settings={**view.settings, "gpu_memory_utilization": round(share / 1.05 - 0.02, 2)})
+        assert plan_model(loaded, below, 48 * GIB).verdict != "fits"  # it is the smallest, give or take the margin
+
+
+def test_plan_together_says_which_sets_fit_and_with_which_shares(tmp_path: Path) -> None:
+    small = ["--set", "models.coder.enforce_eager=true", "--set", "models.vision.enforce_eager=true",
+             "--set", "models.coder.max_num_batched_tokens=2048", "--set", "models.vision.max_num_batched_tokens=2048"]
+    default = run_cli("plan", "--together", "coder,vision", "--vram", "16", "--json")
+    assert default.exit_code == 1 and json.loads(default.stdout)["fits"] is False
+    placed = json.loads(default.stdout)["placements"]
+    assert placed[0]["gpus"] == [0] and placed[1]["gpus"] is None     # coder fits, vision not beside it
+    short = run_cli("plan", "--together", "coder,vision", "--vram", "16", "--max-model-len", "4096", *small, "--json")
+    assert short.exit_code == 0, short.stdout
+    report = json.loads(short.stdout)
+    assert report["fits"] and all(p["basis"] == "smallest" and p["gpus"] == [0] for p in report["placements"])
+    assert sum(p["bytes_per_gpu"] for p in report["placements"]) <= report["cards"][0]["room_bytes"]
+    human = run_cli("plan", "--together", "coder,vision", "--vram", "16")
+    assert human.exit_code == 1 and "does not fit" in human.stdout
+    config = write(tmp_path / "c.yaml", "models: {coder: {share: 0.3}, vision: {share: 0.3}}\n")
+    fixed = json.loads(run_cli("plan", "--config", str(config), "--together", "coder,vision", "--vram", "16",
+                               "--json").stdout)
+    assert [p["utilization"] for p in fixed["placements"]] == [0.3, 0.3]
+    assert {p["basis"] for p in fixed["placements"]} == {"share"}
+    assert run_cli("plan", "--together", "coder", "--vram", "16").exit_code == 2   # one model is not a set
+
+
+def test_placement_on_two_cards_and_named_gpus() -> None:
+    from animllm_cli.gpu.planner import Card, place
+
+    cards = [Card(0, 16 * GIB, 4 * GIB), Card(1, 16 * GIB, 10 * GIB)]
+    need = lambda card: 6 * GIB  # noqa: E731
+    assert place(need, 1, cards, None) == (1,)              # the GPU with room
+    assert place(need, 1, cards, [0]) is None              # named: only there, and it has no room
+    assert place(need, 2, cards, None) is None             # tensor parallel needs two with room
+    cards[0].room_bytes = 7 * GIB
+    assert place(need, 2, cards, None) == (0, 1)
+
+
+def test_pool_keys_are_checked_with_the_key_that_breaks_them(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.yaml", "pool: {preload: [nosuch]}\n"
+                                        "models: {coder: {gpus: [0, 1], tensor_parallel_size: 4}}\n")
+    result = run_cli("models", "--config", str(config))
+    assert result.exit_code == 2
+    assert "pool.preload: item 1: no model or alias named 'nosuch'" in result.stderr
+    assert "models.coder.gpus: names 2 GPU(s) but tensor_parallel_size is 4" in result.stderr

@@ -1,0 +1,205 @@
+"""The engine pool through the real gateway, with fake engines and a fake NVML that
+declares the card(s): each fake engine holds its --gpu-memory-utilization of the GPUs its
+CUDA_VISIBLE_DEVICES names, as a real card would show it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from animllm_cli.units import GIB
+from tests.fakes.nvml import FakeGpu, FakeNvml
+from tests.gateway.harness import fake_gateway_config, start_bound_s, start_gateway
+from tests.helpers import run_cli
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+# 16 GiB, 0.4 GiB of desktop; at share 0.4 (6.4 GiB + 0.5 GiB of CUDA graphs planned) two
+# engines fit below the 95 % threshold and a third does not.
+TWO_FIT = {name: {"share": 0.4} for name in ("a", "b", "v")}
+
+
+def card(**kwargs) -> FakeGpu:
+    return FakeGpu(engine_bytes="share", **kwargs)
+
+
+@pytest.fixture
+def pool_gateway(tmp_path: Path):
+    started = []
+
+    def start(*, models: dict | None = None, sections: dict | None = None, gpus: list[FakeGpu] | None = None,
+              preload: list[str] | None = None, **config):
+        path = fake_gateway_config(tmp_path, models=models or TWO_FIT, sections=sections, **config)
+        gw = start_gateway(tmp_path, path, nvml=FakeNvml(gpus or [card()]), preload=preload)
+        gw.gateway.keep_alive_interval_s = 0.1
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+def ask(client: httpx.Client, model: str) -> dict:
+    reply = client.post("/v1/chat/completions", json={"model": model, **CHAT})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def loads(gw) -> list[str]:
+    """Each model the pool started, in order."""
+    return [s.to_model for s in gw.gateway.pool.switches if s.to_model]
+
+
+def engines(client: httpx.Client) -> dict[str, dict]:
+    return {e["model"]: e for e in client.get("/admin/status").json()["engines"]}
+
+
+def test_two_models_that_fit_stay_loaded_and_a_third_evicts_the_least_recently_used(pool_gateway) -> None:
+    gw = pool_gateway()
+    with gw.client() as client:
+        ask(client, "b")                      # loads beside a: nothing evicted
+        assert gw.gateway.pool.last_switch.reason == "beside" and gw.gateway.pool.last_switch.evicted == []
+        for model in ("a", "b", "a"):         # both answer without a switch
+            assert ask(client, model)["model"] == model
+        assert loads(gw) == ["a", "b"]
+        resident = engines(client)
+        assert set(resident) == {"a", "b"} and all(e["state"] == "ready" for e in resident.values())
+        # measured by NVML per process: the share of the card, not the plan's estimate
+        wait_until(lambda: all(e["vram_bytes"] for e in engines(client).values()))
+        assert engines(client)["a"]["vram_bytes"] == int(16 * GIB * 0.4)
+        ask(client, "v")                      # b was used before a: b goes
+        report = gw.gateway.pool.last_switch
+        assert (report.to_model, report.evicted, report.reason) == ("v", ["b"], "idle")
+        assert set(engines(client)) == {"a", "v"}
+
+
+def test_a_request_in_flight_protects_its_model(pool_gateway) -> None:
+    """a is the least recently used but runs a request: the idle b is evicted instead."""
+    gw = pool_gateway()
+    with gw.client() as client:
+        ask(client, "b")
+        ask(client, "a")
+        ask(client, "b")                      # a is now the least recently used
+        with gw.one_running("a"):
+            ask(client, "v")
+            assert gw.gateway.pool.last_switch.evicted == ["b"]
+        assert set(engines(client)) == {"a", "v"}
+
+
+def test_a_pinned_model_stays_and_the_other_is_evicted(pool_gateway) -> None:
+    gw = pool_gateway(models={**TWO_FIT, "a": {"share": 0.4, "pin": True}})
+    with gw.client() as client:
+        ask(client, "b")
+        ask(client, "b")                      # a is least recently used, but pinned
+        ask(client, "v")
+        assert gw.gateway.pool.last_switch.evicted == ["b"]
+        assert engines(client)["a"]["pinned"] is True
+
+
+def test_a_model_goes_on_the_gpu_with_room_and_sees_only_that_gpu(pool_gateway) -> None:
+    """Two 16 GiB cards, models at 0.8: one per card. A model naming gpus: [1] goes there."""
+    big = {name: {"share": 0.8} for name in ("a", "b", "v")}
+    gw = pool_gateway(models={**big, "v": {"share": 0.8, "gpus": [1]}}, gpus=[card(), card()])
+    with gw.client() as client:
+        assert engines(client)["a"]["gpus"] == [0]
+        ask(client, "b")
+        assert engines(client)["b"]["gpus"] == [1] and gw.gateway.pool.last_switch.evicted == []
+        assert visible_devices(gw, "b") == "1" and visible_devices(gw, "a") == "0"
+        ask(client, "a")
+        ask(client, "v")                      # must be GPU 1: b leaves it, a stays on GPU 0
+        assert gw.gateway.pool.last_switch.evicted == ["b"]
+        assert engines(client)["v"]["gpus"] == [1] and visible_devices(gw, "v") == "1"
+
+
+def visible_devices(gw, model: str) -> str:
+    return psutil.Process(gw.gateway.pool.engine_for(model).pid).environ()["CUDA_VISIBLE_DEVICES"]
+
+
+def test_keep_alive_unloads_an_idle_model(pool_gateway) -> None:
+    gw = pool_gateway(models={**TWO_FIT, "b": {"share": 0.4, "keep_alive": 1}})
+    with gw.client() as client:
+        ask(client, "b")
+        status = engines(client)["b"]
+        assert status["keep_alive_s"] == 1 and status["unload_in_s"] is not None
+        assert engines(client)["a"]["unload_in_s"] is None  # a: keep_alive -1, forever
+        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive")
+        report = gw.gateway.pool.last_switch
+        assert (report.to_model, report.evicted, report.reason) == (None, ["b"], "keep_alive")
+        assert set(engines(client)) == {"a"}
+
+
+def test_preload_loads_each_model_beside_the_first(pool_gateway) -> None:
+    gw = pool_gateway(preload=["b"])
+    wait_until(lambda: ("note", "preload: b") in [(k, str(t)[:10]) for k, t in gw.events])
+    with gw.client() as client:
+        assert set(engines(client)) == {"a", "b"}
+    assert loads(gw) == ["a", "b"]
+
+
+def test_unload_and_ps_json(pool_gateway, monkeypatch) -> None:
+    gw = pool_gateway()
+    with gw.client() as client:
+        ask(client, "b")
+    ps = run_cli("ps", "--json")
+    assert ps.exit_code == 0, ps.stderr
+    data = json.loads(ps.stdout)
+    assert data["schema_version"] == 1 and {e["model"] for e in data["engines"]} == {"a", "b"}
+    assert all(set(e) >= {"gpus", "state", "vram_bytes", "in_flight", "waiting", "idle_s", "unload_in_s"}
+               for e in data["engines"])
+    human = run_cli("ps")
+    assert human.exit_code == 0 and "Resident models" in human.stdout and "never" in human.stdout
+    unloaded = run_cli("unload", "b", "--json")
+    assert unloaded.exit_code == 0, unloaded.stderr
+    assert json.loads(unloaded.stdout)["evicted"] == ["b"]
+    assert [e["model"] for e in json.loads(run_cli("ps", "--json").stdout)["engines"]] == ["a"]
+    again = run_cli("unload", "b")
+    assert again.exit_code == 1 and "not loaded" in again.stderr
+
+
+def test_a_stream_waiting_for_a_load_hears_what_it_waits_for(pool_gateway) -> None:
+    """A slow start (each engine takes 2 s): the stream for v says "loading v, evicting ..."
+    in SSE comment lines while it waits, then carries the answer; an SSE parser sees only the answer."""
+    gw = pool_gateway(models={name: {"share": 0.8} for name in ("a", "b", "v")}, mode="slow", after=2)
+    gw.gateway.loading_comment_s = 0.3
+    body = {"model": "v", "stream": True, **CHAT}
+    with httpx.Client(base_url=gw.url, timeout=start_bound_s(gw.gateway.loaded)) as client:
+        reply = client.post("/v1/chat/completions", json=body)
+    lines = reply.text.splitlines()
+    comments = [line for line in lines if line.startswith(":")]
+    assert reply.status_code == 200 and comments, reply.text
+    assert comments[0].startswith(": loading v, evicting a") and comments[-1].endswith(" s")
+    data = [line for line in lines if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]" and lines.index(comments[-1]) < lines.index(data[0])
+
+
+def test_a_stream_whose_load_fails_ends_with_an_error_event(pool_gateway, tmp_path: Path) -> None:
+    gw = pool_gateway(crash_models="org/model-v")
+    gw.gateway.loading_comment_s = 0.2
+    with httpx.Client(base_url=gw.url, timeout=start_bound_s(gw.gateway.loaded)) as client:
+        reply = client.post("/v1/chat/completions", json={"model": "v", "stream": True, **CHAT})
+    events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
+    assert reply.status_code == 200 and events and "could not be loaded" in events[-1]["error"]["message"]
+
+
+def wait_until(condition, bound_s: float = 30) -> None:
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_chat_shows_what_a_request_waits_for(pool_gateway, monkeypatch) -> None:
+    """`chat -p` to a model that must be loaded: the waits go to stderr, the answer to stdout."""
+    gw = pool_gateway(models={name: {"share": 0.8} for name in ("a", "b", "v")}, mode="slow", after=2)
+    gw.gateway.loading_comment_s = 0.3
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(gw.tmp_path / "gateway.yaml"))
+    result = run_cli("chat", "b", "-p", "hi", "--max-tokens", "2")
+    assert result.exit_code == 0, result.stderr
+    assert "loading b, evicting a" in result.stderr and "loading" not in result.stdout
