@@ -31,10 +31,14 @@ def first_token_s(http: httpx.Client, model: str) -> float:
 def run_switches(http: httpx.Client, models: list[str], rounds: int,
                  on_done: Callable[[dict[str, Any]], None] | None = None) -> SwitchRun:
     """Switch to each model in turn, `rounds` times over; the first switch (to the first
-    model) only positions the gateway and is not counted when that model was loaded."""
+    model) only positions the gateway and is not counted when that model was loaded. With
+    an engine pool the model may still be resident from the round before: it is unloaded
+    first, so that every counted switch is a load."""
     switches: list[dict[str, Any]] = []
     order = [models[i % len(models)] for i in range(rounds * len(models) + 1)]
     for index, model in enumerate(order):
+        if index > 0:
+            http.post("/admin/unload", json={"model": model}, timeout=None)  # 409 when it is not resident
         resp = http.post("/admin/switch", json={"model": model}, timeout=None)
         if resp.status_code != 200:
             raise AnimllmError(f"switch to '{model}' failed ({resp.status_code}): {server_message(resp)[:300]}")

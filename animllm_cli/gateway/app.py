@@ -328,10 +328,14 @@ async def metrics(request: Request, gw: Gateway) -> Response:
 def engine_statuses(gw: Gateway) -> list[EngineStatus]:
     """Every engine of the pool, as `animllm ps` shows it (on the event loop)."""
     scheduler, queues = gw.scheduler, gw.scheduler.queues()
-    return [gw.pool.status(r, running=scheduler.running.get(m, 0),
-                           waiting=queues[m].waiting if m in queues else 0,
-                           idle_s=_rounded(scheduler.idle_for(m)))
-            for m, r in list(gw.pool.residents.items())]
+    statuses = [gw.pool.status(r, running=scheduler.running.get(m, 0),
+                               waiting=queues[m].waiting if m in queues else 0,
+                               idle_s=_rounded(scheduler.idle_for(m)))
+                for m, r in list(gw.pool.residents.items())]
+    for status in statuses:  # ready, but starting nothing new: it is to be unloaded or evicted
+        if status.state == "ready" and status.model in scheduler.draining:
+            status.state = "draining"
+    return statuses
 
 
 def _rounded(value: float | None) -> float | None:

@@ -145,6 +145,7 @@ class Scheduler:
         self.operation: Decision | None = None            # the switch (or unload) in progress
         self.backoff_until: dict[str, tuple[float, str]] = {}
         self._unloads: dict[str, tuple[Decision, asyncio.Future]] = {}  # asked for, waiting for the model to drain
+        self.draining: set[str] = set()   # residents that start nothing new: to be unloaded or evicted
         self._switch_task: asyncio.Task | None = None
 
     # --------------------------------------------------------------------- public
@@ -278,6 +279,7 @@ class Scheduler:
         evicting = set(decision.evict) if decision else set()
         gate = min((t.seq for t in overdue), default=None)
         explicit = any(t.urgent for t in foreign)  # `animllm switch` waits only for what runs
+        self.draining = set(self._unloads) | (evicting if explicit or gate is not None else set())
         for ticket in list(self.waiting):
             model = ticket.model
             if model not in residents or model in self._unloads or self.running[model] >= self._limit(model):

@@ -232,7 +232,7 @@ class SwitchReport(Report):
 
 class EngineStatus(Report):
     model: str | None
-    state: str                        # none | starting | ready | switching | stopping | dead | stopped
+    state: str                        # none | starting | ready | draining | switching | stopping | dead | stopped
     switching_to: str | None = None
     phase: str | None = None
     engine_pid: int | None = None

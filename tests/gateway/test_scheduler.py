@@ -796,7 +796,7 @@ def test_unload_drains_then_evicts_and_nothing_new_starts_meanwhile() -> None:
         assert scheduler.try_acquire("a") is None and switcher.calls == ["a", "b"]
         late = asyncio.create_task(scheduler.acquire("a"))
         await settle()
-        assert not late.done()               # waits: the model is draining
+        assert not late.done() and scheduler.draining == {"a"}  # waits: the model is draining
         running.release()
         await settle()
         assert switcher.decisions[-1] == Decision(None, "unload", "explicit") and switcher.decisions[-1].evict == ("a",)
