@@ -103,7 +103,7 @@ def run_pool_check(workdir: Path, nvml_module: Any = None, allocate: bool = True
                                "vram_note": last.vram_note, "load_s": last.load_s}
             result["checks"]["the third evicts the least recently used"] = last.evicted == ["b"]
             result["checks"]["the evicted engine's VRAM is released within vram_release_timeout_s"] = \
-                last.vram_note in ("released", None) or last.vram_release_s is not None
+                last.vram_note == "released" and last.vram_release_s is not None
     finally:
         server.should_exit = True
         thread.join(timeout=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -25,7 +26,7 @@ from animllm_cli.config import LoadedConfig
 from animllm_cli.gateway import guard
 from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
 from animllm_cli.gateway.guard import Refused, error
-from animllm_cli.gateway.metrics import GatewayMetrics
+from animllm_cli.gateway.metrics import GatewayMetrics, merged_exposition
 from animllm_cli.gateway.pool import EnginePool
 from animllm_cli.gateway.scheduler import Decision, Lease, QueueFull, Scheduler, SwitchFailed
 from animllm_cli.gateway.relay import Bounds, ClientGone, Deadlines, Expired, WaitingStream, forward, race_disconnect
@@ -33,6 +34,7 @@ from animllm_cli.gateway.state import (EngineStatus, GatewayProcess, GpuMemory, 
                                        SwitchReport, VramStatus)
 from animllm_cli.gpu import nvml
 
+log = logging.getLogger(__name__)
 PRIORITY_LIMIT = 1000
 ADMIN_PRIORITY = PRIORITY_LIMIT + 1   # `animllm switch` and the first load go before any client
 ENGINE_PROBE_TIMEOUT_S = 2.0          # the admission probe of the engine's /metrics
@@ -130,10 +132,15 @@ class Gateway:
         """Unload each model that has stayed idle for its keep_alive (-1: never; pinned: never)."""
         while True:
             await asyncio.sleep(self.keep_alive_interval_s)
+            if self.scheduler.operation is not None:  # not queued behind a load: a request may come first
+                continue
             for model in self.pool.models:
-                keep, idle_s = self.pool.keep_alive(model), self.scheduler.idle_for(model)
-                if keep >= 0 and not self.pool.pinned(model) and idle_s is not None and idle_s >= keep:
-                    self.scheduler.request_unload(model, "keep_alive")
+                try:
+                    keep, idle_s = self.pool.keep_alive(model), self.scheduler.idle_for(model)
+                    if keep >= 0 and not self.pool.pinned(model) and idle_s is not None and idle_s >= keep:
+                        self.scheduler.request_unload(model, "keep_alive")
+                except Exception:  # noqa: BLE001 - the watcher must outlive one bad model
+                    log.exception("keep-alive check of %s failed", model)
 
     # ------------------------------------------------------------------ admission
     async def _watch_admission(self) -> None:
@@ -154,13 +161,19 @@ class Gateway:
         return self.admission.judge(gpus, pids, self.pool.reserved(), kv)
 
     async def _kv_usage(self, model: str) -> float | None:
+        text = await self.engine_metrics(model)
+        return kv_usage(text) if text is not None else None
+
+    async def engine_metrics(self, model: str) -> bytes | None:
+        """The model's engine's own /metrics, or None (no engine, or no answer within the
+        probe's bound: a hung engine gives no figures, and never a hang)."""
         engine = self.pool.engine_for(model)
         if engine is None or not self.session:
             return None
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):  # a hung engine: no KV verdict, no hang
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with self.session.get(f"{engine.base_url}/metrics", headers=engine.headers,
                                         timeout=aiohttp.ClientTimeout(total=ENGINE_PROBE_TIMEOUT_S)) as resp:
-                return kv_usage(await resp.read())
+                return await resp.read()
         return None
 
     def queue_failure(self, model: str, exc: Exception) -> Response:
@@ -175,9 +188,12 @@ class Gateway:
         if isinstance(exc, ClientGone):
             self.metrics.requests.labels(model, "client_gone").inc()
             return Response(status_code=499)
-        assert isinstance(exc, Expired)
-        self.metrics.requests.labels(model, "timeout").inc()
-        return error(504, str(exc), "timeout")
+        if isinstance(exc, Expired):
+            self.metrics.requests.labels(model, "timeout").inc()
+            return error(504, str(exc), "timeout")
+        log.exception("waiting for '%s' failed", model, exc_info=exc)
+        self.metrics.requests.labels(model, "error").inc()
+        return error(500, f"waiting for '{model}' failed: {exc}", "internal_error")
 
     # ------------------------------------------------------------------ routing
     def resolve(self, requested: str) -> str | None:
@@ -253,7 +269,7 @@ async def proxy(request: Request, gw: Gateway) -> Response:
         raise Refused(error(503, f"busy: {busy}", "server_busy", retry_after=5), "pressure")
     stream = payload.get("stream") is True
     lease = gw.scheduler.try_acquire(model)
-    if lease is None and stream and model not in residents:
+    if lease is None and stream and (model not in residents or model in gw.scheduler.draining):
         refused = _refusal(gw, model)
         if refused is not None:
             return refused
@@ -314,14 +330,10 @@ async def health(request: Request) -> Response:
 @guarded
 async def metrics(request: Request, gw: Gateway) -> Response:
     body = gw.metrics.render()
-    for model in gw.pool.models:
-        engine = gw.pool.engine_for(model)
-        if engine is None:
-            continue
-        with contextlib.suppress(Exception):
-            async with gw.session.get(f"{engine.base_url}/metrics", headers=engine.headers,
-                                      timeout=aiohttp.ClientTimeout(total=ENGINE_PROBE_TIMEOUT_S)) as resp:
-                body += f"\n# the engine of '{model}': its own metrics\n".encode() + await resp.read()
+    texts = [t for t in await asyncio.gather(*(gw.engine_metrics(m) for m in gw.pool.models)) if t]
+    if texts:
+        with contextlib.suppress(ValueError):  # an engine's exposition we cannot parse is left out
+            body += b"\n# the engines' own metrics\n" + merged_exposition(texts)
     return Response(body, media_type="text/plain; version=0.0.4")
 
 

@@ -41,3 +41,26 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def merged_exposition(texts: list[bytes]) -> bytes:
+    """Several engines' own /metrics as one valid exposition: each metric family once,
+    with every engine's samples (their `model_name` labels tell them apart). Appended as
+    they come, the same family's HELP and TYPE would repeat, which strict parsers refuse."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Any] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text.decode(errors="replace")):
+            if family.name in families:
+                families[family.name].samples.extend(family.samples)
+            else:
+                families[family.name] = family
+
+    class Engines:
+        def collect(self) -> Iterable[Any]:
+            return families.values()
+
+    registry = CollectorRegistry()
+    registry.register(Engines())
+    return generate_latest(registry)

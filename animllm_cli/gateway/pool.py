@@ -15,6 +15,7 @@ engine processes it runs (for the state file). A closing pool starts nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +32,14 @@ from animllm_cli.units import GIB
 
 
 SWITCH_HISTORY = 100
+log = logging.getLogger(__name__)
 
 
 class EngineGaveUp(Exception):
     pass
 
 
-class ManagerClosing(Exception):
+class PoolClosing(Exception):
     """The gateway is stopping: no engine is started any more."""
 
 
@@ -174,7 +176,13 @@ class EnginePool:
         return found
 
     def fits(self, model: str, evicting: frozenset[str]) -> bool:
-        return self.place(model, evicting) is not None
+        """For the scheduler, on the event loop: it must not raise. Should the plan fail
+        (a model's files unreadable, say), the model fits only alone, as before the pool."""
+        try:
+            return self.place(model, evicting) is not None
+        except Exception:  # noqa: BLE001 - logged, and the switch's own launch reports it
+            log.exception("placing %s failed; treating it as one engine at a time", model)
+            return not [m for m, r in self.residents.items() if r.holds() and m not in evicting and m != model]
 
     def refresh(self) -> nvml.GpuReport:
         """Read NVML (blocking: call it in a thread) and take each ready engine's footprint
@@ -245,6 +253,10 @@ class EnginePool:
             self.switches = [*self.switches[-SWITCH_HISTORY + 1:], report]
 
     def _launch(self, model: str) -> Engine:
+        named, known = self.loaded.config.models[model].gpus or [], [c.index for c in self.cards() or [Card(0, 0, 0)]]
+        if set(named) - set(known):
+            raise NoRoom(f"models.{model}.gpus names GPU {', '.join(str(g) for g in named if g not in known)}, "
+                         f"which this machine does not have (GPUs: {', '.join(map(str, known))})")
         gpus = self.place(model)
         if gpus is None:
             free = ", ".join(f"GPU {c.index}: {c.room_bytes / GIB:.1f} GiB" for c in self.cards() or [])
@@ -291,11 +303,17 @@ class EnginePool:
         leaving = [self.residents[m] for m in dict.fromkeys(models) if m in self.residents]
         for resident in leaving:
             resident.stopping = True
-        stopped = await asyncio.gather(*(asyncio.to_thread(r.engine.stop) for r in leaving))
-        for resident in leaving:
-            if self.residents.get(resident.model) is resident:
-                del self.residents[resident.model]
-            self._forget(resident.engine)
+        try:
+            stopped = await asyncio.gather(*(asyncio.to_thread(r.engine.stop) for r in leaving),
+                                           return_exceptions=True)
+        finally:  # even a stop that raised leaves the pool: its room must not stay taken
+            for resident in leaving:
+                if self.residents.get(resident.model) is resident:
+                    del self.residents[resident.model]
+                self._forget(resident.engine)
+        failed = [s for s in stopped if isinstance(s, BaseException)]
+        if failed:
+            raise failed[0]
         return [s for s in stopped if s.stop_s or s.left]
 
     def _check_restarts(self, model: str) -> None:
@@ -313,7 +331,7 @@ class EnginePool:
 
     def _refuse_if_closing(self, model: str) -> None:
         if self._closing:
-            raise ManagerClosing(f"the gateway is stopping: not starting '{model}'")
+            raise PoolClosing(f"the gateway is stopping: not starting '{model}'")
 
     def _track(self, engine: Engine) -> None:
         """Called from the starting thread as soon as the engine's process exists."""

@@ -256,7 +256,11 @@ class WaitingStream(Response):
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         try:
-            lease = await self._wait(receive, send)
+            try:
+                lease = await self._wait(receive, send)
+            finally:
+                if not self.waiting.done():  # left some other way (send failed, cancelled): leave the queue
+                    self.waiting.cancel()
         except ClientGone:
             self.gw.metrics.requests.labels(self.model, "client_gone").inc()
             return

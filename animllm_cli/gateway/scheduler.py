@@ -117,10 +117,6 @@ class Lease:
             self._scheduler._release(self)
 
 
-class NoRoom(Exception):
-    """The model cannot be placed even with every evictable resident gone."""
-
-
 class Scheduler:
     def __init__(self, switch: Callable[[Decision], Awaitable[None]], limit: Callable[[str], int],
                  residents: Callable[[], Collection[str]], *, queue_max: int, backoff_s: float = 30.0,
@@ -168,11 +164,12 @@ class Scheduler:
         switch): nothing more starts on the models it evicts, the switch waits only for
         what runs. Cancelling the caller (a client that went away) takes it out of the queue."""
         self.check(model)
+        self._keep(model)
         ticket = Ticket((-priority, next(self._seq)), model, asyncio.get_running_loop().create_future(),
                         arrived=self._clock(), urgent=urgent)
-        self.waiting.append(ticket)
-        self._pump()
         try:
+            self.waiting.append(ticket)
+            self._pump()
             await ticket.granted
         except BaseException:
             if ticket in self.waiting:
@@ -193,8 +190,9 @@ class Scheduler:
 
     def try_acquire(self, model: str) -> Lease | None:
         """The fast path: the model is resident, a slot is free and nobody waits. No await."""
-        if (not self.waiting and model not in self._unloads and model in self._residents()
-                and self.running[model] < self._limit(model)):
+        self._keep(model)
+        if (not self.waiting and model not in self._unloads and model not in self._evicting()
+                and model in self._residents() and self.running[model] < self._limit(model)):
             self._start(model)
             return Lease(model, self)
         return None
@@ -216,6 +214,17 @@ class Scheduler:
                                     asyncio.get_running_loop().create_future())
             self._pump()
         return self._unloads[model][1] if model in self._unloads else None
+
+    def _keep(self, model: str) -> None:
+        """A request for a model whose keep-alive unload has not started yet keeps it loaded."""
+        pending = self._unloads.get(model)
+        if pending and pending[0].reason == "keep_alive" and model not in self._evicting():
+            del self._unloads[model]
+            pending[1].set_result(None)
+
+    def _evicting(self) -> tuple[str, ...]:
+        """The residents the switch in progress stops (the pool marks them a moment later)."""
+        return self.operation.evict if self.operation else ()
 
     def idle(self, model: str) -> bool:
         """Nothing runs on `model` and nothing waits for it."""
@@ -248,6 +257,8 @@ class Scheduler:
         if operation is not None and operation.model == model:
             evicting = f", evicting {', '.join(operation.evict)}" if operation.evict else ""
             return f"loading {model}{evicting}"
+        if model in self.draining:
+            return f"waiting for {model}: it is draining (to be unloaded or evicted), then it loads again"
         if model in self._residents():
             return f"waiting for a free slot on {model}"
         if operation is not None:
@@ -279,10 +290,11 @@ class Scheduler:
         evicting = set(decision.evict) if decision else set()
         gate = min((t.seq for t in overdue), default=None)
         explicit = any(t.urgent for t in foreign)  # `animllm switch` waits only for what runs
-        self.draining = set(self._unloads) | (evicting if explicit or gate is not None else set())
+        gone = set(self._unloads) | set(self._evicting())
+        self.draining = gone | (evicting if explicit or gate is not None else set())
         for ticket in list(self.waiting):
             model = ticket.model
-            if model not in residents or model in self._unloads or self.running[model] >= self._limit(model):
+            if model not in residents or model in gone or self.running[model] >= self._limit(model):
                 continue
             if model in evicting and (explicit or (gate is not None and ticket.seq > gate and not ticket.batched)):
                 continue  # to be evicted, and this one arrived after a request that has waited long enough
@@ -331,6 +343,11 @@ class Scheduler:
             if candidate is not None:
                 victims.append(candidate)
             if self._place(model, frozenset(victims)):
+                # Keep only those it needs: on another GPU, or smaller than a later one, an
+                # earlier victim may free nothing that counts.
+                for needless in [v for v in reversed(victims[:-1])]:
+                    if self._place(model, frozenset(victims) - {needless}):
+                        victims.remove(needless)
                 return victims
         return None
 
@@ -396,7 +413,6 @@ class Scheduler:
                     ticket.batched = ticket.batched or ticket.model == model
         finally:
             for evicted in decision.evict:
-                self.running.pop(evicted, None)
                 unload = self._unloads.pop(evicted, None)
                 if unload and not unload[1].done():
                     unload[1].set_result(None)

@@ -238,14 +238,16 @@ def model_share(view: ModelView, plan: ModelPlan, card: int, *, shareable: bool)
 
 
 def card_shares(loaded: LoadedConfig, card: int) -> dict[str, Share]:
-    """Each model's share of a card of `card` bytes. A model that can stay loaded beside
-    another (in a co-resident group) runs at the share its config gives, else at the
-    planner's smallest; a model that can only run alone keeps its own utilization, so a
-    card that holds one model at a time works as it always has."""
+    """Each model's share of a card of `card` bytes: the share its config gives, if any;
+    else, for a model that can stay loaded beside another (in a co-resident group), the
+    planner's smallest; else (a model that can only run alone, or a pool of one engine)
+    its own utilization, so a card that holds one model at a time works as it always has."""
     views = {name: loaded.model(name) for name in loaded.model_names()}
     plans = {name: plan_model(loaded, view, card) for name, view in views.items()}
     candidates = [model_share(views[name], plans[name], card, shareable=True) for name in views]
     together = {name for group in groups_of(candidates, card, loaded.config.limits.vram_threshold) for name in group}
+    if loaded.config.pool.max_engines == 1:  # one at a time: each model keeps its own utilization
+        together = set()
     return {name: model_share(view, plans[name], card, shareable=name in together) for name, view in views.items()}
 
 

@@ -16,7 +16,7 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
 from animllm_cli.engine.supervisor import EngineStartError
-from animllm_cli.gateway.pool import EnginePool, ManagerClosing
+from animllm_cli.gateway.pool import EnginePool, PoolClosing
 from animllm_cli.gateway.scheduler import Decision
 from animllm_cli.gateway.state import read_state
 from tests.fakes.nvml import FakeNvml
@@ -44,7 +44,7 @@ def test_shutdown_during_a_switch_launches_nothing(tmp_path: Path) -> None:
         switching = asyncio.create_task(pool.switch(load("b", "a")))
         await asyncio.sleep(0)  # the switch is now stopping 'a' in a thread
         await pool.shutdown()
-        with pytest.raises(ManagerClosing):
+        with pytest.raises(PoolClosing):
             await switching
 
     try:

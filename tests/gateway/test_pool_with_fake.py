@@ -203,3 +203,55 @@ def test_chat_shows_what_a_request_waits_for(pool_gateway, monkeypatch) -> None:
     result = run_cli("chat", "b", "-p", "hi", "--max-tokens", "2")
     assert result.exit_code == 0, result.stderr
     assert "loading b, evicting a" in result.stderr and "loading" not in result.stdout
+
+
+def test_metrics_carry_each_engines_vram_and_their_own_metrics_once_per_family(pool_gateway) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gw = pool_gateway()
+    with gw.client() as client:
+        ask(client, "b")
+        wait_until(lambda: 'animllm_engine_vram_peak_bytes{model="b"}' in client.get("/metrics").text)
+        text = client.get("/metrics").text
+    families = [f.name for f in text_string_to_metric_families(text)]
+    assert len(families) == len(set(families))
+    kv = [line for line in text.splitlines() if line.startswith("vllm:kv_cache_usage_perc{")]
+    assert len(kv) == 2 and text.count("# TYPE vllm:kv_cache_usage_perc") == 1
+    vram = {tuple(s.labels.values()): s.value for f in text_string_to_metric_families(text)
+            if f.name == "animllm_engine_vram_bytes" for s in f.samples}
+    assert vram == {("a",): int(16 * GIB * 0.4), ("b",): int(16 * GIB * 0.4)}
+
+
+def test_a_pool_of_one_engine_evicts_even_where_two_would_fit(pool_gateway) -> None:
+    gw = pool_gateway(sections={"pool": {"max_engines": 1}})
+    with gw.client() as client:
+        ask(client, "b")
+        report = gw.gateway.pool.last_switch
+        assert (report.evicted, report.reason) == (["a"], "idle") and set(engines(client)) == {"b"}
+
+
+def test_tensor_parallel_across_two_gpus_and_keep_alive_zero(pool_gateway) -> None:
+    """v spans GPUs 0 and 1 (tensor_parallel_size 2, passed to vLLM), beside a on GPU 0;
+    v unloads as soon as it is idle (keep_alive 0)."""
+    models = {**TWO_FIT, "v": {"share": 0.4, "gpus": [0, 1], "tensor_parallel_size": 2, "keep_alive": 0}}
+    gw = pool_gateway(models=models, gpus=[card(), card()])
+    with gw.client() as client:
+        ask(client, "v")
+        placed = gw.gateway.pool.switches[-1]
+        assert (placed.to_model, placed.gpus, placed.evicted) == ("v", [0, 1], [])
+        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive")
+        assert gw.gateway.pool.last_switch.evicted == ["v"] and set(engines(client)) == {"a"}
+    from animllm_cli.config.engine_command import build_engine_command
+
+    argv = build_engine_command(gw.gateway.loaded, gw.gateway.loaded.model("v")).argv
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+
+
+def test_cuda_visible_devices_names_every_gpu_of_a_tensor_parallel_engine(pool_gateway) -> None:
+    models = {**TWO_FIT, "v": {"share": 0.4, "gpus": [0, 1], "tensor_parallel_size": 2}}
+    gw = pool_gateway(models=models, gpus=[card(), card()])
+    with gw.client() as client:
+        ask(client, "v")
+        assert visible_devices(gw, "v") == "0,1" and engines(client)["v"]["gpus"] == [0, 1]
+        wait_until(lambda: engines(client)["v"]["vram_bytes"] is not None)
+        assert engines(client)["v"]["vram_bytes"] == 2 * int(16 * GIB * 0.4)   # its share of each GPU

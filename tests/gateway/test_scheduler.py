@@ -806,3 +806,50 @@ def test_unload_drains_then_evicts_and_nothing_new_starts_meanwhile() -> None:
         await finish_next_switch(switcher)
         (await late).release()
     run(scenario())
+
+
+def test_a_model_being_evicted_starts_nothing_before_the_pool_marks_it() -> None:
+    """The switch that evicts a is decided; a request for a in the same turn must wait
+    (and load a again afterwards), never run on the engine being stopped."""
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make_pool(2, clock=clock, limit=4)
+        await resident(scheduler, switcher, "a", "b", clock=clock)
+        (await scheduler.acquire("b")).release()           # a is the least recently used
+        for_c = asyncio.create_task(scheduler.acquire("c"))
+        for_a = asyncio.create_task(scheduler.acquire("a"))
+        await settle()
+        assert switcher.decisions[-1].evict == ("a",) and not for_a.done()
+        assert scheduler.try_acquire("a") is None and scheduler.running["a"] == 0
+        await finish_next_switch(switcher)
+        (await for_c).release()
+        await finish_next_switch(switcher)                 # a comes back for its request
+        (await for_a).release()
+        assert all(count >= 0 for count in scheduler.running.values())
+    run(scenario())
+
+
+def test_a_request_before_a_keep_alive_unload_starts_keeps_the_model() -> None:
+    async def scenario():
+        scheduler, switcher = make_pool(2, limit=4)
+        await resident(scheduler, switcher, "a", "b")
+        busy = await scheduler.acquire("a")
+        unloading = scheduler.request_unload("a", "keep_alive")  # waits for a's request to end
+        lease = scheduler.try_acquire("a")                      # a new request keeps a
+        assert lease is not None and unloading.done()
+        lease.release()
+        busy.release()
+        await settle()
+        assert switcher.residents == {"a", "b"} and switcher.calls == ["a", "b"]
+    run(scenario())
+
+
+def test_eviction_stops_only_what_makes_room() -> None:
+    """a (least recently used) and b hold different GPUs; c fits only where b is: only b goes."""
+    async def scenario():
+        clock = Clock()
+        scheduler, switcher = make_pool(2, clock=clock)
+        scheduler._place = lambda model, evicting: "b" in evicting or "b" not in switcher.residents
+        await resident(scheduler, switcher, "a", "b", clock=clock)
+        assert (await load_through(scheduler, switcher, "c")).evict == ("b",)
+    run(scenario())
