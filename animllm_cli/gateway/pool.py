@@ -27,7 +27,7 @@ from animllm_cli.gateway.admission import engine_bytes
 from animllm_cli.gateway.scheduler import Decision
 from animllm_cli.gateway.state import EngineGroup, EngineStatus, SwitchReport
 from animllm_cli.gpu import nvml
-from animllm_cli.gpu.planner import Card, Share, card_shares, place
+from animllm_cli.gpu.planner import Card, Share, card_shares, place_share
 from animllm_cli.units import GIB
 
 
@@ -156,21 +156,27 @@ class EnginePool:
         total = int(size * GIB)
         return [Card(0, total, int(total * threshold) - sum(r.bytes_on(0) for r in holding if r.model not in evicting))]
 
-    def place(self, model: str, evicting: frozenset[str] = frozenset()) -> tuple[int, ...] | None:
-        """The GPUs `model` would run on once `evicting` is gone, or None if it does not fit."""
-        others = [m for m, r in self.residents.items() if r.holds() and m not in evicting and m != model]
+    def _others(self, model: str, evicting: frozenset[str]) -> list[str]:
+        """The residents that would still hold memory beside `model` once `evicting` is gone."""
+        return [m for m, r in self.residents.items() if r.holds() and m not in evicting and m != model]
+
+    def place(self, model: str, evicting: frozenset[str] = frozenset(),
+              cards: list[Card] | None = None) -> tuple[int, ...] | None:
+        """The GPUs `model` would run on once `evicting` is gone, or None if it does not fit.
+        `cards`: self.cards(evicting), when the caller has it already."""
+        others = self._others(model, evicting)
         limit = self.loaded.config.pool.max_engines
         if limit is not None and len(others) >= limit:
             return None
-        cards = self.cards(evicting)
+        cards = cards if cards is not None else self.cards(evicting)
         if cards is None:
             return None if others else (0,)
         spec = self.loaded.config.models[model]
-        tp = self.share(model, cards[0].total_bytes).tensor_parallel
-        found = place(lambda card: self.share(model, card.total_bytes).bytes_on(card.total_bytes), tp, cards, spec.gpus)
+        found = place_share(lambda card: self.share(model, card.total_bytes), cards, spec.gpus)
         if found is None and not others:
             # Alone on the box it may always try: vLLM's own check at start is the judge,
             # as it was before the pool (a plan that is too cautious must not lock a model out).
+            tp = self.share(model, cards[0].total_bytes).tensor_parallel
             found = tuple(spec.gpus) if spec.gpus else tuple(c.index for c in
                                                              sorted(cards, key=lambda c: -c.room_bytes)[:tp])
         return found
@@ -182,7 +188,7 @@ class EnginePool:
             return self.place(model, evicting) is not None
         except Exception:  # noqa: BLE001 - logged, and the switch's own launch reports it
             log.exception("placing %s failed; treating it as one engine at a time", model)
-            return not [m for m, r in self.residents.items() if r.holds() and m not in evicting and m != model]
+            return not self._others(model, evicting)
 
     def refresh(self) -> nvml.GpuReport:
         """Read NVML (blocking: call it in a thread) and take each ready engine's footprint
@@ -253,16 +259,17 @@ class EnginePool:
             self.switches = [*self.switches[-SWITCH_HISTORY + 1:], report]
 
     def _launch(self, model: str) -> Engine:
-        named, known = self.loaded.config.models[model].gpus or [], [c.index for c in self.cards() or [Card(0, 0, 0)]]
-        if set(named) - set(known):
-            raise NoRoom(f"models.{model}.gpus names GPU {', '.join(str(g) for g in named if g not in known)}, "
-                         f"which this machine does not have (GPUs: {', '.join(map(str, known))})")
-        gpus = self.place(model)
+        found = self.cards()
+        cards = {c.index: c for c in found or [Card(0, 0, 0)]}
+        named = self.loaded.config.models[model].gpus or []
+        if set(named) - set(cards):
+            raise NoRoom(f"models.{model}.gpus names GPU {', '.join(str(g) for g in named if g not in cards)}, "
+                         f"which this machine does not have (GPUs: {', '.join(map(str, cards))})")
+        gpus = self.place(model, cards=found)
         if gpus is None:
-            free = ", ".join(f"GPU {c.index}: {c.room_bytes / GIB:.1f} GiB" for c in self.cards() or [])
+            free = ", ".join(f"GPU {c.index}: {c.room_bytes / GIB:.1f} GiB" for c in found or [])
             raise NoRoom(f"no room for '{model}' now ({free or 'no card size known'} below the threshold); "
                          f"see `animllm plan --together`")
-        cards = {c.index: c for c in self.cards() or [Card(0, 0, 0)]}
         share = self.share(model, cards[gpus[0]].total_bytes) if cards[gpus[0]].total_bytes else None
         engine = launch(self.loaded, model, on_progress=self.on_progress, on_dead=self._engine_died,
                         log_dir=self.log_dir, nvml_module=self.nvml_module, on_launched=self._track,

@@ -285,6 +285,13 @@ def place(need: Callable[[Card], int], tensor_parallel: int, cards: list[Card],
     return tuple(sorted(c.index for c in fitting[:tensor_parallel]))
 
 
+def place_share(share_on: Callable[[Card], Share], cards: list[Card], wanted: list[int] | None) -> tuple[int, ...] | None:
+    """`place` for a model whose share of each card is `share_on(card)` (shares are
+    fractions: cards of other sizes hold other byte counts)."""
+    return place(lambda card: share_on(card).bytes_on(card.total_bytes), share_on(cards[0]).tensor_parallel,
+                 cards, wanted)
+
+
 @dataclass
 class Placement:
     model: str
@@ -330,9 +337,8 @@ def plan_together(loaded: LoadedConfig, names: list[str], cards: list[Card], car
     placements: list[Placement] = []
     for name in names:
         share_on = lambda card, name=name: shares[card.total_bytes][name]
-        spec = loaded.config.models[name]
         first = share_on(left[0])
-        gpus = place(lambda card: share_on(card).bytes_on(card.total_bytes), first.tensor_parallel, left, spec.gpus)
+        gpus = place_share(share_on, left, loaded.config.models[name].gpus)
         on = [c for c in left if gpus and c.index in gpus]
         for card in on:
             card.room_bytes -= share_on(card).bytes_on(card.total_bytes)
