@@ -45,12 +45,17 @@ class Spread:
 @dataclass
 class SwitchSummary:
     """Median and max seconds of each part of a switch; None where no switch reported it
-    (VRAM release without a GPU)."""
+    (VRAM release without a GPU, a wake where every load was cold). `load_s`: cold starts;
+    `sleep_s`/`wake_s`: vLLM sleep mode's evictions and loads."""
     stop_s: Spread | None
     vram_release_s: Spread | None
     load_s: Spread | None
     total_s: Spread | None
     first_token_s: Spread | None
+    sleep_s: Spread | None = None
+    wake_s: Spread | None = None
+    first_token_after_wake_s: Spread | None = None
+    first_token_after_cold_s: Spread | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -64,6 +69,8 @@ class SwitchRun:
     # shape is the gateway's (`switch --json`), passed through, not redefined here.
     switches: list[dict[str, Any]]
     summary: SwitchSummary
+    wakes: int = 0                    # switches whose model woke from sleep
+    cold_loads: int = 0               # switches whose model started afresh
 
 
 @dataclass

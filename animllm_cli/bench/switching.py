@@ -33,12 +33,15 @@ def run_switches(http: httpx.Client, models: list[str], rounds: int,
     """Switch to each model in turn, `rounds` times over; the first switch (to the first
     model) only positions the gateway and is not counted when that model was loaded. With
     an engine pool the model may still be resident from the round before: it is unloaded
-    first, so that every counted switch is a load."""
+    first (sent to sleep where it can, as an eviction would), so that every counted switch
+    is a load: a wake or a cold start, summed up apart."""
     switches: list[dict[str, Any]] = []
     order = [models[i % len(models)] for i in range(rounds * len(models) + 1)]
     for index, model in enumerate(order):
-        if index > 0:
-            http.post("/admin/unload", json={"model": model}, timeout=None)  # 409 when it is not resident
+        slept = None
+        if index > 0:  # 409 when it is not resident (or asleep already)
+            unloaded = http.post("/admin/unload", json={"model": model, "sleep": True}, timeout=None)
+            slept = SwitchReport.model_validate(unloaded.json()).sleep_s if unloaded.status_code == 200 else None
         resp = http.post("/admin/switch", json={"model": model}, timeout=None)
         if resp.status_code != 200:
             raise AnimllmError(f"switch to '{model}' failed ({resp.status_code}): {server_message(resp)[:300]}")
@@ -46,12 +49,23 @@ def run_switches(http: httpx.Client, models: list[str], rounds: int,
         if answer.outcome == "already loaded" or index == 0:
             continue
         report = {**answer.to_json(), "first_token_s": first_token_s(http, model)}
+        report["sleep_s"] = report["sleep_s"] if report["sleep_s"] is not None else slept
         switches.append(report)
         if on_done:
             on_done(report)
-    summary = SwitchSummary(**{name: _spread([s[name] for s in switches if s.get(name) is not None])
-                               for name in SwitchSummary.names()})
-    return SwitchRun(count=len(switches), switches=switches, summary=summary)
+    return SwitchRun(count=len(switches), switches=switches, summary=summarize(switches),
+                     wakes=sum(s["load_kind"] == "wake" for s in switches),
+                     cold_loads=sum(s["load_kind"] == "cold" for s in switches))
+
+
+def summarize(switches: list[dict[str, Any]]) -> SwitchSummary:
+    """Each part's spread; first tokens apart after a wake and after a cold start."""
+    def spread(name: str, kind: str | None = None) -> Spread | None:
+        return _spread([s[name] for s in switches if s.get(name) is not None and kind in (None, s.get("load_kind"))])
+
+    return SwitchSummary(**{name: spread(name) for name in SwitchSummary.names() if not name.startswith("first_token_after_")},
+                         first_token_after_wake_s=spread("first_token_s", "wake"),
+                         first_token_after_cold_s=spread("first_token_s", "cold"))
 
 
 def _spread(values: list[float]) -> Spread | None:

@@ -65,7 +65,11 @@ def _show_status(out, report) -> None:
         rows.append(["last switch", plain(f"{last.from_model or '-'} -> {last.to_model}: {last.outcome} in "
                                           f"{_secs(last.total_s)}" + (f" ({last.error})" if last.error else "")
                                           + (f" ({SWITCH_REASONS.get(last.reason, last.reason)})"
-                                             if last.reason else ""))])
+                                             if last.reason else "")
+                                          + (f", woken from level {last.wake_level}" if last.load_kind == "wake"
+                                             else ""))])
+    if report.sleep_mode:
+        rows.append(["sleep mode", plain(("on: " if report.sleep_mode.available else "off: ") + report.sleep_mode.reason)])
     if report.busy:
         rows.append(["refusing requests", plain(report.busy)])
     out.show(table("animllm gateway", ["", ""], rows))
@@ -117,21 +121,43 @@ def engines_table(engines):
              "-" if e.share is None else f"{e.share:g}", gib(e.vram_bytes, e.vram_planned_bytes),
              gib(e.vram_peak_bytes), f"{e.in_flight}/{e.waiting}",
              "-" if e.idle_s is None else f"{e.idle_s:.0f}s", unload(e)] for e in engines]
-    return table("Resident models (VRAM GiB: NVML per process; ~ the plan's estimate)",
-                 ["model", "state", "GPU", "share", "VRAM", "peak", "run/wait", "idle", "unload"], rows,
-                 no_wrap=("model", "state", "VRAM", "unload"))
+    shown = table("Resident models (VRAM GiB: NVML per process; ~ the plan's estimate)",
+                  ["model", "state", "GPU", "share", "VRAM", "peak", "run/wait", "idle", "unload"], rows,
+                  no_wrap=("model", "state", "VRAM", "unload"))
+    asleep = [f"{e.model}: {sleeping(e)}" for e in engines if e.sleep_level]
+    if asleep:  # below the table: a state cell this long would not fit 80 columns
+        shown.caption, shown.caption_justify = "\n".join(asleep), "left"
+    return shown
+
+
+def sleeping(engine) -> str:
+    from animllm_cli.units import GIB
+
+    host = f", weights in host RAM: {engine.host_bytes / GIB:.1f} GiB" if engine.host_bytes else \
+        ", weights dropped" if engine.sleep_level == 2 else ""
+    return f"sleeping (level {engine.sleep_level}{host})"
 
 
 def unload(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.",
                                                                     autocompletion=common.complete_models)],
+           asleep: Annotated[bool, typer.Option("--sleep", help="Send it to sleep (vLLM sleep mode: it wakes in "
+                                                                 "seconds) where it can, rather than stop it.")] = False,
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """Free one model's engine (after its in-flight requests finish)."""
     out = common.output(ctx)
     client = _client(ctx, config)
     with out.status(f"unloading {model} (waits for its in-flight requests)"):
-        report = client.unload(model)
-    out.result(report, lambda r: out.info(f"unloaded {', '.join(r.evicted) or model}: stopped in {_secs(r.stop_s)}, "
-                                          f"VRAM {plain_note(r)}"), json=json_output)
+        report = client.unload(model, sleep=asleep)
+    out.result(report, lambda r: out.info(_unloaded(r, model)), json=json_output)
+
+
+def _unloaded(report, model: str) -> str:
+    from animllm_cli.output import plain
+
+    if report.slept:
+        return f"{', '.join(report.slept)} asleep in {_secs(report.sleep_s)}"
+    why = f" ({plain(report.notes[0])})" if report.notes else ""
+    return f"unloaded {', '.join(report.evicted) or model}: stopped in {_secs(report.stop_s)}, VRAM {plain_note(report)}{why}"
 
 
 def plain_note(report) -> str:
@@ -157,12 +183,20 @@ def _show_switch(out, report) -> None:
         out.text(f"{report.to_model} is already loaded")  # the result itself: data, kept by -q
         return
     released = plain_note(report)
-    evicted = ", ".join(report.evicted) or "nothing (it fit beside the resident models)"
+    evicted = ", ".join(f"{m} asleep" if m in report.slept else f"{m} stopped" for m in report.evicted) \
+        or "nothing (it fit beside the resident models)"
+    if report.load_kind == "wake":
+        load = ["wake", f"woke {report.to_model} from level {report.wake_level} in {_secs(report.wake_s)}"]
+    else:
+        load = ["load to ready", _secs(report.load_s)]
     rows = [["from -> to", plain(f"{report.from_model or '-'} -> {report.to_model}")],
             ["placed on", f"GPU {', '.join(map(str, report.gpus)) or '-'}"], ["evicted", plain(evicted)],
+            *([["sleep", _secs(report.sleep_s)]] if report.slept else []),
             ["stop", _secs(report.stop_s)], ["VRAM released", released],
-            ["load to ready", _secs(report.load_s)], ["total", _secs(report.total_s)],
-            ["VRAM free before / after", f"{_gib(report.vram_free_before)} / {_gib(report.vram_free_after)}"]]
+            *([["wake failed", plain(report.wake_error)]] if report.wake_error else []),
+            load, ["total", _secs(report.total_s)],
+            ["VRAM free before / after", f"{_gib(report.vram_free_before)} / {_gib(report.vram_free_after)}"],
+            *(["note", plain(note)] for note in report.notes)]
     out.show(table("Switch", ["", ""], rows))
 
 

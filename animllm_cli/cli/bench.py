@@ -114,7 +114,8 @@ def _render(out, result: BenchResult) -> None:
     if result.switch:
         spreads = [(name, getattr(result.switch.summary, name)) for name in result.switch.summary.names()]
         rows = [[name, "-" if v is None else f"{v.median:.2f} / {v.max:.2f}"] for name, v in spreads]
-        out.show(table(f"Switches ({result.switch.count}): median / max seconds", ["", ""], rows))
+        kinds = f"{result.switch.wakes} woken from sleep, {result.switch.cold_loads} cold"
+        out.show(table(f"Switches ({result.switch.count}: {kinds}): median / max seconds", ["", ""], rows))
     if result.check is not None:
         rows = [[r.metric, r.value, r.target, "ok" if r.ok else "MISSED"] for r in result.check]
         out.show(table("Expectations", ["metric", "value", "target", ""], rows))

@@ -64,8 +64,9 @@ class AdminClient:
     def switch(self, model: str) -> SwitchReport:
         return SwitchReport.model_validate(self._call("POST", "/admin/switch", json={"model": model}))
 
-    def unload(self, model: str) -> SwitchReport:
-        return SwitchReport.model_validate(self._call("POST", "/admin/unload", json={"model": model}))
+    def unload(self, model: str, *, sleep: bool = False) -> SwitchReport:
+        body = {"model": model, **({"sleep": True} if sleep else {})}
+        return SwitchReport.model_validate(self._call("POST", "/admin/unload", json=body))
 
     def stop(self) -> StopAnswer:
         return StopAnswer.model_validate(self._call("POST", "/admin/stop", json={}))

@@ -85,6 +85,20 @@ class Profile(Tunables):
 KeepAlive = Annotated[float, Field(ge=-1)]
 
 
+def _sleep_value(item: Any) -> Any:
+    # YAML 1.1 reads a bare `off` as the boolean false.
+    if item is False:
+        return "off"
+    if item is True:
+        raise ValueError("got boolean true; write auto, off, 1 or 2")
+    return item
+
+
+# vLLM's sleep mode as the pool's eviction: auto (level 1 while host RAM holds the weights,
+# else level 2 where it is known to wake correctly, else stop) | off (always stop) | 1 | 2.
+SleepSetting = Annotated[Literal["auto", "off", 1, 2], BeforeValidator(_sleep_value)]
+
+
 class ModelSpec(Tunables):
     source: str = Field(description="Hugging Face repo id, or a local directory (relative to the config file)")
     profile: Name
@@ -102,6 +116,9 @@ class ModelSpec(Tunables):
     pin: bool = Field(default=False, description="never evicted to make room for another model")
     keep_alive: Optional[KeepAlive] = Field(
         default=None, description="seconds an idle model stays loaded; -1 forever, 0 unload when idle (null: pool.keep_alive)")
+    sleep: SleepSetting = Field(
+        default="auto", description="how it leaves the card when evicted: auto, off (stop the engine), 1 (weights to "
+                                    "host RAM) or 2 (weights dropped); vLLM sleep mode, CUDA builds only")
 
     @field_validator("source")
     @classmethod
@@ -187,6 +204,8 @@ class PoolSection(Section):
     max_engines: Optional[PositiveInt] = None   # at most this many resident at once (null: as many as fit)
     keep_alive: KeepAlive = -1.0                # the default of each model's keep_alive
     preload: list[str] = []                     # models loaded when the gateway starts, in order
+    # Host RAM that level-1 sleepers leave free for everything else on the machine.
+    sleep_ram_margin_gib: Annotated[float, Field(ge=0)] = 4.0
 
 
 class Expectation(Section):

@@ -29,7 +29,7 @@ import psutil
 from animllm_cli.config.engine_command import ENGINE_HOST, EngineCommand
 from animllm_cli.config.schema import EngineSection
 from animllm_cli.credentials import bearer
-from animllm_cli.engine import diagnosis, launcher, processes
+from animllm_cli.engine import diagnosis, launcher, processes, sleep
 from animllm_cli.engine.logpipe import OutputPump
 from animllm_cli.errors import AnimllmError
 from animllm_cli.gpu import nvml
@@ -331,6 +331,12 @@ class Engine:
         return EngineStartError(self.model, what, fix=generic_fix or f"read the log: {self.log_path}", kind=kind,
                                 log_tail=lines[-TAIL_LINES:], log_path=self.log_path)
 
+    def explain(self, what: str) -> str:
+        """`what` went wrong after start (a wake that failed, say), with the log's diagnosis
+        when it has one and the last line otherwise."""
+        error = self._start_error(what, "failed")
+        return f"{error.reason}" + (f"; {error.fix}" if error.fix else "")
+
     def _stopped_error(self, what: str) -> EngineStartError:
         """Asked to stop (a closing gateway): no diagnosis, the log says nothing about it."""
         lines = self._pump.lines() if self._pump else []
@@ -446,10 +452,13 @@ class Engine:
 def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable[[Progress], None] | None = None,
            on_dead: Callable[[Engine, str], None] | None = None, log_dir: Path | None = None,
            nvml_module: object | None = None, on_launched: Callable[[Engine], None] | None = None,
-           gpus: tuple[int, ...] | None = None, utilization: float | None = None) -> Engine:
+           gpus: tuple[int, ...] | None = None, utilization: float | None = None,
+           sleep_mode: bool = False) -> Engine:
     """An Engine for a configured model (not yet started): on `port`, else on engine.port
     when that is free, else on a free port. `gpus` (NVML indices) and `utilization` are
-    the pool's placement: the engine sees only those GPUs and takes that share of each."""
+    the pool's placement: the engine sees only those GPUs and takes that share of each.
+    `sleep_mode`: it can be put to sleep (engine/sleep.py), so its server opens the
+    development routes, on loopback only."""
     from dataclasses import replace
 
     from animllm_cli import paths
@@ -463,6 +472,9 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
     # A fresh key per launch: only the gateway that launched the engine can use it.
     command = build_engine_command(loaded, view, port=port or free_port(loaded.config.engine.port),
                                    api_key=secrets.token_urlsafe(32))
+    if sleep_mode:
+        command.argv.append(sleep.SLEEP_FLAG)
+        command.env[sleep.DEV_MODE_VAR] = "1"
     if gpus is not None:
         # PCI bus order is NVML's order: CUDA's default ("fastest first") may number them differently.
         command.env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))

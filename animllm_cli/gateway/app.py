@@ -60,7 +60,7 @@ class Gateway:
         self._limits = {name: self._concurrency(name) for name in loaded.config.models}
         rule = loaded.config.scheduler
         self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.pool.models,
-                                   place=self.pool.fits, pinned=self.pool.pinned,
+                                   place=self.pool.fits, pinned=self.pool.pinned, asleep=lambda: self.pool.asleep,
                                    queue_max=limits.queue_max, backoff_s=backoff_s, policy=rule.policy,
                                    max_wait_s=rule.max_wait_s, batch_factor=rule.batch_factor)
         self.admission = Admission(limits.vram_threshold)
@@ -121,11 +121,13 @@ class Gateway:
         self.metrics.engine_deaths.labels(model).inc()
         self.scheduler.engine_lost()
 
-    async def unload(self, model: str) -> SwitchReport | None:
-        """Evict `model` once its requests have finished; None if it was not loaded."""
-        if model not in self.pool.models:
+    async def unload(self, model: str, *, sleep: bool = False) -> SwitchReport | None:
+        """Evict `model` once its requests have finished (a sleeper at once): stop it, or
+        with `sleep` send it to sleep where it can. None: nothing to do (neither loaded nor
+        asleep; asleep already, with `sleep`)."""
+        if model not in self.pool.models and (sleep or model not in self.pool.sleepers):
             return None
-        await self.scheduler.unload(model)
+        await self.scheduler.unload(model, "sleep" if sleep else "unload")
         return self.pool.last_switch
 
     async def _watch_keep_alive(self) -> None:
@@ -374,7 +376,7 @@ def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
         in_flight=gw.scheduler.in_flight,
         queues=gw.scheduler.queues(),
         backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
-        busy=gw.verdict.summary,
+        busy=gw.verdict.summary, sleep_mode=gw.pool.sleep_status(),
         vram=VramStatus(gpus=[GpuMemory(index=g.index, name=g.name, total_bytes=g.total_bytes, used_bytes=g.used_bytes,
                                         free_bytes=g.free_bytes) for g in report.gpus], error=report.error))
 
@@ -387,7 +389,15 @@ async def admin_status(request: Request, gw: Gateway) -> Response:
 
 
 async def _model_named(request: Request, gw: Gateway) -> str:
-    wanted = guard.parse_object(await guard.read_body(request, gw.max_body_bytes)).get("model")
+    return _resolved(await _admin_body(request, gw), gw)
+
+
+async def _admin_body(request: Request, gw: Gateway) -> dict:
+    return guard.parse_object(await guard.read_body(request, gw.max_body_bytes))
+
+
+def _resolved(body: dict, gw: Gateway) -> str:
+    wanted = body.get("model")
     if not isinstance(wanted, str) or not wanted:
         raise Refused(error(400, "expected {\"model\": NAME}", param="model"), "no_model")
     model = gw.resolve(wanted)
@@ -412,10 +422,15 @@ async def admin_switch(request: Request, gw: Gateway) -> Response:
 
 @guarded
 async def admin_unload(request: Request, gw: Gateway) -> Response:
-    model = await _model_named(request, gw)
-    report = await gw.unload(model)
+    """{"model": M}: stop it; {"model": M, "sleep": true}: send it to sleep where it can, else stop it."""
+    body = await _admin_body(request, gw)
+    model, asleep = _resolved(body, gw), body.get("sleep", False)
+    if not isinstance(asleep, bool):
+        return error(400, "\"sleep\" must be true or false", param="sleep")
+    report = await gw.unload(model, sleep=asleep)
     if report is None:
-        return error(409, f"model '{model}' is not loaded", "model_not_loaded", param="model", code="model_not_loaded")
+        state = "asleep already" if asleep and model in gw.pool.sleepers else "not loaded"
+        return error(409, f"model '{model}' is {state}", "model_not_loaded", param="model", code="model_not_loaded")
     return JSONResponse(report.to_json())
 
 

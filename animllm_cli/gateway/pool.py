@@ -21,11 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from animllm_cli.config import LoadedConfig
+from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.engine import sleep
+from animllm_cli.engine.sleep import ASLEEP_ESTIMATE_BYTES
 from animllm_cli.engine.supervisor import Engine, Progress, State, StopReport, launch
 from animllm_cli.gateway.admission import engine_bytes
 from animllm_cli.gateway.scheduler import Decision
-from animllm_cli.gateway.state import EngineGroup, EngineStatus, SwitchReport
+from animllm_cli.gateway.state import EngineGroup, EngineStatus, SleepModeStatus, SwitchReport
 from animllm_cli.gpu import nvml
 from animllm_cli.gpu.planner import Card, Share, card_shares, place_share
 from animllm_cli.units import GIB
@@ -61,18 +66,34 @@ class Resident:
     ready_bytes: dict[int, int] | None = None  # GPU -> what it held when it became ready (admission)
     loaded_at: float | None = None             # wall clock, when it became ready
     stopping: bool = False
+    asleep: int | None = None                  # its sleep level, from the moment it is sent to sleep
+    waking: bool = False
+    sleep_mode: bool = False                   # launched able to sleep
+    asleep_bytes: dict[int, int] = field(default_factory=dict)  # GPU -> NVML's, while asleep
+    host_bytes: int = 0                        # its weights in host RAM (level 1)
+    host_seen: int = 0                         # how much of that host RAM's `available` showed gone
+    asleep_since: float | None = None          # monotonic
 
     @property
     def state(self) -> str:
-        """starting | ready | stopping | dead | stopped."""
-        return "stopping" if self.stopping else self.engine.state.value
+        """starting | ready | sleeping | waking | stopping | dead | stopped."""
+        if self.stopping or self.engine.state.value != "ready":
+            return "stopping" if self.stopping else self.engine.state.value
+        return "waking" if self.waking else "sleeping" if self.asleep else "ready"
 
     def bytes_on(self, gpu: int) -> int:
-        """What it holds on `gpu`: measured once ready, the plan's estimate before."""
+        """What it holds on `gpu` awake: measured once ready, the plan's estimate before."""
         return self.measured_bytes.get(gpu) or self.planned_bytes.get(gpu, 0)
 
+    def asleep_on(self, gpu: int) -> int:
+        """What it holds on `gpu` asleep (a CUDA context and buffers): measured, else an estimate."""
+        return self.asleep_bytes.get(gpu) or (ASLEEP_ESTIMATE_BYTES if gpu in self.gpus else 0)
+
+    def holding(self, gpu: int) -> int:
+        return self.asleep_on(gpu) if self.asleep and not self.waking else self.bytes_on(gpu)
+
     def holds(self) -> bool:
-        return self.state in ("starting", "ready", "stopping")
+        return self.state in ("starting", "ready", "sleeping", "waking", "stopping")
 
 
 class EnginePool:
@@ -80,8 +101,13 @@ class EnginePool:
                  on_progress: Callable[[Progress], None] | None = None,
                  on_death: Callable[[str, str], None] | None = None,
                  on_engines_changed: Callable[[], None] | None = None,
-                 max_restarts: int = 3, restart_window_s: float = 600.0) -> None:
+                 max_restarts: int = 3, restart_window_s: float = 600.0,
+                 engine_env: PythonEnv | None = None, host_available: Callable[[], int] | None = None) -> None:
+        """`engine_env`: what the engine's Python has installed (whether its vLLM can sleep);
+        `host_available`: the host RAM free now (psutil's `available`; tests pass their own)."""
         self.loaded = loaded
+        self.engine_env = engine_env
+        self.host_available = host_available or (lambda: psutil.virtual_memory().available)
         self.log_dir = log_dir
         self.nvml_module = nvml_module
         self.on_progress = on_progress
@@ -122,6 +148,38 @@ class EnginePool:
         resident = self.residents.get(self.newest or "")
         return resident.engine if resident else None
 
+    @property
+    def sleepers(self) -> list[str]:
+        """The models asleep, the longest asleep first."""
+        asleep = [r for r in self.residents.values() if r.state == "sleeping"]
+        return [r.model for r in sorted(asleep, key=lambda r: r.asleep_since or 0.0)]
+
+    @property
+    def asleep(self) -> list[str]:
+        """The models asleep or waking up (a request for one waits for its wake)."""
+        return [m for m, r in self.residents.items() if r.asleep and r.state in ("sleeping", "waking")]
+
+    @property
+    def support(self) -> sleep.Support:
+        """Whether engines here can sleep (the engine's vLLM build, NVML's GPUs)."""
+        if self.engine_env is None:
+            return sleep.Support(False, "the engine's Python was not probed")
+        return sleep.platform_support(self.engine_env, self.report)
+
+    def sleep_status(self) -> SleepModeStatus:
+        support = self.support
+        return SleepModeStatus(available=support.available, reason=support.reason,
+                               host_available_bytes=self.host_available() if support.available else None)
+
+    def sleep_mode(self, model: str) -> bool:
+        """Whether `model`'s engine is launched able to sleep: not `off`, a platform that
+        can, and under `auto` no known-bad entry against sleep mode for it."""
+        setting, support = self.loaded.config.models[model].sleep, self.support
+        if setting == "off" or not support.available:
+            return False
+        quantization = self.loaded.model(model).settings.get("quantization")
+        return setting != "auto" or sleep.avoided(support.vllm_version, None, quantization) is None
+
     def engine_for(self, model: str) -> Engine | None:
         resident = self.residents.get(model)
         return resident.engine if resident and resident.state == "ready" else None
@@ -139,40 +197,54 @@ class EnginePool:
             self._shares[card_bytes] = card_shares(self.loaded, card_bytes)
         return self._shares[card_bytes][model]
 
-    def cards(self, evicting: frozenset[str] = frozenset()) -> list[Card] | None:
-        """Each GPU with the room left on it below the threshold once `evicting` is gone:
-        NVML's free memory (every process counted) plus what the evicted hold, or,
-        without NVML, `gpu.vram_gib` less what the other residents hold. None: no size
-        known at all (one engine at a time, as before the pool)."""
+    def cards(self, evicting: frozenset[str] = frozenset(), sleeping: frozenset[str] = frozenset()) -> list[Card] | None:
+        """Each GPU with the room left on it below the threshold once `evicting` is gone and
+        `sleeping` asleep: NVML's free memory (every process counted) plus what those give
+        back, or, without NVML, `gpu.vram_gib` less what the residents will hold. None: no
+        size known at all (one engine at a time, as before the pool)."""
         threshold = self.loaded.config.limits.vram_threshold
         holding = [r for r in self.residents.values() if r.holds()]
+
+        def after(r: Resident, gpu: int) -> int:
+            return 0 if r.model in evicting else r.asleep_on(gpu) if r.model in sleeping else r.holding(gpu)
+
         if self.report.gpus:
             return [Card(g.index, g.total_bytes, int(g.total_bytes * threshold) - g.used_bytes
-                         + sum(r.bytes_on(g.index) for r in holding if r.model in evicting))
+                         + sum(r.holding(g.index) - after(r, g.index) for r in holding))
                     for g in self.report.gpus]
         size = self.loaded.config.gpu.vram_gib
         if not size:
             return None
         total = int(size * GIB)
-        return [Card(0, total, int(total * threshold) - sum(r.bytes_on(0) for r in holding if r.model not in evicting))]
+        return [Card(0, total, int(total * threshold) - sum(after(r, 0) for r in holding))]
 
     def _others(self, model: str, evicting: frozenset[str]) -> list[str]:
         """The residents that would still hold memory beside `model` once `evicting` is gone."""
         return [m for m, r in self.residents.items() if r.holds() and m not in evicting and m != model]
 
-    def place(self, model: str, evicting: frozenset[str] = frozenset(),
-              cards: list[Card] | None = None) -> tuple[int, ...] | None:
-        """The GPUs `model` would run on once `evicting` is gone, or None if it does not fit.
-        `cards`: self.cards(evicting), when the caller has it already."""
+    def place(self, model: str, evicting: frozenset[str] = frozenset(), cards: list[Card] | None = None,
+              sleeping: frozenset[str] = frozenset()) -> tuple[int, ...] | None:
+        """The GPUs `model` would run on once `evicting` is gone and `sleeping` asleep, or
+        None if it does not fit. A sleeping model wakes where it sleeps (its own memory
+        counted as given back), or else starts afresh where there is room.
+        `cards`: self.cards(evicting, sleeping), when the caller has it already."""
+        resident = self.residents.get(model)
+        if resident is not None and resident.state == "sleeping":
+            evicting = evicting | {model}
         others = self._others(model, evicting)
-        limit = self.loaded.config.pool.max_engines
-        if limit is not None and len(others) >= limit:
+        awake = [m for m in others if m not in sleeping and self.residents[m].state != "sleeping"]
+        limit = self.loaded.config.pool.max_engines  # engines awake: sleepers give the card back
+        if limit is not None and len(awake) >= limit:
             return None
-        cards = cards if cards is not None else self.cards(evicting)
+        cards = cards if cards is not None else self.cards(evicting, sleeping)
         if cards is None:
             return None if others else (0,)
         spec = self.loaded.config.models[model]
-        found = place_share(lambda card: self.share(model, card.total_bytes), cards, spec.gpus)
+        share_on = lambda card: self.share(model, card.total_bytes)  # noqa: E731
+        found = None
+        if resident is not None and resident.state == "sleeping":
+            found = place_share(share_on, cards, list(resident.gpus))
+        found = found or place_share(share_on, cards, spec.gpus)
         if found is None and not others:
             # Alone on the box it may always try: vLLM's own check at start is the judge,
             # as it was before the pool (a plan that is too cautious must not lock a model out).
@@ -184,8 +256,8 @@ class EnginePool:
     def fits(self, model: str, evicting: frozenset[str]) -> bool:
         """For the scheduler, on the event loop: it must not raise. Should the plan fail
         (a model's files unreadable, say), the model fits only alone, as before the pool."""
-        try:
-            return self.place(model, evicting) is not None
+        try:  # a sleeper can always be stopped
+            return self.place(model, evicting | frozenset(self.sleepers)) is not None
         except Exception:  # noqa: BLE001 - logged, and the switch's own launch reports it
             log.exception("placing %s failed; treating it as one engine at a time", model)
             return not self._others(model, evicting)
@@ -195,12 +267,14 @@ class EnginePool:
         from it: what its processes hold now, and the most they ever held."""
         report = nvml.probe(self.nvml_module)
         for resident in list(self.residents.values()):
-            if resident.state != "ready":
+            if resident.state not in ("ready", "sleeping"):
                 continue
             pids = resident.engine.pids()
             for gpu in report.gpus:
                 held = engine_bytes(gpu, pids)
-                if held:
+                if held and resident.state == "sleeping":
+                    resident.asleep_bytes[gpu.index] = held
+                elif held:
                     resident.measured_bytes[gpu.index] = held
                     resident.peak_bytes[gpu.index] = max(held, resident.peak_bytes.get(gpu.index, 0))
         self.report = report
@@ -208,8 +282,10 @@ class EnginePool:
 
     # ------------------------------------------------------------------ switches
     async def switch(self, decision: Decision) -> SwitchReport:
-        """Stop the residents `decision.evict` names (and any dead engine), wait for their
-        VRAM, then start `decision.model` (if any) where the plan puts it, and wait for ready."""
+        """Make room: send the residents `decision.evict` names to sleep where they may and
+        the card has room for `decision.model` beside the sleepers, else stop them (and any
+        dead engine, and the sleepers the card cannot keep); then wake `decision.model`
+        where it sleeps, or start it where the plan puts it, and wait for ready."""
         self._loop = asyncio.get_running_loop()
         model = decision.model
         started = time.monotonic()
@@ -221,24 +297,25 @@ class EnginePool:
             if model is not None:
                 self._refuse_if_closing(model)
                 self._check_restarts(model)
-            stopped = await self._evict([*decision.evict, *(m for m, r in self.residents.items()
-                                                            if r.state in ("dead", "stopped") or m == model)])
-            if stopped:
-                report.stop_s = max(s.stop_s for s in stopped)
-                releases = [s.vram_release_s for s in stopped if s.vram_release_s is not None]
-                report.vram_release_s = max(releases) if releases else None
-                report.vram_note = "; ".join(dict.fromkeys(s.vram_note for s in stopped))
+            asleep, stop = self._leaving(model, decision, report)
+            dead = [m for m, r in self.residents.items()
+                    if r.state in ("dead", "stopped") or (m == model and r.state != "sleeping")]
+            stopped, _ = await asyncio.gather(self._evict([*stop, *dead]), self._sleep(asleep, report))
+            self._note_stops(stopped, report)
             await asyncio.to_thread(self.refresh)
+            if model is not None:
+                await self._stop_sleepers_short_of(model, report)
             report.vram_free_before = self._free()
             if model is None:
                 report.outcome = "ok"
                 return report
             self._refuse_if_closing(model)  # shutdown may have begun while the others stopped
-            engine = self._launch(model)
-            ready = await asyncio.to_thread(engine.start)
+            if not await self._wake(model, report):
+                engine = self._launch(model)
+                ready = await asyncio.to_thread(engine.start)
+                report.load_s, report.load_kind = round(ready.ready_s, 3), "cold"
             self._refuse_if_closing(model)  # shutdown stopped it just as it became ready
             self.residents[model].loaded_at = time.time()
-            report.load_s = round(ready.ready_s, 3)
             await asyncio.to_thread(self.refresh)
             report.vram_free_after = self._free()
             self._reserve(self.residents[model], report)
@@ -258,6 +335,126 @@ class EnginePool:
             self.last_switch = report
             self.switches = [*self.switches[-SWITCH_HISTORY + 1:], report]
 
+    @staticmethod
+    def _note_stops(stopped: list[StopReport], report: SwitchReport) -> None:
+        if stopped:
+            report.stop_s = max(s.stop_s for s in stopped)
+            releases = [s.vram_release_s for s in stopped if s.vram_release_s is not None]
+            report.vram_release_s = max(releases) if releases else None
+            report.vram_note = "; ".join(dict.fromkeys(s.vram_note for s in stopped))
+
+    # ------------------------------------------------------------------ sleep
+    def host_room(self) -> int:
+        """Host RAM a level-1 sleeper may take now: what is available less the margin, less
+        what the sleepers hold that `available` does not show yet."""
+        margin = int(self.loaded.config.pool.sleep_ram_margin_gib * GIB)
+        unseen = sum(max(0, r.host_bytes - r.host_seen) for r in self.residents.values() if r.state == "sleeping")
+        return self.host_available() - margin - unseen
+
+    def sleep_choice(self, model: str, host_room: int) -> sleep.Choice:
+        resident = self.residents[model]
+        setting, quantization = self.loaded.config.models[model].sleep, self.loaded.model(model).settings.get("quantization")
+        if not resident.sleep_mode:
+            bad = sleep.avoided(self.support.vllm_version, None, quantization)
+            reason = "sleep: off" if setting == "off" else f"cannot sleep here: {self.support.reason}" \
+                if not self.support.available else f"not launched able to sleep ({bad.issue}: {bad.summary})" \
+                if bad else "not launched able to sleep"
+            return sleep.Choice(None, reason)
+        return sleep.choose_level(setting, self.support, resident.share.weight_bytes, host_room, quantization)
+
+    def _leaving(self, model: str | None, decision: Decision, report: SwitchReport) -> tuple[dict[str, int], list[str]]:
+        """How each evicted model leaves the card: asleep (model -> level) or stopped; and
+        the sleepers that must stop too for `model` to fit. An unload always stops."""
+        victims = [v for v in decision.evict if v in self.residents]
+        levels: dict[str, int] = {}
+        room = self.host_room()
+        for victim in victims if decision.reason != "unload" else []:
+            choice = self.sleep_choice(victim, room)
+            if choice.level:
+                levels[victim] = choice.level
+                room -= (self.residents[victim].share.weight_bytes or 0) if choice.level == 1 else 0
+            elif self.residents[victim].sleep_mode:
+                report.notes.append(f"{victim}: stopped, not sent to sleep: {choice.why}")
+        gone = [v for v in victims if v not in levels]
+        if model is None:
+            return levels, gone
+        # Should the card be short with the sleepers' leftovers, the longest asleep stop first.
+        spare = [*(m for m in self.sleepers if m != model), *reversed(list(levels))]
+        for count in range(len(spare) + 1):
+            stopping = [*gone, *spare[:count]]
+            if self.place(model, frozenset(stopping), sleeping=frozenset(levels) - set(stopping)) is not None:
+                break
+        for sleeper in stopping[len(gone):]:
+            report.notes.append(f"{sleeper}: stopped, not kept asleep: the card has no room for '{model}' beside it")
+        return {v: level for v, level in levels.items() if v not in stopping}, stopping
+
+    async def _sleep(self, levels: dict[str, int], report: SwitchReport) -> None:
+        """Send these residents to sleep at once; one that fails to sleep is stopped."""
+        going = [self.residents[m] for m in levels]
+        if not going:
+            return
+        for resident in going:
+            resident.asleep, resident.asleep_since = levels[resident.model], time.monotonic()
+            resident.asleep_bytes = {}
+        before = self.host_available()
+        timeout = self.loaded.config.engine.start_timeout_s
+        results = await asyncio.gather(*(asyncio.to_thread(sleep.put_to_sleep, r.engine, r.asleep, timeout)
+                                         for r in going), return_exceptions=True)
+        shown_gone = max(0, before - self.host_available())
+        failed = []
+        for resident, result in zip(going, results):
+            if isinstance(result, BaseException):
+                failed.append(resident.model)
+                report.notes.append(f"{resident.model}: stopped, its sleep failed: {result}")
+                continue
+            report.sleep_s = round(max(report.sleep_s or 0.0, result), 3)
+            report.slept.append(resident.model)
+            resident.host_bytes = (resident.share.weight_bytes or 0) if resident.asleep == 1 else 0
+        slept = [r for r in going if r.model not in failed]
+        host = sum(r.host_bytes for r in slept)
+        for resident in slept:  # how much of their host RAM `available` shows gone already
+            resident.host_seen = min(resident.host_bytes, shown_gone * resident.host_bytes // host) if host else 0
+        if failed:
+            self._note_stops(await self._evict(failed), report)
+
+    async def _stop_sleepers_short_of(self, model: str, report: SwitchReport) -> None:
+        """Now that NVML has measured the sleepers: if the card is still short for
+        `model`, stop them, the longest asleep first."""
+        while self.place(model) is None:
+            spare = [m for m in self.sleepers if m != model]
+            if not spare:
+                return
+            report.notes.append(f"{spare[0]}: stopped, not kept asleep: the card has no room for '{model}' beside "
+                                f"it (measured)")
+            self._note_stops(await self._evict(spare[:1]), report)
+            await asyncio.to_thread(self.refresh)
+
+    async def _wake(self, model: str, report: SwitchReport) -> bool:
+        """Wake `model` where it sleeps, if it sleeps and fits there. False: it must start
+        cold (a wake that failed is stopped first, and its diagnosis reported)."""
+        resident = self.residents.get(model)
+        if resident is None or resident.state != "sleeping":
+            return False
+        if self.place(model) != resident.gpus:  # no room where it sleeps: start it where there is
+            report.notes.append(f"{model}: stopped and started cold: no room on GPU "
+                                f"{', '.join(map(str, resident.gpus))} where it slept")
+            self._note_stops(await self._evict([model]), report)
+            return False
+        resident.waking = True
+        try:
+            woke = await asyncio.to_thread(sleep.wake, resident.engine, resident.asleep,
+                                           self.loaded.config.engine.start_timeout_s)
+        except sleep.SleepError as exc:
+            report.wake_error = resident.engine.explain(f"its wake from level {resident.asleep} failed: {exc}")
+            self._note_stops(await self._evict([model]), report)
+            return False
+        finally:
+            resident.waking = False
+        report.wake_s, report.load_kind, report.wake_level = round(woke, 3), "wake", resident.asleep
+        resident.asleep, resident.asleep_since, resident.asleep_bytes = None, None, {}
+        resident.host_bytes = resident.host_seen = 0
+        return True
+
     def _launch(self, model: str) -> Engine:
         found = self.cards()
         cards = {c.index: c for c in found or [Card(0, 0, 0)]}
@@ -274,10 +471,12 @@ class EnginePool:
         engine = launch(self.loaded, model, on_progress=self.on_progress, on_dead=self._engine_died,
                         log_dir=self.log_dir, nvml_module=self.nvml_module, on_launched=self._track,
                         gpus=gpus if self.report.gpus else None,
-                        utilization=share.utilization if share and share.basis != "alone" else None)
+                        utilization=share.utilization if share and share.basis != "alone" else None,
+                        sleep_mode=self.sleep_mode(model))
         planned = {g: share.bytes_on(cards[g].total_bytes) for g in gpus} if share else {}
         self.residents.pop(model, None)
-        self.residents[model] = Resident(model, engine, gpus, share or Share(model, 0, 0, "alone"), planned)
+        self.residents[model] = Resident(model, engine, gpus, share or Share(model, 0, 0, "alone"), planned,
+                                         sleep_mode=self.sleep_mode(model))
         return engine
 
     def _reserve(self, resident: Resident, report: SwitchReport) -> None:
@@ -294,6 +493,9 @@ class EnginePool:
         """GPU -> what the ready engines held when they became ready; None while one is unmeasured."""
         total: dict[int, int] = {}
         for resident in self.residents.values():
+            if resident.state == "sleeping":  # what it keeps asleep is its reservation now
+                for gpu in resident.gpus:
+                    total[gpu] = total.get(gpu, 0) + resident.asleep_on(gpu)
             if resident.state != "ready":
                 continue
             if resident.ready_bytes is None:
@@ -387,8 +589,9 @@ class EnginePool:
             engine_url=engine.base_url, death_reason=engine.death_reason, log_path=str(engine.log_path),
             loaded_since=resident.loaded_at if resident.state == "ready" else None,
             gpus=list(resident.gpus), share=resident.share.utilization or None,
-            vram_bytes=sum(resident.measured_bytes.values()) or None,
+            vram_bytes=sum((resident.asleep_bytes if resident.asleep else resident.measured_bytes).values()) or None,
             vram_planned_bytes=sum(resident.planned_bytes.values()) or None,
             vram_peak_bytes=sum(resident.peak_bytes.values()) or None,
             in_flight=running, waiting=waiting, idle_s=idle_s, pinned=pinned, keep_alive_s=keep,
-            unload_in_s=round(max(0.0, keep - (idle_s or 0)), 1) if expires else None)
+            unload_in_s=round(max(0.0, keep - (idle_s or 0)), 1) if expires else None,
+            sleep_level=resident.asleep, host_bytes=resident.host_bytes or None, can_sleep=resident.sleep_mode)

@@ -92,7 +92,8 @@ class Decision:
     left, even if a request elsewhere had just become overdue) | max_wait (they still had
     work, but a request elsewhere waited max_wait_s) | admin (`animllm switch`) |
     arrival_order (policy fifo) | keep_alive, unload (no model loaded: one evicted because
-    it stayed idle for its keep_alive, or by `animllm unload`).
+    it stayed idle for its keep_alive, or by `animllm unload`; sleep: by `animllm unload
+    --sleep`, which sends it to sleep where it can).
     chosen_by: only (one model waited) | oldest | priority | more_work | overdue | explicit
     (`animllm switch`, `unload`, preload, or the model `serve` starts with) | arrival_order
     | idle (keep_alive).
@@ -122,6 +123,7 @@ class Scheduler:
                  residents: Callable[[], Collection[str]], *, queue_max: int, backoff_s: float = 30.0,
                  place: Callable[[str, frozenset[str]], bool] | None = None,
                  pinned: Callable[[str], bool] = lambda model: False,
+                 asleep: Callable[[], Collection[str]] = lambda: (),
                  policy: Policy = "batch", max_wait_s: float = 60.0, batch_factor: float = 4.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._switch = switch
@@ -130,6 +132,7 @@ class Scheduler:
         # Whether `model` fits once the residents in the set are gone; without a pool, one at a time.
         self._place = place or (lambda model, evicting: not set(self._residents()) - evicting)
         self._pinned = pinned
+        self._asleep = asleep  # the pool's sleepers: a request for one wakes it; an unload stops it
         self.queue_max = queue_max
         self.backoff_s = backoff_s
         self.policy, self.max_wait_s, self.batch_factor = policy, max_wait_s, batch_factor
@@ -205,8 +208,9 @@ class Scheduler:
             await asyncio.shield(done)
 
     def request_unload(self, model: str, reason: str) -> asyncio.Future | None:
-        """`unload` without waiting (keep-alive); asking twice is asking once. None: not resident."""
-        if model not in self._residents():
+        """`unload` without waiting (keep-alive); asking twice is asking once. None: not
+        resident (neither loaded nor asleep)."""
+        if model not in self._residents() and model not in self._asleep():
             return None
         if model not in self._unloads:
             chosen_by = "idle" if reason == "keep_alive" else "explicit"
@@ -256,7 +260,7 @@ class Scheduler:
         operation = self.operation
         if operation is not None and operation.model == model:
             evicting = f", evicting {', '.join(operation.evict)}" if operation.evict else ""
-            return f"loading {model}{evicting}"
+            return f"{'waking' if model in self._asleep() else 'loading'} {model}{evicting}"
         if model in self.draining:
             return f"waiting for {model}: it is draining (to be unloaded or evicted), then it loads again"
         if model in self._residents():
@@ -264,7 +268,7 @@ class Scheduler:
         if operation is not None:
             return f"waiting for {model}: {operation.model or ', '.join(operation.evict)} is being " \
                    f"{'loaded' if operation.model else 'unloaded'} first"
-        return f"waiting for {model}: its turn to be loaded"
+        return f"waiting for {model}: its turn to be {'woken' if model in self._asleep() else 'loaded'}"
 
     # --------------------------------------------------------------------- internals
     def _start(self, model: str) -> None:

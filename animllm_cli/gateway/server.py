@@ -26,15 +26,21 @@ class Hooks:
 def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | None, hooks: Hooks,
           preload: list[str] | None = None,
           log_path: str | None = None, nvml_module: object | None = None, log_dir: Path | None = None,
-          on_progress: Callable | None = None, write_state_file: bool = True, exit_on_failed_load: bool = True):
+          on_progress: Callable | None = None, write_state_file: bool = True, exit_on_failed_load: bool = True,
+          engine_env: Any = None, host_available: Callable[[], int] | None = None):
     """A uvicorn.Server for the gateway, and the Gateway itself. It loads `model`, then
-    each of `preload` in turn (beside the others where the plan has room)."""
+    each of `preload` in turn (beside the others where the plan has room). `engine_env`:
+    what the engine's Python has installed (read from it when not given): whether its
+    vLLM can sleep."""
     import uvicorn
 
+    from animllm_cli.config.engine_command import engine_python
+    from animllm_cli.doctor.python_env import probe_python
     from animllm_cli.gateway.app import Gateway, create_app
     from animllm_cli.gateway.pool import EnginePool
 
-    pool = EnginePool(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress)
+    pool = EnginePool(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress,
+                      engine_env=engine_env or probe_python(engine_python(loaded)), host_available=host_available)
     state_file = _StateFile() if write_state_file else None
     if state_file:
         pool.on_engines_changed = lambda: state_file.record_engines(pool)
@@ -66,7 +72,9 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
         report = pool.last_switch
         evicted = f"; it evicted {', '.join(report.evicted)} (they do not fit together: see `animllm plan " \
                   f"--together`)" if report and report.evicted else ""
-        note(f"preload: {name} ready in {report.load_s or 0:.1f}s{evicted}" if report else f"preload: {name} ready")
+        took = f"woken in {report.wake_s:.1f}s" if report and report.wake_s is not None else \
+            f"ready in {report.load_s or 0:.1f}s" if report else "ready"
+        note(f"preload: {name} {took}{evicted}")
 
     async def on_startup() -> None:
         if state_file:

@@ -215,7 +215,7 @@ class SwitchReport(Report):
     from_model: str | None            # the first model evicted, if any
     to_model: str | None              # None: an unload
     outcome: str                      # ok | failed | already loaded
-    evicted: list[str] = []           # every model stopped to make room, least recently used first
+    evicted: list[str] = []           # every model evicted to make room (stopped, or asleep: see slept), LRU first
     gpus: list[int] = []              # where the model was placed
     reason: str | None = None         # why: cold | beside | idle | max_wait | admin | arrival_order | keep_alive | unload
     chosen_by: str | None = None      # why this model: only | oldest | priority | more_work | overdue | explicit | arrival_order
@@ -228,11 +228,20 @@ class SwitchReport(Report):
     vram_note: str | None = None
     error: str | None = None
     finished_at: float | None = None  # wall clock
+    # vLLM sleep mode (engine/sleep.py): the evicted that went to sleep rather than stop,
+    # and whether the model woke (load_kind "wake") or started ("cold").
+    slept: list[str] = []
+    sleep_s: float | None = None      # the longest of their sleeps
+    load_kind: str | None = None      # wake | cold (None: nothing loaded)
+    wake_s: float | None = None
+    wake_level: int | None = None
+    wake_error: str | None = None     # a wake that failed (then it started cold), with its diagnosis
+    notes: list[str] = []             # why a model was stopped rather than sent to sleep
 
 
 class EngineStatus(Report):
     model: str | None
-    state: str                        # none | starting | ready | draining | switching | stopping | dead | stopped
+    state: str                        # none | starting | ready | draining | sleeping | waking | switching | stopping | dead | stopped
     switching_to: str | None = None
     phase: str | None = None
     engine_pid: int | None = None
@@ -253,6 +262,9 @@ class EngineStatus(Report):
     pinned: bool = False
     keep_alive_s: float | None = None
     unload_in_s: float | None = None  # when keep_alive unloads it, if it stays idle
+    can_sleep: bool = False           # launched with vLLM's sleep mode (evicting it may put it to sleep)
+    sleep_level: int | None = None    # asleep at this level (state "sleeping")
+    host_bytes: int | None = None     # its weights in host RAM while asleep at level 1
 
 
 class GpuMemory(Report):
@@ -278,6 +290,12 @@ class ModelQueue(Report):
     oldest_wait_s: float              # how long the oldest of them has waited
 
 
+class SleepModeStatus(Report):
+    available: bool
+    reason: str                       # why (not): the engine's vLLM build, its version, the GPU
+    host_available_bytes: int | None = None  # host RAM free now (level-1 sleepers take their weights' size)
+
+
 class StatusReport(Report):
     schema_version: int = 1
     url: str | None = None            # filled in by the client from the state file
@@ -290,6 +308,7 @@ class StatusReport(Report):
     backoff: dict[str, float] = {}    # model -> seconds left
     busy: str | None = None           # why requests are refused, or None
     vram: VramStatus
+    sleep_mode: SleepModeStatus | None = None  # whether evicted engines can sleep here (vLLM sleep mode)
 
 
 class StopAnswer(Report):

@@ -208,6 +208,7 @@ class Share:
     graphs_bytes: int
     basis: str                        # share (the config's) | smallest (the planner's) | alone (its own utilization)
     tensor_parallel: int = 1          # how many GPUs it spans
+    weight_bytes: int | None = None   # the plan's weights, all GPUs together (what level-1 sleep puts in host RAM)
 
     def bytes_on(self, card_bytes: int) -> int:
         return int(card_bytes * self.utilization) + self.graphs_bytes
@@ -230,11 +231,13 @@ def model_share(view: ModelView, plan: ModelPlan, card: int, *, shareable: bool)
     tp = int(view.settings.get("tensor_parallel_size") or len(view.spec.gpus or []) or 1)
     graphs = 0 if view.settings.get("enforce_eager") else CUDA_GRAPH_BYTES
     smallest = smallest_share(plan, card, tp)
+    weights = plan.weight_bytes
     if view.spec.share is not None:
-        return Share(view.name, view.spec.share, graphs, "share", tp)
+        return Share(view.name, view.spec.share, graphs, "share", tp, weights)
     if shareable and smallest is not None:
-        return Share(view.name, smallest, graphs, "smallest", tp)
-    return Share(view.name, view.settings.get("gpu_memory_utilization") or DEFAULT_UTILIZATION, graphs, "alone", tp)
+        return Share(view.name, smallest, graphs, "smallest", tp, weights)
+    return Share(view.name, view.settings.get("gpu_memory_utilization") or DEFAULT_UTILIZATION, graphs, "alone", tp,
+                 weights)
 
 
 def card_shares(loaded: LoadedConfig, card: int) -> dict[str, Share]:

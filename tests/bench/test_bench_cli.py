@@ -38,8 +38,11 @@ def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:
         assert len(level["samples"]) == 6 and all(len(s["itl"]) == 7 for s in level["samples"])
     switch = data["switch"]
     assert switch["count"] == 2 and [s["to_model"] for s in switch["switches"]] == ["b", "a"]
-    assert set(switch["summary"]) == {"stop_s", "vram_release_s", "load_s", "total_s", "first_token_s"}
+    assert set(switch["summary"]) == {"stop_s", "vram_release_s", "load_s", "total_s", "first_token_s", "sleep_s",
+                                      "wake_s", "first_token_after_wake_s", "first_token_after_cold_s"}
     assert switch["summary"]["vram_release_s"] is None    # no GPU here: said, not invented
+    assert (switch["wakes"], switch["cold_loads"]) == (0, 2) and switch["summary"]["wake_s"] is None
+    assert switch["summary"]["first_token_after_cold_s"] == switch["summary"]["first_token_s"]
     assert "TTFT ms mean / median / p90 / p99" in result.stdout
 
 

@@ -20,6 +20,15 @@ vLLM's arguments and behaves as FAKE_VLLM_MODE says:
   die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
   ignores-key      like ok, but answers /v1 without checking VLLM_API_KEY (an impostor on the port)
 
+Sleep mode, as the installed vLLM defines it (tests/engine_fake/test_fake_sleep_routes.py reads
+vLLM's source to keep the two alike): with VLLM_SERVER_DEV_MODE=1 the development routes
+exist (POST /sleep?level=&mode=, POST /wake_up?tags=, GET /is_sleeping, POST
+/release_kv_cache_memory, POST /collective_rpc, POST /reset_prefix_cache); sleeping needs
+--enable-sleep-mode. FAKE_VLLM_SLEEP_S / FAKE_VLLM_WAKE_S: how long a sleep and a wake take;
+FAKE_VLLM_WAKE_FAIL=1: a wake fails with CUDA's out-of-memory error; FAKE_VLLM_STATE_DIR: where
+it writes whether it sleeps (file named by its pid), for the fake NVML. Asleep, it refuses
+completions (503): a request that reaches a sleeper is a bug of the gateway.
+
 Other knobs: FAKE_VLLM_ALLOCATE=torch (hold --gpu-memory-utilization of the visible GPU,
 for scripts/gpu_check.py), FAKE_VLLM_CRASH_MODELS (the --model values that crash whatever the mode),
 FAKE_VLLM_CHUNK_DELAY (seconds between streamed chunks), FAKE_VLLM_KV
@@ -134,6 +143,16 @@ def make_app(names: list[str], mode: str, after: float):
         return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
                                   "model": names[0]})
 
+    sleeper = Sleeper("--enable-sleep-mode" in sys.argv)
+
+    async def complete_awake(request):
+        if sleeper.level is not None:
+            return web.json_response({"error": {"message": "the engine is sleeping"}}, status=503)
+        if sleeper.weights_lost:  # woken from level 2 without reload_weights: vLLM would answer garbage
+            return web.json_response({"error": {"message": "weights were not reloaded after a level-2 sleep"}},
+                                     status=500)
+        return await complete(request)
+
     key = None if mode == "ignores-key" else os.environ.get("VLLM_API_KEY")
 
     @web.middleware
@@ -144,9 +163,105 @@ def make_app(names: list[str], mode: str, after: float):
 
     app = web.Application(middlewares=[authenticate])
     app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
-                    web.post("/v1/chat/completions", complete), web.post("/v1/completions", complete),
+                    web.post("/v1/chat/completions", complete_awake), web.post("/v1/completions", complete_awake),
                     web.post("/v1/embeddings", embed), web.post("/tokenize", tokenize)])
+    if os.environ.get("VLLM_SERVER_DEV_MODE", "0") not in ("", "0"):  # as vLLM: bool(int(...))
+        app.add_routes([web.route(method, path, getattr(sleeper, handler)) for method, path, handler in DEV_ROUTES])
     return app
+
+
+# The development routes as the installed vLLM defines them: method, path, the handler here.
+DEV_ROUTES = [("POST", "/sleep", "sleep"), ("POST", "/release_kv_cache_memory", "release_kv_cache_memory"),
+              ("POST", "/wake_up", "wake_up"), ("GET", "/is_sleeping", "is_sleeping"),
+              ("POST", "/collective_rpc", "collective_rpc"), ("POST", "/reset_prefix_cache", "reset_prefix_cache")]
+# /sleep's query parameters: name -> (default, allowed values).
+SLEEP_QUERY = {"level": (1, (0, 1, 2)), "mode": ("abort", ("abort", "wait", "keep"))}
+
+
+class Sleeper:
+    """vLLM's sleep mode, with its answers: level 1 keeps the weights (in host RAM), level
+    2 drops them, so a wake must reload them (collective_rpc reload_weights) before the KV
+    cache comes back, or the engine answers garbage."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.level: int | None = None
+        self.asleep_tags = {"weights", "kv_cache"}
+        self.weights_lost = False
+
+    def _mark(self) -> None:
+        folder = os.environ.get("FAKE_VLLM_STATE_DIR")
+        if folder:
+            with open(os.path.join(folder, str(os.getpid())), "w") as handle:
+                handle.write("asleep" if self.level is not None else "awake")
+
+    @staticmethod
+    def _invalid(name: str, value: str):
+        from aiohttp import web
+
+        return web.json_response({"detail": [{"type": "value_error", "loc": ["query", name], "input": value,
+                                              "msg": f"Input should be valid for {name}"}]}, status=422)
+
+    async def sleep(self, request):
+        from aiohttp import web
+
+        values = {}
+        for name, (default, allowed) in SLEEP_QUERY.items():
+            raw = request.query.get(name, str(default))
+            value = int(raw) if isinstance(default, int) and raw.lstrip("-").isdigit() else raw
+            if value not in allowed:
+                return self._invalid(name, raw)
+            values[name] = value
+        if not self.enabled:
+            say("ERROR Sleep mode is not enabled. Please compile vLLM with sleep mode enabled.")
+            return web.json_response({"error": {"message": "sleep mode is not enabled"}}, status=500)
+        await asyncio.sleep(float(os.environ.get("FAKE_VLLM_SLEEP_S", "0")))
+        record({"route": "/sleep", **values})
+        self.level, self.asleep_tags = values["level"], {"weights", "kv_cache"}
+        self.weights_lost = values["level"] == 2
+        self._mark()
+        return web.json_response({"status": "sleeping", "level": values["level"]})
+
+    async def release_kv_cache_memory(self, request):
+        from aiohttp import web
+
+        return web.json_response({"status": "kv_cache_released"})
+
+    async def wake_up(self, request):
+        from aiohttp import web
+
+        tags = request.query.getall("tags", []) or None
+        await asyncio.sleep(float(os.environ.get("FAKE_VLLM_WAKE_S", "0")))
+        record({"route": "/wake_up", "tags": tags})
+        if os.environ.get("FAKE_VLLM_WAKE_FAIL") == "1":
+            print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                  "capacity of 15.92 GiB of which 1.10 GiB is free.", flush=True)
+            return web.json_response({"error": {"message": "CUDA out of memory"}}, status=500)
+        self.asleep_tags -= set(tags or self.asleep_tags)
+        if not self.asleep_tags:
+            self.level = None
+            self._mark()
+        return web.json_response({"status": "sleeping" if self.asleep_tags else "awake", "tags": tags})
+
+    async def is_sleeping(self, request):
+        from aiohttp import web
+
+        return web.json_response({"is_sleeping": self.level is not None})
+
+    async def collective_rpc(self, request):
+        from aiohttp import web
+
+        body = await request.json()
+        record({"route": "/collective_rpc", "method": body.get("method")})
+        if body.get("method") == "reload_weights":
+            self.weights_lost = False
+        return web.json_response({"results": [None]})
+
+    async def reset_prefix_cache(self, request):
+        from aiohttp import web
+
+        record({"route": "/reset_prefix_cache"})
+        return web.json_response({"success": True})
 
 
 HELD: list = []

@@ -4,6 +4,7 @@ description of GPUs and processes. Hand it to `animllm_cli.gpu.nvml.probe(nvml=.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 from animllm_cli.units import GIB
@@ -35,6 +36,7 @@ class FakeGpu:
     # --gpu-memory-utilization of this card, on the GPUs its CUDA_VISIBLE_DEVICES names.
     engine_bytes: int | str = 0
     lists_processes: bool = True  # False: a driver that names no process (a container, Windows/WSL)
+    asleep_bytes: int = 512 * 1024 * 1024  # what a sleeping fake engine keeps (see FAKE_VLLM_STATE_DIR)
     index: int = 0                # set by FakeNvml
 
     def engines(self) -> list[tuple[int, int]]:
@@ -48,11 +50,11 @@ class FakeGpu:
                 argv = proc.cmdline()
                 if not any(m in argv for m in ENGINE_MODULES):
                     continue
-                devices = proc.environ().get("CUDA_VISIBLE_DEVICES", "0").split(",")
+                environ = proc.environ()
             except psutil.Error:
                 continue
-            if str(self.index) in devices:
-                found.append((proc.pid, self._held(argv)))
+            if str(self.index) in environ.get("CUDA_VISIBLE_DEVICES", "0").split(","):
+                found.append((proc.pid, self.asleep_bytes if asleep(proc.pid, environ) else self._held(argv)))
         return found
 
     def _held(self, argv: list[str]) -> int:
@@ -61,6 +63,15 @@ class FakeGpu:
         flag = "--gpu-memory-utilization"
         utilization = float(argv[argv.index(flag) + 1]) if flag in argv else 0.9
         return int(self.total * utilization)
+
+
+def asleep(pid: int, environ: dict[str, str]) -> bool:
+    """Whether a fake engine says it sleeps (it writes FAKE_VLLM_STATE_DIR/<pid>)."""
+    folder = environ.get("FAKE_VLLM_STATE_DIR")
+    try:
+        return bool(folder) and (Path(folder) / str(pid)).read_text() == "asleep"
+    except OSError:
+        return False
 
 
 ENGINE_MODULES = ("tests.fakes.fake_vllm", "vllm.entrypoints.openai.api_server")

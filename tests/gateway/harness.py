@@ -21,9 +21,10 @@ from tests.helpers import REPO_ROOT, free_port, write
 def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, chunk_delay: float = 0,
                         concurrency: int = 4, queue_max: int = 64, kv: float = 0.1, limits: dict | None = None,
                         engine: dict | None = None, models: dict[str, dict] | None = None,
-                        sections: dict[str, dict] | None = None, crash_models: str = "") -> Path:
+                        sections: dict[str, dict] | None = None, crash_models: str = "",
+                        env: dict[str, str] | None = None) -> Path:
     """Three fake models a, b, v; `models` adds keys to them (share, pin, keep_alive, gpus),
-    `sections` adds top-level sections (pool, gpu, scheduler)."""
+    `sections` adds top-level sections (pool, gpu, scheduler), `env` more FAKE_VLLM_* knobs."""
     settings = {"module": "tests.fakes.fake_vllm", "stall_timeout_s": 5, "start_timeout_s": 30, "stop_grace_s": 2,
                 "health_interval_s": 0.2, "health_failures": 3, **(engine or {})}
     base = {"a": {"source": "org/model-a", "profile": "p", "tasks": ["chat"], "aliases": ["alpha"]},
@@ -36,7 +37,8 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
         engine: {json.dumps(settings)}
         env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_MODE: {mode}, FAKE_VLLM_AFTER: "{after}",
               FAKE_VLLM_CHUNK_DELAY: "{chunk_delay}", FAKE_VLLM_KV: "{kv}",
-              FAKE_VLLM_CRASH_MODELS: "{crash_models}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"}}
+              FAKE_VLLM_CRASH_MODELS: "{crash_models}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"
+              {"".join(f", {k}: {json.dumps(v)}" for k, v in (env or {}).items())}}}
         limits: {json.dumps({"request_timeout_s": 30, "queue_max": queue_max, "vram_threshold": 0.95, **(limits or {})})}
         profiles: {{p: {{max_model_len: 1024, concurrency: {concurrency}}}}}
         models: {json.dumps(entries)}
@@ -111,7 +113,10 @@ class RunningGateway:
 
 
 def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | None = None, host: str = "127.0.0.1",
-                  nvml: Any = None, wait: bool = True, preload: list[str] | None = None) -> RunningGateway:
+                  nvml: Any = None, wait: bool = True, preload: list[str] | None = None,
+                  engine_env: Any = None, host_available: Any = None) -> RunningGateway:
+    """`engine_env` (a PythonEnv): what the engine's Python is said to have (a CUDA build
+    of vLLM lets the fake engines sleep); `host_available`: the host RAM free, in bytes."""
     from tests.fakes.nvml import FakeNvml
 
     loaded = load_config(config)
@@ -122,7 +127,7 @@ def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | 
                                  on_stopped=lambda r: events.append(("stopped", r)),
                                  on_note=lambda text: events.append(("note", text)))
     server, gateway = gateway_server.build(loaded, model=model, host=host, port=port, key=key, hooks=hooks,
-                                           preload=preload,
+                                           preload=preload, engine_env=engine_env, host_available=host_available,
                                            nvml_module=nvml or FakeNvml(missing=True), log_dir=tmp_path / "logs",
                                            exit_on_failed_load=False)
     gateway.admission_interval_s = 0.1
