@@ -172,18 +172,22 @@ def arrivals(scenario: str, requests: int, rate: float, seed: int) -> list[tuple
     return sorted(plan)
 
 
-def reset(gateway: Gateway) -> None:
-    """Every scenario starts from the same place: tiny-a loaded, nothing else."""
-    switched = gateway.cli("switch", "tiny-a")
-    if switched.returncode != 0:
-        raise SystemExit(f"switch failed: {switched.stderr}")
-    for engine in json.loads(gateway.cli("ps", "--json").stdout)["engines"]:
-        if engine["model"] != "tiny-a":
-            gateway.cli("unload", engine["model"])
+def reset(gateway: Gateway, *, sleep: bool = False) -> None:
+    """Every scenario starts from the same place: tiny-a loaded, nothing else (a sleeper
+    stopped too; with `sleep`, the others asleep where they can). Through the admin API,
+    so that an in-process gateway works the same."""
+    with httpx.Client(base_url=gateway.url, timeout=httpx.Timeout(3600, connect=10)) as http:
+        switched = http.post("/admin/switch", json={"model": "tiny-a"})
+        if switched.status_code != 200:
+            raise SystemExit(f"switch failed: {switched.text}")
+        for engine in http.get("/admin/status").json()["engines"]:
+            if engine["model"] != "tiny-a":
+                http.post("/admin/unload", json={"model": engine["model"], "sleep": sleep})
 
 
-def run_scenario(gateway: Gateway, plan: list[tuple[float, str, bool]]) -> tuple[list[Answer], dict[str, float]]:
-    reset(gateway)
+def run_scenario(gateway: Gateway, plan: list[tuple[float, str, bool]], *,
+                 sleep: bool = False) -> tuple[list[Answer], dict[str, float]]:
+    reset(gateway, sleep=sleep)
     before = gateway.switches()
     answers, threads, start = [], [], time.monotonic()
     for index, (at, model, stream) in enumerate(plan):

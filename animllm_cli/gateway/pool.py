@@ -453,6 +453,7 @@ class EnginePool:
         report.wake_s, report.load_kind, report.wake_level = round(woke, 3), "wake", resident.asleep
         resident.asleep, resident.asleep_since, resident.asleep_bytes = None, None, {}
         resident.host_bytes = resident.host_seen = 0
+        self.residents[model] = self.residents.pop(model)  # the newest again: the single-slot view's model
         return True
 
     def _launch(self, model: str) -> Engine:

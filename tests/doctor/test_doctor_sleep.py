@@ -9,7 +9,7 @@ import pytest
 
 from animllm_cli.doctor import checks
 from animllm_cli.units import GIB
-from tests.doctor.test_doctor import doctor, engine_env, nvml, status  # noqa: F401  (fixtures)
+from tests.doctor.test_doctor import doctor, status
 from tests.helpers import write
 
 

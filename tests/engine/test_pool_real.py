@@ -78,6 +78,12 @@ def test_two_tiny_models_stay_resident_and_a_third_evicts_the_least_recently_use
         assert {c.model for c in chunks} == {"tiny-c"}
         assert loads(gw)[-1] == ("tiny-c", ["tiny-b"])
         assert set(ps()) == {"tiny-a", "tiny-c"}
+        # the CPU build cannot sleep (vLLM refuses --enable-sleep-mode there): the evicted
+        # tiny-b was stopped, and no engine was launched able to sleep or in dev mode
+        assert gw.gateway.pool.last_switch.slept == [] and "CPU build" in gw.gateway.pool.support.reason
+        for resident in gw.gateway.pool.residents.values():
+            assert "--enable-sleep-mode" not in resident.engine.command.argv
+            assert "VLLM_SERVER_DEV_MODE" not in resident.engine.command.env
 
         # no request in flight: the least recently used idle one goes (tiny-a: tiny-c is used after it)
         assert ask(gw, "tiny-c") == "tiny-c"

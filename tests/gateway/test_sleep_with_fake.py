@@ -202,7 +202,7 @@ def test_the_cpu_build_is_never_launched_able_to_sleep(sleepy_gateway) -> None:
 def test_bench_switch_tells_wakes_from_cold_starts(sleepy_gateway, tmp_path: Path) -> None:
     """a, b one at a time: the first switch to b starts it cold (a sleeps); from then on
     each model is sent to sleep before it is switched to, and wakes."""
-    gw = sleepy_gateway(env={"FAKE_VLLM_SLEEP_S": "0.2", "FAKE_VLLM_WAKE_S": "0.3"})
+    sleepy_gateway(env={"FAKE_VLLM_SLEEP_S": "0.2", "FAKE_VLLM_WAKE_S": "0.3"})
     out = tmp_path / "bench.json"
     result = run_cli("bench", "a", "-n", "2", "--input-len", "8", "--output-len", "4", "--switch", "a,b",
                      "--switch-rounds", "2", "--json", str(out), env={"ANIMLLM_CONFIG": str(tmp_path / "gateway.yaml")})
@@ -215,3 +215,13 @@ def test_bench_switch_tells_wakes_from_cold_starts(sleepy_gateway, tmp_path: Pat
     assert summary["wake_s"]["median"] >= 0.3 and summary["sleep_s"]["median"] >= 0.2
     assert summary["first_token_after_wake_s"] and summary["first_token_after_cold_s"]
     assert "3 woken from sleep, 1" in " ".join(result.stdout.split())
+
+
+def test_status_names_the_woken_model_as_the_one_loaded_last(sleepy_gateway) -> None:
+    gw = sleepy_gateway()
+    with gw.client() as client:
+        ask(client, "b")
+        ask(client, "a")                                   # woken: b sleeps
+        status = client.get("/admin/status").json()
+    assert (status["engine"]["model"], status["engine"]["state"]) == ("a", "ready")
+    assert status["engine"]["last_switch"]["load_kind"] == "wake"
