@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from animllm_cli.config import schema
@@ -22,6 +23,8 @@ from animllm_cli.credentials import is_secret_name, masked
 
 ENGINE_HOST = "127.0.0.1"
 ENGINE_KEY_VAR = "VLLM_API_KEY"  # vLLM guards its /v1 routes with this key when set
+ENGINE_SIDE = Path(__file__).resolve().parent.parent / "engine" / "engine_side"  # code the engine imports
+ENGINE_GUARD = "animllm_engine_guard.RequireKey"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,13 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
     env, env_sources = engine_environment(loaded)
     if api_key:
         env[ENGINE_KEY_VAR], env_sources[ENGINE_KEY_VAR] = api_key, Source("builtin", "a random key per launch")
+        # The key for every route, not vLLM's /v1 only (engine_side/animllm_engine_guard.py).
+        guard = ["--middleware", ENGINE_GUARD]
+        argv += guard
+        flag_sources.append((guard, Source("builtin", "the engine's key on every route but /health")))
+        inherited = env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_SIDE), inherited) if p)
+        env_sources["PYTHONPATH"] = Source("builtin", "where the engine finds animllm_engine_guard")
     return EngineCommand(argv, port, env, env_sources, flag_sources, gateway_key_env=config.server.api_key_env)
 
 

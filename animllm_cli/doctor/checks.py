@@ -14,7 +14,7 @@ from animllm_cli.config import LoadedConfig
 from animllm_cli.doctor.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
 from animllm_cli.units import GIB, MIB
-from animllm_cli.gpu.planner import PlanReport
+from animllm_cli.gpu.planner import PlanReport, model_quantization
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 # Variables recent vLLM no longer reads, and what replaced them.
@@ -359,7 +359,7 @@ def sleep_known_bad(ctx: DoctorContext) -> Result:
     for name in _sleepy(ctx):
         setting = ctx.loaded.config.models[name].sleep
         levels = [1, 2] if setting == "auto" else [setting]
-        quantization = ctx.loaded.model(name).settings.get("quantization")
+        quantization = model_quantization(ctx.loaded, name)
         for bad in {b for level in levels for b in sleep.known_bad(support.vllm_version, level, quantization)}:
             found = avoided if bad.avoid and setting == "auto" else applies
             found.setdefault(f"{bad.issue}: {bad.summary}", []).append(name)

@@ -474,7 +474,8 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
                                    api_key=secrets.token_urlsafe(32))
     if sleep_mode:
         command.argv.append(sleep.SLEEP_FLAG)
-        command.env[sleep.DEV_MODE_VAR] = "1"
+    # Development mode only where it is needed: not inherited from the shell (the config's env: may set it).
+    command.env[sleep.DEV_MODE_VAR] = "1" if sleep_mode else command.env.get(sleep.DEV_MODE_VAR, "0")
     if gpus is not None:
         # PCI bus order is NVML's order: CUDA's default ("fastest first") may number them differently.
         command.env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))

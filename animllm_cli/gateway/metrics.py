@@ -35,8 +35,9 @@ class GatewayMetrics:
         self.engine_vram.clear()
         self.engine_vram_peak.clear()
         for resident in residents:
-            if resident.measured_bytes:
-                self.engine_vram.labels(resident.model).set(sum(resident.measured_bytes.values()))
+            now = resident.asleep_bytes if resident.asleep else resident.measured_bytes  # a sleeper: what it keeps
+            if now:
+                self.engine_vram.labels(resident.model).set(sum(now.values()))
                 self.engine_vram_peak.labels(resident.model).set(sum(resident.peak_bytes.values()))
 
     def render(self) -> bytes:

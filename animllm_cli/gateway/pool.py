@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from animllm_cli.gateway.admission import engine_bytes
 from animllm_cli.gateway.scheduler import Decision
 from animllm_cli.gateway.state import EngineGroup, EngineStatus, SleepModeStatus, SwitchReport
 from animllm_cli.gpu import nvml
-from animllm_cli.gpu.planner import Card, Share, card_shares, place_share
+from animllm_cli.gpu.planner import Card, Share, card_shares, model_quantization, place_share
 from animllm_cli.units import GIB
 
 
@@ -72,6 +73,7 @@ class Resident:
     asleep_bytes: dict[int, int] = field(default_factory=dict)  # GPU -> NVML's, while asleep
     host_bytes: int = 0                        # its weights in host RAM (level 1)
     host_seen: int = 0                         # how much of that host RAM's `available` showed gone
+    host_kept: int = 0                         # host RAM it kept after a wake (vllm#16663)
     asleep_since: float | None = None          # monotonic
 
     @property
@@ -125,6 +127,7 @@ class EnginePool:
         # or shut down: what a dead gateway would leave behind.
         self._running: list[Engine] = []
         self._closing = False
+        self._refreshing = threading.Lock()  # the sampler's and a switch's NVML readings, one at a time
 
     # ------------------------------------------------------------------ what is loaded
     @property
@@ -177,8 +180,12 @@ class EnginePool:
         setting, support = self.loaded.config.models[model].sleep, self.support
         if setting == "off" or not support.available:
             return False
-        quantization = self.loaded.model(model).settings.get("quantization")
-        return setting != "auto" or sleep.avoided(support.vllm_version, None, quantization) is None
+        return setting != "auto" or sleep.avoided(support.vllm_version, None, self.quantization(model)) is None
+
+    def quantization(self, model: str) -> str | None:
+        """The format its weights load in: the setting, else the checkpoint's own (an NVFP4
+        checkpoint says `modelopt` in its config.json)."""
+        return model_quantization(self.loaded, model)
 
     def engine_for(self, model: str) -> Engine | None:
         resident = self.residents.get(model)
@@ -265,6 +272,10 @@ class EnginePool:
     def refresh(self) -> nvml.GpuReport:
         """Read NVML (blocking: call it in a thread) and take each ready engine's footprint
         from it: what its processes hold now, and the most they ever held."""
+        with self._refreshing:
+            return self._refresh()
+
+    def _refresh(self) -> nvml.GpuReport:
         report = nvml.probe(self.nvml_module)
         for resident in list(self.residents.values()):
             if resident.state not in ("ready", "sleeping"):
@@ -300,7 +311,11 @@ class EnginePool:
             asleep, stop = self._leaving(model, decision, report)
             dead = [m for m, r in self.residents.items()
                     if r.state in ("dead", "stopped") or (m == model and r.state != "sleeping")]
-            stopped, _ = await asyncio.gather(self._evict([*stop, *dead]), self._sleep(asleep, report))
+            stopped, slept = await asyncio.gather(self._evict([*stop, *dead]), self._sleep(asleep, report),
+                                                  return_exceptions=True)  # neither left running on a failure
+            for outcome in (stopped, slept):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             self._note_stops(stopped, report)
             await asyncio.to_thread(self.refresh)
             if model is not None:
@@ -311,6 +326,7 @@ class EnginePool:
                 return report
             self._refuse_if_closing(model)  # shutdown may have begun while the others stopped
             if not await self._wake(model, report):
+                self._refuse_if_closing(model)  # shutdown may have stopped it during the wake
                 engine = self._launch(model)
                 ready = await asyncio.to_thread(engine.start)
                 report.load_s, report.load_kind = round(ready.ready_s, 3), "cold"
@@ -353,7 +369,7 @@ class EnginePool:
 
     def sleep_choice(self, model: str, host_room: int) -> sleep.Choice:
         resident = self.residents[model]
-        setting, quantization = self.loaded.config.models[model].sleep, self.loaded.model(model).settings.get("quantization")
+        setting, quantization = self.loaded.config.models[model].sleep, self.quantization(model)
         if not resident.sleep_mode:
             bad = sleep.avoided(self.support.vllm_version, None, quantization)
             reason = "sleep: off" if setting == "off" else f"cannot sleep here: {self.support.reason}" \
@@ -373,7 +389,7 @@ class EnginePool:
             if choice.level:
                 levels[victim] = choice.level
                 room -= (self.residents[victim].share.weight_bytes or 0) if choice.level == 1 else 0
-            elif self.residents[victim].sleep_mode:
+            elif self.residents[victim].sleep_mode or decision.reason == "sleep":
                 report.notes.append(f"{victim}: stopped, not sent to sleep: {choice.why}")
         gone = [v for v in victims if v not in levels]
         if model is None:
@@ -410,22 +426,30 @@ class EnginePool:
             report.sleep_s = round(max(report.sleep_s or 0.0, result), 3)
             report.slept.append(resident.model)
             resident.host_bytes = (resident.share.weight_bytes or 0) if resident.asleep == 1 else 0
+            with self._refreshing:  # a sample taken while it fell asleep is not what it keeps asleep
+                resident.asleep_bytes = {}
         slept = [r for r in going if r.model not in failed]
         host = sum(r.host_bytes for r in slept)
-        for resident in slept:  # how much of their host RAM `available` shows gone already
-            resident.host_seen = min(resident.host_bytes, shown_gone * resident.host_bytes // host) if host else 0
+        for resident in slept:  # how much of their host RAM `available` shows gone already; an engine
+            # woken before keeps that host memory (vllm#16663), so `available` showed it gone then
+            shown = shown_gone * resident.host_bytes // host if host else 0
+            resident.host_seen = min(resident.host_bytes, max(shown, resident.host_kept))
         if failed:
             self._note_stops(await self._evict(failed), report)
 
     async def _stop_sleepers_short_of(self, model: str, report: SwitchReport) -> None:
         """Now that NVML has measured the sleepers: if the card is still short for
         `model`, stop them, the longest asleep first."""
+        if self.place(model) is not None or self.place(model, frozenset(self.sleepers) - {model}) is None:
+            return  # it fits as it is, or stopping every sleeper would not make it fit either
         while self.place(model) is None:
             spare = [m for m in self.sleepers if m != model]
             if not spare:
                 return
             report.notes.append(f"{spare[0]}: stopped, not kept asleep: the card has no room for '{model}' beside "
                                 f"it (measured)")
+            if spare[0] in report.slept:
+                report.slept.remove(spare[0])
             self._note_stops(await self._evict(spare[:1]), report)
             await asyncio.to_thread(self.refresh)
 
@@ -452,8 +476,10 @@ class EnginePool:
             resident.waking = False
         report.wake_s, report.load_kind, report.wake_level = round(woke, 3), "wake", resident.asleep
         resident.asleep, resident.asleep_since, resident.asleep_bytes = None, None, {}
+        resident.host_kept = max(resident.host_kept, resident.host_seen)
         resident.host_bytes = resident.host_seen = 0
-        self.residents[model] = self.residents.pop(model)  # the newest again: the single-slot view's model
+        if self.residents.get(model) is resident:  # the newest again: the single-slot view's model
+            self.residents[model] = self.residents.pop(model)
         return True
 
     def _launch(self, model: str) -> Engine:
@@ -469,15 +495,16 @@ class EnginePool:
             raise NoRoom(f"no room for '{model}' now ({free or 'no card size known'} below the threshold); "
                          f"see `animllm plan --together`")
         share = self.share(model, cards[gpus[0]].total_bytes) if cards[gpus[0]].total_bytes else None
+        able_to_sleep = self.sleep_mode(model)
         engine = launch(self.loaded, model, on_progress=self.on_progress, on_dead=self._engine_died,
                         log_dir=self.log_dir, nvml_module=self.nvml_module, on_launched=self._track,
                         gpus=gpus if self.report.gpus else None,
                         utilization=share.utilization if share and share.basis != "alone" else None,
-                        sleep_mode=self.sleep_mode(model))
+                        sleep_mode=able_to_sleep)
         planned = {g: share.bytes_on(cards[g].total_bytes) for g in gpus} if share else {}
         self.residents.pop(model, None)
         self.residents[model] = Resident(model, engine, gpus, share or Share(model, 0, 0, "alone"), planned,
-                                         sleep_mode=self.sleep_mode(model))
+                                         sleep_mode=able_to_sleep)
         return engine
 
     def _reserve(self, resident: Resident, report: SwitchReport) -> None:

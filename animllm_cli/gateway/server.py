@@ -39,8 +39,10 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     from animllm_cli.gateway.app import Gateway, create_app
     from animllm_cli.gateway.pool import EnginePool
 
+    if engine_env is None and any(spec.sleep != "off" for spec in loaded.config.models.values()):
+        engine_env = probe_python(engine_python(loaded))  # whether its vLLM can sleep
     pool = EnginePool(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress,
-                      engine_env=engine_env or probe_python(engine_python(loaded)), host_available=host_available)
+                      engine_env=engine_env, host_available=host_available)
     state_file = _StateFile() if write_state_file else None
     if state_file:
         pool.on_engines_changed = lambda: state_file.record_engines(pool)

@@ -217,6 +217,15 @@ class Share:
         return asdict(self)
 
 
+def model_quantization(loaded: LoadedConfig, model: str) -> str | None:
+    """The format its weights load in: the `quantization` setting, else the checkpoint's own."""
+    view = loaded.model(model)
+    if view.settings.get("quantization"):
+        return view.settings["quantization"]
+    facts = facts_for(view.engine_source, loaded.config.paths.hf_cache)
+    return facts.quantization if facts else None
+
+
 def smallest_share(plan: ModelPlan, card: int, tensor_parallel: int = 1) -> float | None:
     """The least utilization whose KV pool still holds max_model_len (weights and KV
     split over `tensor_parallel` cards), or None when the model's facts are unknown."""

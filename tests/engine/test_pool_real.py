@@ -83,7 +83,14 @@ def test_two_tiny_models_stay_resident_and_a_third_evicts_the_least_recently_use
         assert gw.gateway.pool.last_switch.slept == [] and "CPU build" in gw.gateway.pool.support.reason
         for resident in gw.gateway.pool.residents.values():
             assert "--enable-sleep-mode" not in resident.engine.command.argv
-            assert "VLLM_SERVER_DEV_MODE" not in resident.engine.command.env
+            assert resident.engine.command.env["VLLM_SERVER_DEV_MODE"] == "0"
+        # real vLLM loaded animllm's --middleware: its /tokenize (which vLLM's key leaves
+        # open) now wants the engine's key, as every route but /health does
+        engine = gw.gateway.pool.engine_for("tiny-a")
+        body = {"model": "tiny-a", "prompt": "hi"}
+        assert httpx.post(f"{engine.base_url}/tokenize", json=body).status_code == 401
+        assert httpx.post(f"{engine.base_url}/tokenize", json=body, headers=engine.headers).status_code == 200
+        assert httpx.get(f"{engine.base_url}/health").status_code == 200
 
         # no request in flight: the least recently used idle one goes (tiny-a: tiny-c is used after it)
         assert ask(gw, "tiny-c") == "tiny-c"

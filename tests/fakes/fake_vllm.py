@@ -20,12 +20,12 @@ vLLM's arguments and behaves as FAKE_VLLM_MODE says:
   die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
   ignores-key      like ok, but answers /v1 without checking VLLM_API_KEY (an impostor on the port)
 
-Sleep mode, as the installed vLLM defines it (tests/engine_fake/test_fake_sleep_routes.py reads
+Sleep mode, as the installed vLLM defines it (tests/engine/test_fake_sleep_routes.py reads
 vLLM's source to keep the two alike): with VLLM_SERVER_DEV_MODE=1 the development routes
 exist (POST /sleep?level=&mode=, POST /wake_up?tags=, GET /is_sleeping, POST
 /release_kv_cache_memory, POST /collective_rpc, POST /reset_prefix_cache); sleeping needs
 --enable-sleep-mode. FAKE_VLLM_SLEEP_S / FAKE_VLLM_WAKE_S: how long a sleep and a wake take;
-FAKE_VLLM_WAKE_FAIL=1: a wake fails with CUDA's out-of-memory error; FAKE_VLLM_STATE_DIR: where
+FAKE_VLLM_WAKE_FAIL=1: a wake fails with CUDA's out-of-memory error; FAKE_VLLM_SLEEP_FAIL=1: a sleep fails; FAKE_VLLM_STATE_DIR: where
 it writes whether it sleeps (file named by its pid), for the fake NVML. Asleep, it refuses
 completions (503): a request that reaches a sleeper is a bug of the gateway.
 
@@ -155,10 +155,14 @@ def make_app(names: list[str], mode: str, after: float):
 
     key = None if mode == "ignores-key" else os.environ.get("VLLM_API_KEY")
 
+    guard = middleware_guard()
+
     @web.middleware
     async def authenticate(request, handler):  # as vLLM does: VLLM_API_KEY guards the /v1 routes
         if key and request.path.startswith("/v1") and request.headers.get("Authorization") != f"Bearer {key}":
             return web.json_response({"error": "Unauthorized"}, status=401)
+        if guard and not guard.allowed(request.path, request.headers.get("Authorization"), key):
+            return web.json_response({"error": "Unauthorized"}, status=401)  # what --middleware adds
         return await handler(request)
 
     app = web.Application(middlewares=[authenticate])
@@ -168,6 +172,17 @@ def make_app(names: list[str], mode: str, after: float):
     if os.environ.get("VLLM_SERVER_DEV_MODE", "0") not in ("", "0"):  # as vLLM: bool(int(...))
         app.add_routes([web.route(method, path, getattr(sleeper, handler)) for method, path, handler in DEV_ROUTES])
     return app
+
+
+def middleware_guard():
+    """vLLM's --middleware MODULE.NAME: the fake imports the module as vLLM would and asks
+    its `allowed(path, authorization, key)`, the same decision its ASGI class makes."""
+    if "--middleware" not in sys.argv:
+        return None
+    import importlib
+
+    module_path = sys.argv[sys.argv.index("--middleware") + 1].rsplit(".", 1)[0]
+    return importlib.import_module(module_path)
 
 
 # The development routes as the installed vLLM defines them: method, path, the handler here.
@@ -216,6 +231,9 @@ class Sleeper:
             say("ERROR Sleep mode is not enabled. Please compile vLLM with sleep mode enabled.")
             return web.json_response({"error": {"message": "sleep mode is not enabled"}}, status=500)
         await asyncio.sleep(float(os.environ.get("FAKE_VLLM_SLEEP_S", "0")))
+        if os.environ.get("FAKE_VLLM_SLEEP_FAIL") == "1":
+            say("ERROR sleep failed: CUDA error: an illegal memory access was encountered")
+            return web.json_response({"error": {"message": "sleep failed"}}, status=500)
         record({"route": "/sleep", **values})
         self.level, self.asleep_tags = values["level"], {"weights", "kv_cache"}
         self.weights_lost = values["level"] == 2
@@ -231,7 +249,8 @@ class Sleeper:
         from aiohttp import web
 
         tags = request.query.getall("tags", []) or None
-        await asyncio.sleep(float(os.environ.get("FAKE_VLLM_WAKE_S", "0")))
+        if tags is None or "weights" in tags:  # FAKE_VLLM_WAKE_S is a whole wake, as published figures are
+            await asyncio.sleep(float(os.environ.get("FAKE_VLLM_WAKE_S", "0")))
         record({"route": "/wake_up", "tags": tags})
         if os.environ.get("FAKE_VLLM_WAKE_FAIL") == "1":
             print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "

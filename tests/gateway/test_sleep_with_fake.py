@@ -76,7 +76,7 @@ def test_an_evicted_model_sleeps_and_a_request_wakes_the_same_engine(sleepy_gate
         assert pool.residents["a"].engine.pid == first_pid   # woken, not started again
         assert engines(client)["a"]["state"] == "ready" and engines(client)["b"]["state"] == "sleeping"
     assert [(r["route"], r.get("level"), r.get("tags")) for r in routes(gw)] == [
-        ("/sleep", 1, None), ("/sleep", 1, None), ("/wake_up", None, None)]
+        ("/sleep", 1, None), ("/sleep", 1, None), ("/wake_up", None, None), ("/reset_prefix_cache", None, None)]
 
 
 def test_host_ram_chooses_the_level_and_a_level_2_wake_reloads_the_weights(sleepy_gateway) -> None:
@@ -128,8 +128,9 @@ def test_a_sleeper_the_card_cannot_keep_is_stopped_once_measured(sleepy_gateway)
     with gw.client() as client:
         ask(client, "b")
         report = gw.gateway.pool.last_switch
-        assert report.slept == ["a"] and report.notes == [
+        assert report.slept == [] and report.notes == [
             "a: stopped, not kept asleep: the card has no room for 'b' beside it (measured)"]
+        assert [r["route"] for r in routes(gw)] == ["/sleep"]   # it did sleep, then was stopped
         assert set(engines(client)) == {"b"} and report.load_kind == "cold"
 
 
@@ -139,7 +140,7 @@ def test_sleep_off_stops_and_unload_stops_a_sleeper(sleepy_gateway) -> None:
     with gw.client() as client:
         ask(client, "b")                                   # a sleeps
         argv = pool.residents["b"].engine.command.argv
-        assert "--enable-sleep-mode" not in argv and "VLLM_SERVER_DEV_MODE" not in pool.residents["b"].engine.command.env
+        assert "--enable-sleep-mode" not in argv and pool.residents["b"].engine.command.env["VLLM_SERVER_DEV_MODE"] == "0"
         ask(client, "v")                                   # b stops: sleep off
         assert pool.last_switch.slept == [] and "b" not in pool.residents
         unloaded = client.post("/admin/unload", json={"model": "a"})
@@ -158,9 +159,17 @@ def test_the_development_routes_are_never_relayed(sleepy_gateway) -> None:
             reply = client.request(method, path, json={"method": "reload_weights"})
             assert reply.status_code in (404, 405), (path, reply.status_code)
     assert routes(gw) == []
-    with httpx.Client() as direct:  # the engine has them (dev mode), on loopback only
-        assert direct.get(f"{engine.base_url}/is_sleeping").json() == {"is_sleeping": False}
-    assert engine.base_url.startswith("http://127.0.0.1:")
+    assert engine.base_url.startswith("http://127.0.0.1:")  # the engine has them (dev mode), on loopback only,
+    with httpx.Client(base_url=engine.base_url) as direct:   # and only with its key (animllm_engine_guard)
+        for method, path in [("GET", "/is_sleeping"), ("POST", "/sleep?level=2"), ("POST", "/collective_rpc"),
+                             ("POST", "/tokenize")]:
+            # a web page's plain POST needs no CORS preflight: only the key stops it
+            reply = direct.request(method, path, content=b'{"method": "reload_weights"}',
+                                   headers={"content-type": "text/plain", "origin": "https://evil.example"})
+            assert reply.status_code == 401, (path, reply.text)
+        assert direct.get("/health").status_code == 200
+        assert direct.get("/is_sleeping", headers=engine.headers).json() == {"is_sleeping": False}
+    assert routes(gw) == [] and gw.gateway.pool.residents["a"].state == "ready"
 
 
 def test_a_stream_waiting_for_a_wake_hears_waking(sleepy_gateway) -> None:
@@ -225,3 +234,28 @@ def test_status_names_the_woken_model_as_the_one_loaded_last(sleepy_gateway) -> 
         status = client.get("/admin/status").json()
     assert (status["engine"]["model"], status["engine"]["state"]) == ("a", "ready")
     assert status["engine"]["last_switch"]["load_kind"] == "wake"
+
+
+def test_a_sleep_that_fails_stops_the_engine_and_says_why(sleepy_gateway) -> None:
+    gw = sleepy_gateway(env={"FAKE_VLLM_SLEEP_FAIL": "1"})
+    with gw.client() as client:
+        assert ask(client, "b")["model"] == "b"
+        report = gw.gateway.pool.last_switch
+        assert report.slept == [] and set(engines(client)) == {"b"}
+        assert report.notes[0].startswith("a: stopped, its sleep failed: POST /sleep to the engine of 'a' answered 500")
+
+
+def test_keep_alive_sends_an_idle_model_to_sleep_and_max_engines_counts_the_awake(sleepy_gateway) -> None:
+    """Small shares that would all fit awake; max_engines 1 keeps one awake, the rest asleep."""
+    small = {name: {"share": 0.3} for name in ("a", "b", "v")}
+    gw = sleepy_gateway(models={**small, "b": {"share": 0.3, "keep_alive": 0.5}}, sections={"pool": {"max_engines": 1}})
+    gw.gateway.keep_alive_interval_s = 0.1
+    with gw.client() as client:
+        ask(client, "v")
+        ask(client, "b")
+        assert {m: e["state"] for m, e in engines(client).items()} == {"a": "sleeping", "v": "sleeping", "b": "ready"}
+        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive")   # idle for its keep_alive
+        report = gw.gateway.pool.last_switch
+        assert engines(client)["b"]["state"] == "sleeping"
+        assert (report.reason, report.to_model, report.slept) == ("keep_alive", None, ["b"])
+        assert ask(client, "b")["model"] == "b" and gw.gateway.pool.last_switch.load_kind == "wake"

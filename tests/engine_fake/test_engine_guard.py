@@ -1,0 +1,52 @@
+"""The middleware animllm puts into every engine (engine_side/animllm_engine_guard.py): the
+engine's key on every route but /health, as a pure ASGI class that vLLM adds."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+from animllm_cli.config.engine_command import ENGINE_GUARD, ENGINE_SIDE
+
+sys.path.insert(0, str(ENGINE_SIDE))
+import animllm_engine_guard as guard  # noqa: E402
+
+
+def call(path: str, headers: list[tuple[bytes, bytes]], kind: str = "http") -> list[dict]:
+    sent: list[dict] = []
+    reached: list[str] = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def send(message):
+        sent.append(message)
+
+    middleware = guard.RequireKey(app)
+    middleware.key = "k3y"
+    asyncio.run(middleware({"type": kind, "path": path, "headers": headers}, None, send))
+    return sent if not reached else [{"reached": reached[0]}]
+
+
+def test_every_route_but_health_needs_the_key() -> None:
+    assert call("/health", []) == [{"reached": "/health"}]
+    assert call("/sleep", [(b"authorization", b"Bearer k3y")]) == [{"reached": "/sleep"}]
+    for path in ("/sleep", "/collective_rpc", "/tokenize", "/v1/models", "/update_weights"):
+        refused = call(path, [(b"authorization", b"Bearer wrong")])
+        assert refused[0]["status"] == 401 and refused[1]["body"] == b'{"error": "Unauthorized"}'
+    assert call("/sleep", [])[0]["status"] == 401
+    assert call("/v1/realtime", [], kind="websocket") == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_no_key_configured_guards_nothing() -> None:
+    assert guard.allowed("/sleep", None, None) and not guard.allowed("/sleep", None, "k")
+
+
+def test_the_guard_needs_only_the_standard_library() -> None:
+    """It runs in the engine's Python, which may lack animllm and anything else."""
+    module = ENGINE_GUARD.rsplit(".", 1)[0]
+    code = f"import sys; sys.path.insert(0, {str(ENGINE_SIDE)!r}); import {module}; " \
+           f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('animllm_cli', 'starlette', 'fastapi')))"
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
