@@ -29,6 +29,7 @@ Usage: .venv/bin/python benchmarks/pool.py [--requests 6] [--rate 0.5] [--seed 1
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -117,6 +118,7 @@ def sleep_mode(args) -> None:
     import statistics
 
     root = Path(tempfile.mkdtemp(prefix="animllm-sleep-"))
+    os.environ["ANIMLLM_STATE_DIR"] = str(root / "state")  # its state file and logs, not the user's
     scenarios = args.scenarios.split(",")
     results: dict[tuple[str, str], dict] = {}
     for eviction, keys in EVICTIONS.items():
