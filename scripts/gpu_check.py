@@ -147,14 +147,12 @@ def run_sleep_check(workdir: Path) -> dict[str, Any]:
     Each switch's sleep, wake and cold-start seconds, and what a sleeper keeps on the card."""
     import httpx
 
-    from animllm_cli.config import load_config
-    from animllm_cli.config.engine_command import engine_python
     from animllm_cli.demo.tiny_models import build_tiny_models
     from animllm_cli.doctor.python_env import probe_python
     from animllm_cli.engine import sleep
     from animllm_cli.gpu import nvml
 
-    support = sleep.platform_support(probe_python(engine_python(load_config(None))), nvml.probe())
+    support = sleep.platform_support(probe_python(sys.executable), nvml.probe())  # SLEEP_CONFIG's engine.python
     if not support.available:  # nothing to check here: not a failure of the check
         return {"checks": {}, "skipped": support.reason}
     level_2 = sleep.level_2_wakes(support.vllm_version)

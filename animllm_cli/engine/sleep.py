@@ -213,10 +213,10 @@ def wake(engine: Engine, level: int, timeout_s: float) -> float:
             awake = _post(client, engine, "/wake_up", params={"tags": "kv_cache"})
         else:
             awake = _post(client, engine, "/wake_up")
-        _post(client, engine, "/reset_prefix_cache")
         status = _json(awake).get("status")  # vLLM 0.22+ says; older answer an empty 200
         if status not in (None, "awake"):
             raise SleepError(f"the engine of '{engine.model}' is still {status} after its wake")
+        _post(client, engine, "/reset_prefix_cache")
     return time.monotonic() - started
 
 

@@ -313,9 +313,11 @@ class EnginePool:
                     if r.state in ("dead", "stopped") or (m == model and r.state != "sleeping")]
             stopped, slept = await asyncio.gather(self._evict([*stop, *dead]), self._sleep(asleep, report),
                                                   return_exceptions=True)  # neither left running on a failure
-            for outcome in (stopped, slept):
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            failures = [o for o in (stopped, slept) if isinstance(o, BaseException)]
+            for extra in failures[1:]:
+                log.error("making room for %s also failed", model, exc_info=extra)
+            if failures:
+                raise failures[0]
             self._note_stops(stopped, report)
             await asyncio.to_thread(self.refresh)
             if model is not None:
@@ -426,16 +428,22 @@ class EnginePool:
             report.sleep_s = round(max(report.sleep_s or 0.0, result), 3)
             report.slept.append(resident.model)
             resident.host_bytes = (resident.share.weight_bytes or 0) if resident.asleep == 1 else 0
-            with self._refreshing:  # a sample taken while it fell asleep is not what it keeps asleep
-                resident.asleep_bytes = {}
+            # A sample taken while it fell asleep is not what it keeps asleep. Under the
+            # refresh lock, taken in a thread: a refresh in progress must not block the loop.
+            await asyncio.to_thread(self._forget_asleep_bytes, resident)
         slept = [r for r in going if r.model not in failed]
-        host = sum(r.host_bytes for r in slept)
-        for resident in slept:  # how much of their host RAM `available` shows gone already; an engine
-            # woken before keeps that host memory (vllm#16663), so `available` showed it gone then
-            shown = shown_gone * resident.host_bytes // host if host else 0
-            resident.host_seen = min(resident.host_bytes, max(shown, resident.host_kept))
+        # How much of their host RAM `available` shows gone: an engine woken before keeps that
+        # memory (vllm#16663), so only the rest can have gone now, shared out in proportion.
+        new = {r.model: max(0, r.host_bytes - r.host_kept) for r in slept}
+        for resident in slept:
+            shown = shown_gone * new[resident.model] // sum(new.values()) if sum(new.values()) else 0
+            resident.host_seen = min(resident.host_bytes, resident.host_kept + shown)
         if failed:
             self._note_stops(await self._evict(failed), report)
+
+    def _forget_asleep_bytes(self, resident: Resident) -> None:
+        with self._refreshing:
+            resident.asleep_bytes = {}
 
     async def _stop_sleepers_short_of(self, model: str, report: SwitchReport) -> None:
         """Now that NVML has measured the sleepers: if the card is still short for
@@ -450,6 +458,7 @@ class EnginePool:
                                 f"it (measured)")
             if spare[0] in report.slept:
                 report.slept.remove(spare[0])
+                report.sleep_s = report.sleep_s if report.slept else None
             self._note_stops(await self._evict(spare[:1]), report)
             await asyncio.to_thread(self.refresh)
 
@@ -476,7 +485,8 @@ class EnginePool:
             resident.waking = False
         report.wake_s, report.load_kind, report.wake_level = round(woke, 3), "wake", resident.asleep
         resident.asleep, resident.asleep_since, resident.asleep_bytes = None, None, {}
-        resident.host_kept = max(resident.host_kept, resident.host_seen)
+        if resident.asleep == 1:  # vLLM keeps the weights' host buffer after the wake (vllm#16663)
+            resident.host_kept = max(resident.host_kept, resident.host_bytes)
         resident.host_bytes = resident.host_seen = 0
         if self.residents.get(model) is resident:  # the newest again: the single-slot view's model
             self.residents[model] = self.residents.pop(model)

@@ -50,3 +50,35 @@ def test_the_guard_needs_only_the_standard_library() -> None:
            f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('animllm_cli', 'starlette', 'fastapi')))"
     result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_guard_as_vllm_adds_it_to_its_app() -> None:
+    """`app.add_middleware(RequireKey)` after CORS, as vLLM's --middleware does (vLLM's app
+    is FastAPI's, which is Starlette's)."""
+    import os
+
+    from starlette.applications import Starlette
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    ok = lambda request: JSONResponse({})  # noqa: E731
+    app = Starlette(routes=[Route("/health", ok), Route("/tokenize", ok, methods=["POST"])])
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    saved = os.environ.get("VLLM_API_KEY")
+    os.environ["VLLM_API_KEY"] = "k3y"
+    try:
+        app.add_middleware(guard.RequireKey)
+        client = TestClient(app)
+        assert client.get("/health").status_code == 200
+        assert client.post("/tokenize").status_code == 401
+        assert client.post("/tokenize", headers={"Authorization": "bearer k3y"}).status_code == 200
+        preflight = client.options("/tokenize", headers={"Origin": "https://evil.example",
+                                                         "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 401
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_API_KEY")
+        else:
+            os.environ["VLLM_API_KEY"] = saved

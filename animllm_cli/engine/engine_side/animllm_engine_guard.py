@@ -20,10 +20,12 @@ KEY_VARIABLE = "VLLM_API_KEY"
 
 
 def allowed(path: str, authorization: str | None, key: str | None) -> bool:
-    """Whether a request for `path` with this Authorization header may reach the engine."""
+    """Whether a request for `path` with this Authorization header may reach the engine
+    (the scheme in any case, as vLLM's own check takes it)."""
     if not key or path in OPEN_PATHS:
         return True
-    return authorization is not None and hmac.compare_digest(authorization.encode(), f"Bearer {key}".encode())
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), key.encode())
 
 
 class RequireKey:
@@ -37,7 +39,9 @@ class RequireKey:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         authorization = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), None)
-        if allowed(scope.get("path", ""), authorization, self.key):
+        path = scope.get("path", "")
+        if allowed(path[len(scope.get("root_path", "")):] if path.startswith(scope.get("root_path", "")) else path,
+                   authorization, self.key):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
