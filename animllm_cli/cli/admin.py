@@ -131,9 +131,7 @@ def engines_table(engines):
 
 
 def sleeping(engine) -> str:
-    from animllm_cli.units import GIB
-
-    host = f", weights in host RAM: {engine.host_bytes / GIB:.1f} GiB" if engine.host_bytes else \
+    host = f", weights in host RAM: {_gib(engine.host_bytes)}" if engine.host_bytes else \
         ", weights dropped" if engine.sleep_level == 2 else ""
     return f"sleeping (level {engine.sleep_level}{host})"
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -43,6 +44,13 @@ class DoctorContext:
     deep: bool = False
     process_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     host_available: Callable[[], int] = field(default_factory=lambda: _host_available)  # bytes of host RAM free
+
+    @functools.cached_property
+    def sleep_support(self):
+        """Whether engines can sleep here (engine/sleep.py): read once for the three sleep rows."""
+        from animllm_cli.engine import sleep
+
+        return sleep.platform_support(self.env, self.gpus)
 
 
 def _host_available() -> int:
@@ -302,7 +310,7 @@ def sleep_mode(ctx: DoctorContext) -> Result:
     sleepy = _sleepy(ctx)
     if not sleepy:
         return Result(SKIP, "sleep: off for every model: an evicted engine is stopped")
-    support = sleep.platform_support(ctx.env, ctx.gpus)
+    support = ctx.sleep_support
     asked = [n for n in sleepy if ctx.loaded.config.models[n].sleep in (1, 2)]
     if not support.available:
         detail = f"unavailable: {support.reason}; an evicted engine is stopped"
@@ -323,9 +331,7 @@ def sleep_mode(ctx: DoctorContext) -> Result:
 
 @check("sleep-ram", "host RAM for the models that may sleep at level 1")
 def sleep_ram(ctx: DoctorContext) -> Result:
-    from animllm_cli.engine import sleep
-
-    support = sleep.platform_support(ctx.env, ctx.gpus)
+    support = ctx.sleep_support
     plans = {p.model: p for p in ctx.plan.models}
     level_1 = [n for n in _sleepy(ctx) if ctx.loaded.config.models[n].sleep in ("auto", 1) and n in plans]
     if not support.available or not level_1:
@@ -351,7 +357,7 @@ def sleep_ram(ctx: DoctorContext) -> Result:
 def sleep_known_bad(ctx: DoctorContext) -> Result:
     from animllm_cli.engine import sleep
 
-    support = sleep.platform_support(ctx.env, ctx.gpus)
+    support = ctx.sleep_support
     if not support.available:
         return Result(SKIP, "sleep mode is unavailable here")
     applies: dict[str, list[str]] = {}

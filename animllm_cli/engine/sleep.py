@@ -27,6 +27,7 @@ from typing import Any
 
 from animllm_cli.doctor.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
+from animllm_cli.units import GIB
 
 Engine = Any  # engine/supervisor.py's Engine (which imports this module): base_url, headers, model
 
@@ -37,7 +38,7 @@ SLEEP_FLAG = "--enable-sleep-mode"
 FIRST_VERSION = "0.8.0"
 LEVEL_2_VERSION = "0.10.2"
 # A sleeper's CUDA context and buffers on each of its GPUs, until NVML has measured it.
-ASLEEP_ESTIMATE_BYTES = 1 << 30
+ASLEEP_ESTIMATE_BYTES = GIB
 
 
 class SleepError(Exception):
@@ -156,8 +157,8 @@ def choose_level(setting: str | int, support: Support, weight_bytes: int | None,
         return Choice(None, f"cannot sleep here: {support.reason}")
     weights = weight_bytes or 0
     ram_fits = weight_bytes is not None and weights <= host_room
-    ram = f"host RAM has {host_room / (1 << 30):.1f} GiB for sleepers, its weights need " \
-          f"{weights / (1 << 30):.1f} GiB" if weight_bytes is not None else "its weights' size is unknown"
+    ram = f"host RAM has {host_room / GIB:.1f} GiB for sleepers, its weights need " \
+          f"{weights / GIB:.1f} GiB" if weight_bytes is not None else "its weights' size is unknown"
     if setting == 1:
         return Choice(1, "sleep: 1") if ram_fits else Choice(None, f"sleep: 1, but {ram}")
     no_reload = f"vLLM {support.vllm_version} cannot reload weights after a level-2 sleep (needs {LEVEL_2_VERSION}+)"

@@ -180,12 +180,9 @@ class EnginePool:
         setting, support = self.loaded.config.models[model].sleep, self.support
         if setting == "off" or not support.available:
             return False
-        return setting != "auto" or sleep.avoided(support.vllm_version, None, self.quantization(model)) is None
+        quantization = model_quantization(self.loaded, model)  # the checkpoint's own too: NVFP4 says modelopt
+        return setting != "auto" or sleep.avoided(support.vllm_version, None, quantization) is None
 
-    def quantization(self, model: str) -> str | None:
-        """The format its weights load in: the setting, else the checkpoint's own (an NVFP4
-        checkpoint says `modelopt` in its config.json)."""
-        return model_quantization(self.loaded, model)
 
     def engine_for(self, model: str) -> Engine | None:
         resident = self.residents.get(model)
@@ -371,7 +368,7 @@ class EnginePool:
 
     def sleep_choice(self, model: str, host_room: int) -> sleep.Choice:
         resident = self.residents[model]
-        setting, quantization = self.loaded.config.models[model].sleep, self.quantization(model)
+        setting, quantization = self.loaded.config.models[model].sleep, model_quantization(self.loaded, model)
         if not resident.sleep_mode:
             bad = sleep.avoided(self.support.vllm_version, None, quantization)
             reason = "sleep: off" if setting == "off" else f"cannot sleep here: {self.support.reason}" \
