@@ -1,9 +1,12 @@
 """What the gateway costs, measured side by side in one run.
 
-For four upstreams (the fast fake vLLM of tests/fakes, the same fake paced at 2 ms a chunk,
-real vLLM's CPU build with tiny-a, and with a wider 8-layer tiny model; see write_config),
-the same requests go direct to the engine and through the gateway, alternating, from one
-asyncio load generator (aiohttp):
+For four engines the gateway runs (the fast fake vLLM of tests/fakes, the same fake paced
+at 2 ms a chunk, real vLLM's CPU build with tiny-a, and with a wider 8-layer tiny model;
+see write_config) and two remote upstreams (a separately started server with its own key,
+configured as `upstream:`: real vLLM with tiny-a, and the paced fake), the same requests go
+direct to the server and through the gateway, alternating, from one asyncio load generator
+(aiohttp). Direct requests carry the server's key (an engine's own per-launch key is read
+from its environment: the benchmark runs as the same user):
 
 - non-streamed 1-token requests, one at a time: the added median latency (target <= 1 ms);
 - 64-chunk streams at concurrency 1 and 16: streamed chunks per second through the
@@ -14,6 +17,7 @@ upstreams measure CPU contention as much as the relay; the paced fake leaves CPU
 shows the relay's own cost.
 
 Usage: .venv/bin/python benchmarks/gateway_overhead.py [--requests 200] [--rounds 5] [--only KIND]
+KIND: fake, fake-paced, real, real-8L, remote, remote-paced
 """
 
 from __future__ import annotations
@@ -44,6 +48,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+LOCAL_KINDS = ["fake", "fake-paced", "real", "real-8L"]
+REMOTE_KINDS = ["remote", "remote-paced"]
+REMOTE_KEY = "benchmark-remote-key"
+
+
+def tiny_a() -> Path:
+    from animllm_cli.demo.tiny_models import build_tiny_models
+
+    return build_tiny_models(REPO / ".pytest_cache" / "animllm-tiny-models")["tiny-a"]
+
+
+def start_remote(kind: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """The remote server, started apart from animllm with its own key: real vLLM with
+    tiny-a (`remote`) or the fake paced at 2 ms a chunk (`remote-paced`)."""
+    port = free_port()
+    env = {**os.environ, "VLLM_API_KEY": REMOTE_KEY, "PYTHONPATH": str(REPO)}
+    if kind == "remote":
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+        argv = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_a()), "--gpu-memory-utilization",
+                "0.3", "--max-model-len", "512", "--max-num-seqs", "32", "--enforce-eager", "--dtype", "bfloat16"]
+    else:
+        env.update(FAKE_VLLM_MODE="ok", FAKE_VLLM_CHUNK_DELAY="0.002", FAKE_VLLM_AFTER="0")
+        argv = ["-m", "tests.fakes.fake_vllm", "--model", "org/fake"]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, *argv, "--served-model-name", "m", "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the remote server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the remote server was not ready in time")
+
+
+def write_remote_config(directory: Path, kind: str, url: str) -> Path:
+    path = directory / f"{kind}.yaml"
+    path.write_text(f"""inherit_defaults: false
+limits: {{queue_max: 1000}}
+models: {{m: {{upstream: {{urls: ["{url}/v1"], api_key_env: BENCH_REMOTE_KEY}}, concurrency: 64}}}}
+""")
+    return path
+
+
 def write_config(directory: Path, kind: str) -> Path:
     """fake: tests/fakes/fake_vllm.py; real: vLLM with tiny-a (a token in ~1 ms);
     real-8L: vLLM with a wider 8-layer tiny model (a token in ~5 ms), for which vLLM's own
@@ -59,10 +113,10 @@ profiles: {{p: {{max_model_len: 1024, concurrency: 64}}}}
 models: {{m: {{source: org/fake, profile: p}}}}
 """
     else:
-        from animllm_cli.demo.tiny_models import TinySpec, build_tiny_model, build_tiny_models
+        from animllm_cli.demo.tiny_models import TinySpec, build_tiny_model
 
         if kind == "real":
-            tiny = build_tiny_models(REPO / ".pytest_cache" / "animllm-tiny-models")["tiny-a"]
+            tiny = tiny_a()
         else:
             spec = TinySpec("bench-model", seed=3, layers=8, hidden=512, heads=8, kv_heads=2, intermediate=1536)
             tiny = build_tiny_model(REPO / ".pytest_cache" / "animllm-tiny-models" / spec.name, spec)
@@ -78,9 +132,10 @@ models: {{m: {{source: {tiny}, profile: p}}}}
     return path
 
 
-def start_gateway(config: Path, state: Path) -> tuple[subprocess.Popen, str, str]:
+def start_gateway(config: Path, state: Path) -> tuple[subprocess.Popen, str, str | None, dict[str, str]]:
+    """The gateway, once model m is ready; with its engine's URL and key (None for a remote m)."""
     port = free_port()
-    env = {**os.environ, "ANIMLLM_STATE_DIR": str(state), "NO_COLOR": "1"}
+    env = {**os.environ, "ANIMLLM_STATE_DIR": str(state), "NO_COLOR": "1", "BENCH_REMOTE_KEY": REMOTE_KEY}
     proc = subprocess.Popen([sys.executable, "-m", "animllm_cli", "--config", str(config), "serve", "m",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -91,12 +146,21 @@ def start_gateway(config: Path, state: Path) -> tuple[subprocess.Popen, str, str
             raise SystemExit(f"gateway exited: {proc.stderr.read().decode()[-2000:]}")
         try:
             status = httpx.get(f"{url}/admin/status", timeout=2).json()
+            if status["remotes"] and any(u["healthy"] for u in status["remotes"][0]["upstreams"]):
+                return proc, url, None, {}
             if status["engine"]["state"] == "ready":
-                return proc, url, status["engine"]["engine_url"]
+                return proc, url, status["engine"]["engine_url"], engine_key(status["engine"]["engine_pid"])
         except (httpx.HTTPError, KeyError, ValueError):
             pass
         time.sleep(0.5)
     raise SystemExit("gateway not ready in time")
+
+
+def engine_key(pid: int) -> dict[str, str]:
+    """The engine's own per-launch key, from its environment (same user: readable)."""
+    import psutil
+
+    return {"authorization": f"Bearer {psutil.Process(pid).environ()['VLLM_API_KEY']}"}
 
 
 def stop_gateway(proc: subprocess.Popen) -> None:
@@ -112,19 +176,19 @@ def body(tokens: int, stream: bool) -> bytes:
                        "messages": [{"role": "user", "content": "hello there"}]}).encode()
 
 
-async def one(session: aiohttp.ClientSession, url: str, payload: bytes) -> float:
+async def one(session: aiohttp.ClientSession, url: str, payload: bytes, key: dict[str, str]) -> float:
     started = time.perf_counter()
     async with session.post(f"{url}/v1/chat/completions", data=payload,
-                            headers={"content-type": "application/json"}) as resp:
+                            headers={"content-type": "application/json", **key}) as resp:
         await resp.read()
         assert resp.status == 200, resp.status
     return time.perf_counter() - started
 
 
-async def stream_chunks(session: aiohttp.ClientSession, url: str, payload: bytes) -> int:
+async def stream_chunks(session: aiohttp.ClientSession, url: str, payload: bytes, key: dict[str, str]) -> int:
     count = 0
     async with session.post(f"{url}/v1/chat/completions", data=payload,
-                            headers={"content-type": "application/json"}) as resp:
+                            headers={"content-type": "application/json", **key}) as resp:
         assert resp.status == 200, resp.status
         async for line in resp.content:
             if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
@@ -132,18 +196,20 @@ async def stream_chunks(session: aiohttp.ClientSession, url: str, payload: bytes
     return count
 
 
-async def measure(direct: str, gateway: str, requests: int, rounds: int) -> dict:
+async def measure(direct: str, gateway: str, key: dict[str, str], requests: int, rounds: int) -> dict:
+    """`key`: the direct path's (the gateway here asks none)."""
     connector = aiohttp.TCPConnector(limit=0)
+    keys = {direct: key, gateway: {}}
     async with aiohttp.ClientSession(connector=connector) as session:
         small = body(1, False)
         for _ in range(10):  # warm up both paths
-            await one(session, direct, small)
-            await one(session, gateway, small)
+            await one(session, direct, small, key)
+            await one(session, gateway, small, {})
         lat = {"direct": [], "gateway": []}
         for i in range(requests):
             order = [("direct", direct), ("gateway", gateway)] if i % 2 == 0 else [("gateway", gateway), ("direct", direct)]
             for name, url in order:
-                lat[name].append(await one(session, url, small))
+                lat[name].append(await one(session, url, small, keys[url]))
         result = {"latency_ms": {k: statistics.median(v) * 1000 for k, v in lat.items()}}
         streamed = body(64, True)
         for concurrency in (1, 16):
@@ -152,7 +218,7 @@ async def measure(direct: str, gateway: str, requests: int, rounds: int) -> dict
                 order = [("direct", direct), ("gateway", gateway)] if r % 2 == 0 else [("gateway", gateway), ("direct", direct)]
                 for name, url in order:
                     started = time.perf_counter()
-                    counts = await asyncio.gather(*(stream_chunks(session, url, streamed)
+                    counts = await asyncio.gather(*(stream_chunks(session, url, streamed, keys[url])
                                                     for _ in range(concurrency * 2)))
                     rates[name].append(sum(counts) / (time.perf_counter() - started))
             result[f"chunks_per_s_c{concurrency}"] = {k: statistics.median(v) for k, v in rates.items()}
@@ -163,29 +229,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=["fake", "fake-paced", "real", "real-8L"])
+    parser.add_argument("--only", choices=LOCAL_KINDS + REMOTE_KINDS)
     args = parser.parse_args()
-    kinds = [args.only] if args.only else ["fake", "fake-paced", "real", "real-8L"]
+    kinds = [args.only] if args.only else LOCAL_KINDS + REMOTE_KINDS
     print(f"gateway overhead: {args.requests} non-streamed requests each way (alternating), "
           f"{args.rounds} rounds of 64-chunk streams per concurrency level; {os.cpu_count()} CPUs")
-    print(f"{'upstream':<10} {'metric':<32} {'direct':>10} {'gateway':>10} {'result':>14}  target")
+    print(f"{'upstream':<12} {'metric':<32} {'direct':>10} {'gateway':>10} {'result':>14}  target")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            config = write_config(Path(tmp), kind)
-            proc, gateway, direct = start_gateway(config, Path(tmp) / f"state-{kind}")
-            try:
-                result = asyncio.run(measure(direct, gateway, args.requests, args.rounds))
-            finally:
-                stop_gateway(proc)
+            result = measure_kind(Path(tmp), kind, args.requests, args.rounds)
             lat = result["latency_ms"]
             added = lat["gateway"] - lat["direct"]
-            print(f"{kind:<10} {'median latency, 1-token request':<32} {lat['direct']:>8.2f}ms {lat['gateway']:>8.2f}ms "
+            print(f"{kind:<12} {'median latency, 1-token request':<32} {lat['direct']:>8.2f}ms {lat['gateway']:>8.2f}ms "
                   f"{'+%.2f ms' % added:>14}  <= 1 ms: {'met' if added <= 1 else 'MISSED'}")
             for concurrency in (1, 16):
                 rates = result[f"chunks_per_s_c{concurrency}"]
                 ratio = rates["gateway"] / rates["direct"]
-                print(f"{kind:<10} {f'streamed chunks/s, concurrency {concurrency}':<32} {rates['direct']:>10.0f} "
+                print(f"{kind:<12} {f'streamed chunks/s, concurrency {concurrency}':<32} {rates['direct']:>10.0f} "
                       f"{rates['gateway']:>10.0f} {f'ratio {ratio:.3f}':>14}  >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'}")
+
+
+def measure_kind(tmp: Path, kind: str, requests: int, rounds: int) -> dict:
+    """Start what `kind` needs (a remote server apart from the gateway for remote kinds),
+    measure direct beside through the gateway, stop it all."""
+    remote = start_remote(kind, tmp / f"{kind}.log") if kind in REMOTE_KINDS else None
+    try:
+        config = write_remote_config(tmp, kind, remote[1]) if remote else write_config(tmp, kind)
+        proc, gateway, engine_url, key = start_gateway(config, tmp / f"state-{kind}")
+        try:
+            if remote:
+                engine_url, key = remote[1], {"authorization": f"Bearer {REMOTE_KEY}"}
+            return asyncio.run(measure(engine_url, gateway, key, requests, rounds))
+        finally:
+            stop_gateway(proc)
+    finally:
+        if remote:
+            os.killpg(remote[0].pid, signal.SIGTERM)
+            remote[0].wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,19 @@ SWITCH_REASONS = {"cold": "nothing was loaded", "beside": "it fit beside the res
 
 
 def _client(ctx: typer.Context, config: Optional[Path]):
+    return _client_of(common.load(ctx, config))
+
+
+def _client_of(loaded):
     from animllm_cli.client.admin import AdminClient
 
-    return AdminClient.find(common.load(ctx, config).config.server.api_key_env)
+    return AdminClient.find(loaded.config.server.api_key_env)
+
+
+def _served_elsewhere(loaded, model: str) -> bool:
+    """The config says `model` is remote (only to word the wait: the gateway's answer decides)."""
+    name = loaded.catalogue.find(model)
+    return name is not None and loaded.config.models[name].upstream is not None
 
 
 def _secs(value) -> str:
@@ -72,36 +82,49 @@ def _show_status(out, report) -> None:
         rows.append(["sleep mode", plain(("on: " if report.sleep_mode.available else "off: ") + report.sleep_mode.reason)])
     if report.busy:
         rows.append(["refusing requests", plain(report.busy)])
+    rows += [["remote", plain(_remote_summary(remote))] for remote in report.remotes]
     out.show(table("animllm gateway", ["", ""], rows))
-    if report.engines:
-        out.show(engines_table(report.engines))
+    if report.engines or report.remotes:
+        out.show(engines_table(report.engines, report.remotes))
+
+
+def _remote_summary(remote) -> str:
+    """`status`: a model served elsewhere, in one line: how many of its URLs serve it now."""
+    healthy = sum(upstream.healthy is True for upstream in remote.upstreams)
+    there = f" (as '{remote.served_name}' there)" if remote.served_name != remote.model else ""
+    problem = f"; {remote.key_problem}" if remote.key_problem else ""
+    return f"{remote.model}{there}: {healthy}/{len(remote.upstreams)} URLs healthy{problem}"
 
 
 def ps(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """The resident models: GPU(s), state, VRAM (measured), requests, idle time and keep-alive."""
     out = common.output(ctx)
     report = _client(ctx, config).status()
-    pool = PoolView(report.url, report.engines, report.engine.switching_to, report.queues)
-    out.result(pool, lambda view: out.show(engines_table(view.engines)), json=json_output)
+    pool = PoolView(report.url, report.engines, report.engine.switching_to, report.queues, report.remotes)
+    out.result(pool, lambda view: out.show(engines_table(view.engines, view.remotes)), json=json_output)
 
 
 @dataclass
 class PoolView:
-    """`ps --json`: the engines of `status --json`, with what is being loaded and what waits."""
+    """`ps --json`: the engines of `status --json`, with what is being loaded and what waits,
+    and the models served elsewhere."""
     url: str | None
     engines: list
     switching_to: str | None
     queues: dict
+    remotes: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"schema_version": 1, "url": self.url, "switching_to": self.switching_to,
                 "engines": [e.to_json() for e in self.engines],
-                "queues": {m: q.to_json() for m, q in self.queues.items()}}
+                "queues": {m: q.to_json() for m, q in self.queues.items()},
+                "remotes": [r.to_json() for r in self.remotes]}
 
 
-def engines_table(engines):
+def engines_table(engines, remotes=()):
     """`ps`: one row per engine, narrow enough for 80 columns. VRAM as NVML measures it,
-    or the plan's estimate (marked ~) until it has."""
+    or the plan's estimate (marked ~) until it has. A model served elsewhere is a row with
+    its requests only, its URLs below the table."""
     from animllm_cli.output import plain, table
     from animllm_cli.units import GIB
 
@@ -121,13 +144,32 @@ def engines_table(engines):
              "-" if e.share is None else f"{e.share:g}", gib(e.vram_bytes, e.vram_planned_bytes),
              gib(e.vram_peak_bytes), f"{e.in_flight}/{e.waiting}",
              "-" if e.idle_s is None else f"{e.idle_s:.0f}s", unload(e)] for e in engines]
+    rows += [[plain(r.model), "remote", "-", "-", "-", "-", f"{r.in_flight}/{r.waiting}", "-", "-"] for r in remotes]
     shown = table("Resident models (VRAM GiB: NVML per process; ~ the plan's estimate)",
                   ["model", "state", "GPU", "share", "VRAM", "peak", "run/wait", "idle", "unload"], rows,
                   no_wrap=("model", "state", "VRAM", "unload"))
     asleep = [f"{e.model}: {sleeping(e)}" for e in engines if e.sleep_level]
-    if asleep:  # below the table: a state cell this long would not fit 80 columns
-        shown.caption, shown.caption_justify = "\n".join(asleep), "left"
+    below = asleep + [line for remote in remotes for line in served_at(remote)]
+    if below:  # below the table: a state cell this long would not fit 80 columns
+        shown.caption, shown.caption_justify = "\n".join(below), "left"
     return shown
+
+
+def served_at(remote) -> list[str]:
+    """A remote model's URLs, one line each: healthy, not checked yet, or out and why
+    (the missing key once, not on every URL it takes out)."""
+    from animllm_cli.output import plain
+
+    lines = [f"{remote.model}: {remote.key_problem}"] if remote.key_problem else []
+    for upstream in remote.upstreams:
+        if upstream.healthy is None:
+            health = "not checked yet"
+        elif upstream.healthy:
+            health = "healthy"
+        else:
+            health = "out" if upstream.problem in (None, remote.key_problem) else f"out: {upstream.problem}"
+        lines.append(f"{remote.model}: {upstream.url} {health}")
+    return [plain(line) for line in lines]  # URLs and problems are the server's text, never markup
 
 
 def sleeping(engine) -> str:
@@ -143,8 +185,11 @@ def unload(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model 
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """Free one model's engine (after its in-flight requests finish)."""
     out = common.output(ctx)
-    client = _client(ctx, config)
-    with out.status(f"unloading {model} (waits for its in-flight requests)"):
+    loaded = common.load(ctx, config)
+    client = _client_of(loaded)
+    waiting = f"asking the gateway to unload {model}" if _served_elsewhere(loaded, model) else \
+        f"unloading {model} (waits for its in-flight requests)"
+    with out.status(waiting):
         report = client.unload(model, sleep=asleep)
     out.result(report, lambda r: out.info(_unloaded(r, model)), json=json_output)
 
@@ -168,8 +213,11 @@ def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model 
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """Load a model now, evicting only what it must (after their in-flight requests finish); report the timings."""
     out = common.output(ctx)
-    client = _client(ctx, config)
-    with out.status(f"loading {model} (an eviction waits for in-flight requests)"):
+    loaded = common.load(ctx, config)
+    client = _client_of(loaded)
+    waiting = f"asking the gateway about {model}" if _served_elsewhere(loaded, model) else \
+        f"loading {model} (an eviction waits for in-flight requests)"
+    with out.status(waiting):
         report = client.switch(model)
     out.result(report, lambda r: _show_switch(out, r), json=json_output)
 
@@ -179,6 +227,9 @@ def _show_switch(out, report) -> None:
 
     if report.outcome == "already loaded":
         out.text(f"{report.to_model} is already loaded")  # the result itself: data, kept by -q
+        return
+    if report.outcome == "remote":  # served elsewhere: the gateway's note says where
+        out.text(report.notes[0] if report.notes else f"{report.to_model} is served elsewhere: nothing to load here")
         return
     released = plain_note(report)
     evicted = ", ".join(f"{m} asleep" if m in report.slept else f"{m} stopped" for m in report.evicted) \
@@ -305,7 +356,9 @@ def logs(ctx: typer.Context,
     loaded = common.load(ctx, config)
     log_dir = paths.state_dir() / "logs"
     if model:
-        path = log_dir / f"{loaded.catalogue.resolve(model, loaded=common.loaded_models(loaded))}.log"
+        name = loaded.catalogue.resolve(model, loaded=common.loaded_models(loaded))
+        _runs_here(loaded, name)
+        path = log_dir / f"{name}.log"
     else:
         path = _current_log(loaded, log_dir)
     if not path.exists():
@@ -321,6 +374,15 @@ def logs(ctx: typer.Context,
             if not path.exists() or path.stat().st_ino != _inode(handle):  # rotated
                 handle = path.open("r", errors="replace")
             time.sleep(0.2)
+
+
+def _runs_here(loaded, name: str) -> None:
+    """A model served elsewhere has no engine here, so no log to show."""
+    upstream = loaded.config.models[name].upstream
+    if upstream is not None:
+        from animllm_cli.errors import UsageError
+
+        raise UsageError(f"'{name}' is served by {', '.join(upstream.urls)}: its log is on that server")
 
 
 def _inode(handle) -> int:

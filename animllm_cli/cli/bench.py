@@ -60,6 +60,8 @@ def bench(
         from animllm_cli.errors import UsageError
 
         raise UsageError("--switch needs at least two models, e.g. --switch coder,vision")
+    if not url:  # the gateway's models are the config's; another server's are not ours to judge
+        _loaded_here(loaded, switch_models)
     plan = BenchPlan(url=url or common.gateway_url(loaded), model=name, levels=[] if request_rate else _levels(concurrency),
                      request_rate=request_rate, requests=requests, input_len=input_len, output_len=output_len,
                      warmup=warmup, switch_models=switch_models, switch_rounds=switch_rounds,
@@ -80,6 +82,18 @@ def bench(
         out.info(f"results written to {json_path}")
     if result.check is not None and not all(row.ok for row in result.check):
         raise typer.Exit(1)
+
+
+def _loaded_here(loaded, models: list[str]) -> None:
+    """--switch times loads, and a model served elsewhere (`upstream`) is never loaded here:
+    refused before anything is sent."""
+    from animllm_cli.errors import UsageError
+
+    for name in models:
+        spec = loaded.config.models.get(name)
+        if spec is not None and spec.upstream is not None:
+            raise UsageError(f"bench --switch measures loads; '{name}' is served elsewhere",
+                             hint=f"measure its requests without --switch: animllm bench {name}")
 
 
 def _expectation(loaded, name: str):

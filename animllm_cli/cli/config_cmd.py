@@ -51,6 +51,8 @@ def show(
 
     if whole_config:
         data = summary.explain_config(loaded) if explain else summary.config_report(loaded)
+    elif (view := loaded.model(model)).remote and (explain or fmt in (Format.yaml, Format.json)):  # no engine here
+        data = summary.explain_remote_model(loaded, view) if explain else summary.remote_model_report(view)
     else:
         view, command = summary.engine_command_for(loaded, model, port)
         if explain:

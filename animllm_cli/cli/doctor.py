@@ -25,7 +25,7 @@ def doctor(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Check VRAM for this model (default: the most demanding).")] = None,
     config: common.ConfigOption = None,
 ) -> None:
-    """Run the checklist: driver, CUDA, GPU, VRAM, torch, vLLM, xformers, env, paths, models, port.
+    """Run the checklist: driver, CUDA, GPU, VRAM, torch, vLLM, xformers, env, paths, models, upstreams, port.
 
     Exit 0 when nothing FAILs (WARN too with --strict), 1 when something does, 2 for usage or config errors.
     """

@@ -43,6 +43,7 @@ def plan(
         if len(wanted) < 2 or models:
             raise UsageError("--together takes two or more models, A,B[,C], and no model arguments",
                              hint="animllm plan --together coder,vision")
+        _no_remote(loaded, wanted)
         cards, basis = cards_now(loaded, gpus, vram)
         result = plan_together(loaded, list(dict.fromkeys(wanted)), cards, basis)
         out.result(result, lambda r: out.show(together_table(r)), json=json_output)
@@ -54,11 +55,24 @@ def plan(
     raise typer.Exit(0 if all(m.verdict == "fits" for m in report.models) else 1)
 
 
+def _no_remote(loaded, names: list[str]) -> None:
+    """--together places engines on this machine's cards: a model served elsewhere has none."""
+    from animllm_cli.errors import UsageError
+
+    remote = [name for name in names if loaded.config.models[name].upstream is not None]
+    if remote:
+        raise UsageError(f"--together: {', '.join(remote)} {'is' if len(remote) == 1 else 'are'} served elsewhere "
+                         f"(upstream) and take{'s' if len(remote) == 1 else ''} no VRAM here",
+                         hint="leave the remote models out of --together")
+
+
 def show_plan(out, report) -> None:
-    """The fit table, then for each model what does not fit and how to fix it."""
+    """The fit table, then for each model what does not fit and how to fix it; the models
+    served elsewhere get a line each instead of a row."""
     from animllm_cli.output import plain as escape
 
-    out.show(plan_table(report))
+    if report.models or not report.remote:
+        out.show(plan_table(report))
     for m in report.models:
         lines = ([m.summary] if m.verdict != "fits" else []) + m.notes
         lines += [f"[bold]fix:[/] {escape(m.suggestion)}"] if m.suggestion else []
@@ -69,6 +83,8 @@ def show_plan(out, report) -> None:
         shares = report.shares
         out.show("could stay loaded together (each at its share of the card): " + "; ".join(
             " + ".join(f"{m} ({shares[m].utilization:g})" for m in g) for g in report.co_resident))
+    for r in report.remote:
+        out.show(f"[bold]{r.model}[/]\n  remote: served by {escape(', '.join(r.urls))}, no VRAM here")
 
 
 def together_table(report):

@@ -98,8 +98,13 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, p
     url = f"http://{host}:{port}"
     progress = phase_printer(out, "[dim]{elapsed_s:6.1f}s[/dim]  {model}: {phase}")
 
+    remote = loaded.config.models[name].upstream
+
     def ready(report) -> None:
-        out.info(f"{name} ready in {report.load_s:.1f}s")
+        if remote is not None:  # nothing to load: served elsewhere
+            out.info(f"{name} is served by {', '.join(remote.urls)}")
+        else:
+            out.info(f"{name} ready in {report.load_s:.1f}s")
         out.show(endpoints_table(url))
         out.info("Ctrl-C stops the gateway and the engine")
 
@@ -115,7 +120,7 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, p
             out.info(f"gateway stopped; engine stopped in {report.stop_s:.2f}s, no engine process left "
                      f"(VRAM: {report.vram_note})")
 
-    out.info(f"gateway on {url}, loading {name}")
+    out.info(f"gateway on {url}, {'relaying' if remote else 'loading'} {name}")
     server, gateway = gateway_server.build(loaded, model=name, host=host, port=port, key=key, preload=preloads,
                                            hooks=gateway_server.Hooks(ready, failed, stopped, out.info),
                                            on_progress=progress)
@@ -190,6 +195,10 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
                 except AnimllmError:  # not answering yet
                     time.sleep(0.3)
                     continue
+                if any(r.model == name for r in status.remotes):  # served elsewhere: up once it answers
+                    out.info(f"{name} is served elsewhere; gateway pid {child.pid}, log {log}")
+                    out.show(endpoints_table(state.url))
+                    return 0
                 engine = next((e for e in status.engines if e.model == name), status.engine)
                 if engine.phase and engine.phase != phase:
                     phase = engine.phase

@@ -62,8 +62,12 @@ class ModelView:
     served_names: list[str]           # what the engine answers to: the name, then the aliases
 
     @property
-    def profile(self) -> str:
+    def profile(self) -> str | None:
         return self.spec.profile
+
+    @property
+    def remote(self) -> bool:
+        return self.spec.upstream is not None
 
 
 @dataclass
@@ -81,6 +85,13 @@ class LoadedConfig:
     def model_names(self) -> list[str]:
         return list(self.config.models)
 
+    def local_model_names(self) -> list[str]:
+        """The models whose engines animllm runs (the others are served elsewhere: `upstream`)."""
+        return [name for name, spec in self.config.models.items() if spec.upstream is None]
+
+    def remote_model_names(self) -> list[str]:
+        return [name for name, spec in self.config.models.items() if spec.upstream is not None]
+
     @property
     def catalogue(self) -> Catalogue:
         """The one index of model names, aliases, sources and tasks (built at load)."""
@@ -92,10 +103,13 @@ class LoadedConfig:
         """The model a name, alias, source or task means (None: the default model)."""
         name = self.catalogue.resolve(wanted)
         spec = self.config.models[name]
-        profile = self.config.profiles[spec.profile]
+        profile = self.config.profiles[spec.profile] if spec.profile else schema.Profile()
         settings: dict[str, Any] = {}
         sources: dict[str, Source] = {}
-        for key in schema.TUNABLE_KEYS:
+        # A remote model's profile gives it gateway keys (concurrency) only: its server has the engine.
+        keys = schema.TUNABLE_KEYS if spec.upstream is None else \
+            tuple(k for k in schema.TUNABLE_KEYS if k not in schema.LOCAL_ONLY_KEYS)
+        for key in keys:
             own, inherited = getattr(spec, key), getattr(profile, key)
             if own is not None:
                 settings[key], sources[key] = own, self.tree.source_of(("models", name, key))
@@ -105,7 +119,10 @@ class LoadedConfig:
                          self.catalogue.served_names(name))
 
     def _engine_source(self, name: str, spec: schema.ModelSpec) -> str:
-        """A local directory becomes an absolute path; anything else is a Hugging Face repo id."""
+        """A local directory becomes an absolute path; anything else is a Hugging Face repo id.
+        A remote model has none: its name there stands in."""
+        if spec.upstream is not None or spec.source is None:
+            return spec.upstream.model or name if spec.upstream else name
         src = spec.source
         if src.startswith(("/", "./", "../", "~")) or src in (".", ".."):
             return str(self.resolve_path(("models", name, "source"), src))
@@ -211,7 +228,7 @@ def _env_layer(environ: Mapping[str, str], current: dict[str, Any]) -> Layer:
     sources: dict[KeyPath, Source] = {}
     for var, key in SEED_ENV_OVERRIDES.items():
         if environ.get(var, "").strip():
-            for model in current.get("models") or {}:
+            for model in _local_models(current):
                 path = ("models", model, key)
                 set_path(data, path, parse_value(environ[var]))
                 _record(sources, path, Source("env", var, fanout=True))
@@ -235,7 +252,7 @@ def _flag_layer(overrides: Overrides, current: dict[str, Any]) -> Layer:
         models = current.get("models") or {}
         # The same catalogue every command resolves by, over the layers below the flags.
         targets = ([Catalogue.from_models(models).resolve(overrides.model)] if overrides.model is not None
-                   else list(models))
+                   else _local_models(current))
         for key, (value, flag) in overrides.settings.items():
             for model in targets:
                 set_path(data, ("models", model, key), value)
@@ -248,6 +265,13 @@ def _flag_layer(overrides: Overrides, current: dict[str, Any]) -> Layer:
         set_path(data, path, parse_value(raw))
         _record(sources, path, Source("flag", f"--set {item}"))
     return Layer(data, sources)
+
+
+def _local_models(current: dict[str, Any]) -> list[str]:
+    """The models an engine setting fanned out to every model applies to: not the remote ones."""
+    models = current.get("models")
+    return [name for name, spec in models.items() if not (isinstance(spec, dict) and "upstream" in spec)] \
+        if isinstance(models, dict) else []
 
 
 def _record(sources: dict[KeyPath, Source], path: KeyPath, source: Source) -> None:
@@ -281,12 +305,13 @@ _SECTION_CLASSES: dict[KeyPath, type[BaseModel]] = {
     ("pool",): schema.PoolSection,
     ("profiles", "*"): schema.Profile,
     ("models", "*"): schema.ModelSpec,
+    ("models", "*", "upstream"): schema.UpstreamSpec,
     ("expectations", "*"): schema.Expectation,
 }
 
 
 def _allowed_keys(parent: KeyPath) -> list[str]:
-    generic = parent[:1] + ("*",) if len(parent) == 2 else parent
+    generic = parent[:1] + ("*",) + parent[2:] if len(parent) >= 2 and parent[0] in ("profiles", "models") else parent
     cls = _SECTION_CLASSES.get(generic)
     keys = list(cls.model_fields) if cls else []
     return keys + (["inherit_defaults"] if parent == () else [])
@@ -313,7 +338,7 @@ def _describe(error: Any, tree: LayeredTree) -> str:
     else:
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")
-        if not isinstance(value, (dict, list)) or kind.endswith("_type"):
+        if kind != "credentials_in_url" and (not isinstance(value, (dict, list)) or kind.endswith("_type")):
             message += f" (got {value!r})"
     return _problem(tree, loc, message)
 
@@ -332,7 +357,8 @@ def _check_references(loaded: LoadedConfig) -> None:
     profiles = sorted(config.profiles)
     claimed, problems = _claim_names(loaded)
     for name, spec in config.models.items():
-        if spec.profile not in config.profiles:
+        problems += _local_or_remote(loaded, name, spec)
+        if spec.profile is not None and spec.profile not in config.profiles:
             problems.append(_problem(tree, ("models", name, "profile"),
                                      f"no such profile {spec.profile!r}; defined profiles: {', '.join(profiles) or '(none)'}"))
         for key in spec.extra_args:
@@ -364,7 +390,40 @@ def _check_references(loaded: LoadedConfig) -> None:
         raise ConfigError(problems)
 
 
+def _local_or_remote(loaded: LoadedConfig, name: str, spec: schema.ModelSpec) -> list[str]:
+    """A model runs here (`source`, `profile`) or elsewhere (`upstream`). The keys of an
+    engine animllm runs mean nothing for a remote model: set by a layer below the one that
+    made it remote (a shipped model moved to another machine) they are dropped; set beside
+    or above `upstream` they are an error, as is `source` there."""
+    tree, key = loaded.tree, ("models", name)
+    if spec.upstream is None:
+        if spec.source is None:
+            return [_problem(tree, (*key, "source"), "required key is missing (or `upstream:` for a model served "
+                                                     "elsewhere)")]
+        return [] if spec.profile is not None else [_problem(tree, (*key, "profile"), "required key is missing")]
+    made_remote = _rank(loaded, (*key, "upstream"))
+    problems = []
+    for setting in [f for f in (*schema.LOCAL_ONLY_KEYS, "profile") if f in spec.model_fields_set]:
+        default = schema.ModelSpec.model_fields[setting].default
+        if getattr(spec, setting) in (None, default) or _rank(loaded, (*key, setting)) < made_remote:
+            setattr(spec, setting, default)
+        elif setting == "source":
+            problems.append(_problem(tree, (*key, "upstream"), "a model has `source` (its engine runs here) or "
+                                                               "`upstream` (it is served elsewhere), not both"))
+        elif setting != "profile":
+            problems.append(_problem(tree, (*key, setting), "does not apply to a remote model (`upstream`): its "
+                                                          "server decides; remove it"))
+    return problems
+
+
 _LAYER_RANK = {"builtin": 0, "default": 1, "file": 2, "dotenv": 3, "env": 4, "flag": 5}
+
+
+def _rank(loaded: LoadedConfig, key: KeyPath) -> tuple[int, int]:
+    """How high the layer that set `key` is (a later user file above an earlier one)."""
+    source = loaded.tree.source_of(key)
+    origin = Path(source.origin)
+    return _LAYER_RANK[source.kind], loaded.files.index(origin) if source.kind == "file" and origin in loaded.files else 0
 
 
 def _claim_names(loaded: LoadedConfig) -> tuple[dict[str, str], list[str]]:
@@ -372,12 +431,7 @@ def _claim_names(loaded: LoadedConfig) -> tuple[dict[str, str], list[str]]:
     two claim it, the claim from the lower layer keeps it and the newer one is the error,
     since that is what the user just wrote."""
     tree = loaded.tree
-
-    def rank(key: KeyPath) -> tuple[int, int]:
-        source = tree.source_of(key)
-        file_order = loaded.files.index(Path(source.origin)) if source.kind == "file" and Path(source.origin) in loaded.files else 0
-        return _LAYER_RANK[source.kind], file_order
-
+    rank = lambda key: _rank(loaded, key)  # noqa: E731
     claims: dict[str, list[tuple[tuple[int, int], str, KeyPath]]] = {}
     for name, spec in loaded.config.models.items():
         claims.setdefault(name.lower(), []).append((rank(("models", name)), name, ("models", name)))
@@ -405,6 +459,10 @@ def _resolve_paths(loaded: LoadedConfig) -> None:
         raw = getattr(section, key)
         if raw:
             setattr(section, key, str(loaded.resolve_path(("paths", key), raw)))
+    for name, spec in loaded.config.models.items():
+        if spec.upstream is not None and spec.upstream.ca_bundle:
+            spec.upstream.ca_bundle = str(loaded.resolve_path(("models", name, "upstream", "ca_bundle"),
+                                                              spec.upstream.ca_bundle))
 
 
 def _load_dotenv(files: list[Path]) -> dict[str, tuple[str, Source]]:

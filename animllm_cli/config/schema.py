@@ -8,8 +8,10 @@ to point at the exact key that breaks them.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
@@ -62,6 +64,10 @@ class EngineSettings(Section):
     limit_mm_per_prompt: Optional[dict[str, Annotated[int, Field(ge=0)]]] = None
     seed: Optional[int] = None
     tensor_parallel_size: Optional[PositiveInt] = None
+    # Across machines, vLLM's own way: a Ray cluster (RAY_ADDRESS in `env`), each pipeline
+    # stage on another node. animllm launches the head; Ray places the rest.
+    pipeline_parallel_size: Optional[PositiveInt] = None
+    distributed_executor_backend: Optional[Literal["ray", "mp", "uni", "external_launcher"]] = None
 
 
 ENGINE_SETTING_KEYS: tuple[str, ...] = tuple(EngineSettings.model_fields)
@@ -99,9 +105,61 @@ def _sleep_value(item: Any) -> Any:
 SleepSetting = Annotated[Literal["auto", "off", 1, 2], BeforeValidator(_sleep_value)]
 
 
+Seconds = Annotated[float, Field(gt=0)]
+
+
+def _url_list(item: Any) -> Any:
+    return [item] if isinstance(item, str) else item
+
+
+def _base_url(url: str) -> str:
+    """A server's base URL as the relay joins paths to it: http(s), a host, no credentials,
+    query or fragment (keys live in api_key_env), a trailing `/v1` and `/` dropped."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    if parts.username or parts.password:  # not echoed: the value is a secret
+        raise PydanticCustomError("credentials_in_url", "the URL carries credentials (user:password@), which would "
+                                                        "show in logs and listings; put the key in the variable "
+                                                        "named by api_key_env")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r} has a query or fragment; give the server's base URL")
+    try:
+        parts.port
+    except ValueError as exc:
+        raise ValueError(f"{url!r}: {exc}") from None
+    path = parts.path.rstrip("/")
+    path = path[:-3] if path.endswith("/v1") else path
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+BaseUrl = Annotated[str, AfterValidator(_base_url)]
+
+
+class UpstreamSpec(Section):
+    """A model served elsewhere: one or more OpenAI-compatible servers (vLLM on another
+    machine, a Ray cluster's head, another animllm gateway). The gateway relays to them and
+    never loads or evicts them."""
+
+    urls: Annotated[list[BaseUrl], Field(min_length=1), BeforeValidator(_url_list)] = Field(
+        description="base URLs (`/v1` optional); requests go to the least busy healthy one")
+    model: Optional[str] = Field(default=None, description="the model's name on that server (null: this model's name)")
+    api_key_env: Optional[EnvName] = Field(
+        default=None, description="environment variable holding that server's key (never the key itself)")
+    verify_tls: bool = True
+    ca_bundle: Optional[str] = Field(default=None, description="CA certificates (PEM) to verify the server with")
+    connect_timeout_s: Seconds = 10.0
+    first_byte_timeout_s: Optional[Seconds] = None  # null: limits.first_byte_timeout_s
+    idle_timeout_s: Optional[Seconds] = None        # null: limits.idle_timeout_s
+    health_interval_s: Seconds = 10.0               # GET /v1/models on each URL this often
+    health_timeout_s: Seconds = 5.0
+
+
 class ModelSpec(Tunables):
-    source: str = Field(description="Hugging Face repo id, or a local directory (relative to the config file)")
-    profile: Name
+    source: Optional[str] = Field(default=None, description="Hugging Face repo id, or a local directory (relative to "
+                                                            "the config file)")
+    upstream: Optional[UpstreamSpec] = Field(default=None, description="served elsewhere, instead of `source`")
+    profile: Optional[Name] = None
     tasks: list[Name] = []
     aliases: list[Alias] = []
     description: Optional[str] = None
@@ -122,10 +180,19 @@ class ModelSpec(Tunables):
 
     @field_validator("source")
     @classmethod
-    def _source_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _source_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must name a Hugging Face repo id or a local directory")
         return value
+
+    @property
+    def remote(self) -> bool:
+        return self.upstream is not None
+
+
+# What applies only to a model whose engine animllm runs (a remote model setting one is an error).
+LOCAL_ONLY_KEYS: tuple[str, ...] = (*ENGINE_SETTING_KEYS, "source", "extra_args", "share", "gpus", "pin",
+                                    "keep_alive", "sleep")
 
 
 class GpuSection(Section):
@@ -139,9 +206,6 @@ class RuntimeSection(Section):
     torch: Optional[str] = None
     cuda: Optional[str] = None
     forbid_packages: list[str] = []
-
-
-Seconds = Annotated[float, Field(gt=0)]
 
 
 class EngineSection(Section):

@@ -5,12 +5,16 @@ These dicts are the documented JSON output; change their shape only with SCHEMA_
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from animllm_cli.credentials import masked
+from animllm_cli.config import schema
 from animllm_cli.config.engine_command import EngineCommand, build_engine_command
 from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.config.provenance import KeyPath, Source
+from animllm_cli.errors import UsageError
 
 SCHEMA_VERSION = 1
 
@@ -41,7 +45,23 @@ def _model_row(view: ModelView, is_default: bool) -> dict[str, Any]:
         "gpu_memory_utilization": view.settings.get("gpu_memory_utilization"),
         "concurrency": view.settings.get("concurrency"),
         "description": view.spec.description,
+        "upstream": _upstream_row(view),
     }
+
+
+def _upstream_row(view: ModelView) -> dict[str, Any] | None:
+    """Where a remote model is served: its URLs, its name there and the key's variable (never the key)."""
+    spec = view.spec.upstream
+    if spec is None:
+        return None
+    return {"urls": list(spec.urls), "model": spec.model or view.name, "api_key_env": spec.api_key_env}
+
+
+def host_port(url: str) -> str:
+    """`host:port` of an upstream URL, the scheme's port where it names none."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    return f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def config_report(loaded: LoadedConfig) -> dict[str, Any]:
@@ -89,6 +109,49 @@ def _is_opaque(path: KeyPath) -> bool:
 
 
 
+def remote_model_report(view: ModelView, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A remote model as `config show` prints it: the upstream (whether the key's variable
+    is set, never its value) in place of an engine command."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": view.name,
+        "profile": view.profile,
+        "tasks": view.spec.tasks,
+        "aliases": view.spec.aliases,
+        "settings": view.settings,
+        "upstream": _upstream_details(view, environ),
+    }
+
+
+def _upstream_details(view: ModelView, environ: Mapping[str, str] | None) -> dict[str, Any]:
+    spec = view.spec.upstream
+    assert spec is not None
+    details = spec.model_dump(mode="json")
+    details["model"] = spec.model or view.name
+    details["api_key"] = key_state(spec, environ)
+    return details
+
+
+def key_state(spec: schema.UpstreamSpec, environ: Mapping[str, str] | None = None) -> str | None:
+    """"set" or "not set" for the variable `api_key_env` names (None: no key needed)."""
+    if not spec.api_key_env:
+        return None
+    return "set" if (os.environ if environ is None else environ).get(spec.api_key_env) else "not set"
+
+
+def explain_remote_model(loaded: LoadedConfig, view: ModelView) -> list[dict[str, Any]]:
+    """Each upstream key and gateway setting of a remote model, with its source."""
+    key = ("models", view.name)
+    details = _upstream_details(view, None)
+    rows = [_row(f"upstream.{name}", value, loaded.source_of((*key, "upstream", name)))
+            for name, value in details.items() if name != "api_key"]
+    if details["api_key"] is not None:  # whether the variable is set now, never its value
+        rows.append(_row("upstream.api_key", details["api_key"], Source("env", view.spec.upstream.api_key_env)))
+    rows += [_row("profile", view.profile, loaded.source_of((*key, "profile")))]
+    rows += [_row(name, value, view.sources[name]) for name, value in view.settings.items()]
+    return rows
+
+
 def explain_model(loaded: LoadedConfig, view: ModelView, command: EngineCommand) -> list[dict[str, Any]]:
     """Each engine setting, extra flag and environment variable, with its source."""
     key = ("models", view.name)
@@ -110,4 +173,8 @@ def _row(key: str, value: Any, source: Source) -> dict[str, Any]:
 
 def engine_command_for(loaded: LoadedConfig, wanted: str | None, port: int | None = None) -> tuple[ModelView, EngineCommand]:
     view = loaded.model(wanted)
+    if view.remote:
+        raise UsageError(f"'{view.name}' is served elsewhere (upstream: {', '.join(view.spec.upstream.urls)}): "
+                         f"it has no engine here, so no engine command or environment",
+                         hint=f"see its upstream with: animllm config show {view.name}")
     return view, build_engine_command(loaded, view, port=port)

@@ -9,13 +9,17 @@ import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from animllm_cli.config import LoadedConfig
+from animllm_cli.config.schema import UpstreamSpec
 from animllm_cli.doctor.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
 from animllm_cli.units import GIB, MIB
 from animllm_cli.gpu.planner import PlanReport, model_quantization
+
+if TYPE_CHECKING:  # client/upstream imports httpx: only the upstreams row needs it
+    from animllm_cli.client.upstream import Probe
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 # Variables recent vLLM no longer reads, and what replaced them.
@@ -132,6 +136,8 @@ def gpu_identity(ctx: DoctorContext) -> Result:
 
 @check("vram", "free VRAM for the model vLLM will load", gpu=True)
 def vram(ctx: DoctorContext) -> Result:
+    if ctx.model in ctx.loaded.remote_model_names():
+        return Result(SKIP, f"{ctx.model} is served elsewhere (upstream): it takes no VRAM here")
     gpu = ctx.gpus.gpus[0]
     plans = [p for p in ctx.plan.models if p.need_bytes and p.utilization]
     if not plans:
@@ -297,10 +303,15 @@ def attention_backend(ctx: DoctorContext) -> Result:
 
 # ------------------------------------------------------------------------------ sleep mode
 
+def _checked(ctx: DoctorContext) -> list[str]:
+    """The models the per-model rows are about: `--model`'s, else all of them."""
+    return [ctx.model] if ctx.model else ctx.loaded.model_names()
+
+
 def _sleepy(ctx: DoctorContext) -> list[str]:
-    """The models checked whose `sleep` is not off."""
-    names = [ctx.model] if ctx.model else ctx.loaded.model_names()
-    return [n for n in names if ctx.loaded.config.models[n].sleep != "off"]
+    """The local models checked whose `sleep` is not off (a remote model is never evicted here)."""
+    local = ctx.loaded.local_model_names()
+    return [n for n in _checked(ctx) if n in local and ctx.loaded.config.models[n].sleep != "off"]
 
 
 @check("sleep", "vLLM sleep mode on this platform and vLLM version (evictions in seconds)")
@@ -309,7 +320,8 @@ def sleep_mode(ctx: DoctorContext) -> Result:
 
     sleepy = _sleepy(ctx)
     if not sleepy:
-        return Result(SKIP, "sleep: off for every model: an evicted engine is stopped")
+        return Result(SKIP, "sleep: off for every model: an evicted engine is stopped" if ctx.plan.models else
+                      "no model checked runs here: each is served elsewhere (upstream)")
     support = ctx.sleep_support
     asked = [n for n in sleepy if ctx.loaded.config.models[n].sleep in (1, 2)]
     if not support.available:
@@ -404,6 +416,8 @@ def paths(ctx: DoctorContext) -> Result:
 
 @check("models", "model sources resolvable")
 def model_sources(ctx: DoctorContext) -> Result:
+    if not ctx.plan.models:  # the plan holds the local models checked only
+        return Result(SKIP, "no model checked runs here: each is served elsewhere (upstream)")
     missing_local, downloads, found = [], [], []
     for plan in ctx.plan.models:
         source = plan.source
@@ -421,6 +435,71 @@ def model_sources(ctx: DoctorContext) -> Result:
                             + (f"; present: {', '.join(found)}" if found else ""),
                       "pre-fetch with `huggingface-cli download <repo>` to avoid a slow first switch")
     return Result(PASS, f"all present: {', '.join(found)}")
+
+
+@check("upstreams", "remote models' servers answer, take the key and serve the model")
+def upstreams(ctx: DoctorContext) -> Result:
+    remote = ctx.loaded.remote_model_names()
+    names = [n for n in _checked(ctx) if n in remote]
+    if not names:
+        return Result(SKIP, f"{ctx.model} runs here: no remote model checked" if remote else
+                      "no model is served elsewhere (upstream:)")
+    results = [_remote_model(ctx, name) for name in names]
+    status = next((s for s in (FAIL, WARN) if any(r.status == s for r in results)), PASS)
+    fixes = list(dict.fromkeys(r.fix for r in results if r.fix and r.status != PASS))
+    return Result(status, "; ".join(r.detail for r in results), "; ".join(fixes) or None)
+
+
+def _remote_model(ctx: DoctorContext, name: str) -> Result:
+    """One remote model: its key's variable, its CA bundle, then every URL probed at once
+    (client/upstream.probe: the gateway's own health check). Never prints the key."""
+    import asyncio
+
+    from animllm_cli.client.upstream import MissingKey, tls_setting, upstream_key
+
+    spec = ctx.loaded.config.models[name].upstream
+    try:
+        key = upstream_key(spec, ctx.process_env)
+    except MissingKey as exc:
+        return Result(FAIL, f"{name}: {exc}", f"export {spec.api_key_env}=<the server's key> where animllm runs")
+    try:
+        tls = tls_setting(spec)
+    except OSError as exc:  # ssl.SSLError is one too: a file that is not PEM certificates
+        return Result(FAIL, f"{name}: models.{name}.upstream.ca_bundle {spec.ca_bundle} cannot be read: "
+                            f"{getattr(exc, 'strerror', None) or exc}",
+                      f"point models.{name}.upstream.ca_bundle at a readable PEM file of CA certificates")
+    probes = asyncio.run(_probe_urls(spec, spec.model or name, key, tls))
+    return _judge_remote(name, spec, probes)
+
+
+async def _probe_urls(spec: UpstreamSpec, served_name: str, key: str | None, tls) -> list[Probe]:
+    import asyncio
+
+    import httpx
+
+    from animllm_cli.client.upstream import probe
+
+    # As the gateway's client: no redirect followed, no proxy from the environment.
+    async with httpx.AsyncClient(verify=tls, follow_redirects=False, trust_env=False) as client:
+        return list(await asyncio.gather(*(probe(client, url, served_name, key, spec.health_timeout_s)
+                                           for url in spec.urls)))
+
+
+def _judge_remote(name: str, spec: UpstreamSpec, probes: list[Probe]) -> Result:
+    from animllm_cli.client.upstream import sends_key_in_clear
+
+    failed = [p for p in probes if not p.ok]
+    if failed:
+        return Result(FAIL, "; ".join(f"{name}: {p.url} {p.problem}" for p in failed),
+                      f"start the server, or fix models.{name}.upstream (urls, model, api_key_env); "
+                      f"GET <url>/v1/models lists what a server serves")
+    detail = f"{name}: " + ", ".join(f"{p.url} answers in {p.seconds * 1000:.0f} ms" for p in probes)
+    clear = [url for url in spec.urls if sends_key_in_clear(spec, url)]
+    if clear:
+        return Result(WARN, f"{detail}; but the key in {spec.api_key_env} goes over plain http to "
+                            f"{', '.join(clear)}, readable on the network path",
+                      f"use https:// in models.{name}.upstream.urls for a server on another host")
+    return Result(PASS, detail)
 
 
 @check("port", "gateway port free")

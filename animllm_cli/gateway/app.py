@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import aiohttp
 from starlette.applications import Starlette
@@ -29,9 +29,11 @@ from animllm_cli.gateway.guard import Refused, error
 from animllm_cli.gateway.metrics import GatewayMetrics, merged_exposition
 from animllm_cli.gateway.pool import EnginePool
 from animllm_cli.gateway.scheduler import Decision, Lease, QueueFull, Scheduler, SwitchFailed
-from animllm_cli.gateway.relay import Bounds, ClientGone, Deadlines, Expired, WaitingStream, forward, race_disconnect
-from animllm_cli.gateway.state import (EngineStatus, GatewayProcess, GpuMemory, StatusReport, StopAnswer,
-                                       SwitchReport, VramStatus)
+from animllm_cli.gateway.relay import (Bounds, ClientGone, Deadlines, Expired, Target, WaitingStream, forward,
+                                       race_disconnect)
+from animllm_cli.gateway.state import (EngineStatus, GatewayProcess, GpuMemory, RemoteStatus, StatusReport,
+                                       StopAnswer, SwitchReport, VramStatus)
+from animllm_cli.gateway.upstreams import Upstreams
 from animllm_cli.gpu import nvml
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ PRIORITY_LIMIT = 1000
 ADMIN_PRIORITY = PRIORITY_LIMIT + 1   # `animllm switch` and the first load go before any client
 ENGINE_PROBE_TIMEOUT_S = 2.0          # the admission probe of the engine's /metrics
 LOADING_COMMENT_S = 5.0               # a stream waiting for a load hears what it waits for this often
+REMOTE_CONCURRENCY_PER_URL = 16       # a remote model's default concurrency, per upstream URL
 
 
 class Gateway:
@@ -52,6 +55,7 @@ class Gateway:
         self.nvml_module = nvml_module
         self.pool = pool or EnginePool(loaded, nvml_module=nvml_module)
         self.pool.on_death = self._engine_died
+        self.upstreams = Upstreams(loaded)  # the models served elsewhere
         limits = loaded.config.limits
         self.bounds = Bounds.from_config(loaded.config)
         self.max_body_bytes = limits.max_body_bytes
@@ -60,7 +64,7 @@ class Gateway:
         self._limits = {name: self._concurrency(name) for name in loaded.config.models}
         rule = loaded.config.scheduler
         self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.pool.models,
-                                   place=self.pool.fits, pinned=self.pool.pinned, asleep=lambda: self.pool.asleep,
+                                   remote=frozenset(self.upstreams.models), place=self.pool.fits, pinned=self.pool.pinned, asleep=lambda: self.pool.asleep,
                                    queue_max=limits.queue_max, backoff_s=backoff_s, policy=rule.policy,
                                    max_wait_s=rule.max_wait_s, batch_factor=rule.batch_factor)
         self.admission = Admission(limits.vram_threshold)
@@ -80,11 +84,14 @@ class Gateway:
         self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                                              auto_decompress=False, skip_auto_headers=("User-Agent",))
         self._tasks.append(asyncio.create_task(self._watch_admission()))
+        self._tasks.append(asyncio.create_task(self.upstreams.watch()))
         self._tasks.append(asyncio.create_task(self._watch_keep_alive()))
 
     async def close(self) -> Any:
         for task in self._tasks:
             task.cancel()
+        if self._tasks:  # let them end (the health checks close their connections)
+            await asyncio.wait(self._tasks, timeout=5)
         stopped = await self.pool.shutdown()
         if self.session:
             await self.session.close()
@@ -96,15 +103,35 @@ class Gateway:
         lease = await self.scheduler.acquire(model, priority=ADMIN_PRIORITY, urgent=True)
         lease.release()
 
-    def engine_headers(self, model: str) -> dict[str, str]:
-        """What every request to the model's engine carries besides the body: its own key."""
-        engine = self.pool.engine_for(model)
-        return engine.headers if engine else {}
+    def targets(self, model: str) -> Iterator[Target]:
+        """Where a request for `model` may go, in the order to try: its engine (with the
+        engine's own key), or its upstream URLs, the least busy healthy one first."""
+        remote = self.upstreams.get(model)
+        if remote is None:
+            engine = self.pool.engine_for(model)
+            if engine is not None:
+                yield Target(engine.base_url, engine.headers, f"the engine for '{model}'")
+            return
+        spec = remote.spec
+        for upstream in remote.candidates():
+            yield Target(upstream.url, remote.headers, f"upstream {upstream.url} of '{model}'", remote.tls,
+                         spec.connect_timeout_s, spec.first_byte_timeout_s, spec.idle_timeout_s, upstream)
+
+    def request_name(self, requested: str, model: str) -> str | None:
+        """What the request's `model` must become for its target: None when it may stay."""
+        remote = self.upstreams.get(model)
+        if remote is not None:
+            return None if requested == remote.served_name else remote.served_name
+        return None if requested in self.catalogue.served_names(model) else model
 
     # ------------------------------------------------------------------ scheduling glue
     def _concurrency(self, model: str) -> int:
-        settings = self.loaded.model(model).settings
-        return settings.get("concurrency") or settings.get("max_num_seqs") or 16
+        """Requests sent to the model at once: `concurrency`, else its engine's max_num_seqs,
+        else 16 (per URL, for a model served elsewhere)."""
+        view = self.loaded.model(model)
+        settings = view.settings
+        default = REMOTE_CONCURRENCY_PER_URL * len(view.spec.upstream.urls) if view.remote else 16
+        return settings.get("concurrency") or settings.get("max_num_seqs") or default
 
     async def _switch(self, decision: Decision) -> None:
         labels = {"model": decision.model or "", "reason": decision.reason, "chosen_by": decision.chosen_by}
@@ -199,9 +226,10 @@ class Gateway:
 
     # ------------------------------------------------------------------ routing
     def resolve(self, requested: str) -> str | None:
-        """The catalogue's rule, with the resident models (and the one being loaded) first
-        for a task: a task never costs a switch that a model on the card could spare."""
-        return self.catalogue.find(requested, loaded=(*self.pool.models, self.scheduler.switching_to))
+        """The catalogue's rule, with the resident models, the remote ones (and the one being
+        loaded) first for a task: a task never costs a switch that another model could spare."""
+        return self.catalogue.find(requested, loaded=(*self.pool.models, *self.upstreams.models,
+                                                      self.scheduler.switching_to))
 
     def not_found(self, requested: str) -> Refused:
         return Refused(error(404, f"model '{requested}' not found; available: {', '.join(self.catalogue.available())}",
@@ -259,9 +287,19 @@ async def proxy(request: Request, gw: Gateway) -> Response:
     if model is None:
         raise gw.not_found(requested)
     priority, changed = request_priority(request, payload)
-    if changed or requested not in gw.catalogue.served_names(model):
-        payload["model"] = model
+    renamed = gw.request_name(requested, model)
+    if changed or renamed:
+        payload["model"] = renamed or requested
         raw = json.dumps(payload).encode()
+    remote = gw.upstreams.get(model)
+    if remote is not None:  # served elsewhere: never loaded here, no VRAM of ours
+        if remote.key_problem:
+            raise Refused(error(503, f"model '{model}' is served elsewhere and {remote.key_problem}",
+                                "engine_unavailable"), "upstream_key")
+        lease = gw.scheduler.try_acquire(model) or await _queue(gw, request, model, priority, deadlines)
+        if isinstance(lease, Response):
+            return lease
+        return await forward(gw, request, model, lease, raw, payload.get("stream") is True, deadlines)
     residents = gw.pool.models
     if not gw.switch_on_demand and residents and model not in residents:
         raise Refused(error(409, f"model '{model}' is not loaded ({', '.join(residents)} is) and switch_on_demand "
@@ -318,7 +356,8 @@ def _refusal(gw: Gateway, model: str) -> Response | None:
 async def models(request: Request, gw: Gateway) -> Response:
     residents = gw.pool.models
     data = [{"id": name, "object": "model", "created": int(gw.started_at), "owned_by": "animllm",
-             "loaded": name in residents, "aliases": spec.aliases, "tasks": spec.tasks, "source": spec.source}
+             "loaded": name in residents or name in gw.upstreams, "aliases": spec.aliases, "tasks": spec.tasks,
+             "source": spec.source, "upstream": spec.upstream.urls if spec.upstream else None}
             for name, spec in gw.loaded.config.models.items()]
     return JSONResponse({"object": "list", "data": data})
 
@@ -331,6 +370,9 @@ async def health(request: Request) -> Response:
 
 @guarded
 async def metrics(request: Request, gw: Gateway) -> Response:
+    for name, remote in gw.upstreams.models.items():
+        for upstream in remote.upstreams:
+            gw.metrics.upstream_up.labels(name, upstream.url).set(1 if upstream.healthy is not False else 0)
     body = gw.metrics.render()
     texts = [t for t in await asyncio.gather(*(gw.engine_metrics(m) for m in gw.pool.models)) if t]
     if texts:
@@ -350,6 +392,14 @@ def engine_statuses(gw: Gateway) -> list[EngineStatus]:
         if status.state == "ready" and status.model in scheduler.draining:
             status.state = "draining"
     return statuses
+
+
+def remote_statuses(gw: Gateway) -> list[RemoteStatus]:
+    """Every model served elsewhere, with each URL's health (on the event loop)."""
+    queues = gw.scheduler.queues()
+    return [remote.status(running=gw.scheduler.running.get(name, 0),
+                          waiting=queues[name].waiting if name in queues else 0)
+            for name, remote in gw.upstreams.models.items()]
 
 
 def _rounded(value: float | None) -> float | None:
@@ -376,7 +426,7 @@ def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
         in_flight=gw.scheduler.in_flight,
         queues=gw.scheduler.queues(),
         backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
-        busy=gw.verdict.summary, sleep_mode=gw.pool.sleep_status(),
+        busy=gw.verdict.summary, sleep_mode=gw.pool.sleep_status(), remotes=remote_statuses(gw),
         vram=VramStatus(gpus=[GpuMemory(index=g.index, name=g.name, total_bytes=g.total_bytes, used_bytes=g.used_bytes,
                                         free_bytes=g.free_bytes) for g in report.gpus], error=report.error))
 
@@ -409,6 +459,10 @@ def _resolved(body: dict, gw: Gateway) -> str:
 @guarded
 async def admin_switch(request: Request, gw: Gateway) -> Response:
     model = await _model_named(request, gw)
+    remote = gw.upstreams.get(model)
+    if remote is not None:
+        return JSONResponse(SwitchReport(from_model=None, to_model=model, outcome="remote", notes=[
+            f"'{model}' is served by {', '.join(u.url for u in remote.upstreams)}: nothing to load here"]).to_json())
     if model in gw.pool.models:
         return JSONResponse(SwitchReport(from_model=model, to_model=model, outcome="already loaded",
                                          gpus=list(gw.pool.residents[model].gpus)).to_json())
@@ -427,6 +481,9 @@ async def admin_unload(request: Request, gw: Gateway) -> Response:
     model, asleep = _resolved(body, gw), body.get("sleep", False)
     if not isinstance(asleep, bool):
         return error(400, "\"sleep\" must be true or false", param="sleep")
+    if model in gw.upstreams:
+        return error(409, f"model '{model}' is served elsewhere (upstream): nothing to unload here",
+                     "model_not_loaded", param="model", code="model_is_remote")
     report = await gw.unload(model, sleep=asleep)
     if report is None:
         state = "asleep already" if asleep and model in gw.pool.sleepers else "not loaded"

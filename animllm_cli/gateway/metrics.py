@@ -27,6 +27,10 @@ class GatewayMetrics:
                                  ["model"], registry=self.registry)
         self.engine_vram_peak = Gauge("animllm_engine_vram_peak_bytes", "The most VRAM each resident engine has held "
                                       "since it became ready", ["model"], registry=self.registry)
+        self.failovers = Counter("animllm_upstream_failovers", "Requests for a remote model sent on to another of "
+                                 "its URLs after one failed", ["model"], registry=self.registry)
+        self.upstream_up = Gauge("animllm_upstream_up", "1 while a remote model's URL is in rotation",
+                                 ["model", "url"], registry=self.registry)
         self.engine_deaths = Counter("animllm_engine_deaths", "Engines that died after ready", ["model"],
                                      registry=self.registry)
 

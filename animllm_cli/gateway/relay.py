@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Protocol
 
 import aiohttp
 from starlette.requests import Request
@@ -29,17 +31,18 @@ from animllm_cli.gateway.scheduler import Lease
 if TYPE_CHECKING:
     from animllm_cli.config.schema import AnimllmConfig
     from animllm_cli.gateway.metrics import GatewayMetrics
-    from animllm_cli.gateway.pool import EnginePool
+    from animllm_cli.gateway.upstreams import Upstream
+
+log = logging.getLogger(__name__)
 
 
 class Gateway(Protocol):
     """What the relay needs of the gateway (app.Gateway), without importing it."""
 
     session: aiohttp.ClientSession
-    pool: EnginePool
     metrics: GatewayMetrics
 
-    def engine_headers(self, model: str) -> dict[str, str]: ...
+    def targets(self, model: str) -> Iterator[Target]: ...
 
     def queue_failure(self, model: str, exc: Exception) -> Response: ...
 
@@ -131,48 +134,122 @@ async def race_disconnect(receive: Callable[[], Awaitable[dict]], awaitable: Awa
         watch.cancel()
 
 
+@dataclass
+class Target:
+    """Where one try of a request goes: the model's own engine, or one URL of its upstream."""
+    base_url: str
+    headers: dict[str, str]
+    who: str                                  # in messages: "the engine for 'coder'", "upstream https://h of 'big'"
+    tls: ssl.SSLContext | bool = True         # True: aiohttp's default verification
+    connect_s: float | None = None            # None: the session's
+    first_byte_s: float | None = None         # None: the gateway's bound
+    idle_s: float | None = None
+    upstream: Upstream | None = None          # a remote URL: its outstanding count and health
+
+    def failed(self, problem: str) -> "Failover":
+        """This try failed before the client got a byte: take a remote URL out of rotation."""
+        if self.upstream is not None:
+            self.upstream.mark_failed(problem)
+        return Failover(f"{self.who}: {problem}" if self.upstream else f"{self.who} failed while answering: {problem}")
+
+
+class Failover(Exception):
+    """A try that failed before anything reached the client: another URL may answer."""
+
+
+# An upstream answering these is overloaded, restarting or a proxy without a backend.
+FAILOVER_STATUSES = frozenset({502, 503, 504})
+
+
 async def forward(gw: Gateway, request: Request, model: str, lease: Lease, raw: bytes, stream: bool,
                   deadlines: Deadlines) -> Response:
-    """Send the request to the model's engine; the lease is released when the answer ends."""
-    engine = gw.pool.engine_for(model)
+    """Send the request to the model's engine, or to its upstream URLs one after another
+    until one answers (a failover only while nothing has reached the client); the lease
+    is released when the answer ends."""
     gw.metrics.in_flight.inc()
     handed_over = False
-    bounds = deadlines.bounds
+    failures: list[str] = []
     try:
-        if engine is None:
-            raise aiohttp.ClientConnectionError(f"no engine of '{model}' is ready")
-        headers = {"content-type": "application/json", **gw.engine_headers(model)}
-        send = gw.session.post(f"{engine.base_url}{request.url.path}", data=raw, headers=headers)
-        upstream = await race_disconnect(
-            request.receive, deadlines.within(send, bounds.first_byte_s, "no answer from the engine within "
-                                                                          "first_byte_timeout_s"),
-            discard=lambda response: response.close())
-        if stream and upstream.status == 200:
-            handed_over = True  # the streaming response owns the lease and the upstream from here
-            return RelayResponse(gw, model, lease, upstream, deadlines)
-        try:
-            body = await race_disconnect(request.receive, deadlines.within(upstream.read(), bounds.idle_s,
-                                                                            "the engine's answer stalled"))
-        except BaseException:
-            upstream.close()  # unread: drop the connection rather than return it to the pool
-            raise
-        gw.metrics.requests.labels(model, "ok" if upstream.status < 400 else f"http_{upstream.status}").inc()
-        return Response(body, status_code=upstream.status,
-                        media_type=upstream.headers.get("content-type", "application/json"))
+        for target in gw.targets(model):
+            if failures:
+                gw.metrics.failovers.labels(model).inc()
+            try:
+                answer = await _attempt(gw, request, model, target, lease, raw, stream, deadlines)
+            except Failover as exc:
+                failures.append(str(exc))
+                log.warning("%s", exc)
+                continue
+            handed_over = isinstance(answer, RelayResponse)
+            return answer
+        gw.metrics.requests.labels(model, "engine_error").inc()
+        message = "; ".join(failures) if failures else f"no engine of '{model}' is ready"
+        return error(503, message, "engine_unavailable", retry_after=5)
     except Expired as exc:
         gw.metrics.requests.labels(model, "timeout").inc()
         return error(504, str(exc), "timeout")
     except ClientGone:  # the connection is closed with the upstream: vLLM aborts the request
         gw.metrics.requests.labels(model, "client_gone").inc()
         return Response(status_code=499)
-    except aiohttp.ClientError as exc:
-        gw.metrics.requests.labels(model, "engine_error").inc()
-        return error(503, f"the engine for '{model}' failed while answering: {exc}", "engine_unavailable",
-                     retry_after=5)
     finally:
         if not handed_over:
             gw.metrics.in_flight.dec()
             lease.release()
+
+
+async def _attempt(gw: Gateway, request: Request, model: str, target: Target, lease: Lease, raw: bytes,
+                   stream: bool, deadlines: Deadlines) -> Response:
+    """One try at one target. Failover: it failed before the client got anything."""
+    bounds, remote = deadlines.bounds, target.upstream
+    first_byte_s, idle_s = target.first_byte_s or bounds.first_byte_s, target.idle_s or bounds.idle_s
+    if remote is not None:
+        remote.outstanding += 1
+        remote.sent += 1
+    handed_over = False
+    try:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=target.connect_s) if target.connect_s else None
+        # Never a redirect: the target's key must not follow it to another host.
+        send = gw.session.post(f"{target.base_url}{request.url.path}", data=raw, allow_redirects=False,
+                               headers={"content-type": "application/json", **target.headers}, ssl=target.tls,
+                               **({"timeout": timeout} if timeout else {}))
+        try:
+            upstream = await race_disconnect(
+                request.receive, deadlines.within(send, first_byte_s, f"no answer from {target.who} within "
+                                                                      f"first_byte_timeout_s"),
+                discard=lambda response: response.close())
+        except aiohttp.ClientError as exc:
+            raise target.failed(_cause(exc)) from None
+        if remote is not None and (upstream.status in FAILOVER_STATUSES or 300 <= upstream.status < 400):
+            upstream.close()
+            where = f" to {upstream.headers.get('location')}; animllm never follows a redirect" \
+                if upstream.status < 400 else ""
+            raise target.failed(f"HTTP {upstream.status}{where}")
+        if stream and upstream.status == 200:
+            handed_over = True  # the streaming response owns the lease and the upstream from here
+            return RelayResponse(gw, model, lease, upstream, deadlines, target, idle_s)
+        try:
+            body = await race_disconnect(request.receive, deadlines.within(upstream.read(), idle_s,
+                                                                            f"{target.who}'s answer stalled"))
+        except aiohttp.ClientError as exc:
+            upstream.close()
+            raise target.failed(f"stopped mid-answer: {_cause(exc)}") from None
+        except BaseException:
+            upstream.close()  # unread: drop the connection rather than return it to the pool
+            raise
+        gw.metrics.requests.labels(model, "ok" if upstream.status < 400 else f"http_{upstream.status}").inc()
+        return Response(body, status_code=upstream.status,
+                        media_type=upstream.headers.get("content-type", "application/json"))
+    finally:
+        if remote is not None and not handed_over:
+            remote.outstanding -= 1
+
+
+def _cause(exc: aiohttp.ClientError) -> str:
+    """What went wrong, in words: aiohttp's own text names the SSL context object."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"certificate of {exc.host} not accepted: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+    return str(exc) or type(exc).__name__
 
 
 class RelayResponse(Response):
@@ -181,8 +258,9 @@ class RelayResponse(Response):
     client goes away, so that vLLM stops generating."""
 
     def __init__(self, gw: Gateway, model: str, lease: Lease, upstream: aiohttp.ClientResponse,
-                 deadlines: Deadlines) -> None:
+                 deadlines: Deadlines, target: Target, idle_s: float) -> None:
         self.gw, self.model, self.lease, self.upstream, self.deadlines = gw, model, lease, upstream, deadlines
+        self.target, self.idle_s = target, idle_s
         self.status_code = upstream.status
         self.background = None
 
@@ -215,22 +293,25 @@ class RelayResponse(Response):
             except (aiohttp.ClientError, asyncio.IncompleteReadError):
                 outcome = "client_gone" if gone else "engine_died"
                 if not gone:
+                    self.target.failed("stopped mid-answer")
                     await send({"type": "http.response.body", "more_body": True,
-                                "body": sse_error(f"the engine for '{self.model}' stopped mid-answer", "engine_error")})
+                                "body": sse_error(f"{self.target.who} stopped mid-answer", "engine_error")})
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
             upstream.close()
+            if self.target.upstream is not None:
+                self.target.upstream.outstanding -= 1
             self.gw.metrics.in_flight.dec()
             self.gw.metrics.requests.labels(self.model, "client_gone" if gone else outcome).inc()
             self.lease.release()
 
     async def _pump(self, send: Any) -> None:
-        content, idle_s = self.upstream.content, self.deadlines.bounds.idle_s
+        content, idle_s = self.upstream.content, self.idle_s
         while True:
-            chunk = await self.deadlines.within(content.readany(), idle_s, "no output from the engine within "
-                                                                             "idle_timeout_s")
+            chunk = await self.deadlines.within(content.readany(), idle_s, f"no output from {self.target.who} "
+                                                                             f"within idle_timeout_s")
             if not chunk:
                 break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -121,6 +121,7 @@ class Lease:
 class Scheduler:
     def __init__(self, switch: Callable[[Decision], Awaitable[None]], limit: Callable[[str], int],
                  residents: Callable[[], Collection[str]], *, queue_max: int, backoff_s: float = 30.0,
+                 remote: Collection[str] = frozenset(),
                  place: Callable[[str, frozenset[str]], bool] | None = None,
                  pinned: Callable[[str], bool] = lambda model: False,
                  asleep: Callable[[], Collection[str]] = lambda: (),
@@ -129,6 +130,9 @@ class Scheduler:
         self._switch = switch
         self._limit = limit
         self._residents = residents  # the pool's record of the ready engines: the one truth
+        # Models served elsewhere: always ready, never loaded or evicted; priority and the
+        # concurrency limit apply to them as to the residents.
+        self.remote = frozenset(remote)
         # Whether `model` fits once the residents in the set are gone; without a pool, one at a time.
         self._place = place or (lambda model, evicting: not set(self._residents()) - evicting)
         self._pinned = pinned
@@ -195,7 +199,7 @@ class Scheduler:
         """The fast path: the model is resident, a slot is free and nobody waits. No await."""
         self._keep(model)
         if (not self.waiting and model not in self._unloads and model not in self._evicting()
-                and model in self._residents() and self.running[model] < self._limit(model)):
+                and self._serves(model) and self.running[model] < self._limit(model)):
             self._start(model)
             return Lease(model, self)
         return None
@@ -263,7 +267,7 @@ class Scheduler:
             return f"{'waking' if model in self._asleep() else 'loading'} {model}{evicting}"
         if model in self.draining:
             return f"waiting for {model}: it is draining (to be unloaded or evicted), then it loads again"
-        if model in self._residents():
+        if self._serves(model):
             return f"waiting for a free slot on {model}"
         if operation is not None:
             return f"waiting for {model}: {operation.model or ', '.join(operation.evict)} is being " \
@@ -271,6 +275,10 @@ class Scheduler:
         return f"waiting for {model}: its turn to be {'woken' if model in self._asleep() else 'loaded'}"
 
     # --------------------------------------------------------------------- internals
+    def _serves(self, model: str) -> bool:
+        """Requests for `model` start without a switch: it is resident, or served elsewhere."""
+        return model in self.remote or model in self._residents()
+
     def _start(self, model: str) -> None:
         self.running[model] += 1
         self.last_used[model] = self._clock()
@@ -288,7 +296,8 @@ class Scheduler:
         self.waiting = sorted(t for t in self.waiting if not t.granted.done())
         residents = set(self._residents())
         loading = self.switching_to
-        foreign = [t for t in self.waiting if t.model not in residents and t.model != loading]
+        foreign = [t for t in self.waiting if t.model not in residents and t.model not in self.remote
+                   and t.model != loading]
         overdue = self._overdue(foreign)
         decision = self._decide(residents, foreign, overdue) if foreign and self.operation is None else None
         evicting = set(decision.evict) if decision else set()
@@ -298,7 +307,8 @@ class Scheduler:
         self.draining = gone | (evicting if explicit or gate is not None else set())
         for ticket in list(self.waiting):
             model = ticket.model
-            if model not in residents or model in gone or self.running[model] >= self._limit(model):
+            if (model not in residents and model not in self.remote) or model in gone \
+                    or self.running[model] >= self._limit(model):
                 continue
             if model in evicting and (explicit or (gate is not None and ticket.seq > gate and not ticket.batched)):
                 continue  # to be evicted, and this one arrived after a request that has waited long enough

@@ -296,6 +296,26 @@ class SleepModeStatus(Report):
     host_available_bytes: int | None = None  # host RAM free now (level-1 sleepers take their weights' size)
 
 
+class UpstreamStatus(Report):
+    url: str
+    healthy: bool | None              # None: not checked yet
+    problem: str | None = None        # why it is out of rotation
+    outstanding: int = 0              # requests sent to it and not answered in full yet
+    sent: int = 0
+    checked_at: float | None = None   # wall clock of the last health check
+
+
+class RemoteStatus(Report):
+    """A model served elsewhere (`upstream`): never loaded or evicted here."""
+    model: str
+    served_name: str                  # its name on the upstream servers
+    key_env: str | None = None        # the variable holding their key (never the key)
+    key_problem: str | None = None    # that variable is not set
+    in_flight: int = 0
+    waiting: int = 0
+    upstreams: list[UpstreamStatus] = []
+
+
 class StatusReport(Report):
     schema_version: int = 1
     url: str | None = None            # filled in by the client from the state file
@@ -309,6 +329,7 @@ class StatusReport(Report):
     busy: str | None = None           # why requests are refused, or None
     vram: VramStatus
     sleep_mode: SleepModeStatus | None = None  # whether evicted engines can sleep here (vLLM sleep mode)
+    remotes: list[RemoteStatus] = []  # the models served elsewhere, and their URLs' health
 
 
 class StopAnswer(Report):

@@ -238,8 +238,9 @@ def smallest_share(plan: ModelPlan, card: int, tensor_parallel: int = 1) -> floa
 
 def model_share(view: ModelView, plan: ModelPlan, card: int, *, shareable: bool) -> Share:
     tp = int(view.settings.get("tensor_parallel_size") or len(view.spec.gpus or []) or 1)
+    stages = int(view.settings.get("pipeline_parallel_size") or 1)  # each stage on other GPUs (Ray: other nodes)
     graphs = 0 if view.settings.get("enforce_eager") else CUDA_GRAPH_BYTES
-    smallest = smallest_share(plan, card, tp)
+    smallest = smallest_share(plan, card, tp * stages)
     weights = plan.weight_bytes
     if view.spec.share is not None:
         return Share(view.name, view.spec.share, graphs, "share", tp, weights)
@@ -254,7 +255,7 @@ def card_shares(loaded: LoadedConfig, card: int) -> dict[str, Share]:
     else, for a model that can stay loaded beside another (in a co-resident group), the
     planner's smallest; else (a model that can only run alone, or a pool of one engine)
     its own utilization, so a card that holds one model at a time works as it always has."""
-    views = {name: loaded.model(name) for name in loaded.model_names()}
+    views = {name: loaded.model(name) for name in loaded.local_model_names()}  # a remote model takes no VRAM here
     plans = {name: plan_model(loaded, view, card) for name, view in views.items()}
     candidates = [model_share(views[name], plans[name], card, shareable=True) for name in views]
     together = {name for group in groups_of(candidates, card, loaded.config.limits.vram_threshold) for name in group}
@@ -365,6 +366,13 @@ def plan_together(loaded: LoadedConfig, names: list[str], cards: list[Card], car
 
 
 @dataclass
+class RemotePlan:
+    """A model served elsewhere (`upstream`): nothing of it is planned on this machine."""
+    model: str
+    urls: list[str]
+
+
+@dataclass
 class PlanReport:
     vram_bytes: int
     vram_basis: str
@@ -372,12 +380,13 @@ class PlanReport:
     co_resident: list[list[str]]      # groups that can stay loaded together, each engine at its share
     shares: dict[str, Share] = field(default_factory=dict)
     formula: str = FORMULA
+    remote: list[RemotePlan] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": 1, "vram_bytes": self.vram_bytes, "vram_gib": round(self.vram_bytes / GIB, 2),
                 "vram_basis": self.vram_basis, "models": [m.to_json() for m in self.models],
                 "co_resident": self.co_resident, "shares": {k: v.to_json() for k, v in self.shares.items()},
-                "formula": self.formula}
+                "formula": self.formula, "remote": [asdict(r) for r in self.remote]}
 
 
 def vram_basis(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) -> tuple[int, str]:
@@ -392,8 +401,12 @@ def vram_basis(loaded: LoadedConfig, gpus: GpuReport, vram_gib: float | None) ->
 
 
 def plan_models(loaded: LoadedConfig, names: list[str], vram: int, basis: str) -> PlanReport:
-    plans = [plan_model(loaded, loaded.model(name), vram) for name in names]
+    """The plan of each local model in `names`; the remote ones are only listed, with their URLs."""
+    specs = loaded.config.models
+    local = [name for name in names if specs[name].upstream is None]
+    remote = [RemotePlan(name, list(specs[name].upstream.urls)) for name in names if specs[name].upstream]
+    plans = [plan_model(loaded, loaded.model(name), vram) for name in local]
     shares = card_shares(loaded, vram)
     fitting = [shares[p.model] for p in plans if p.verdict == "fits"]
     return PlanReport(vram, basis, plans, groups_of(fitting, vram, loaded.config.limits.vram_threshold),
-                      {name: shares[name] for name in names})
+                      {name: shares[name] for name in local}, remote=remote)

@@ -77,3 +77,92 @@ def test_admin_commands_against_a_gateway_with_a_key(tmp_path: Path, monkeypatch
         assert run_cli("switch", "b").exit_code == 0 and running.gateway.pool.model == "b"
     finally:
         running.stop()
+
+
+SECRET = "some-secret-value"
+
+
+@pytest.fixture
+def remote_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A gateway with `a` loaded and `r` served elsewhere: by a fake vLLM that asks a key,
+    and by a URL where nothing listens."""
+    from tests.gateway.harness import remote_fake_vllm
+    from tests.helpers import free_port, wait_until
+
+    monkeypatch.setenv("SOMEVAR", SECRET)
+    dead = f"http://127.0.0.1:{free_port()}"
+    with remote_fake_vllm(tmp_path, served_name="remote-name", key=SECRET) as (url, _process):
+        upstream = {"urls": [f"{url}/v1", dead], "model": "remote-name", "api_key_env": "SOMEVAR",
+                    "health_interval_s": 0.2}
+        config = fake_gateway_config(tmp_path, extra_models={"r": {"upstream": upstream, "tasks": ["remote"]}})
+        monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+        running = start_gateway(tmp_path, config)
+        remote = running.gateway.upstreams.get("r")
+        assert wait_until(lambda: all(u.healthy is not None for u in remote.upstreams), 30)
+        yield running, url, dead
+        running.stop()
+
+
+def words(text: str) -> str:
+    """Rich folds lines at 80 columns: compare the words, not the layout."""
+    return " ".join(text.split())
+
+
+def test_ps_and_status_show_a_remote_model_and_its_urls_health(remote_gateway) -> None:
+    _running, url, dead = remote_gateway
+    ps = run_cli("ps")
+    assert ps.exit_code == 0, ps.stderr
+    shown = words(ps.stdout)
+    assert "r remote - - - - 0/0" in shown
+    assert f"r: {url} healthy" in shown
+    assert f"r: {dead} out: unreachable:" in shown
+    status = run_cli("status")
+    assert status.exit_code == 0, status.stderr
+    assert "remote r (as 'remote-name' there): 1/2 URLs healthy" in words(status.stdout)
+    assert f"r: {url} healthy" in words(status.stdout)  # and the ps table under it
+
+
+def test_the_json_names_the_remote_servers_key_variable_never_the_key(remote_gateway) -> None:
+    import json
+
+    _running, url, dead = remote_gateway
+    outputs = [run_cli(*command) for command in (["ps", "--json"], ["ps"], ["status"], ["status", "--json"],
+                                                 ["switch", "r"], ["switch", "r", "--json"], ["unload", "r"])]
+    assert all(SECRET not in result.stdout + result.stderr for result in outputs)
+    (remote,) = json.loads(outputs[0].stdout)["remotes"]
+    assert (remote["model"], remote["served_name"], remote["key_env"]) == ("r", "remote-name", "SOMEVAR")
+    assert [(u["url"], u["healthy"]) for u in remote["upstreams"]] == [(url, True), (dead, False)]
+    assert [e["model"] for e in json.loads(outputs[0].stdout)["engines"]] == ["a"]
+    assert [r["model"] for r in json.loads(outputs[3].stdout)["remotes"]] == ["r"]
+
+
+def test_switch_unload_and_logs_of_a_remote_model(remote_gateway) -> None:
+    import json
+
+    running, url, _dead = remote_gateway
+    switched = run_cli("switch", "r")
+    assert switched.exit_code == 0, switched.stderr
+    assert f"'r' is served by {url}" in switched.stdout and "nothing to load here" in switched.stdout
+    assert "loading" not in switched.stderr  # nothing is loaded: the wait is not worded as a load
+    report = json.loads(run_cli("switch", "r", "--json").stdout)
+    assert (report["outcome"], report["to_model"], report["from_model"]) == ("remote", "r", None)
+    assert [s.to_model for s in running.gateway.pool.switches] == ["a"]  # only the first load
+    unloaded = run_cli("unload", "r")
+    assert unloaded.exit_code == 1 and "409" in unloaded.stderr and "served elsewhere" in unloaded.stderr
+    logs = run_cli("logs", "--model", "r")
+    assert logs.exit_code == 2 and "its log is on that server" in words(logs.stderr)
+
+
+def test_bench_measures_a_remote_model_but_refuses_to_switch_to_it(remote_gateway) -> None:
+    import json
+
+    running, _url, _dead = remote_gateway
+    refused = run_cli("bench", "--switch", "a,r", "-n", "1")
+    assert refused.exit_code == 2
+    assert "bench --switch measures loads; 'r' is served elsewhere" in words(refused.stderr)
+    assert running.requests_seen() == [] and [s.to_model for s in running.gateway.pool.switches] == ["a"]
+    measured = run_cli("bench", "r", "-n", "2", "--warmup", "0", "--input-len", "8", "--output-len", "4",
+                       "--json", "-")
+    assert measured.exit_code == 0, measured.stderr
+    assert json.loads(measured.stdout)["levels"][0]["summary"]["completed"] == 2
+    assert running.requests_seen() == []  # the local engine saw none of them: the remote served them

@@ -36,7 +36,7 @@ def test_models_json_schema() -> None:
         "name": "coder", "default": True, "tasks": ["code"], "aliases": ["qwen-coder", "qwen2.5-coder-7b"],
         "source": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", "engine_source": "Qwen/Qwen2.5-Coder-7B-Instruct-AWQ",
         "profile": "small", "quantization": "awq_marlin", "kv_cache_dtype": None, "max_model_len": 32768,
-        "gpu_memory_utilization": 0.85, "concurrency": 10, "description": None,
+        "gpu_memory_utilization": 0.85, "concurrency": 10, "description": None, "upstream": None,
     }
     assert {m["name"] for m in data["models"]} == {"vision", "reasoning", "coder", "qwen72b"}
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_gateway
-from tests.helpers import REPO_ROOT, free_port, run_cli
+from tests.gateway.harness import fake_gateway_config, remote_fake_vllm, start_gateway
+from tests.helpers import REPO_ROOT, free_port, run_cli, write, wait_until
 
 REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?: (?P<key>\w+))?(?:, plus (?P<extra>[\w, ]+))?$")
 
@@ -45,8 +45,9 @@ def _expand(documented: Any) -> Any:
         assert match, f"unreadable reference in the README: {documented}"
         extra = [key.strip() for key in (match["extra"] or "").split(",") if key.strip()]
         target = SCHEMAS[match["name"]]
-        if match["key"]:  # one object inside another command's example
+        if match["key"]:  # one object inside another command's example (a list's: its first element)
             target = _expand(target[match["key"]])
+            target = _expand(target[0]) if isinstance(target, list) else target
         return {**target, **dict.fromkeys(extra)}
     return documented
 
@@ -100,7 +101,15 @@ def test_the_readme_documents_each_json_output() -> None:
     assert {"models", "doctor", "plan", "plan --together A,B", "status", "ps", "switch", "stop", "bench"} <= set(SCHEMAS)
 
 
-def test_models_json() -> None:
+@pytest.fixture
+def with_remote(isolated_env: Path) -> None:
+    """The shipped models plus one served elsewhere (nothing listens there), so that every
+    object the README documents is output."""
+    write(isolated_env / "animllm.yaml", f"models: {{far: {{upstream: {{urls: 'http://127.0.0.1:{free_port()}', "
+                                         f"api_key_env: FAR_KEY}}}}}}\n")
+
+
+def test_models_json(with_remote) -> None:
     result = run_cli("models", "--json")
     assert result.exit_code == 0, result.stderr
     assert_matches_readme("models", json.loads(result.stdout))
@@ -113,7 +122,7 @@ def one_busy_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
     return fake
 
 
-def test_doctor_json(one_busy_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_json(one_busy_gpu, with_remote, monkeypatch: pytest.MonkeyPatch) -> None:
     from animllm_cli.doctor import python_env
 
     installed = python_env.PythonEnv(sys.executable, python="3.11.7", packages={"torch": "2.7.0+cu128", "vllm": "0.10.0"},
@@ -123,7 +132,7 @@ def test_doctor_json(one_busy_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_matches_readme("doctor", json.loads(result.stdout))
 
 
-def test_plan_json() -> None:
+def test_plan_json(with_remote) -> None:
     result = run_cli("plan", "--json", "--vram", "16")
     assert_matches_readme("plan", json.loads(result.stdout))
 
@@ -133,17 +142,34 @@ def test_plan_together_json() -> None:
     assert_matches_readme("plan --together A,B", json.loads(result.stdout))
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    config = fake_gateway_config(tmp_path, chunk_delay=0.002)
+def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra_models: dict | None = None):
+    config = fake_gateway_config(tmp_path, chunk_delay=0.002, extra_models=extra_models)
     config.write_text(config.read_text() + "expectations: {p: {ttft_s_max: 60, tokens_per_s_min: 0.01, switch_s_max: 600}}\n")
     monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
-    running = start_gateway(tmp_path, config, nvml=FakeNvml([FakeGpu()]))
+    return start_gateway(tmp_path, config, nvml=FakeNvml([FakeGpu()]))
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    running = _gateway(tmp_path, monkeypatch)
     yield running
     running.stop()
 
 
-def test_switch_and_status_json(gateway) -> None:
+@pytest.fixture
+def gateway_with_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The fake gateway, and `r` served by another (fake) vLLM, so that `remotes` has an entry."""
+    with remote_fake_vllm(tmp_path, served_name="there") as (url, _process):
+        upstream = {"urls": [url], "model": "there", "health_interval_s": 0.2}
+        running = _gateway(tmp_path, monkeypatch, extra_models={"r": {"upstream": upstream, "tasks": ["remote"]}})
+        remote = running.gateway.upstreams.get("r")
+        assert wait_until(lambda: remote.upstreams[0].healthy is not None, 30)
+        yield running
+        running.stop()
+
+
+def test_switch_and_status_json(gateway_with_remote) -> None:
+    gateway = gateway_with_remote
     switched = run_cli("switch", "b", "--json")
     assert switched.exit_code == 0, switched.stderr
     assert_matches_readme("switch", json.loads(switched.stdout))
@@ -160,6 +186,9 @@ def test_switch_and_status_json(gateway) -> None:
     unloaded = run_cli("unload", "b", "--json")
     assert unloaded.exit_code == 0, unloaded.stderr
     assert_matches_readme("switch", json.loads(unloaded.stdout))
+    remote = run_cli("switch", "r", "--json")
+    assert remote.exit_code == 0, remote.stderr
+    assert_matches_readme("switch", json.loads(remote.stdout))
 
 
 def test_bench_json_with_samples_switch_and_check(gateway) -> None:

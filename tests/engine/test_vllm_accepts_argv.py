@@ -29,7 +29,7 @@ def _all_model_argvs() -> dict[str, list[str]]:
     argvs = {}
     for config in [SHIPPED_CONFIG, *EXAMPLE_CONFIGS]:
         loaded = load_config(config)
-        for name in loaded.model_names():
+        for name in loaded.local_model_names():  # a remote model has no engine here
             argv = build_engine_command(loaded, loaded.model(name)).argv
             argvs[f"{config.name}:{name}"] = argv[3:]  # after `<python> -m <module>`
     return argvs
@@ -37,7 +37,11 @@ def _all_model_argvs() -> dict[str, list[str]]:
 
 def test_vllm_parses_every_configured_model() -> None:
     argvs = _all_model_argvs()
-    assert len(argvs) >= 10  # shipped (4) + seed-original (4) + override (4)
+    assert len(argvs) >= 12  # shipped (4) + seed-original (4) + override (4) + beyond-the-box (2 local)
+    # The multi-node engine's settings reach vLLM's argv (and its parser, below).
+    ray = argvs["beyond-the-box.yaml:qwen72b"]
+    assert ray[ray.index("--distributed-executor-backend") + 1] == "ray"
+    assert ray[ray.index("--pipeline-parallel-size") + 1] == "2" and ray[ray.index("--tensor-parallel-size") + 1] == "2"
     unknown = ["--model", "org/m", "--no-such-flag", "1"]
     bad_choice = ["--model", "org/m", "--dtype", "float7"]
     bad_quant = ["--model", "org/m", "--quantization", "awq_turbo"]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,8 +26,9 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
                         concurrency: int = 4, queue_max: int = 64, kv: float = 0.1, limits: dict | None = None,
                         engine: dict | None = None, models: dict[str, dict] | None = None,
                         sections: dict[str, dict] | None = None, crash_models: str = "",
-                        env: dict[str, str] | None = None) -> Path:
+                        env: dict[str, str] | None = None, extra_models: dict[str, dict] | None = None) -> Path:
     """Three fake models a, b, v; `models` adds keys to them (share, pin, keep_alive, gpus),
+    `extra_models` adds whole model entries (a remote one: `{"upstream": {...}}`),
     `sections` adds top-level sections (pool, gpu, scheduler), `env` more FAKE_VLLM_* knobs."""
     settings = {"module": "tests.fakes.fake_vllm", "stall_timeout_s": 5, "start_timeout_s": 30, "stop_grace_s": 2,
                 "health_interval_s": 0.2, "health_failures": 3, **(engine or {})}
@@ -31,6 +36,7 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
             "b": {"source": "org/model-b", "profile": "p", "tasks": ["code"]},
             "v": {"source": "org/model-v", "profile": "p", "tasks": ["vision"]}}
     entries = {name: {**keys, **(models or {}).get(name, {})} for name, keys in base.items()}
+    entries.update(extra_models or {})
     extra = "".join(f"        {name}: {json.dumps(value)}\n" for name, value in (sections or {}).items())
     return write(tmp_path / "gateway.yaml", f"""
         inherit_defaults: false
@@ -44,6 +50,45 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
         models: {json.dumps(entries)}
         default_model: a
 {extra}    """)
+
+
+REMOTE_START_BOUND_S = 60  # the fake starts in ~0.3 s after its imports; a loaded machine is far slower
+
+
+@contextlib.contextmanager
+def remote_fake_vllm(tmp_path: Path, *, served_name: str, key: str | None = None,
+                     env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A fake vLLM started on its own, playing a server on another machine (a model's
+    `upstream`): yields its base URL (http://127.0.0.1:PORT, no `/v1`) and the process,
+    once its /health answers. `key`: the Bearer key its /v1 routes ask (VLLM_API_KEY);
+    `env`: more FAKE_VLLM_* knobs. Its output goes to tmp_path/remote-<served_name>.log;
+    its whole process group is killed on exit."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if k != "VLLM_API_KEY" and not k.startswith("FAKE_VLLM_")}
+    environ.update({"PYTHONPATH": str(REPO_ROOT), **({"VLLM_API_KEY": key} if key else {}), **(env or {})})
+    log = (tmp_path / f"remote-{served_name}.log").open("ab")
+    process = subprocess.Popen([sys.executable, "-m", "tests.fakes.fake_vllm", "--model", f"org/{served_name}",
+                                "--port", str(port), "--served-model-name", served_name],
+                               env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, tmp_path / f"remote-{served_name}.log")
+        yield url, process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the group is the fake and its children
+        process.wait(timeout=30)
+        log.close()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + REMOTE_START_BOUND_S
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the remote fake vLLM at {url} did not become healthy:\n{log.read_text()}")
 
 
 def stop_bound_s(loaded: Any) -> float:

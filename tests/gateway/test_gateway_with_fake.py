@@ -170,7 +170,7 @@ def test_a_stalled_stream_is_cut_by_the_idle_bound(gateway_factory) -> None:
         reply = client.post("/v1/chat/completions", json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 20}})
     events = sse_events(reply.text)
     assert "[DONE]" not in events
-    assert "no output from the engine within idle_timeout_s (0.5s)" in json.loads(events[-1])["error"]["message"]
+    assert "no output from the engine for 'a' within idle_timeout_s (0.5s)" in json.loads(events[-1])["error"]["message"]
 
 
 def test_a_slow_flowing_stream_is_not_cut_by_the_request_timeout(gateway_factory) -> None:

@@ -853,3 +853,48 @@ def test_eviction_stops_only_what_makes_room() -> None:
         await resident(scheduler, switcher, "a", "b", clock=clock)
         assert (await load_through(scheduler, switcher, "c")).evict == ("b",)
     run(scenario())
+
+
+def test_a_remote_model_starts_at_once_even_during_a_switch_and_is_never_switched_to_or_evicted() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=1, remote={"far"})
+        fast = scheduler.try_acquire("far")  # nothing loaded, nothing to load
+        assert fast is not None and switcher.calls == []
+        loading = asyncio.create_task(scheduler.acquire("a"))
+        await settle()
+        assert switcher.calls == ["a"]  # a switch in progress...
+        queued = asyncio.create_task(scheduler.acquire("far"))
+        await settle()
+        assert not queued.done()  # ...the remote's concurrency limit (1) holds the second request
+        fast.release()
+        await settle()
+        assert queued.done() and switcher.calls == ["a"]  # started without waiting for the switch
+        queued.result().release()
+        await finish_next_switch(switcher)
+        loading.result().release()
+        b = asyncio.create_task(scheduler.acquire("b"))  # evicts a, never the remote one
+        await settle()
+        assert switcher.decisions[-1].evict == ("a",) and scheduler.request_unload("far", "unload") is None
+        await finish_next_switch(switcher)
+        b.result().release()
+        assert scheduler.waiting_for("far") == "waiting for a free slot on far"
+    run(scenario())
+
+
+def test_remote_requests_keep_their_priority_order() -> None:
+    async def scenario():
+        scheduler, _ = make(limit=1, remote={"far"})
+        holder = scheduler.try_acquire("far")
+        order: list[int] = []
+
+        async def client(priority: int) -> None:
+            lease = await scheduler.acquire("far", priority)
+            order.append(priority)
+            lease.release()
+
+        tasks = [asyncio.create_task(client(p)) for p in (0, 7, 3)]
+        await settle()
+        holder.release()
+        await asyncio.gather(*tasks)
+        assert order == [7, 3, 0]
+    run(scenario())

@@ -187,3 +187,15 @@ def test_pool_keys_are_checked_with_the_key_that_breaks_them(tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "pool.preload: item 1: no model or alias named 'nosuch'" in result.stderr
     assert "models.coder.gpus: names 2 GPU(s) but tensor_parallel_size is 4" in result.stderr
+
+
+def test_a_remote_model_is_listed_never_planned_nor_shared(tmp_path: Path) -> None:
+    from animllm_cli.gpu.planner import card_shares
+
+    config = write(tmp_path / "c.yaml", "models: {far: {upstream: {urls: 'http://10.0.0.5:8000'}}}\n")
+    loaded = load_config(config)
+    assert "far" not in card_shares(loaded, 48 * GIB) and "coder" in card_shares(loaded, 48 * GIB)
+    report = plan_models(loaded, loaded.model_names(), 48 * GIB, "test")
+    assert [r.model for r in report.remote] == ["far"] and report.remote[0].urls == ["http://10.0.0.5:8000"]
+    assert "far" not in {p.model for p in report.models} | set(report.shares)
+    assert report.to_json()["remote"] == [{"model": "far", "urls": ["http://10.0.0.5:8000"]}]

@@ -1,0 +1,262 @@
+"""Models served elsewhere (`upstream:`), through the real gateway, against fake remote
+servers that record what reached them: where keys go, redirects, TLS, spreading and
+failover (only while nothing reached the client), health in and out of rotation."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import trustme
+
+from tests.fakes.upstream import FakeUpstream
+from tests.gateway.harness import start_gateway
+from tests.helpers import REPO_ROOT, write
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def upstream_config(tmp_path: Path, remotes: dict[str, dict[str, Any]], *, local: bool = True,
+                    limits: dict | None = None) -> Path:
+    """A gateway config: the fake local engine `a` (when `local`) and these remote models."""
+    models: dict[str, Any] = {name: {"upstream": {"health_interval_s": 0.2, **spec.pop("upstream")}, **spec}
+                              for name, spec in remotes.items()}
+    if local:
+        models["a"] = {"source": "org/model-a", "profile": "p", "tasks": ["chat"]}
+    return write(tmp_path / "gateway.yaml", f"""
+        inherit_defaults: false
+        engine: {{module: tests.fakes.fake_vllm, stall_timeout_s: 5, start_timeout_s: 30, stop_grace_s: 2}}
+        env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"}}
+        limits: {json.dumps({"request_timeout_s": 30, **(limits or {})})}
+        profiles: {{p: {{max_model_len: 1024, concurrency: 4}}}}
+        models: {json.dumps(models)}
+    """)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[FakeUpstream]]:
+    started: list[FakeUpstream] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def serve(servers: list[FakeUpstream], name: str, **kwargs: Any) -> FakeUpstream:
+    server = FakeUpstream(name, kwargs.pop("served", ["there"]), **kwargs).start()
+    servers.append(server)
+    return server
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Any]:
+    started: list[Any] = []
+
+    def start(config: Path, *, model: str = "a", key: str | None = None) -> Any:
+        gw = start_gateway(tmp_path, config, model=model, key=key)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+def sse_data(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+def remote_status(gw: Any, model: str, **kwargs: Any) -> dict:
+    with gw.client(**kwargs) as client:
+        status = client.get("/admin/status").json()
+    return next(r for r in status["remotes"] if r["model"] == model)
+
+
+def wait_until(check, what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_local_and_remote_models_through_one_gateway(tmp_path, servers, gateway, monkeypatch) -> None:
+    monkeypatch.setenv("R_KEY", "remote-secret")
+    remote = serve(servers, "one", key="remote-secret")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [f"{remote.url}/v1"], "model": "there",
+                                                               "api_key_env": "R_KEY"}, "aliases": ["rr"]}}),
+                 key="gateway-secret")
+    auth = {"authorization": "Bearer gateway-secret"}
+    with gw.client(headers=auth) as client:
+        plain = client.post("/v1/chat/completions", json={"model": "rr", **CHAT})
+        streamed = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
+        local = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
+        listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert plain.status_code == 200 and plain.json()["upstream"] == "one"
+    assert sse_data(streamed.text)[-1] == "[DONE]" and len(sse_data(streamed.text)) == 4
+    assert local.status_code == 200 and "upstream" not in local.json()
+    # The request's model becomes the name there; the upstream's own key went, the gateway's never.
+    chats = [s for s in remote.seen if s["path"] == "/v1/chat/completions"]
+    assert [c["body"]["model"] for c in chats] == ["there", "there"]
+    assert all(c["headers"]["Authorization"] == "Bearer remote-secret" for c in chats)
+    assert "gateway-secret" not in json.dumps(remote.seen)
+    assert listed["r"]["upstream"] == [remote.url] and listed["r"]["loaded"] is True
+    assert listed["a"]["upstream"] is None
+    # No switch for the remote model: the only load is the first one, of `a`.
+    assert [s.to_model for s in gw.gateway.pool.switches] == ["a"]
+    assert "remote-secret" not in json.dumps(remote_status(gw, "r", headers=auth))
+
+
+def test_each_key_goes_to_its_own_upstream_only(tmp_path, servers, gateway, monkeypatch) -> None:
+    monkeypatch.setenv("ONE_KEY", "key-of-one")
+    monkeypatch.setenv("TWO_KEY", "key-of-two")
+    one, two = serve(servers, "one", key="key-of-one"), serve(servers, "two", key="key-of-two")
+    gw = gateway(upstream_config(tmp_path, {
+        "r1": {"upstream": {"urls": [one.url], "model": "there", "api_key_env": "ONE_KEY"}},
+        "r2": {"upstream": {"urls": [two.url], "model": "there", "api_key_env": "TWO_KEY"}}}, local=False),
+        model="r1")
+    with gw.client() as client:
+        assert client.post("/v1/chat/completions", json={"model": "r1", **CHAT}).json()["upstream"] == "one"
+        assert client.post("/v1/chat/completions", json={"model": "r2", **CHAT}).json()["upstream"] == "two"
+    assert "key-of-two" not in json.dumps(one.seen) and "key-of-one" not in json.dumps(two.seen)
+
+
+def test_a_redirect_is_never_followed_so_no_key_leaves_for_another_host(tmp_path, servers, gateway,
+                                                                          monkeypatch) -> None:
+    monkeypatch.setenv("R_KEY", "remote-secret")
+    elsewhere = serve(servers, "elsewhere")
+    moved = serve(servers, "moved", key="remote-secret", mode="redirect", redirect_to=elsewhere.url)
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [moved.url], "model": "there",
+                                                               "api_key_env": "R_KEY"}}}, local=False), model="r")
+    with gw.client() as client:
+        answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
+    assert answer.status_code == 503
+    assert "HTTP 307" in answer.json()["error"]["message"] and "never follows a redirect" in answer.json()["error"]["message"]
+    assert elsewhere.seen == []  # neither the health check nor the request went there
+    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is False, "the redirect to take it out")
+    assert "redirect" in remote_status(gw, "r")["upstreams"][0]["problem"]
+
+
+@pytest.fixture(scope="module")
+def test_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_server(servers: list[FakeUpstream], ca: trustme.CA) -> FakeUpstream:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    return serve(servers, "tls", tls=context)
+
+
+@pytest.mark.parametrize("setting, works", [({"ca_bundle": "ca.pem"}, True), ({}, False),
+                                            ({"verify_tls": False}, True)])
+def test_tls_is_verified_against_the_ca_bundle_unless_turned_off(tmp_path, servers, gateway, test_ca, setting,
+                                                                 works) -> None:
+    test_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = tls_server(servers, test_ca)
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [server.url], "model": "there", **setting}}},
+                 local=False), model="r")
+    with gw.client() as client:
+        answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
+    if works:
+        assert answer.status_code == 200 and answer.json()["upstream"] == "tls"
+    else:
+        assert answer.status_code == 503 and "certificate" in answer.json()["error"]["message"].lower()
+        assert not any(s["path"] == "/v1/chat/completions" for s in server.seen)
+
+
+@pytest.mark.parametrize("failure", ["503", "drop"])
+def test_a_request_fails_over_before_anything_reached_the_client(tmp_path, servers, gateway, failure) -> None:
+    broken, good = serve(servers, "broken", mode=failure, health_mode="ok"), serve(servers, "good")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [broken.url, good.url], "model": "there",
+                                                               "health_interval_s": 60}}}, local=False), model="r")
+    with gw.client() as client:
+        plain = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
+        streamed = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
+        metrics = client.get("/metrics").text
+    assert plain.status_code == 200 and plain.json()["upstream"] == "good"
+    assert sse_data(streamed.text)[-1] == "[DONE]"
+    assert 'animllm_upstream_failovers_total{model="r"}' in metrics
+    status = remote_status(gw, "r")["upstreams"]
+    assert status[0]["healthy"] is False and status[1]["healthy"] is True
+
+
+def test_no_failover_once_the_stream_has_begun(tmp_path, servers, gateway) -> None:
+    dying, good = serve(servers, "dying", mode="die-mid-stream"), serve(servers, "good")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [dying.url, good.url], "model": "there",
+                                                               "health_interval_s": 60}}}, local=False), model="r")
+    with gw.client() as client:
+        streamed = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
+    events = sse_data(streamed.text)
+    assert json.loads(events[0]).get("upstream") == "dying", streamed.text
+    assert "[DONE]" not in events and "stopped mid-answer" in json.loads(events[-1])["error"]["message"]
+    assert not any(s["path"] == "/v1/chat/completions" for s in good.seen)  # never sent twice
+    assert remote_status(gw, "r")["upstreams"][0]["healthy"] is False
+
+
+def test_requests_spread_over_the_least_busy_urls(tmp_path, servers, gateway) -> None:
+    one, two = serve(servers, "one", chunk_delay_s=0.3), serve(servers, "two", chunk_delay_s=0.3)
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [one.url, two.url], "model": "there"}}},
+                                 local=False), model="r")
+    with gw.client() as client, ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: client.post("/v1/chat/completions",
+                                                      json={"model": "r", "stream": True, **CHAT}), range(6)))
+    assert all(sse_data(a.text)[-1] == "[DONE]" for a in answers)
+    served = [json.loads(sse_data(a.text)[0])["upstream"] for a in answers]
+    assert sorted(served) == ["one"] * 3 + ["two"] * 3
+
+
+def test_an_unhealthy_url_leaves_rotation_and_comes_back(tmp_path, servers, gateway) -> None:
+    flaky, steady = serve(servers, "flaky", mode="503"), serve(servers, "steady")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [flaky.url, steady.url], "model": "there"}}},
+                                 local=False), model="r")
+    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is False, "the health check to fail")
+    with gw.client() as client:
+        for _ in range(4):
+            assert client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"] == "steady"
+    assert "/v1/chat/completions" not in flaky.paths_seen()  # out of rotation: not even tried
+    flaky.mode = "ok"
+    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is True, "the health check to pass")
+    with gw.client() as client:
+        served = {client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"]
+                  for _ in range(4)}
+    assert served == {"flaky", "steady"}
+
+
+def test_every_url_down_is_one_clear_error(tmp_path, servers, gateway) -> None:
+    one, two = serve(servers, "one", mode="503"), serve(servers, "two", mode="drop")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [one.url, two.url], "model": "there"}}},
+                                 local=False), model="r")
+    with gw.client() as client:
+        answer = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
+    message = answer.json()["error"]["message"]
+    assert answer.status_code == 503 and one.url in message and two.url in message and "HTTP 503" in message
+
+
+def test_a_missing_key_variable_is_named(tmp_path, servers, gateway, monkeypatch) -> None:
+    monkeypatch.delenv("NOT_SET_KEY", raising=False)
+    remote = serve(servers, "one", key="k")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there",
+                                                               "api_key_env": "NOT_SET_KEY"}}}))
+    with gw.client() as client:
+        answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
+    assert answer.status_code == 503 and "NOT_SET_KEY" in answer.json()["error"]["message"]
+    assert remote.seen == []
+    assert "NOT_SET_KEY" in remote_status(gw, "r")["key_problem"]
+
+
+def test_the_remote_concurrency_limit_queues_the_rest(tmp_path, servers, gateway) -> None:
+    slow = serve(servers, "slow", chunk_delay_s=0.3)
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [slow.url], "model": "there"},
+                                                  "concurrency": 1}}, local=False), model="r")
+    with gw.client() as client, ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: client.post("/v1/chat/completions",
+                                                      json={"model": "r", "stream": True, **CHAT}), range(3)))
+    assert all(sse_data(a.text)[-1] == "[DONE]" for a in answers)
+    assert slow.most_open == 1 and len([s for s in slow.seen if s["path"] == "/v1/chat/completions"]) == 3
