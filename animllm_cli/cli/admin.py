@@ -34,7 +34,7 @@ def _client_of(loaded):
 def _served_elsewhere(loaded, model: str) -> bool:
     """The config says `model` is remote (only to word the wait: the gateway's answer decides)."""
     name = loaded.catalogue.find(model)
-    return name is not None and loaded.config.models[name].upstream is not None
+    return name is not None and loaded.config.models[name].remote
 
 
 def _secs(value) -> str:

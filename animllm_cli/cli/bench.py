@@ -91,7 +91,7 @@ def _loaded_here(loaded, models: list[str]) -> None:
 
     for name in models:
         spec = loaded.config.models.get(name)
-        if spec is not None and spec.upstream is not None:
+        if spec is not None and spec.remote:
             raise UsageError(f"bench --switch measures loads; '{name}' is served elsewhere",
                              hint=f"measure its requests without --switch: animllm bench {name}")
 

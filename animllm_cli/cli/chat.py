@@ -91,6 +91,8 @@ def _switcher(loaded, out):
             report = client.switch(name)
         if report.outcome == "already loaded":
             return None
+        if report.outcome == "remote":  # nothing to load: the gateway says where it is served
+            return f"[dim]{plain(' '.join(report.notes))}[/dim]"
         return f"[dim]switched {plain(report.from_model or '-')} -> {plain(name)} in {report.total_s or 0:.1f}s[/dim]"
 
     return switch

@@ -59,7 +59,7 @@ def _no_remote(loaded, names: list[str]) -> None:
     """--together places engines on this machine's cards: a model served elsewhere has none."""
     from animllm_cli.errors import UsageError
 
-    remote = [name for name in names if loaded.config.models[name].upstream is not None]
+    remote = [name for name in names if loaded.config.models[name].remote]
     if remote:
         raise UsageError(f"--together: {', '.join(remote)} {'is' if len(remote) == 1 else 'are'} served elsewhere "
                          f"(upstream) and take{'s' if len(remote) == 1 else ''} no VRAM here",

@@ -105,8 +105,10 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, p
             out.info(f"{name} is served by {', '.join(remote.urls)}")
         else:
             out.info(f"{name} ready in {report.load_s:.1f}s")
+        for problem in _remote_key_problems(loaded):
+            out.warn(problem)
         out.show(endpoints_table(url))
-        out.info("Ctrl-C stops the gateway and the engine")
+        out.info("Ctrl-C stops the gateway and its engines")
 
     def failed(exc: Exception) -> None:
         out.error(f"{name} could not be loaded: {exc}")
@@ -126,6 +128,19 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, p
                                            on_progress=progress)
     _run_until_signalled(server)
     return 1 if gateway.failed else 0
+
+
+def _remote_key_problems(loaded) -> list[str]:
+    """Remote models whose key variable is not set: each of their requests will fail."""
+    from animllm_cli.client.upstream import MissingKey, upstream_key
+
+    problems = []
+    for model in loaded.remote_model_names():
+        try:
+            upstream_key(loaded.config.models[model].upstream)
+        except MissingKey as exc:
+            problems.append(f"{model} cannot be served: {exc}")
+    return problems
 
 
 def _run_until_signalled(server) -> None:
@@ -179,6 +194,8 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
     with paths.open_private(log, "wb") as sink:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                                  start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+    for problem in _remote_key_problems(loaded):  # the gateway inherits this environment
+        out.warn(problem)
     deadline = time.monotonic() + loaded.config.engine.start_timeout_s + 60
     phase = None
     try:

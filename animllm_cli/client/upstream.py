@@ -53,8 +53,10 @@ def tls_setting(spec: UpstreamSpec) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=spec.ca_bundle) if spec.ca_bundle else ssl.create_default_context()
 
 
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc
+def http_client(tls: ssl.SSLContext | bool) -> httpx.AsyncClient:
+    """The client of the health checks and the doctor's probe: like the relay, it follows
+    no redirect and takes no proxy from the environment."""
+    return httpx.AsyncClient(verify=tls, follow_redirects=False, trust_env=False)
 
 
 def sends_key_in_clear(spec: UpstreamSpec, url: str) -> bool:
@@ -85,16 +87,19 @@ def judge(url: str, served_name: str, status: int, body: bytes, location: str | 
     if 300 <= status < 400:
         return Probe(url, False, f"redirects (HTTP {status}) to {location or 'nowhere'}; animllm never follows a "
                                  f"redirect (a key must not reach another host): configure the URL it redirects to")
-    if status in (401, 403):
+    if status in (401, 403, 407):
         return Probe(url, False, f"refused the key (HTTP {status})" if keyed else
                                  f"asks for a key (HTTP {status}): set upstream.api_key_env")
     if status != 200:
         return Probe(url, False, f"answered HTTP {status} to GET {MODELS_PATH}")
     try:
-        served = [str(m.get("id")) for m in json.loads(body).get("data", []) if isinstance(m, dict)]
+        listed = [m for m in json.loads(body).get("data", []) if isinstance(m, dict)]
     except (ValueError, AttributeError, TypeError):
         return Probe(url, False, f"GET {MODELS_PATH} is not an OpenAI model list")
-    if served_name not in served:
+    served = [str(m.get("id")) for m in listed]
+    # Another animllm gateway also answers to each model's aliases, which it lists.
+    answers_to = served + [a for m in listed if isinstance(m.get("aliases"), list) for a in m["aliases"]]
+    if served_name not in answers_to:
         return Probe(url, False, f"does not serve '{served_name}' (it serves: {', '.join(served) or 'nothing'}); "
                                  f"set upstream.model to its name there", served)
     return Probe(url, True, None, served)

@@ -87,10 +87,10 @@ class LoadedConfig:
 
     def local_model_names(self) -> list[str]:
         """The models whose engines animllm runs (the others are served elsewhere: `upstream`)."""
-        return [name for name, spec in self.config.models.items() if spec.upstream is None]
+        return [name for name, spec in self.config.models.items() if not spec.remote]
 
     def remote_model_names(self) -> list[str]:
-        return [name for name, spec in self.config.models.items() if spec.upstream is not None]
+        return [name for name, spec in self.config.models.items() if spec.remote]
 
     @property
     def catalogue(self) -> Catalogue:
@@ -338,7 +338,7 @@ def _describe(error: Any, tree: LayeredTree) -> str:
     else:
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")
-        if kind != "credentials_in_url" and (not isinstance(value, (dict, list)) or kind.endswith("_type")):
+        if kind != "url_not_echoed" and (not isinstance(value, (dict, list)) or kind.endswith("_type")):
             message += f" (got {value!r})"
     return _problem(tree, loc, message)
 

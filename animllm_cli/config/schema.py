@@ -119,11 +119,13 @@ def _base_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
     if parts.username or parts.password:  # not echoed: the value is a secret
-        raise PydanticCustomError("credentials_in_url", "the URL carries credentials (user:password@), which would "
+        raise PydanticCustomError("url_not_echoed", "the URL carries credentials (user:password@), which would "
                                                         "show in logs and listings; put the key in the variable "
                                                         "named by api_key_env")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r} has a query or fragment; give the server's base URL")
+    if parts.query or parts.fragment:  # not echoed: a query often carries a key (`?api-key=`)
+        raise PydanticCustomError("url_not_echoed", "the URL has a query or fragment, which often carries a key "
+                                                    "and would show in logs and listings; give the server's base "
+                                                    "URL and the key in api_key_env")
     try:
         parts.port
     except ValueError as exc:

@@ -475,12 +475,9 @@ def _remote_model(ctx: DoctorContext, name: str) -> Result:
 async def _probe_urls(spec: UpstreamSpec, served_name: str, key: str | None, tls) -> list[Probe]:
     import asyncio
 
-    import httpx
+    from animllm_cli.client.upstream import http_client, probe
 
-    from animllm_cli.client.upstream import probe
-
-    # As the gateway's client: no redirect followed, no proxy from the environment.
-    async with httpx.AsyncClient(verify=tls, follow_redirects=False, trust_env=False) as client:
+    async with http_client(tls) as client:  # the gateway's health checks' own client
         return list(await asyncio.gather(*(probe(client, url, served_name, key, spec.health_timeout_s)
                                            for url in spec.urls)))
 

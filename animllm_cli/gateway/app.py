@@ -115,7 +115,8 @@ class Gateway:
         spec = remote.spec
         for upstream in remote.candidates():
             yield Target(upstream.url, remote.headers, f"upstream {upstream.url} of '{model}'", remote.tls,
-                         spec.connect_timeout_s, spec.first_byte_timeout_s, spec.idle_timeout_s, upstream)
+                         spec.connect_timeout_s, spec.first_byte_timeout_s, spec.idle_timeout_s, upstream,
+                         spec.api_key_env)
 
     def request_name(self, requested: str, model: str) -> str | None:
         """What the request's `model` must become for its target: None when it may stay."""
@@ -357,7 +358,7 @@ async def models(request: Request, gw: Gateway) -> Response:
     residents = gw.pool.models
     data = [{"id": name, "object": "model", "created": int(gw.started_at), "owned_by": "animllm",
              "loaded": name in residents or name in gw.upstreams, "aliases": spec.aliases, "tasks": spec.tasks,
-             "source": spec.source, "upstream": spec.upstream.urls if spec.upstream else None}
+             "source": spec.source, "remote": spec.remote}
             for name, spec in gw.loaded.config.models.items()]
     return JSONResponse({"object": "list", "data": data})
 

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Protocol
 
 import aiohttp
@@ -138,18 +138,24 @@ async def race_disconnect(receive: Callable[[], Awaitable[dict]], awaitable: Awa
 class Target:
     """Where one try of a request goes: the model's own engine, or one URL of its upstream."""
     base_url: str
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)  # a key: never in a repr or a log
     who: str                                  # in messages: "the engine for 'coder'", "upstream https://h of 'big'"
     tls: ssl.SSLContext | bool = True         # True: aiohttp's default verification
     connect_s: float | None = None            # None: the session's
     first_byte_s: float | None = None         # None: the gateway's bound
     idle_s: float | None = None
     upstream: Upstream | None = None          # a remote URL: its outstanding count and health
+    key_env: str | None = None                # the variable its key came from (for messages)
 
-    def failed(self, problem: str) -> "Failover":
-        """This try failed before the client got a byte: take a remote URL out of rotation."""
+    def mark_out(self, problem: str) -> None:
+        """A remote URL that failed leaves rotation until its health check passes (a local
+        engine's death is its supervisor's to judge)."""
         if self.upstream is not None:
             self.upstream.mark_failed(problem)
+
+    def failed(self, problem: str) -> "Failover":
+        """This try failed before the client got a byte: out of rotation, and the next URL's turn."""
+        self.mark_out(problem)
         return Failover(f"{self.who}: {problem}" if self.upstream else f"{self.who} failed while answering: {problem}")
 
 
@@ -157,8 +163,12 @@ class Failover(Exception):
     """A try that failed before anything reached the client: another URL may answer."""
 
 
-# An upstream answering these is overloaded, restarting or a proxy without a backend.
-FAILOVER_STATUSES = frozenset({502, 503, 504})
+# An upstream answering these is overloaded, restarting or a proxy without a backend. Not
+# 504: a proxy's timeout on a long generation says nothing about the server, and running
+# the whole generation again elsewhere would double it.
+FAILOVER_STATUSES = frozenset({502, 503})
+# The upstream refused our key for it: the client's own key was fine, so not a 401 to it.
+KEY_REFUSED_STATUSES = frozenset({401, 403, 407})
 
 
 async def forward(gw: Gateway, request: Request, model: str, lease: Lease, raw: bytes, stream: bool,
@@ -218,6 +228,12 @@ async def _attempt(gw: Gateway, request: Request, model: str, target: Target, le
                 discard=lambda response: response.close())
         except aiohttp.ClientError as exc:
             raise target.failed(_cause(exc)) from None
+        if remote is not None and upstream.status in KEY_REFUSED_STATUSES:
+            upstream.close()  # every URL of the model has the same key: no failover
+            target.mark_out(f"refused the key (HTTP {upstream.status})")
+            gw.metrics.requests.labels(model, "upstream_key_refused").inc()
+            return error(502, f"{target.who} refused the key (HTTP {upstream.status}): check the variable "
+                              f"{target.key_env or '(none: upstream.api_key_env is not set)'}", "upstream_error")
         if remote is not None and (upstream.status in FAILOVER_STATUSES or 300 <= upstream.status < 400):
             upstream.close()
             where = f" to {upstream.headers.get('location')}; animllm never follows a redirect" \
@@ -236,7 +252,8 @@ async def _attempt(gw: Gateway, request: Request, model: str, target: Target, le
             upstream.close()  # unread: drop the connection rather than return it to the pool
             raise
         gw.metrics.requests.labels(model, "ok" if upstream.status < 400 else f"http_{upstream.status}").inc()
-        return Response(body, status_code=upstream.status,
+        retry = upstream.headers.get("retry-after")
+        return Response(body, status_code=upstream.status, headers={"retry-after": retry} if retry else None,
                         media_type=upstream.headers.get("content-type", "application/json"))
     finally:
         if remote is not None and not handed_over:
@@ -293,7 +310,7 @@ class RelayResponse(Response):
             except (aiohttp.ClientError, asyncio.IncompleteReadError):
                 outcome = "client_gone" if gone else "engine_died"
                 if not gone:
-                    self.target.failed("stopped mid-answer")
+                    self.target.mark_out("stopped mid-answer")
                     await send({"type": "http.response.body", "more_body": True,
                                 "body": sse_error(f"{self.target.who} stopped mid-answer", "engine_error")})
             with contextlib.suppress(OSError):

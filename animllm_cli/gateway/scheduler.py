@@ -198,7 +198,9 @@ class Scheduler:
     def try_acquire(self, model: str) -> Lease | None:
         """The fast path: the model is resident, a slot is free and nobody waits. No await."""
         self._keep(model)
-        if (not self.waiting and model not in self._unloads and model not in self._evicting()
+        # A remote model waits only behind its own requests: nothing else can hold it up.
+        ahead = any(t.model == model for t in self.waiting) if model in self.remote else self.waiting
+        if (not ahead and model not in self._unloads and model not in self._evicting()
                 and self._serves(model) and self.running[model] < self._limit(model)):
             self._start(model)
             return Lease(model, self)

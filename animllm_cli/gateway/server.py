@@ -39,7 +39,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     from animllm_cli.gateway.app import Gateway, create_app
     from animllm_cli.gateway.pool import EnginePool
 
-    if engine_env is None and any(spec.sleep != "off" for spec in loaded.config.models.values()):
+    if engine_env is None and any(loaded.config.models[m].sleep != "off" for m in loaded.local_model_names()):
         engine_env = probe_python(engine_python(loaded))  # whether its vLLM can sleep
     pool = EnginePool(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress,
                       engine_env=engine_env, host_available=host_available)
@@ -66,6 +66,9 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
 
     async def _preload(name: str) -> None:
         note = hooks.on_note or (lambda text: None)
+        if name in gateway.upstreams:
+            note(f"preload: {name} is served elsewhere: nothing to load")
+            return
         try:
             await gateway.load(name)
         except Exception as exc:

@@ -18,14 +18,16 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
-import httpx
-
-from animllm_cli.client.upstream import MissingKey, auth_headers, probe, tls_setting, upstream_key
+from animllm_cli.client.upstream import MissingKey, auth_headers, http_client, probe, tls_setting, upstream_key
 from animllm_cli.config import LoadedConfig
 from animllm_cli.config.schema import UpstreamSpec
+from animllm_cli.errors import ConfigError
 from animllm_cli.gateway.state import RemoteStatus, UpstreamStatus
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,14 @@ class RemoteModel:
             self.key, self.key_problem = upstream_key(spec, environ), None
         except MissingKey as exc:  # every request fails with this until the gateway restarts with it
             self.key, self.key_problem = None, str(exc)
-        self.tls: ssl.SSLContext | bool = tls_setting(spec)
+            log.warning("'%s' cannot be served: %s", name, exc)
+        try:
+            self.tls: ssl.SSLContext | bool = tls_setting(spec)
+        except OSError as exc:  # ssl.SSLError too: not PEM certificates
+            raise ConfigError([f"models.{name}.upstream.ca_bundle: {spec.ca_bundle} cannot be read: "
+                               f"{getattr(exc, 'strerror', None) or exc}"],
+                              hint=f"point models.{name}.upstream.ca_bundle at a readable PEM file of CA "
+                                   f"certificates (`animllm doctor --only upstreams` checks it)") from None
         self.headers = auth_headers(self.key)
 
     def pick(self, tried: set[Upstream]) -> Upstream | None:
@@ -120,7 +129,7 @@ class Upstreams:
         await asyncio.gather(*(self._watch(remote) for remote in self.models.values()))
 
     async def _watch(self, remote: RemoteModel) -> None:
-        async with httpx.AsyncClient(verify=remote.tls, follow_redirects=False, trust_env=False) as client:
+        async with http_client(remote.tls) as client:
             while True:
                 try:
                     await remote.check(client)

@@ -125,6 +125,12 @@ def plan_model(loaded: LoadedConfig, view: ModelView, vram: int) -> ModelPlan:
                          suggestion="download the model (or point `source` at a local copy) and run plan again")
     notes: list[str] = []
     budget = _budget(facts, view.settings, notes)
+    spans = int(view.settings.get("tensor_parallel_size") or 1) * int(view.settings.get("pipeline_parallel_size") or 1)
+    if spans > 1:
+        where = "GPUs across machines (Ray places the pipeline stages)" if \
+            view.settings.get("distributed_executor_backend") == "ray" else "GPUs"
+        notes.append(f"runs over {spans} {where}: this verdict holds the whole model against one card; "
+                     f"each GPU carries about 1/{spans} of the weights and KV cache")
     pool, tokens, length = budget.pool(vram), budget.tokens(vram), budget.max_model_len
     plan = ModelPlan(
         view.name, view.engine_source, "fits", "", basis=facts.basis, weights_present=facts.present,

@@ -137,3 +137,21 @@ def test_image_to_a_model_without_vision_is_refused(gateway, tmp_path: Path) -> 
     result = run_cli("chat", "code", "-p", "x", "--image", str(png(tmp_path / "x.png")))
     assert result.exit_code == 2 and "has no vision task" in result.stderr
     assert gateway.requests_seen() == []
+
+
+def test_chat_moves_to_a_remote_model_without_a_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fakes.upstream import FakeUpstream
+
+    remote = FakeUpstream("far", ["there"]).start()
+    config = fake_gateway_config(tmp_path, extra_models={"r": {"upstream": {"urls": [remote.url], "model": "there"}}})
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    running = start_gateway(tmp_path, config)
+    try:
+        result = run_cli("chat", "-i", "--max-tokens", "2", input="hello\n/model r\nthere?\n/exit\n")
+    finally:
+        running.stop()
+        remote.stop()
+    assert result.exit_code == 0, result.stderr
+    assert "'r' is served by" in result.stderr and "switched" not in result.stderr
+    assert result.stdout.splitlines()[-1] == "t0t1t2"  # the remote's answer
+    assert [s["body"]["model"] for s in remote.seen if "body" in s] == ["there"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli, run_json, write
+from tests.helpers import free_port, run_cli, run_json, write
 
 KEY = "sk-far-31d9a7"
 URLS = ["https://gpu-box.example:8443/v1", "http://10.0.0.5"]
@@ -151,3 +151,13 @@ def test_a_url_with_credentials_is_refused_without_echoing_them(tmp_path) -> Non
         result = run_cli(*args, "--config", str(bad))
         assert result.exit_code == 2 and "models.far.upstream.urls" in result.stderr
         assert "credentials" in result.stderr and "hunter2pw" not in result.stdout + result.stderr
+
+
+def test_serve_refuses_a_ca_bundle_it_cannot_read_naming_the_key(tmp_path) -> None:
+    config = write(tmp_path / "bad-ca.yaml", """
+        inherit_defaults: false
+        models: {far: {upstream: {urls: 'https://gpu-box.example', ca_bundle: no-such-ca.pem}}}
+    """)
+    result = run_cli("--config", str(config), "serve", "far", "--port", str(free_port()))
+    assert result.exit_code == 2
+    assert "models.far.upstream.ca_bundle" in result.stderr and "no-such-ca.pem" in result.stderr

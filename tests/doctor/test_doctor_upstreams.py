@@ -152,3 +152,12 @@ def test_doctor_for_one_remote_model(nvml, engine_env, servers, tmp_path) -> Non
     assert rows["upstreams"]["status"] == PASS
     local = run_cli("doctor", "--json", "--only", "upstreams", "--model", "coder", "--config", str(config))
     assert json.loads(local.stdout)["checks"][0]["status"] == "SKIP"
+
+
+def test_another_animllm_gateway_serves_a_model_by_its_alias() -> None:
+    from animllm_cli.client.upstream import judge
+
+    listing = json.dumps({"data": [{"id": "coder", "aliases": ["qwen-coder"], "tasks": ["code"]}]}).encode()
+    assert judge("http://h", "qwen-coder", 200, listing, None, keyed=True).ok
+    missing = judge("http://h", "code", 200, listing, None, keyed=True)  # a task is not a name it lists
+    assert not missing.ok and "it serves: coder" in missing.problem

@@ -62,7 +62,7 @@ def remote_gateway_config(tmp_path: Path, url: str) -> Path:
 def add_remotes(config: Path, remote_urls: list[str], gateway_url: str) -> Path:
     text = config.read_text() + (
         f"  r: {{upstream: {{urls: {json.dumps(remote_urls)}, model: there, api_key_env: REMOTE_KEY, "
-        f"health_interval_s: 1}}, tasks: [remote]}}\n"
+        f"health_interval_s: 600}}, tasks: [remote]}}\n"  # one check, at start: the test decides the rest
         f"  g: {{upstream: {{urls: [\"{gateway_url}/v1\"], model: b, api_key_env: GATEWAY_KEY, "
         f"health_interval_s: 1}}}}\n")
     config.write_text(text)
@@ -117,10 +117,17 @@ def test_local_and_remote_models_through_one_gateway(three_tiny_models: dict[str
             assert json.loads(first[6:])["choices"], first
             assert "[DONE]" not in rest and "stopped mid-answer" in json.loads(rest[-1])["error"]["message"]
 
-            # 3. The other URL keeps answering; the dead one is out of rotation.
+            # 3. The other URL keeps answering; the dead one is out of rotation. Put back in
+            # as if its health were unknown, and first in turn, a request tries it, finds the
+            # port closed, and fails over before the client sees anything.
+            assert not serving.healthy
+            serving.healthy, serving.picked = None, 0
             for _ in range(4):
                 assert sdk.chat.completions.create(model="r", **ask).usage.completion_tokens == 8
-            assert not serving.healthy and [u.healthy for u in remote.upstreams].count(True) == 1
+            assert not serving.healthy and "cannot connect" in serving.problem
+            assert [u.healthy for u in remote.upstreams].count(True) == 1
+            failovers = httpx.get(f"{gw.url}/metrics").text
+            assert 'animllm_upstream_failovers_total{model="r"} 1.0' in failovers
         finally:
             gw.stop()
             far.stop()

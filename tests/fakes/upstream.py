@@ -22,12 +22,13 @@ class FakeUpstream:
     name: str                              # told apart in answers (`"upstream": name`)
     served: list[str]                      # what /v1/models lists
     key: str | None = None
-    mode: str = "ok"                       # ok | 503 | redirect | drop | die-mid-stream
+    mode: str = "ok"                       # ok | 503 | 504 | redirect | drop | die-mid-stream
     health_mode: str | None = None         # what GET /v1/models does (None: as `mode`)
     redirect_to: str | None = None
     chunks: int = 3
     chunk_delay_s: float = 0.0
     tls: ssl.SSLContext | None = None
+    prefix: str = ""                       # a path before /v1 (a server behind a reverse proxy)
     seen: list[dict[str, Any]] = field(default_factory=list)
     open_now: int = 0                      # answers being written now
     most_open: int = 0
@@ -37,7 +38,7 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{self.port}{self.prefix}"
 
     def paths_seen(self) -> list[str]:
         return [s["path"] for s in self.seen]
@@ -49,8 +50,9 @@ class FakeUpstream:
             return web.json_response({"error": {"message": "bad key"}}, status=401)
         if mode == "redirect":
             raise web.HTTPTemporaryRedirect(f"{self.redirect_to}{request.path}")
-        if mode == "503":
-            return web.json_response({"error": {"message": "overloaded"}}, status=503)
+        if mode in ("503", "504"):
+            return web.json_response({"error": {"message": f"HTTP {mode}"}}, status=int(mode),
+                                     headers={"retry-after": "7"})
         if mode == "drop":
             assert request.transport is not None
             request.transport.close()
@@ -99,8 +101,8 @@ class FakeUpstream:
     def start(self) -> "FakeUpstream":
         self.port = self.port or free_port()
         app = web.Application()
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get(f"{self.prefix}/v1/models", self.models)
+        app.router.add_post(f"{self.prefix}/v1/chat/completions", self.chat)
         self._loop = asyncio.new_event_loop()
         started = threading.Event()
 

@@ -898,3 +898,19 @@ def test_remote_requests_keep_their_priority_order() -> None:
         await asyncio.gather(*tasks)
         assert order == [7, 3, 0]
     run(scenario())
+
+
+def test_a_full_queue_of_local_waiters_does_not_refuse_a_remote_request_with_a_free_slot() -> None:
+    async def scenario():
+        scheduler, switcher = make(limit=2, queue_max=2, remote={"far"})
+        waiters = [asyncio.create_task(scheduler.acquire("a")) for _ in range(2)]  # a load pending, queue full
+        await settle()
+        with pytest.raises(QueueFull):
+            scheduler.check("a")
+        lease = scheduler.try_acquire("far")
+        assert lease is not None and switcher.calls == ["a"]
+        lease.release()
+        await finish_next_switch(switcher)
+        for task in waiters:
+            task.result().release()
+    run(scenario())

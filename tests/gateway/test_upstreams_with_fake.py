@@ -55,8 +55,8 @@ def serve(servers: list[FakeUpstream], name: str, **kwargs: Any) -> FakeUpstream
 def gateway(tmp_path: Path) -> Iterator[Any]:
     started: list[Any] = []
 
-    def start(config: Path, *, model: str = "a", key: str | None = None) -> Any:
-        gw = start_gateway(tmp_path, config, model=model, key=key)
+    def start(config: Path, *, model: str = "a", key: str | None = None, preload: list[str] | None = None) -> Any:
+        gw = start_gateway(tmp_path, config, model=model, key=key, preload=preload)
         started.append(gw)
         return gw
 
@@ -104,8 +104,8 @@ def test_local_and_remote_models_through_one_gateway(tmp_path, servers, gateway,
     assert [c["body"]["model"] for c in chats] == ["there", "there"]
     assert all(c["headers"]["Authorization"] == "Bearer remote-secret" for c in chats)
     assert "gateway-secret" not in json.dumps(remote.seen)
-    assert listed["r"]["upstream"] == [remote.url] and listed["r"]["loaded"] is True
-    assert listed["a"]["upstream"] is None
+    assert listed["r"]["remote"] is True and listed["r"]["loaded"] is True and remote.url not in json.dumps(listed)
+    assert listed["a"]["remote"] is False
     # No switch for the remote model: the only load is the first one, of `a`.
     assert [s.to_model for s in gw.gateway.pool.switches] == ["a"]
     assert "remote-secret" not in json.dumps(remote_status(gw, "r", headers=auth))
@@ -200,16 +200,21 @@ def test_no_failover_once_the_stream_has_begun(tmp_path, servers, gateway) -> No
     assert remote_status(gw, "r")["upstreams"][0]["healthy"] is False
 
 
-def test_requests_spread_over_the_least_busy_urls(tmp_path, servers, gateway) -> None:
-    one, two = serve(servers, "one", chunk_delay_s=0.3), serve(servers, "two", chunk_delay_s=0.3)
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [one.url, two.url], "model": "there"}}},
+def test_requests_go_to_the_url_with_the_fewest_outstanding(tmp_path, servers, gateway) -> None:
+    slow, fast = serve(servers, "slow", chunk_delay_s=0.5), serve(servers, "fast")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [slow.url, fast.url], "model": "there"}}},
                                  local=False), model="r")
-    with gw.client() as client, ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda _: client.post("/v1/chat/completions",
-                                                      json={"model": "r", "stream": True, **CHAT}), range(6)))
-    assert all(sse_data(a.text)[-1] == "[DONE]" for a in answers)
-    served = [json.loads(sse_data(a.text)[0])["upstream"] for a in answers]
-    assert sorted(served) == ["one"] * 3 + ["two"] * 3
+
+    def one(index: int) -> str:
+        time.sleep(index * 0.1)  # arriving one after another while the slow server still answers
+        with gw.client() as client:
+            answer = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
+        return json.loads(sse_data(answer.text)[0])["upstream"]
+
+    with ThreadPoolExecutor(8) as pool:
+        served = list(pool.map(one, range(8)))
+    # Round robin would give each four; the slow one holds its first request ~1.5 s meanwhile.
+    assert served.count("fast") >= 6 and served.count("slow") >= 1, served
 
 
 def test_an_unhealthy_url_leaves_rotation_and_comes_back(tmp_path, servers, gateway) -> None:
@@ -260,3 +265,59 @@ def test_the_remote_concurrency_limit_queues_the_rest(tmp_path, servers, gateway
                                                       json={"model": "r", "stream": True, **CHAT}), range(3)))
     assert all(sse_data(a.text)[-1] == "[DONE]" for a in answers)
     assert slow.most_open == 1 and len([s for s in slow.seen if s["path"] == "/v1/chat/completions"]) == 3
+
+
+def test_a_key_the_upstream_refuses_is_a_502_naming_the_variable(tmp_path, servers, gateway, monkeypatch) -> None:
+    monkeypatch.setenv("R_KEY", "stale-key")
+    remote = serve(servers, "one", key="current-key")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there",
+                                                               "api_key_env": "R_KEY"}}}), key="gateway-key")
+    with gw.client(headers={"authorization": "Bearer gateway-key"}) as client:
+        answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
+    assert answer.status_code == 502  # not a 401: the client's own key was right
+    assert "refused the key (HTTP 401)" in answer.json()["error"]["message"] and "R_KEY" in answer.json()["error"]["message"]
+    assert "stale-key" not in answer.text
+
+
+def test_a_504_is_passed_on_without_failover(tmp_path, servers, gateway) -> None:
+    proxy, other = serve(servers, "proxy", mode="504", health_mode="ok"), serve(servers, "other")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [proxy.url, other.url], "model": "there",
+                                                               "health_interval_s": 60}}}, local=False), model="r")
+    with gw.client() as client:
+        answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
+    # A proxy's timeout says nothing about the server: the generation is not run twice.
+    assert answer.status_code == 504 and answer.headers["retry-after"] == "7"
+    assert not any(s["path"] == "/v1/chat/completions" for s in other.seen)
+    assert remote_status(gw, "r")["upstreams"][0]["healthy"] is True
+
+
+def test_a_server_behind_a_path_prefix(tmp_path, servers, gateway) -> None:
+    proxied = serve(servers, "proxied", prefix="/llm/openai")
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [f"{proxied.url}/v1/"], "model": "there"}}},
+                                 local=False), model="r")
+    with gw.client() as client:
+        assert client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"] == "proxied"
+    assert "/llm/openai/v1/chat/completions" in proxied.paths_seen()
+
+
+def test_the_upstreams_idle_bound_cuts_a_stalled_stream(tmp_path, servers, gateway) -> None:
+    stalling = serve(servers, "stalling", chunk_delay_s=2)
+    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [stalling.url], "model": "there",
+                                                               "idle_timeout_s": 0.3}}}, local=False), model="r")
+    with gw.client() as client:
+        events = sse_data(client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT}).text)
+    assert "[DONE]" not in events
+    assert f"no output from upstream {stalling.url} of 'r' within idle_timeout_s (0.3s)" in \
+        json.loads(events[-1])["error"]["message"]
+
+
+def test_a_remote_model_is_served_with_switch_on_demand_off_and_preloading_it_loads_nothing(
+        tmp_path, servers, gateway) -> None:
+    remote = serve(servers, "one")
+    config = upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there"}}})
+    config.write_text(config.read_text() + "server: {switch_on_demand: false}\n")
+    gw = gateway(config, preload=["r"])  # as `serve a --preload r`
+    with gw.client() as client:
+        assert client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"] == "one"
+    wait_until(lambda: any(kind == "note" for kind, _ in gw.events), "the preload note")
+    assert ("note", "preload: r is served elsewhere: nothing to load") in gw.events
