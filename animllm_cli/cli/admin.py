@@ -145,7 +145,8 @@ def engines_table(engines, remotes=()):
              gib(e.vram_peak_bytes), f"{e.in_flight}/{e.waiting}",
              "-" if e.idle_s is None else f"{e.idle_s:.0f}s", unload(e)] for e in engines]
     rows += [[plain(r.model), "remote", "-", "-", "-", "-", f"{r.in_flight}/{r.waiting}", "-", "-"] for r in remotes]
-    shown = table("Resident models (VRAM GiB: NVML per process; ~ the plan's estimate)",
+    title = "Resident and remote models" if remotes else "Resident models"
+    shown = table(f"{title} (VRAM GiB: NVML per process; ~ the plan's estimate)",
                   ["model", "state", "GPU", "share", "VRAM", "peak", "run/wait", "idle", "unload"], rows,
                   no_wrap=("model", "state", "VRAM", "unload"))
     asleep = [f"{e.model}: {sleeping(e)}" for e in engines if e.sleep_level]

@@ -99,8 +99,12 @@ def _loaded_here(loaded, models: list[str]) -> None:
 def _expectation(loaded, name: str):
     from animllm_cli.errors import UsageError
 
-    profile = loaded.config.models[name].profile if name in loaded.config.models else None
+    spec = loaded.config.models.get(name)
+    profile = spec.profile if spec else None
     expectation = loaded.config.expectations.get(profile) if profile else None
+    if expectation is None and spec is not None and spec.remote and not profile:
+        raise UsageError(f"--check: '{name}' is served elsewhere and has no profile; expectations are per profile",
+                         hint=f"give models.{name} a `profile:` and add expectations.<profile> to the config")
     if expectation is None:
         raise UsageError(f"--check: no expectations for profile {profile!r} of '{name}'",
                          hint="add expectations.<profile> to the config")

@@ -113,7 +113,7 @@ def test_ps_and_status_show_a_remote_model_and_its_urls_health(remote_gateway) -
     ps = run_cli("ps")
     assert ps.exit_code == 0, ps.stderr
     shown = words(ps.stdout)
-    assert "r remote - - - - 0/0" in shown
+    assert shown.startswith("Resident and remote models") and "r remote - - - - 0/0" in shown
     assert f"r: {url} healthy" in shown
     assert f"r: {dead} out: unreachable:" in shown
     status = run_cli("status")
@@ -166,3 +166,5 @@ def test_bench_measures_a_remote_model_but_refuses_to_switch_to_it(remote_gatewa
     assert measured.exit_code == 0, measured.stderr
     assert json.loads(measured.stdout)["levels"][0]["summary"]["completed"] == 2
     assert running.requests_seen() == []  # the local engine saw none of them: the remote served them
+    checked = run_cli("bench", "r", "--check", "-n", "1")  # expectations are per profile: r has none
+    assert checked.exit_code == 2 and "'r' is served elsewhere and has no profile" in words(checked.stderr)
