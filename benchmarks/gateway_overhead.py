@@ -76,17 +76,26 @@ def start_remote(kind: str, log: Path) -> tuple[subprocess.Popen, str]:
                                  "--port", str(port)], env=env, stdout=sink, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+    wait_ready(proc, lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200 or None, "the remote server",
+               600, lambda: log.read_text()[-2000:])
+    return proc, url
+
+
+def wait_ready(proc: subprocess.Popen, ready, what: str, bound_s: float, output):
+    """Poll `ready()` until it gives something (not None): its answer. SystemExit with the
+    process's `output()` if it exits first, or when `bound_s` runs out."""
+    deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the remote server exited: {log.read_text()[-2000:]}")
+            raise SystemExit(f"{what} exited: {output()}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
+            answer = ready()
+            if answer is not None:
+                return answer
+        except (httpx.HTTPError, KeyError, ValueError):
             pass
         time.sleep(0.5)
-    raise SystemExit("the remote server was not ready in time")
+    raise SystemExit(f"{what} was not ready in time")
 
 
 def write_remote_config(directory: Path, kind: str, url: str) -> Path:
@@ -140,20 +149,16 @@ def start_gateway(config: Path, state: Path) -> tuple[subprocess.Popen, str, str
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"gateway exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            status = httpx.get(f"{url}/admin/status", timeout=2).json()
-            if status["remotes"] and any(u["healthy"] for u in status["remotes"][0]["upstreams"]):
-                return proc, url, None, {}
-            if status["engine"]["state"] == "ready":
-                return proc, url, status["engine"]["engine_url"], engine_key(status["engine"]["engine_pid"])
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise SystemExit("gateway not ready in time")
+
+    def ready():
+        status = httpx.get(f"{url}/admin/status", timeout=2).json()
+        if status["remotes"] and any(u["healthy"] for u in status["remotes"][0]["upstreams"]):
+            return proc, url, None, {}
+        if status["engine"]["state"] == "ready":
+            return proc, url, status["engine"]["engine_url"], engine_key(status["engine"]["engine_pid"])
+        return None
+
+    return wait_ready(proc, ready, "the gateway", 300, lambda: proc.stderr.read().decode()[-2000:])
 
 
 def engine_key(pid: int) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -60,3 +61,12 @@ def three_tiny_models() -> dict[str, Path]:
     from animllm_cli.demo.tiny_models import build_tiny_models
 
     return build_tiny_models(REPO_ROOT / ".pytest_cache" / "animllm-tiny-models")
+
+
+@pytest.fixture
+def upstream_servers() -> Iterator[list]:
+    """Fake remote servers (tests/fakes/upstream.py) a test starts and appends here: each stopped at the end."""
+    started: list = []
+    yield started
+    for server in started:
+        server.stop()

@@ -8,6 +8,7 @@ reach another host), and no key is ever part of a message.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -120,6 +121,12 @@ async def probe(client: httpx.AsyncClient, url: str, served_name: str, key: str 
                        key is not None)
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+async def probe_all(client: httpx.AsyncClient, spec: UpstreamSpec, served_name: str, key: str | None) -> list[Probe]:
+    """Every URL of the upstream at once, in the config's order."""
+    return list(await asyncio.gather(*(probe(client, url, served_name, key, spec.health_timeout_s)
+                                       for url in spec.urls)))
 
 
 def _reason(exc: BaseException) -> str:

@@ -473,13 +473,10 @@ def _remote_model(ctx: DoctorContext, name: str) -> Result:
 
 
 async def _probe_urls(spec: UpstreamSpec, served_name: str, key: str | None, tls) -> list[Probe]:
-    import asyncio
+    from animllm_cli.client.upstream import http_client, probe_all
 
-    from animllm_cli.client.upstream import http_client, probe
-
-    async with http_client(tls) as client:  # the gateway's health checks' own client
-        return list(await asyncio.gather(*(probe(client, url, served_name, key, spec.health_timeout_s)
-                                           for url in spec.urls)))
+    async with http_client(tls) as client:  # the gateway's health checks' own client and probe
+        return await probe_all(client, spec, served_name, key)
 
 
 def _judge_remote(name: str, spec: UpstreamSpec, probes: list[Probe]) -> Result:

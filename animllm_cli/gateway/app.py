@@ -64,7 +64,8 @@ class Gateway:
         self._limits = {name: self._concurrency(name) for name in loaded.config.models}
         rule = loaded.config.scheduler
         self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.pool.models,
-                                   remote=frozenset(self.upstreams.models), place=self.pool.fits, pinned=self.pool.pinned, asleep=lambda: self.pool.asleep,
+                                   remote=frozenset(self.upstreams.models), place=self.pool.fits,
+                                   pinned=self.pool.pinned, asleep=lambda: self.pool.asleep,
                                    queue_max=limits.queue_max, backoff_s=backoff_s, policy=rule.policy,
                                    max_wait_s=rule.max_wait_s, batch_factor=rule.batch_factor)
         self.admission = Admission(limits.vram_threshold)
@@ -293,24 +294,14 @@ async def proxy(request: Request, gw: Gateway) -> Response:
         payload["model"] = renamed or requested
         raw = json.dumps(payload).encode()
     remote = gw.upstreams.get(model)
-    if remote is not None:  # served elsewhere: never loaded here, no VRAM of ours
-        if remote.key_problem:
-            raise Refused(error(503, f"model '{model}' is served elsewhere and {remote.key_problem}",
-                                "engine_unavailable"), "upstream_key")
-        lease = gw.scheduler.try_acquire(model) or await _queue(gw, request, model, priority, deadlines)
-        if isinstance(lease, Response):
-            return lease
-        return await forward(gw, request, model, lease, raw, payload.get("stream") is True, deadlines)
-    residents = gw.pool.models
-    if not gw.switch_on_demand and residents and model not in residents:
-        raise Refused(error(409, f"model '{model}' is not loaded ({', '.join(residents)} is) and switch_on_demand "
-                                 f"is off", "model_not_loaded", param="model", code="model_not_loaded"), "not_loaded")
-    busy = gw.verdict.reason(model, resident=model in residents)
-    if busy:
-        raise Refused(error(503, f"busy: {busy}", "server_busy", retry_after=5), "pressure")
+    if remote is not None:
+        _admit_remote(model, remote.key_problem)
+    else:
+        _admit_local(gw, model)
     stream = payload.get("stream") is True
     lease = gw.scheduler.try_acquire(model)
-    if lease is None and stream and (model not in residents or model in gw.scheduler.draining):
+    loading = remote is None and (model not in gw.pool.models or model in gw.scheduler.draining)
+    if lease is None and stream and loading:
         refused = _refusal(gw, model)
         if refused is not None:
             return refused
@@ -322,6 +313,24 @@ async def proxy(request: Request, gw: Gateway) -> Response:
         if isinstance(lease, Response):
             return lease
     return await forward(gw, request, model, lease, raw, stream, deadlines)
+
+
+def _admit_remote(model: str, key_problem: str | None) -> None:
+    """A model served elsewhere: never loaded here and no VRAM of ours, so only its key matters."""
+    if key_problem:
+        raise Refused(error(503, f"model '{model}' is served elsewhere and {key_problem}", "engine_unavailable"),
+                      "upstream_key")
+
+
+def _admit_local(gw: Gateway, model: str) -> None:
+    """Refused before it waits: a switch that switch_on_demand forbids, or VRAM/KV pressure."""
+    residents = gw.pool.models
+    if not gw.switch_on_demand and residents and model not in residents:
+        raise Refused(error(409, f"model '{model}' is not loaded ({', '.join(residents)} is) and switch_on_demand "
+                                 f"is off", "model_not_loaded", param="model", code="model_not_loaded"), "not_loaded")
+    busy = gw.verdict.reason(model, resident=model in residents)
+    if busy:
+        raise Refused(error(503, f"busy: {busy}", "server_busy", retry_after=5), "pressure")
 
 
 async def _acquire(gw: Gateway, model: str, priority: float, deadlines: Deadlines) -> Lease:

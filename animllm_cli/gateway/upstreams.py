@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from animllm_cli.client.upstream import MissingKey, auth_headers, http_client, probe, tls_setting, upstream_key
+from animllm_cli.client.upstream import MissingKey, auth_headers, http_client, probe_all, tls_setting, upstream_key
 from animllm_cli.config import LoadedConfig
 from animllm_cli.config.schema import UpstreamSpec
 from animllm_cli.errors import ConfigError
@@ -102,8 +102,7 @@ class RemoteModel:
             for upstream in self.upstreams:
                 upstream.mark_failed(self.key_problem)
             return
-        probes = await asyncio.gather(*(probe(client, u.url, self.served_name, self.key, self.spec.health_timeout_s)
-                                        for u in self.upstreams))
+        probes = await probe_all(client, self.spec, self.served_name, self.key)  # in the order of self.upstreams
         for upstream, result in zip(self.upstreams, probes):
             if result.ok != upstream.healthy and (upstream.healthy is not None or not result.ok):
                 log.warning("upstream %s of '%s' is %s", upstream.url, self.name,

@@ -1,4 +1,4 @@
-"""The doctor's `upstreams` row against real in-process servers (tests/fakes/upstream.py):
+"""The doctor's `upstreams` row against real in-process upstream_servers (tests/fakes/upstream.py):
 a key's variable, the CA bundle, and each URL's answer to the gateway's own probe. The
 key must never show, whatever the verdict."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,17 +19,9 @@ from tests.helpers import free_port, run_cli, write
 KEY = "sk-upstream-7c1f0e"
 
 
-@pytest.fixture
-def servers() -> Iterator[list[FakeUpstream]]:
-    started: list[FakeUpstream] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-def serve(servers: list[FakeUpstream], served: list[str], **kwargs: Any) -> FakeUpstream:
+def serve(upstream_servers: list[FakeUpstream], served: list[str], **kwargs: Any) -> FakeUpstream:
     server = FakeUpstream("there", served, **kwargs).start()
-    servers.append(server)
+    upstream_servers.append(server)
     return server
 
 
@@ -46,8 +38,8 @@ def upstreams_row(config: Path, *args: str, env: dict[str, str] | None = None) -
     return result.exit_code, json.loads(result.stdout)["checks"][0], human.stdout
 
 
-def test_every_url_answering_with_the_key_passes_with_its_latency(nvml, engine_env, servers, tmp_path) -> None:
-    first, second = serve(servers, ["far"], key=KEY), serve(servers, ["far"], key=KEY)
+def test_every_url_answering_with_the_key_passes_with_its_latency(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    first, second = serve(upstream_servers, ["far"], key=KEY), serve(upstream_servers, ["far"], key=KEY)
     config = remote_config(tmp_path, {"urls": [first.url, f"{second.url}/v1"], "api_key_env": "FAR_KEY"})
     code, row, human = upstreams_row(config, env={"FAR_KEY": KEY})
     assert code == 0 and row["status"] == PASS and row["fix"] is None, row
@@ -56,14 +48,14 @@ def test_every_url_answering_with_the_key_passes_with_its_latency(nvml, engine_e
     assert first.paths_seen() == ["/v1/models", "/v1/models"]  # the JSON run, then the human one
 
 
-def test_the_name_there_is_what_the_server_must_list(nvml, engine_env, servers, tmp_path) -> None:
-    server = serve(servers, ["meta-llama/Llama-3.3-70B"])
+def test_the_name_there_is_what_the_server_must_list(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    server = serve(upstream_servers, ["meta-llama/Llama-3.3-70B"])
     config = remote_config(tmp_path, {"urls": server.url, "model": "meta-llama/Llama-3.3-70B"})
     assert upstreams_row(config)[1]["status"] == PASS
 
 
-def test_a_missing_key_variable_fails_naming_it(nvml, engine_env, servers, tmp_path) -> None:
-    server = serve(servers, ["far"], key=KEY)
+def test_a_missing_key_variable_fails_naming_it(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    server = serve(upstream_servers, ["far"], key=KEY)
     config = remote_config(tmp_path, {"urls": server.url, "api_key_env": "FAR_KEY"})
     code, row, _ = upstreams_row(config)
     assert code == 1 and row["status"] == FAIL
@@ -71,33 +63,33 @@ def test_a_missing_key_variable_fails_naming_it(nvml, engine_env, servers, tmp_p
     assert server.seen == []  # nothing was sent without the key
 
 
-def test_a_wrong_key_fails_with_the_url(nvml, engine_env, servers, tmp_path) -> None:
-    server = serve(servers, ["far"], key="the-right-one")
+def test_a_wrong_key_fails_with_the_url(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    server = serve(upstream_servers, ["far"], key="the-right-one")
     config = remote_config(tmp_path, {"urls": server.url, "api_key_env": "FAR_KEY"})
     code, row, _ = upstreams_row(config, env={"FAR_KEY": KEY})
     assert code == 1 and row["status"] == FAIL
     assert f"far: {server.url} refused the key (HTTP 401)" in row["detail"]
 
 
-def test_a_server_without_the_model_fails_listing_what_it_serves(nvml, engine_env, servers, tmp_path) -> None:
-    server = serve(servers, ["other-model"])
+def test_a_server_without_the_model_fails_listing_what_it_serves(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    server = serve(upstream_servers, ["other-model"])
     code, row, _ = upstreams_row(remote_config(tmp_path, {"urls": server.url}))
     assert code == 1 and row["status"] == FAIL
     assert "does not serve 'far'" in row["detail"] and "other-model" in row["detail"]
     assert "upstream.model" in row["detail"]
 
 
-def test_a_redirect_fails_and_is_not_followed(nvml, engine_env, servers, tmp_path) -> None:
-    elsewhere = serve(servers, ["far"])
-    server = serve(servers, ["far"], key=KEY, mode="redirect", redirect_to=elsewhere.url)
+def test_a_redirect_fails_and_is_not_followed(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    elsewhere = serve(upstream_servers, ["far"])
+    server = serve(upstream_servers, ["far"], key=KEY, mode="redirect", redirect_to=elsewhere.url)
     config = remote_config(tmp_path, {"urls": server.url, "api_key_env": "FAR_KEY"})
     code, row, _ = upstreams_row(config, env={"FAR_KEY": KEY})
     assert code == 1 and row["status"] == FAIL and "redirects (HTTP 307)" in row["detail"]
     assert elsewhere.seen == []  # the key never reached the other host
 
 
-def test_one_url_down_fails_and_names_it(nvml, engine_env, servers, tmp_path) -> None:
-    server, down = serve(servers, ["far"]), f"http://127.0.0.1:{free_port()}"
+def test_one_url_down_fails_and_names_it(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    server, down = serve(upstream_servers, ["far"]), f"http://127.0.0.1:{free_port()}"
     code, row, _ = upstreams_row(remote_config(tmp_path, {"urls": [server.url, down]}))
     assert code == 1 and row["status"] == FAIL
     assert f"far: {down} unreachable" in row["detail"] and f"{server.url} unreachable" not in row["detail"]
@@ -130,8 +122,8 @@ def test_a_key_over_plain_http_to_another_host_warns() -> None:
     assert "FAR_KEY" in result.detail and "https://" in result.fix and "12 ms" in result.detail
 
 
-def test_the_model_rows_leave_remote_models_out(nvml, engine_env, servers, tmp_path) -> None:
-    server = serve(servers, ["far"])
+def test_the_model_rows_leave_remote_models_out(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    server = serve(upstream_servers, ["far"])
     config = remote_config(tmp_path, {"urls": server.url})
     result = run_cli("doctor", "--json", "--skip", "port", "--config", str(config))
     report = json.loads(result.stdout)
@@ -142,8 +134,8 @@ def test_the_model_rows_leave_remote_models_out(nvml, engine_env, servers, tmp_p
     assert rows["upstreams"]["status"] == PASS
 
 
-def test_doctor_for_one_remote_model(nvml, engine_env, servers, tmp_path) -> None:
-    server = serve(servers, ["far"])
+def test_doctor_for_one_remote_model(nvml, engine_env, upstream_servers, tmp_path) -> None:
+    server = serve(upstream_servers, ["far"])
     config = remote_config(tmp_path, {"urls": server.url})
     result = run_cli("doctor", "--json", "--skip", "port", "--model", "far", "--config", str(config))
     rows = {c["id"]: c for c in json.loads(result.stdout)["checks"]}

@@ -23,18 +23,12 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
 
 @pytest.fixture
-def gateway_factory(tmp_path: Path):
-    started = []
-
+def gateway_factory(tmp_path: Path, gateways):
     def make(**kwargs):
         options = {k: kwargs.pop(k) for k in ("key", "host", "nvml", "wait", "model") if k in kwargs}
-        running = start_gateway(tmp_path, fake_gateway_config(tmp_path, **kwargs), **options)
-        started.append(running)
-        return running
+        return gateways(fake_gateway_config(tmp_path, **kwargs), **options)
 
-    yield make
-    for running in started:
-        running.stop()
+    return make
 
 
 def sse_events(text: str) -> list[str]:

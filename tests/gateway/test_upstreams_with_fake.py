@@ -1,5 +1,5 @@
 """Models served elsewhere (`upstream:`), through the real gateway, against fake remote
-servers that record what reached them: where keys go, redirects, TLS, spreading and
+upstream_servers that record what reached them: where keys go, redirects, TLS, spreading and
 failover (only while nothing reached the client), health in and out of rotation."""
 
 from __future__ import annotations
@@ -8,13 +8,12 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import trustme
 
 from tests.fakes.upstream import FakeUpstream
-from tests.gateway.harness import start_gateway
 from tests.helpers import REPO_ROOT, write
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -37,32 +36,10 @@ def upstream_config(tmp_path: Path, remotes: dict[str, dict[str, Any]], *, local
     """)
 
 
-@pytest.fixture
-def servers() -> Iterator[list[FakeUpstream]]:
-    started: list[FakeUpstream] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-def serve(servers: list[FakeUpstream], name: str, **kwargs: Any) -> FakeUpstream:
+def serve(upstream_servers: list[FakeUpstream], name: str, **kwargs: Any) -> FakeUpstream:
     server = FakeUpstream(name, kwargs.pop("served", ["there"]), **kwargs).start()
-    servers.append(server)
+    upstream_servers.append(server)
     return server
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Any]:
-    started: list[Any] = []
-
-    def start(config: Path, *, model: str = "a", key: str | None = None, preload: list[str] | None = None) -> Any:
-        gw = start_gateway(tmp_path, config, model=model, key=key, preload=preload)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
 
 
 def sse_data(text: str) -> list[str]:
@@ -84,10 +61,10 @@ def wait_until(check, what: str, timeout_s: float = 10) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_local_and_remote_models_through_one_gateway(tmp_path, servers, gateway, monkeypatch) -> None:
+def test_local_and_remote_models_through_one_gateway(tmp_path, upstream_servers, gateways, monkeypatch) -> None:
     monkeypatch.setenv("R_KEY", "remote-secret")
-    remote = serve(servers, "one", key="remote-secret")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [f"{remote.url}/v1"], "model": "there",
+    remote = serve(upstream_servers, "one", key="remote-secret")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [f"{remote.url}/v1"], "model": "there",
                                                                "api_key_env": "R_KEY"}, "aliases": ["rr"]}}),
                  key="gateway-secret")
     auth = {"authorization": "Bearer gateway-secret"}
@@ -111,11 +88,11 @@ def test_local_and_remote_models_through_one_gateway(tmp_path, servers, gateway,
     assert "remote-secret" not in json.dumps(remote_status(gw, "r", headers=auth))
 
 
-def test_each_key_goes_to_its_own_upstream_only(tmp_path, servers, gateway, monkeypatch) -> None:
+def test_each_key_goes_to_its_own_upstream_only(tmp_path, upstream_servers, gateways, monkeypatch) -> None:
     monkeypatch.setenv("ONE_KEY", "key-of-one")
     monkeypatch.setenv("TWO_KEY", "key-of-two")
-    one, two = serve(servers, "one", key="key-of-one"), serve(servers, "two", key="key-of-two")
-    gw = gateway(upstream_config(tmp_path, {
+    one, two = serve(upstream_servers, "one", key="key-of-one"), serve(upstream_servers, "two", key="key-of-two")
+    gw = gateways(upstream_config(tmp_path, {
         "r1": {"upstream": {"urls": [one.url], "model": "there", "api_key_env": "ONE_KEY"}},
         "r2": {"upstream": {"urls": [two.url], "model": "there", "api_key_env": "TWO_KEY"}}}, local=False),
         model="r1")
@@ -125,12 +102,12 @@ def test_each_key_goes_to_its_own_upstream_only(tmp_path, servers, gateway, monk
     assert "key-of-two" not in json.dumps(one.seen) and "key-of-one" not in json.dumps(two.seen)
 
 
-def test_a_redirect_is_never_followed_so_no_key_leaves_for_another_host(tmp_path, servers, gateway,
+def test_a_redirect_is_never_followed_so_no_key_leaves_for_another_host(tmp_path, upstream_servers, gateways,
                                                                           monkeypatch) -> None:
     monkeypatch.setenv("R_KEY", "remote-secret")
-    elsewhere = serve(servers, "elsewhere")
-    moved = serve(servers, "moved", key="remote-secret", mode="redirect", redirect_to=elsewhere.url)
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [moved.url], "model": "there",
+    elsewhere = serve(upstream_servers, "elsewhere")
+    moved = serve(upstream_servers, "moved", key="remote-secret", mode="redirect", redirect_to=elsewhere.url)
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [moved.url], "model": "there",
                                                                "api_key_env": "R_KEY"}}}, local=False), model="r")
     with gw.client() as client:
         answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
@@ -146,21 +123,21 @@ def test_ca() -> trustme.CA:
     return trustme.CA()
 
 
-def tls_server(servers: list[FakeUpstream], ca: trustme.CA) -> FakeUpstream:
+def tls_server(upstream_servers: list[FakeUpstream], ca: trustme.CA) -> FakeUpstream:
     import ssl
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(context)
-    return serve(servers, "tls", tls=context)
+    return serve(upstream_servers, "tls", tls=context)
 
 
 @pytest.mark.parametrize("setting, works", [({"ca_bundle": "ca.pem"}, True), ({}, False),
                                             ({"verify_tls": False}, True)])
-def test_tls_is_verified_against_the_ca_bundle_unless_turned_off(tmp_path, servers, gateway, test_ca, setting,
+def test_tls_is_verified_against_the_ca_bundle_unless_turned_off(tmp_path, upstream_servers, gateways, test_ca, setting,
                                                                  works) -> None:
     test_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    server = tls_server(servers, test_ca)
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [server.url], "model": "there", **setting}}},
+    server = tls_server(upstream_servers, test_ca)
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [server.url], "model": "there", **setting}}},
                  local=False), model="r")
     with gw.client() as client:
         answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
@@ -172,9 +149,9 @@ def test_tls_is_verified_against_the_ca_bundle_unless_turned_off(tmp_path, serve
 
 
 @pytest.mark.parametrize("failure", ["503", "drop"])
-def test_a_request_fails_over_before_anything_reached_the_client(tmp_path, servers, gateway, failure) -> None:
-    broken, good = serve(servers, "broken", mode=failure, health_mode="ok"), serve(servers, "good")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [broken.url, good.url], "model": "there",
+def test_a_request_fails_over_before_anything_reached_the_client(tmp_path, upstream_servers, gateways, failure) -> None:
+    broken, good = serve(upstream_servers, "broken", mode=failure, health_mode="ok"), serve(upstream_servers, "good")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [broken.url, good.url], "model": "there",
                                                                "health_interval_s": 60}}}, local=False), model="r")
     with gw.client() as client:
         plain = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
@@ -187,9 +164,9 @@ def test_a_request_fails_over_before_anything_reached_the_client(tmp_path, serve
     assert status[0]["healthy"] is False and status[1]["healthy"] is True
 
 
-def test_no_failover_once_the_stream_has_begun(tmp_path, servers, gateway) -> None:
-    dying, good = serve(servers, "dying", mode="die-mid-stream"), serve(servers, "good")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [dying.url, good.url], "model": "there",
+def test_no_failover_once_the_stream_has_begun(tmp_path, upstream_servers, gateways) -> None:
+    dying, good = serve(upstream_servers, "dying", mode="die-mid-stream"), serve(upstream_servers, "good")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [dying.url, good.url], "model": "there",
                                                                "health_interval_s": 60}}}, local=False), model="r")
     with gw.client() as client:
         streamed = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
@@ -200,9 +177,9 @@ def test_no_failover_once_the_stream_has_begun(tmp_path, servers, gateway) -> No
     assert remote_status(gw, "r")["upstreams"][0]["healthy"] is False
 
 
-def test_requests_go_to_the_url_with_the_fewest_outstanding(tmp_path, servers, gateway) -> None:
-    slow, fast = serve(servers, "slow", chunk_delay_s=0.5), serve(servers, "fast")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [slow.url, fast.url], "model": "there"}}},
+def test_requests_go_to_the_url_with_the_fewest_outstanding(tmp_path, upstream_servers, gateways) -> None:
+    slow, fast = serve(upstream_servers, "slow", chunk_delay_s=0.5), serve(upstream_servers, "fast")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [slow.url, fast.url], "model": "there"}}},
                                  local=False), model="r")
 
     def one(index: int) -> str:
@@ -217,9 +194,9 @@ def test_requests_go_to_the_url_with_the_fewest_outstanding(tmp_path, servers, g
     assert served.count("fast") >= 6 and served.count("slow") >= 1, served
 
 
-def test_an_unhealthy_url_leaves_rotation_and_comes_back(tmp_path, servers, gateway) -> None:
-    flaky, steady = serve(servers, "flaky", mode="503"), serve(servers, "steady")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [flaky.url, steady.url], "model": "there"}}},
+def test_an_unhealthy_url_leaves_rotation_and_comes_back(tmp_path, upstream_servers, gateways) -> None:
+    flaky, steady = serve(upstream_servers, "flaky", mode="503"), serve(upstream_servers, "steady")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [flaky.url, steady.url], "model": "there"}}},
                                  local=False), model="r")
     wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is False, "the health check to fail")
     with gw.client() as client:
@@ -234,9 +211,9 @@ def test_an_unhealthy_url_leaves_rotation_and_comes_back(tmp_path, servers, gate
     assert served == {"flaky", "steady"}
 
 
-def test_every_url_down_is_one_clear_error(tmp_path, servers, gateway) -> None:
-    one, two = serve(servers, "one", mode="503"), serve(servers, "two", mode="drop")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [one.url, two.url], "model": "there"}}},
+def test_every_url_down_is_one_clear_error(tmp_path, upstream_servers, gateways) -> None:
+    one, two = serve(upstream_servers, "one", mode="503"), serve(upstream_servers, "two", mode="drop")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [one.url, two.url], "model": "there"}}},
                                  local=False), model="r")
     with gw.client() as client:
         answer = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
@@ -244,10 +221,10 @@ def test_every_url_down_is_one_clear_error(tmp_path, servers, gateway) -> None:
     assert answer.status_code == 503 and one.url in message and two.url in message and "HTTP 503" in message
 
 
-def test_a_missing_key_variable_is_named(tmp_path, servers, gateway, monkeypatch) -> None:
+def test_a_missing_key_variable_is_named(tmp_path, upstream_servers, gateways, monkeypatch) -> None:
     monkeypatch.delenv("NOT_SET_KEY", raising=False)
-    remote = serve(servers, "one", key="k")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there",
+    remote = serve(upstream_servers, "one", key="k")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there",
                                                                "api_key_env": "NOT_SET_KEY"}}}))
     with gw.client() as client:
         answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
@@ -256,9 +233,9 @@ def test_a_missing_key_variable_is_named(tmp_path, servers, gateway, monkeypatch
     assert "NOT_SET_KEY" in remote_status(gw, "r")["key_problem"]
 
 
-def test_the_remote_concurrency_limit_queues_the_rest(tmp_path, servers, gateway) -> None:
-    slow = serve(servers, "slow", chunk_delay_s=0.3)
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [slow.url], "model": "there"},
+def test_the_remote_concurrency_limit_queues_the_rest(tmp_path, upstream_servers, gateways) -> None:
+    slow = serve(upstream_servers, "slow", chunk_delay_s=0.3)
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [slow.url], "model": "there"},
                                                   "concurrency": 1}}, local=False), model="r")
     with gw.client() as client, ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda _: client.post("/v1/chat/completions",
@@ -267,10 +244,10 @@ def test_the_remote_concurrency_limit_queues_the_rest(tmp_path, servers, gateway
     assert slow.most_open == 1 and len([s for s in slow.seen if s["path"] == "/v1/chat/completions"]) == 3
 
 
-def test_a_key_the_upstream_refuses_is_a_502_naming_the_variable(tmp_path, servers, gateway, monkeypatch) -> None:
+def test_a_key_the_upstream_refuses_is_a_502_naming_the_variable(tmp_path, upstream_servers, gateways, monkeypatch) -> None:
     monkeypatch.setenv("R_KEY", "stale-key")
-    remote = serve(servers, "one", key="current-key")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there",
+    remote = serve(upstream_servers, "one", key="current-key")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there",
                                                                "api_key_env": "R_KEY"}}}), key="gateway-key")
     with gw.client(headers={"authorization": "Bearer gateway-key"}) as client:
         answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
@@ -279,9 +256,9 @@ def test_a_key_the_upstream_refuses_is_a_502_naming_the_variable(tmp_path, serve
     assert "stale-key" not in answer.text
 
 
-def test_a_504_is_passed_on_without_failover(tmp_path, servers, gateway) -> None:
-    proxy, other = serve(servers, "proxy", mode="504", health_mode="ok"), serve(servers, "other")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [proxy.url, other.url], "model": "there",
+def test_a_504_is_passed_on_without_failover(tmp_path, upstream_servers, gateways) -> None:
+    proxy, other = serve(upstream_servers, "proxy", mode="504", health_mode="ok"), serve(upstream_servers, "other")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [proxy.url, other.url], "model": "there",
                                                                "health_interval_s": 60}}}, local=False), model="r")
     with gw.client() as client:
         answer = client.post("/v1/chat/completions", json={"model": "r", **CHAT})
@@ -291,18 +268,18 @@ def test_a_504_is_passed_on_without_failover(tmp_path, servers, gateway) -> None
     assert remote_status(gw, "r")["upstreams"][0]["healthy"] is True
 
 
-def test_a_server_behind_a_path_prefix(tmp_path, servers, gateway) -> None:
-    proxied = serve(servers, "proxied", prefix="/llm/openai")
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [f"{proxied.url}/v1/"], "model": "there"}}},
+def test_a_server_behind_a_path_prefix(tmp_path, upstream_servers, gateways) -> None:
+    proxied = serve(upstream_servers, "proxied", prefix="/llm/openai")
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [f"{proxied.url}/v1/"], "model": "there"}}},
                                  local=False), model="r")
     with gw.client() as client:
         assert client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"] == "proxied"
     assert "/llm/openai/v1/chat/completions" in proxied.paths_seen()
 
 
-def test_the_upstreams_idle_bound_cuts_a_stalled_stream(tmp_path, servers, gateway) -> None:
-    stalling = serve(servers, "stalling", chunk_delay_s=2)
-    gw = gateway(upstream_config(tmp_path, {"r": {"upstream": {"urls": [stalling.url], "model": "there",
+def test_the_upstreams_idle_bound_cuts_a_stalled_stream(tmp_path, upstream_servers, gateways) -> None:
+    stalling = serve(upstream_servers, "stalling", chunk_delay_s=2)
+    gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [stalling.url], "model": "there",
                                                                "idle_timeout_s": 0.3}}}, local=False), model="r")
     with gw.client() as client:
         events = sse_data(client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT}).text)
@@ -312,11 +289,11 @@ def test_the_upstreams_idle_bound_cuts_a_stalled_stream(tmp_path, servers, gatew
 
 
 def test_a_remote_model_is_served_with_switch_on_demand_off_and_preloading_it_loads_nothing(
-        tmp_path, servers, gateway) -> None:
-    remote = serve(servers, "one")
+        tmp_path, upstream_servers, gateways) -> None:
+    remote = serve(upstream_servers, "one")
     config = upstream_config(tmp_path, {"r": {"upstream": {"urls": [remote.url], "model": "there"}}})
     config.write_text(config.read_text() + "server: {switch_on_demand: false}\n")
-    gw = gateway(config, preload=["r"])  # as `serve a --preload r`
+    gw = gateways(config, preload=["r"])  # as `serve a --preload r`
     with gw.client() as client:
         assert client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"] == "one"
     wait_until(lambda: any(kind == "note" for kind, _ in gw.events), "the preload note")
