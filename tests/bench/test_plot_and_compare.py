@@ -1,0 +1,99 @@
+"""`bench --plot` and `bench --compare` from saved runs: files that are what their extension
+says, two runs side by side with B/A, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+from tests.bench.saved_runs import saved_run
+from tests.helpers import run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_writes_a_png_and_an_svg(tmp_path: Path) -> None:
+    saved = saved_run(tmp_path / "run.json")
+    for name in ("sweep.png", "sweep.svg"):
+        result = run_cli("bench", "--compare", str(saved), str(saved), "--plot", str(tmp_path / name))
+        assert result.exit_code == 0, result.stderr
+    png = (tmp_path / "sweep.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk: a real image, three panel rows
+    assert width >= 800 and height >= 1000
+    svg = ElementTree.parse(tmp_path / "sweep.svg").getroot()
+    assert svg.tag.endswith("svg")
+    text = (tmp_path / "sweep.svg").read_text()
+    for title in ("Time to first token", "Time per output token", "Output throughput", "Switches, phase by phase"):
+        assert title in text
+
+
+def test_a_run_without_switches_has_no_switch_panel(tmp_path: Path) -> None:
+    from animllm_cli.bench.plot import write_plot
+
+    saved = json.loads(saved_run(tmp_path / "run.json", switches=False, rate=True).read_text())
+    write_plot(tmp_path / "rate.svg", [("run", saved)])
+    text = (tmp_path / "rate.svg").read_text()
+    assert "request rate (req/s)" in text and "Switches, phase by phase" not in text
+
+
+def test_compare_side_by_side_with_ratios(tmp_path: Path) -> None:
+    a = saved_run(tmp_path / "a.json")
+    b = saved_run(tmp_path / "b.json", slower=2.0, levels=(1, 4, 16))
+    result = run_cli("bench", "--compare", str(a), str(b), "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [level["level"] for level in data["levels"]] == ["concurrency 1", "concurrency 4", "concurrency 8",
+                                                            "concurrency 16"]
+    rows = {row["metric"]: row for row in data["levels"][0]["metrics"]}
+    a_json, b_json = json.loads(a.read_text()), json.loads(b.read_text())
+    ttft_a, ttft_b = (run["levels"][0]["summary"]["ttft_ms"]["median"] for run in (a_json, b_json))
+    assert rows["TTFT median ms"]["a"] == ttft_a and rows["TTFT median ms"]["b"] == ttft_b
+    assert rows["TTFT median ms"]["ratio"] == pytest.approx(ttft_b / ttft_a)
+    only_a = {row["metric"]: row for row in data["levels"][2]["metrics"]}["completed"]
+    assert only_a["a"] == 12 and only_a["b"] is None and only_a["ratio"] is None
+    switch = {row["metric"]: row for row in data["switch"]}
+    assert switch["switch load_s median"]["ratio"] == pytest.approx(2.0)
+    assert data["notes"] == ["levels in one run only: concurrency 16, concurrency 8"]
+
+    human = run_cli("bench", "--compare", str(a), str(b))
+    assert "B/A" in human.stdout and "concurrency 16" in human.stdout
+    assert "note: levels in one run only" in human.stderr
+
+
+def test_compare_refuses_what_is_not_a_saved_run(tmp_path: Path) -> None:
+    good = saved_run(tmp_path / "good.json")
+    (tmp_path / "other.json").write_text('{"checks": []}')
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "future.json").write_text(good.read_text().replace('"schema_version": 1', '"schema_version": 9'))
+    for bad, says in (("other.json", "not a bench result"), ("broken.json", "not JSON"), ("future.json", "schema_version 9"),
+                      ("absent.json", "absent.json")):
+        result = run_cli("bench", "--compare", str(good), str(tmp_path / bad))
+        assert result.exit_code in (1, 2) and says in result.stderr, (bad, result.stderr)
+
+
+def test_compare_runs_nothing_so_run_options_are_refused(tmp_path: Path) -> None:
+    saved = saved_run(tmp_path / "run.json")
+    result = run_cli("bench", "tiny", "-c", "4", "--compare", str(saved), str(saved))
+    assert result.exit_code == 2 and "drop model, concurrency" in result.stderr
+
+
+@pytest.mark.parametrize("name, says", [("plot.jpg", ".png or .svg"), ("missing/plot.png", "does not exist")])
+def test_plot_path_refused_before_anything_runs(tmp_path: Path, name: str, says: str) -> None:
+    # No gateway runs here: a refusal that came after the sweep would say so instead.
+    result = run_cli("bench", "--plot", str(tmp_path / name))
+    assert result.exit_code == 2 and says in result.stderr
+
+
+def test_without_matplotlib_the_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    saved = saved_run(tmp_path / "run.json")
+    result = run_cli("bench", "--compare", str(saved), str(saved), "--plot", str(tmp_path / "p.png"))
+    assert result.exit_code == 1
+    assert "matplotlib" in result.stderr and "animllm-cli[plot]" in result.stderr
+    assert not (tmp_path / "p.png").exists()
