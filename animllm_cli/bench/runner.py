@@ -23,7 +23,7 @@ class BenchPlan:
     url: str
     model: str
     levels: list[int]
-    request_rate: float | None
+    request_rates: list[float]          # Poisson arrivals, one level per rate (instead of `levels`)
     requests: int
     input_len: int
     output_len: int
@@ -57,7 +57,7 @@ async def run_bench(plan: BenchPlan, out: Output) -> BenchResult:
                                                loadgen.request_body(plan.model, prompt(index), plan.output_len))
             if not sample.ok:
                 raise AnimllmError(f"warm-up request failed: {sample.error}")
-        runs = [(level, None) for level in plan.levels] or [(None, plan.request_rate)]
+        runs = [(level, None) for level in plan.levels] or [(None, rate) for rate in plan.request_rates]
         with out.progress() as progress:
             for concurrency, rate in runs:
                 task = progress.add_task(level_label(concurrency, rate), total=plan.requests)

@@ -15,14 +15,22 @@ if TYPE_CHECKING:
 
 
 def _levels(text: str) -> list[int]:
+    return _sweep("--concurrency", text, int, "numbers like 1,4,10", minimum=1)
+
+
+def _rates(text: str | None) -> list[float]:
+    return _sweep("--request-rate", text, float, "requests per second like 2 or 0.5,1,2", minimum=0.01) if text else []
+
+
+def _sweep(option: str, text: str, kind, example: str, *, minimum: float) -> list:
     from animllm_cli.errors import UsageError
 
     try:
-        levels = [int(part) for part in text.split(",") if part.strip()]
+        levels = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UsageError(f"--concurrency {text!r}: expected numbers like 1,4,10") from None
-    if not levels or any(level < 1 for level in levels):
-        raise UsageError(f"--concurrency {text!r}: each level must be at least 1")
+        raise UsageError(f"{option} {text!r}: expected {example}") from None
+    if not levels or any(level < minimum for level in levels):
+        raise UsageError(f"{option} {text!r}: each level must be at least {minimum:g}")
     return levels
 
 
@@ -31,8 +39,9 @@ def bench(
     model: Annotated[Optional[str], typer.Argument(help="Model to measure (default: default_model).", show_default=False,
                                                    autocompletion=common.complete_models)] = None,
     concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Levels to sweep, e.g. 1,4,10,32.")] = "1",
-    request_rate: Annotated[Optional[float], typer.Option("--request-rate", min=0.01,
-                                                          help="Poisson arrivals per second instead of fixed concurrency.")] = None,
+    request_rate: Annotated[Optional[str], typer.Option("--request-rate", metavar="R[,R…]", show_default=False,
+                                                        help="Poisson arrivals per second instead of fixed concurrency; "
+                                                             "a list sweeps them, e.g. 0.5,1,2.")] = None,
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Requests per level.")] = 20,
     input_len: Annotated[int, typer.Option("--input-len", min=1, help="Prompt length in the model's tokens.")] = 128,
     output_len: Annotated[int, typer.Option("--output-len", min=1, help="Tokens generated per request (ignore_eos).")] = 64,
@@ -75,8 +84,9 @@ def bench(
         raise UsageError("--switch needs at least two models, e.g. --switch coder,vision")
     if not url:  # the gateway's models are the config's; another server's are not ours to judge
         _loaded_here(loaded, switch_models)
-    plan = BenchPlan(url=url or common.gateway_url(loaded), model=name, levels=[] if request_rate else _levels(concurrency),
-                     request_rate=request_rate, requests=requests, input_len=input_len, output_len=output_len,
+    rates = _rates(request_rate)
+    plan = BenchPlan(url=url or common.gateway_url(loaded), model=name, levels=[] if rates else _levels(concurrency),
+                     request_rates=rates, requests=requests, input_len=input_len, output_len=output_len,
                      warmup=warmup, switch_models=switch_models, switch_rounds=switch_rounds,
                      api_key=os.environ.get(loaded.config.server.api_key_env))
     expectation = _expectation(loaded, name) if check else None  # fail before the run, not after

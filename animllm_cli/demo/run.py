@@ -338,7 +338,7 @@ class _ServedGateway:
 
         from animllm_cli.bench.runner import BenchPlan, run_bench
 
-        plan = BenchPlan(url=self.url, model=model, levels=[1, 4], request_rate=None, requests=8, input_len=32,
+        plan = BenchPlan(url=self.url, model=model, levels=[1, 4], request_rates=[], requests=8, input_len=32,
                          output_len=32, warmup=1, api_key=self.key)
         result = asyncio.run(run_bench(plan, self.out))
         return {level.concurrency: level.summary for level in result.levels}

@@ -49,9 +49,10 @@ def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:
 
 
 def test_request_rate_and_json_on_stdout(gateway) -> None:
-    result = run_cli("bench", "--request-rate", "40", "-n", "5", "--input-len", "8", "--output-len", "4", "--json", "-")
+    result = run_cli("bench", "--request-rate", "40,80", "-n", "5", "--input-len", "8", "--output-len", "4", "--json", "-")
     data = json.loads(result.stdout)
-    assert data["levels"][0]["request_rate"] == 40 and data["levels"][0]["summary"]["completed"] == 5
+    assert [level["request_rate"] for level in data["levels"]] == [40, 80]  # a sweep of rates, as of concurrency
+    assert all(level["concurrency"] is None and level["summary"]["completed"] == 5 for level in data["levels"])
     assert "samples" not in data["levels"][0]
 
 
@@ -69,6 +70,8 @@ def test_check_without_expectations_fails_before_running(gateway) -> None:
     assert result.exit_code == 2 and "no expectations for profile 'p'" in result.stderr
 
 
-def test_bad_concurrency_list() -> None:
+def test_bad_concurrency_or_rate_list() -> None:
     assert run_cli("bench", "-c", "1,x").exit_code == 2
     assert run_cli("bench", "-c", "0").exit_code == 2
+    assert "each level must be at least 0.01" in run_cli("bench", "--request-rate", "1,0").stderr
+    assert run_cli("bench", "--request-rate", "fast").exit_code == 2
