@@ -107,6 +107,12 @@ class Output:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=self._console(stderr=True), transient=True, disable=self.quiet)
 
+    def downloads(self) -> "Downloads":
+        """Byte progress on stderr for file transfers: a bar per file and one overall, with
+        size, speed and time left. Not a terminal: one line per finished file instead of an
+        animation. Quiet: nothing."""
+        return Downloads(self)
+
     def live(self, renderable: RenderableType) -> Live:
         """A view on stdout that `update()` redraws in place, such as an answer rendered as
         Markdown while it streams. It is the data itself, so quiet does not hide it."""
@@ -120,6 +126,65 @@ class Output:
         console.print(f"[bold red]error:[/bold red] {plain(message)}")
         if hint:
             console.print(f"[dim]hint:[/dim] {plain(hint)}")
+
+
+class Downloads:
+    """See `Output.downloads`. Files are keyed by their label; `overall` sets the bar that
+    sums them (a model's missing bytes)."""
+
+    def __init__(self, out: Output) -> None:
+        self._out = out
+        self._progress: Progress | None = None
+        self._overall: Any = None
+        self._files: dict[str, Any] = {}
+        self._done: dict[str, int] = {}
+
+    def __enter__(self) -> "Downloads":
+        console = self._out._console(stderr=True)
+        if not self._out.quiet and console.is_terminal:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def overall(self, description: str, total: int) -> None:
+        self._done.clear()
+        if self._progress is None:
+            return
+        if self._overall is not None:
+            self._progress.remove_task(self._overall)
+        self._overall = self._progress.add_task(plain(description), total=total or None)
+
+    def file_started(self, label: str, total: int | None, done: int = 0) -> None:
+        self._done[label] = done
+        if self._progress is not None:
+            self._files[label] = self._progress.add_task(f"  {plain(label)}", total=total, completed=done)
+            self._update_overall()
+
+    def file_position(self, label: str, done: int) -> None:
+        self._done[label] = done
+        if self._progress is not None and label in self._files:
+            self._progress.update(self._files[label], completed=done)
+            self._update_overall()
+
+    def file_finished(self, label: str, line: str) -> None:
+        """`line` (plain text) stays on stderr: in a log it is all that shows."""
+        if self._progress is not None and label in self._files:
+            self._progress.remove_task(self._files.pop(label))
+            self._progress.console.print(plain(line))
+        elif not self._out.quiet:
+            self._out._console(stderr=True).print(plain(line))
+
+    def _update_overall(self) -> None:
+        if self._progress is not None and self._overall is not None:
+            self._progress.update(self._overall, completed=sum(self._done.values()))
 
 
 def plain(text: object) -> str:

@@ -79,7 +79,7 @@ def root(
 
 
 def _register() -> None:
-    from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, models, plan, serve
+    from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, models, plan, pull, serve
 
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
@@ -94,6 +94,7 @@ def _register() -> None:
     app.command("bench")(bench.bench)
     app.command("demo")(demo.demo)
     app.command("models")(models.models)
+    app.command("pull")(pull.pull)
     app.add_typer(config_cmd.app, name="config")
 
 

@@ -433,7 +433,7 @@ def model_sources(ctx: DoctorContext) -> Result:
     if downloads:
         return Result(WARN, f"will be downloaded on first start: {', '.join(downloads)}"
                             + (f"; present: {', '.join(found)}" if found else ""),
-                      "pre-fetch with `huggingface-cli download <repo>` to avoid a slow first switch")
+                      "download them now with `animllm pull` (resumable), so a first start or switch does not wait for them")
     return Result(PASS, f"all present: {', '.join(found)}")
 
 

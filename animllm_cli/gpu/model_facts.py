@@ -33,11 +33,12 @@ class ModelFacts:
     present: bool = True             # the weights are on this machine (not only a shipped card)
 
 
-def facts_for(source: str, hf_cache: str | None) -> ModelFacts | None:
+def facts_for(source: str, hub_cache: Path | None) -> ModelFacts | None:
+    """`hub_cache`: the Hugging Face hub cache the engine reads (pull.hub.hub_settings)."""
     local = Path(source).expanduser()
     if local.is_dir() and (local / "config.json").is_file():
         return _from_directory(local, f"local files in {local}")
-    snapshot = _hf_cache_snapshot(source, hf_cache)
+    snapshot = _hf_cache_snapshot(source, hub_cache)
     card = find_card(source)
     if snapshot is not None:
         facts = _from_directory(snapshot, f"Hugging Face cache {snapshot}")
@@ -47,10 +48,10 @@ def facts_for(source: str, hf_cache: str | None) -> ModelFacts | None:
     return _from_card(card) if card else None
 
 
-def _hf_cache_snapshot(repo: str, hf_cache: str | None) -> Path | None:
-    if not hf_cache or repo.count("/") != 1:
+def _hf_cache_snapshot(repo: str, hub_cache: Path | None) -> Path | None:
+    if not hub_cache or repo.count("/") != 1:
         return None
-    snapshots = Path(hf_cache) / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots"
+    snapshots = Path(hub_cache) / f"models--{repo.replace('/', '--')}" / "snapshots"
     complete = [s for s in snapshots.glob("*") if (s / "config.json").is_file() and _weight_files(s)]
     return max(complete, key=lambda s: s.stat().st_mtime) if complete else None
 

@@ -40,6 +40,10 @@ class Gpu:
     used_bytes: int
     free_bytes: int
     processes: list[GpuProcess] = field(default_factory=list)
+    # Over the driver's last sample period: kernels running, and memory being read or
+    # written. None: the device or driver does not report it (some vGPUs, WSL).
+    utilization_gpu_percent: int | None = None
+    utilization_memory_percent: int | None = None
 
 
 @dataclass
@@ -102,8 +106,16 @@ def _read(nvml: ModuleType) -> GpuReport:
             index=index, name=_text(nvml.nvmlDeviceGetName(handle)), uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
             compute_capability=f"{major}.{minor}", architecture=architecture(major, minor),
             total_bytes=int(memory.total), used_bytes=int(memory.used), free_bytes=int(memory.free),
-            processes=_processes(nvml, handle)))
+            processes=_processes(nvml, handle), **_utilization(nvml, handle)))
     return report
+
+
+def _utilization(nvml: ModuleType, handle: Any) -> dict[str, int | None]:
+    try:
+        rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+    except nvml.NVMLError:  # NOT_SUPPORTED and the like: no figure, not a failed probe
+        return {}
+    return {"utilization_gpu_percent": int(rates.gpu), "utilization_memory_percent": int(rates.memory)}
 
 
 def _processes(nvml: ModuleType, handle: Any) -> list[GpuProcess]:

@@ -98,7 +98,8 @@ def assert_matches_readme(command: str, output: Any, *, not_exercised: set[str] 
 
 
 def test_the_readme_documents_each_json_output() -> None:
-    assert {"models", "doctor", "plan", "plan --together A,B", "status", "ps", "switch", "stop", "bench"} <= set(SCHEMAS)
+    assert {"models", "doctor", "plan", "plan --together A,B", "status", "ps", "switch", "stop", "bench",
+            "pull"} <= set(SCHEMAS)
 
 
 @pytest.fixture
@@ -224,3 +225,30 @@ def test_stop_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stopped = run_cli("stop", "--json")
     assert stopped.exit_code == 0, stopped.stderr
     assert_matches_readme("stop", json.loads(stopped.stdout))
+
+
+def test_pull_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fakes.hub import FakeHub
+
+    model = write(tmp_path / "m" / "config.json", "{}").parent
+    write(model / "model.safetensors", "weights")
+    write(model / "original" / "consolidated.pth", "not read by vLLM")
+    hub = FakeHub()
+    hub.add("org/m", "main", model)
+    hub.start()
+    try:
+        for var in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN_PATH"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        write(Path.cwd() / "animllm.yaml", f"""
+            inherit_defaults: false
+            paths: {{hf_cache: "{tmp_path / 'hf'}"}}
+            env: {{HF_ENDPOINT: "{hub.url}"}}
+            profiles: {{p: {{max_model_len: 512}}}}
+            models: {{m: {{source: org/m, profile: p}}}}
+        """)
+        result = run_cli("pull", "m", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert_matches_readme("pull", json.loads(result.stdout))
+    finally:
+        hub.stop()

@@ -32,7 +32,7 @@ def _imported(args: list[str], tmp_path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["config", "show", "coder", "--format", "args"], ["models", "--json"],
-                                  ["doctor", "--json"], ["plan", "--json"]])
+                                  ["doctor", "--json"], ["plan", "--json"], ["pull", "--help"]])
 def test_no_heavy_imports(args: list[str], tmp_path: Path) -> None:
     loaded = _imported(args, tmp_path)
     assert not loaded & set(HEAVY), f"{args} imported {sorted(loaded & set(HEAVY))}"
@@ -40,7 +40,7 @@ def test_no_heavy_imports(args: list[str], tmp_path: Path) -> None:
 
 def test_help_does_not_even_load_the_config_stack(tmp_path: Path) -> None:
     loaded = _imported(["--help"], tmp_path)
-    assert not loaded & {"pydantic", "yaml", "dotenv", "psutil", "pynvml"}
+    assert not loaded & {"pydantic", "yaml", "dotenv", "psutil", "pynvml", "huggingface_hub", "filelock"}
 
 
 def test_probe_can_see_an_import(tmp_path: Path) -> None:

@@ -165,6 +165,7 @@ def test_missing_local_model_fails_and_remote_ones_warn(nvml, engine_env, tmp_pa
     _, report = doctor()
     models = status(report, "models")
     assert models["status"] == "WARN" and "Qwen/Qwen2.5-14B-Instruct-AWQ, ~9.3 GiB" in models["detail"]
+    assert "`animllm pull`" in models["fix"] and "huggingface-cli" not in models["fix"]
 
 
 def test_busy_port_fails(nvml, engine_env) -> None:

@@ -43,7 +43,8 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
         engine: {json.dumps(settings)}
         env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_MODE: {mode}, FAKE_VLLM_AFTER: "{after}",
               FAKE_VLLM_CHUNK_DELAY: "{chunk_delay}", FAKE_VLLM_KV: "{kv}",
-              FAKE_VLLM_CRASH_MODELS: "{crash_models}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"
+              FAKE_VLLM_CRASH_MODELS: "{crash_models}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}",
+              HF_HUB_OFFLINE: "1"
               {"".join(f", {k}: {json.dumps(v)}" for k, v in (env or {}).items())}}}
         limits: {json.dumps({"request_timeout_s": 30, "queue_max": queue_max, "vram_threshold": 0.95, **(limits or {})})}
         profiles: {{p: {{max_model_len: 1024, concurrency: {concurrency}}}}}

@@ -1,0 +1,77 @@
+"""`serve` pulls what the models it loads lack before any engine starts; `--no-pull` skips it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from animllm_cli.config import load_config
+from animllm_cli.pull import PullProgress, ensure_present
+from tests.fakes.hub import FakeHub
+from tests.helpers import free_port, run_cli
+
+
+class Recorder(PullProgress):
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+
+    def file_finished(self, model, file) -> None:
+        self.finished.append(f"{model}:{file.path}")
+
+
+def test_ensure_present_pulls_the_missing_once(config: Path, hub: FakeHub) -> None:
+    loaded = load_config(config)
+    progress = Recorder()
+    pulled = ensure_present(loaded, ["tiny", "localdir", "far"], progress=progress)
+    assert [(m.model, m.status) for m in pulled] == [("tiny", "downloaded")]
+    assert "tiny:model.safetensors" in progress.finished
+    before = len(hub.seen)
+    assert ensure_present(load_config(config), ["tiny"]) == []
+    assert len(hub.seen) == before  # present: not even the hub is asked
+
+
+def test_ensure_present_offline_warns_and_leaves_it_to_the_engine(config: Path, hub: FakeHub,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    warnings: list[str] = []
+    assert ensure_present(load_config(config), ["tiny"], warn=warnings.append) == []
+    assert "HF_HUB_OFFLINE" in warnings[0] and hub.seen == []
+
+
+def test_ensure_present_failure_stops_the_start(config: Path, hub: FakeHub) -> None:
+    from animllm_cli.errors import AnimllmError
+
+    with pytest.raises(AnimllmError, match="org/not-there not found") as caught:
+        ensure_present(load_config(config), ["missing"])
+    assert "--no-pull" in (caught.value.hint or "")
+
+
+@pytest.fixture
+def foreground(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """serve up to the point where the gateway would start: what it was asked to load."""
+    from animllm_cli.cli import serve
+
+    started: list[str] = []
+    monkeypatch.setattr(serve, "_foreground", lambda out, loaded, name, *rest: started.append(name) or 0)
+    return started
+
+
+def test_serve_pulls_a_missing_model_before_starting(config: Path, hub: FakeHub, hf_cache: Path, foreground) -> None:
+    result = run_cli("serve", "tiny", "--port", str(free_port()))
+    assert result.exit_code == 0, result.stderr
+    assert foreground == ["tiny"]
+    assert "tiny: model.safetensors" in result.stderr
+    assert any((hf_cache / "hub" / "models--org--tiny" / "snapshots").rglob("model.safetensors"))
+
+
+def test_serve_no_pull_skips_it(config: Path, hub: FakeHub, foreground) -> None:
+    result = run_cli("serve", "tiny", "--port", str(free_port()), "--no-pull")
+    assert result.exit_code == 0, result.stderr
+    assert foreground == ["tiny"] and hub.seen == []
+
+
+def test_serve_of_a_missing_repo_stops_before_starting(config: Path, hub: FakeHub, foreground) -> None:
+    result = run_cli("serve", "missing", "--port", str(free_port()))
+    assert result.exit_code == 1 and foreground == []
+    assert "org/not-there not found" in result.stderr and "--no-pull" in result.stderr
