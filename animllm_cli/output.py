@@ -121,6 +121,29 @@ class Output:
         return Live(renderable, console=self._console(stderr=False), refresh_per_second=12,
                     vertical_overflow="visible")
 
+    def screen(self) -> Live:
+        """A full-screen view on stdout, in the terminal's alternate screen as top and nvtop
+        draw (leaving restores what was there). No refresh thread: the caller redraws with
+        `update(renderable, refresh=True)` at its own pace. For a terminal only."""
+        from rich.live import Live
+
+        return Live(console=self._console(stderr=False), screen=True, auto_refresh=False, transient=True,
+                    redirect_stdout=False, redirect_stderr=False)
+
+    def stdout_size(self) -> tuple[int, int]:
+        """stdout's (columns, rows): the terminal's own now (it may have been resized), else
+        COLUMNS and LINES, else 80 x 25."""
+        console = self._console(stderr=False)
+        return console.width, console.height
+
+    def stdout_is_terminal(self) -> bool:
+        return self._console(stderr=False).is_terminal
+
+    def json_line(self, data: Any) -> None:
+        """One result as one compact line (JSON Lines), flushed: for a stream of them."""
+        sys.stdout.write(json.dumps(jsonable(data), ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+
     def error(self, message: str, hint: str | None = None) -> None:
         console = self._console(stderr=True)
         console.print(f"[bold red]error:[/bold red] {plain(message)}")

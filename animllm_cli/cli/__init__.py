@@ -79,7 +79,7 @@ def root(
 
 
 def _register() -> None:
-    from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, models, plan, pull, serve
+    from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, models, plan, pull, serve, top
 
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
@@ -95,6 +95,7 @@ def _register() -> None:
     app.command("demo")(demo.demo)
     app.command("models")(models.models)
     app.command("pull")(pull.pull)
+    app.command("top")(top.top)
     app.add_typer(config_cmd.app, name="config")
 
 

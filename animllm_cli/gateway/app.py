@@ -42,6 +42,7 @@ ADMIN_PRIORITY = PRIORITY_LIMIT + 1   # `animllm switch` and the first load go b
 ENGINE_PROBE_TIMEOUT_S = 2.0          # the admission probe of the engine's /metrics
 LOADING_COMMENT_S = 5.0               # a stream waiting for a load hears what it waits for this often
 REMOTE_CONCURRENCY_PER_URL = 16       # a remote model's default concurrency, per upstream URL
+RECENT_SWITCHES = 10                  # /admin/status's recent_switches (the pool keeps more)
 
 
 class Gateway:
@@ -437,6 +438,7 @@ def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
         queues=gw.scheduler.queues(),
         backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
         busy=gw.verdict.summary, sleep_mode=gw.pool.sleep_status(), remotes=remote_statuses(gw),
+        recent_switches=gw.pool.switches[-RECENT_SWITCHES:],
         vram=VramStatus(gpus=[GpuMemory(index=g.index, name=g.name, total_bytes=g.total_bytes, used_bytes=g.used_bytes,
                                         free_bytes=g.free_bytes) for g in report.gpus], error=report.error))
 

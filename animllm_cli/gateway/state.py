@@ -330,6 +330,7 @@ class StatusReport(Report):
     vram: VramStatus
     sleep_mode: SleepModeStatus | None = None  # whether evicted engines can sleep here (vLLM sleep mode)
     remotes: list[RemoteStatus] = []  # the models served elsewhere, and their URLs' health
+    recent_switches: list[SwitchReport] = []  # the latest switches and unloads, oldest first (`animllm top`)
 
 
 class StopAnswer(Report):

@@ -252,3 +252,11 @@ def test_pull_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert_matches_readme("pull", json.loads(result.stdout))
     finally:
         hub.stop()
+
+
+def test_top_json(gateway_with_remote, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([FakeGpu()]))  # the GPUs `top` reads here
+    with gateway_with_remote.one_waiting(busy="a", waiting="b"):  # so that `queues` has an entry
+        result = run_cli("top", "--once", "--json", "--interval", "0.2")
+    assert result.exit_code == 0, result.stderr
+    assert_matches_readme("top --once", json.loads(result.stdout))

@@ -46,3 +46,8 @@ def test_help_does_not_even_load_the_config_stack(tmp_path: Path) -> None:
 def test_probe_can_see_an_import(tmp_path: Path) -> None:
     """The probe itself works: a command that does load pydantic shows it."""
     assert "pydantic" in _imported(["models", "--json"], tmp_path)
+
+
+def test_top_help_loads_neither_http_nor_the_metrics_parser(tmp_path: Path) -> None:
+    loaded = _imported(["top", "--help"], tmp_path)
+    assert not loaded & {*HEAVY, "prometheus_client", "psutil"}

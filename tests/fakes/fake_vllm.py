@@ -85,11 +85,29 @@ def make_app(names: list[str], mode: str, after: float):
             became_ready()
         return web.json_response({"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
+    # What vLLM's own /metrics says of the requests it runs and the tokens it generated
+    # (`animllm top` computes tokens/s from the counter).
+    counts = {"running": 0, "generated": 0}
+
     async def metrics(request):
-        return web.Response(text=f'vllm:kv_cache_usage_perc{{model_name="{names[0]}"}} {kv}\n'
-                                 f'vllm:num_requests_waiting{{model_name="{names[0]}"}} 0\n')
+        label = f'{{model_name="{names[0]}"}}'
+        return web.Response(text=f"# TYPE vllm:num_requests_running gauge\n"
+                                 f"vllm:num_requests_running{label} {counts['running']}\n"
+                                 f"# TYPE vllm:num_requests_waiting gauge\n"
+                                 f"vllm:num_requests_waiting{label} 0\n"
+                                 f"# TYPE vllm:kv_cache_usage_perc gauge\n"
+                                 f"vllm:kv_cache_usage_perc{label} {kv}\n"
+                                 f"# TYPE vllm:generation_tokens_total counter\n"
+                                 f"vllm:generation_tokens_total{label} {float(counts['generated'])}\n")
 
     async def complete(request):
+        counts["running"] += 1
+        try:
+            return await answer(request)
+        finally:
+            counts["running"] -= 1
+
+    async def answer(request):
         body = await request.json()
         if body.get("model") not in names:
             return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist."}},
@@ -103,6 +121,7 @@ def make_app(names: list[str], mode: str, after: float):
                     record({"model": body["model"], "stream": False, "gone": True})
                     return web.Response(status=499)
             record({"model": body["model"], "stream": False, "keys": sorted(body), "messages": body.get("messages")})
+            counts["generated"] += tokens
             text = " ".join(f"t{i}" for i in range(tokens))
             choice = {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
             return web.json_response({"id": "x", "object": "chat.completion", "model": names[0], "choices": [choice],
@@ -118,6 +137,7 @@ def make_app(names: list[str], mode: str, after: float):
                 event = {"id": "x", "object": "chat.completion.chunk", "model": names[0], "choices": [{"index": 0, **delta}]}
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
                 sent += 1
+                counts["generated"] += 1
                 if delay:
                     await asyncio.sleep(delay)
             if (body.get("stream_options") or {}).get("include_usage"):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from animllm_cli.units import GIB
 
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_NOT_SUPPORTED = 3
 
 
 class NVMLError(Exception):
@@ -37,6 +38,7 @@ class FakeGpu:
     engine_bytes: int | str = 0
     lists_processes: bool = True  # False: a driver that names no process (a container, Windows/WSL)
     asleep_bytes: int = 512 * 1024 * 1024  # what a sleeping fake engine keeps (see FAKE_VLLM_STATE_DIR)
+    utilization: tuple[int, int] | None = (0, 0)  # (gpu %, memory %); None: the driver says NOT_SUPPORTED
     index: int = 0                # set by FakeNvml
 
     def engines(self) -> list[tuple[int, int]]:
@@ -122,6 +124,11 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> SimpleNamespace:
         used = gpu.used + sum(held for _, held in gpu.engines())
         return SimpleNamespace(total=gpu.total, used=used, free=gpu.total - used)
+
+    def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> SimpleNamespace:
+        if gpu.utilization is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return SimpleNamespace(gpu=gpu.utilization[0], memory=gpu.utilization[1])
 
     def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
         if not gpu.lists_processes:

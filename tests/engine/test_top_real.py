@@ -1,0 +1,54 @@
+"""`animllm top --once --json` against real vLLM (CPU build) behind the gateway: the
+engine is listed ready, with its KV cache use and the tokens/s its own counter shows
+while streamed requests run."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.harness import start_bound_s, start_gateway
+from tests.helpers import free_port, run_cli, tiny_config
+
+pytestmark = pytest.mark.engine
+
+
+def test_top_once_json_measures_a_real_engine_while_it_streams(tiny_models: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(tmp_path / "animllm.yaml", {"tiny-a": tiny_models["tiny-a"]}, port=free_port())
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    gw = start_gateway(tmp_path, config, model="tiny-a")
+    stop = threading.Event()
+    streamed: list[int] = []
+
+    def stream_until_stopped() -> None:
+        request = {"model": "tiny-a", "max_tokens": 200, "stream": True,
+                   "ignore_eos": True, "messages": [{"role": "user", "content": "count"}]}
+        with httpx.Client(base_url=gw.url, timeout=start_bound_s(gw.gateway.loaded)) as client:
+            while not stop.is_set():
+                with client.stream("POST", "/v1/chat/completions", json=request) as answer:
+                    streamed.append(sum(1 for line in answer.iter_lines() if line.startswith("data: {")))
+
+    streams = [threading.Thread(target=stream_until_stopped, daemon=True) for _ in range(2)]
+    try:
+        for thread in streams:
+            thread.start()
+        result = run_cli("top", "--once", "--json", "--interval", "2")
+    finally:
+        stop.set()
+        for thread in streams:
+            thread.join(timeout=start_bound_s(gw.gateway.loaded))
+        gw.stop()
+    assert result.exit_code == 0, result.stderr
+    shot = json.loads(result.stdout)
+    (engine,) = shot["engines"]
+    print(f"\ntop --once --json on tiny-a: {engine}")
+    assert engine["model"] == "tiny-a" and engine["state"] == "ready"
+    assert engine["kv_cache_usage"] is not None and 0 <= engine["kv_cache_usage"] <= 1
+    assert engine["generation_tokens_per_s"] is not None and engine["generation_tokens_per_s"] > 0
+    assert shot["gateway"]["reachable"] is True and shot["recent_switches"][-1]["to_model"] == "tiny-a"
+    assert streamed and all(count > 0 for count in streamed)
