@@ -235,6 +235,13 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]], *, no_wr
     return result
 
 
+def stacked(*renderables: Any) -> Any:
+    """Renderables one under another, as one (a view built of tables and lines)."""
+    from rich.console import Group
+
+    return Group(*renderables)
+
+
 def phase_printer(out: Output, fmt: str) -> Any:
     """An engine `on_progress` callback that prints a line only when a model's start-up
     phase changes. `fmt` gets elapsed_s, model and phase."""

@@ -69,7 +69,11 @@ class Comparison:
 def read_saved(path: Path) -> dict[str, Any]:
     """A run saved by `bench --json PATH`, checked to be one."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+    except OSError as exc:  # missing, a directory, not readable
+        raise UsageError(f"{path}: {exc.strerror or exc}", hint="pass files written by `animllm bench --json PATH`") from None
+    try:
+        data = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{path}: not JSON ({exc})", hint="pass files written by `animllm bench --json PATH`") from None
     if not isinstance(data, dict) or "levels" not in data or "schema_version" not in data:

@@ -44,7 +44,7 @@ def pull(
         with out.downloads() as downloads:
             report = pull_models(loaded, names, revision=revision, progress=DrawnProgress(downloads))
     except KeyboardInterrupt:
-        out.error("interrupted: the partial file is kept in the cache", "run the same `animllm pull` again to resume")
+        out.error("interrupted: any partial file is kept in the cache", "run the same `animllm pull` again to resume")
         raise typer.Exit(INTERRUPTED) from None
     out.result(report, lambda r: _show(out, r), json=json_output)
     for failed in (m for m in report.models if m.status == "failed"):

@@ -33,27 +33,19 @@ class ModelFacts:
     present: bool = True             # the weights are on this machine (not only a shipped card)
 
 
-def facts_for(source: str, hub_cache: Path | None) -> ModelFacts | None:
-    """`hub_cache`: the Hugging Face hub cache the engine reads (pull.hub.hub_settings)."""
+def facts_for(source: str, cached: Path | None) -> ModelFacts | None:
+    """`cached`: the model's complete snapshot in the Hugging Face cache the engine reads,
+    at its revision (pull.hub.cached_snapshot), or None."""
     local = Path(source).expanduser()
     if local.is_dir() and (local / "config.json").is_file():
         return _from_directory(local, f"local files in {local}")
-    snapshot = _hf_cache_snapshot(source, hub_cache)
     card = find_card(source)
-    if snapshot is not None:
-        facts = _from_directory(snapshot, f"Hugging Face cache {snapshot}")
+    if cached is not None:
+        facts = _from_directory(cached, f"Hugging Face cache {cached}")
         if facts and card:
             facts.awq_variant = card.awq_variant
         return facts
     return _from_card(card) if card else None
-
-
-def _hf_cache_snapshot(repo: str, hub_cache: Path | None) -> Path | None:
-    if not hub_cache or repo.count("/") != 1:
-        return None
-    snapshots = Path(hub_cache) / f"models--{repo.replace('/', '--')}" / "snapshots"
-    complete = [s for s in snapshots.glob("*") if (s / "config.json").is_file() and _weight_files(s)]
-    return max(complete, key=lambda s: s.stat().st_mtime) if complete else None
 
 
 def _from_card(card: ModelCard) -> ModelFacts:

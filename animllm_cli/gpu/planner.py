@@ -118,16 +118,16 @@ def _budget(facts: ModelFacts, settings: dict[str, Any], notes: list[str]) -> Bu
                   settings.get("max_model_len") or facts.max_positions, 0 if settings.get("enforce_eager") else CUDA_GRAPH_BYTES)
 
 
-def hub_cache(loaded: LoadedConfig) -> Path:
-    """Where the engine (and `animllm pull`) keeps hub downloads: HF_HUB_CACHE, else
-    $HF_HOME/hub, from the environment the engine gets (paths.hf_cache is its HF_HOME)."""
-    from animllm_cli.pull.hub import hub_settings
+def cached(loaded: LoadedConfig, view: ModelView) -> Path | None:
+    """The model's complete snapshot where the engine (and `animllm pull`) keeps hub
+    downloads, at its revision: what "present" means for pull, serve, plan and doctor."""
+    from animllm_cli.pull.hub import cached_snapshot, hub_settings
 
-    return hub_settings(loaded).cache_dir
+    return cached_snapshot(view, hub_settings(loaded))
 
 
 def plan_model(loaded: LoadedConfig, view: ModelView, vram: int) -> ModelPlan:
-    facts = facts_for(view.engine_source, hub_cache(loaded))
+    facts = facts_for(view.engine_source, cached(loaded, view))
     if facts is None:
         return ModelPlan(view.name, view.engine_source, "unknown",
                          "no local copy, no Hugging Face cache entry and no shipped model card",
@@ -237,7 +237,7 @@ def model_quantization(loaded: LoadedConfig, model: str) -> str | None:
     view = loaded.model(model)
     if view.settings.get("quantization"):
         return view.settings["quantization"]
-    facts = facts_for(view.engine_source, hub_cache(loaded))
+    facts = facts_for(view.engine_source, cached(loaded, view))
     return facts.quantization if facts else None
 
 

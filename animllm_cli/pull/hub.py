@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from animllm_cli.config.loader import LoadedConfig
+from animllm_cli.config.loader import LoadedConfig, ModelView
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
@@ -32,7 +32,7 @@ class HubSettings:
     cache_dir: Path                 # the hub cache: <cache_dir>/models--org--name/{blobs,snapshots,refs}
     offline: bool
     offline_from: str | None        # where HF_HUB_OFFLINE was set (for messages)
-    token: str | None = None        # never printed
+    token: str | None = field(default=None, repr=False)  # never printed, not even in a repr
     token_from: str | None = None   # HF_TOKEN, HUGGING_FACE_HUB_TOKEN or the token file's path
     modelscope: bool = False        # VLLM_USE_MODELSCOPE: the engine downloads from ModelScope instead
 
@@ -132,3 +132,18 @@ def complete_snapshot(hub: HubSettings, repo: str, revision: str) -> Path | None
             return snapshot if all((snapshot / shard).is_file() for shard in shards) else None
     weights = [p for p in snapshot.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
     return snapshot if weights else None
+
+
+def model_revision(view: ModelView) -> str:
+    """The revision the engine loads: the model's (or its profile's) `revision`, else main."""
+    return view.settings.get("revision") or "main"
+
+
+def cached_snapshot(view: ModelView, hub: HubSettings) -> Path | None:
+    """The model's complete snapshot in the cache the engine reads, at its revision; None
+    for a local directory or a model not (wholly) there. The one test of "present" for
+    pull, serve, plan and doctor."""
+    source = view.engine_source
+    if Path(source).is_absolute() or source.count("/") != 1:
+        return None
+    return complete_snapshot(hub, source, model_revision(view))

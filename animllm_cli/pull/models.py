@@ -10,7 +10,7 @@ from typing import Any
 
 from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.errors import AnimllmError
-from animllm_cli.pull.hub import HubSettings, complete_snapshot, hub_settings
+from animllm_cli.pull.hub import COMMIT_HASH, HubSettings, cached_snapshot, complete_snapshot, hub_settings, model_revision
 
 # What vLLM never reads: other formats' weights, the original checkpoints some repos carry.
 SKIPPED = ("original/*", "*.gguf", "*.onnx", "*.onnx_data", "*.msgpack", "*.h5", "*.ot", "*.pth", "*.pt",
@@ -86,7 +86,7 @@ def default_targets(loaded: LoadedConfig) -> list[str]:
     wanted = []
     for name in loaded.local_model_names():
         view = loaded.model(name)
-        if not _is_local_dir(view) and complete_snapshot(hub, view.engine_source, _revision(view)) is None:
+        if not _is_local_dir(view) and cached_snapshot(view, hub) is None:
             wanted.append(name)
     return wanted
 
@@ -114,7 +114,7 @@ def ensure_present(loaded: LoadedConfig, names: list[str], *, progress: PullProg
     missing = []
     for name in dict.fromkeys(names):
         view = loaded.model(name)
-        if view.remote or _is_local_dir(view) or complete_snapshot(hub, view.engine_source, _revision(view)):
+        if view.remote or _is_local_dir(view) or cached_snapshot(view, hub):
             continue
         if hub.offline or hub.modelscope:
             why = f"{hub.offline_from} is set" if hub.offline else "VLLM_USE_MODELSCOPE is set"
@@ -135,10 +135,6 @@ def ensure_present(loaded: LoadedConfig, names: list[str], *, progress: PullProg
 # ---------------------------------------------------------------------- one model
 def _is_local_dir(view: ModelView) -> bool:
     return Path(view.engine_source).is_absolute()
-
-
-def _revision(view: ModelView) -> str:
-    return view.settings.get("revision") or "main"
 
 
 def _revision_key(view: ModelView, override: str | None) -> str:
@@ -163,7 +159,7 @@ def _pull_one(loaded: LoadedConfig, hub: HubSettings, view: ModelView, override:
                          note="a local directory: nothing to download" if present else None,
                          error=None if present else f"{view.name}: source directory {source} does not exist",
                          hint=None if present else f"fix models.{view.name}.source or copy the model there")
-    pull = ModelPull(view.name, source, revision=override or _revision(view))
+    pull = ModelPull(view.name, source, revision=override or model_revision(view))
     started = time.monotonic()
     try:
         if hub.modelscope:
@@ -206,17 +202,25 @@ def wanted_files(siblings: list[tuple[str, int | None]]) -> tuple[list[tuple[str
 
 
 def _download(hub: HubSettings, pull: ModelPull, progress: PullProgress, revision_key: str) -> None:
-    from animllm_cli.pull.transfer import fetch_file, write_ref
+    from animllm_cli.pull.transfer import fetch_file, inside, write_ref
 
     with _hub_errors(hub, pull, revision_key):
         from huggingface_hub import HfApi
 
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # the library's own tqdm bars: ours are drawn instead
         info = HfApi(endpoint=hub.endpoint).model_info(pull.source, revision=pull.revision, files_metadata=True,
                                                        token=hub.token_arg)
         commit = info.sha
+        if not COMMIT_HASH.match(commit or ""):  # it names a folder in the cache
+            raise AnimllmError(f"{hub.endpoint} gave {pull.source} the commit {str(commit)[:80]!r}, "
+                               "not a 40-character hash; refused as a cache path")
         keep, pull.skipped_files = wanted_files([(s.rfilename, s.size) for s in info.siblings or []])
         snapshot = hub.repo_dir(pull.source) / "snapshots" / commit
         pull.commit, pull.snapshot = commit, str(snapshot)
+        for path, _ in keep:  # names from the server become paths: every one checked before anything is fetched
+            inside(snapshot, path)
         pull.files = [PulledFile(path, size) for path, size in keep]
         pull.total_bytes = sum(f.size or 0 for f in pull.files)
         missing = [f for f in pull.files if not (snapshot / f.path).is_file()]
@@ -256,10 +260,16 @@ class _hub_errors:
 
 
 def _translate(exc: Exception, hub: HubSettings, pull: ModelPull, revision_key: str) -> AnimllmError | None:
-    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
-                                       RevisionNotFoundError)
+    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError,
+                                       OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
 
     repo, where = pull.source, hub.endpoint
+    if isinstance(exc, HFValidationError):  # before any request: the name itself
+        return AnimllmError(f"models.{pull.model}.source {repo!r} is not a Hugging Face repo id: "
+                            f"{str(exc).splitlines()[0]}", hint="write it as org/name, or give a local directory")
+    if isinstance(exc, OfflineModeIsEnabled):  # the shell's HF_HUB_OFFLINE, read by the library at import
+        return AnimllmError(f"huggingface_hub is in offline mode (HF_HUB_OFFLINE was set when it loaded): "
+                            f"{repo} cannot be downloaded", hint="unset HF_HUB_OFFLINE in the shell to pull")
     no_token = "no Hugging Face token is set: export HF_TOKEN=hf_... (or run `hf auth login`)"
     if isinstance(exc, GatedRepoError):  # a subclass of RepositoryNotFoundError: first
         if hub.token is None:
@@ -283,6 +293,10 @@ def _translate(exc: Exception, hub: HubSettings, pull: ModelPull, revision_key: 
         return AnimllmError(f"cannot reach the Hugging Face hub at {where}: {exc}",
                             hint="check the network (or HF_ENDPOINT); with the model already cached, "
                                  "HF_HUB_OFFLINE=1 uses the cache only")
+    if type(exc).__name__ == "FileMetadataError":  # by name: its module moved between versions
+        return AnimllmError(f"{where} answered for a file of {repo} without the headers a hub sends "
+                            f"(ETag, X-Repo-Commit): {str(exc).splitlines()[0]}",
+                            hint="HF_ENDPOINT must be the Hugging Face hub or a mirror of it")
     if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError)):
         return AnimllmError(f"writing {repo} into {hub.cache_dir}: {exc.strerror or exc}")
     return None

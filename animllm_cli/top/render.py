@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 from animllm_cli.units import GIB
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
-
     from animllm_cli.top.snapshot import EngineRow, Snapshot
 
 NARROW = 70                 # columns: below this, tables drop their less important columns
@@ -25,22 +23,26 @@ STATE_STYLES = {"ready": "green", "dead": "bold red", "starting": "yellow", "wak
                 "switching": "yellow", "draining": "yellow", "stopping": "yellow", "sleeping": "blue"}
 
 
-def render(shot: Snapshot, width: int, height: int | None = None, *, live: bool = False) -> RenderableType:
+def render(shot: Snapshot, width: int, height: int | None = None, *, live: bool = False) -> Any:
     """The whole view. `height`: the rows there are (live), so that the recent switches
     take only what is left; None (a snapshot printed once) shows SWITCHES_SHOWN."""
-    from rich.console import Group
+    from animllm_cli.output import stacked
 
     parts: list[Any] = [_title(shot, live), *_gateway_lines(shot), "", _gpus(shot, width)]
     used = len(parts) - 1 + _rows(parts[-1])
     if shot.gateway.reachable:
         engines = _engines(shot, width)
-        parts += ["", engines]
-        used += 1 + _rows(engines)
+        # The phase tells a 40-second load from a hung one: a line under the table, so that
+        # the table's columns keep their width.
+        phases = [_line(f"{e.model} {e.state}: {e.phase}", style="yellow") for e in shot.engines
+                  if e.phase and e.phase != e.state]
+        parts += ["", engines, *phases]
+        used += 1 + _rows(engines) + len(phases)
     room = SWITCHES_SHOWN if height is None else min(SWITCHES_SHOWN, height - used - 2)
     if shot.recent_switches and room > 0:
         parts += ["", _line("recent switches", style="bold")]
         parts += [_line(_switch(s)) for s in reversed(shot.recent_switches[-room:])]
-    return Group(*(_line("") if part == "" else part for part in parts))
+    return stacked(*(_line("") if part == "" else part for part in parts))
 
 
 def _rows(part: Any) -> int:

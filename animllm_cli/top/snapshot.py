@@ -124,6 +124,7 @@ class GpuRow:
 class EngineRow:
     model: str | None
     state: str
+    phase: str | None                 # while starting: the engine's start-up phase (a load takes tens of seconds)
     gpus: list[int]
     vram_bytes: int | None            # NVML, per process (None: not measured)
     in_flight: int                    # the gateway's: requests sent to it
@@ -180,7 +181,8 @@ def snapshot(current: Scrape, previous: Scrape | None = None) -> Snapshot:
 
 def _engine_row(engine: Any, now: EngineMetrics | None, before: EngineMetrics | None, seconds: float) -> EngineRow:
     figures = now or EngineMetrics()
-    return EngineRow(engine.model, engine.state, list(engine.gpus), engine.vram_bytes, engine.in_flight,
+    phase = engine.phase if engine.state in ("starting", "waking") else None
+    return EngineRow(engine.model, engine.state, phase, list(engine.gpus), engine.vram_bytes, engine.in_flight,
                      engine.waiting, figures.requests_running, figures.requests_waiting, figures.kv_cache_usage,
                      tokens_per_s(before, now, seconds))
 

@@ -32,6 +32,7 @@ class Sampler:
     def __init__(self, reader: Reader, interval_s: float) -> None:
         self.reader, self.interval_s = reader, interval_s
         self.latest: Snapshot | None = None
+        self.failure: Exception | None = None  # what stopped the thread (a bug, not a silent gateway)
         self.fresh = threading.Event()    # set when `latest` changed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="animllm-top-sampler", daemon=True)
@@ -47,13 +48,17 @@ class Sampler:
 
     def _run(self) -> None:
         previous: Scrape | None = None
-        while not self._stop.is_set():
-            current = self.reader.read()
-            self.latest = snapshot(current, previous)
-            self.fresh.set()
-            previous = current
-            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - current.at)))
-        self.reader.close()
+        try:
+            while not self._stop.is_set():
+                current = self.reader.read()
+                self.latest = snapshot(current, previous)
+                self.fresh.set()
+                previous = current
+                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - current.at)))
+        except Exception as exc:  # the view must not freeze on a stale snapshot: it ends, saying why
+            self.failure = exc
+        finally:
+            self.reader.close()
 
 
 class Leave(Exception):
@@ -125,6 +130,10 @@ def run(sampler: Sampler, draw: Callable[[Snapshot], None], *, size: Callable[[]
         try:
             shown_size = None
             while True:
+                if sampler.failure is not None:
+                    from animllm_cli.errors import AnimllmError
+
+                    raise AnimllmError(f"top stopped: reading the gateway and GPUs failed: {sampler.failure!r}")
                 if sampler.latest is not None and (sampler.fresh.is_set() or
                                                    (not every_snapshot_only and size() != shown_size)):
                     sampler.fresh.clear()

@@ -72,9 +72,9 @@ def test_compare_refuses_what_is_not_a_saved_run(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{")
     (tmp_path / "future.json").write_text(good.read_text().replace('"schema_version": 1', '"schema_version": 9'))
     for bad, says in (("other.json", "not a bench result"), ("broken.json", "not JSON"), ("future.json", "schema_version 9"),
-                      ("absent.json", "absent.json")):
+                      ("absent.json", "absent.json"), (".", "Is a directory")):
         result = run_cli("bench", "--compare", str(good), str(tmp_path / bad))
-        assert result.exit_code in (1, 2) and says in result.stderr, (bad, result.stderr)
+        assert result.exit_code == 2 and says in result.stderr, (bad, result.stderr)
 
 
 def test_compare_runs_nothing_so_run_options_are_refused(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ sys.argv = ["animllm", *json.loads(os.environ["PROBE_ARGS"])]
 from animllm_cli.cli import main
 main()
 """
-HEAVY = ("torch", "vllm", "transformers", "uvicorn", "fastapi", "starlette", "aiohttp", "httpx", "numpy")
+HEAVY = ("torch", "vllm", "transformers", "uvicorn", "fastapi", "starlette", "aiohttp", "httpx", "numpy", "matplotlib")
 
 
 def _imported(args: list[str], tmp_path: Path) -> set[str]:
@@ -51,3 +51,14 @@ def test_probe_can_see_an_import(tmp_path: Path) -> None:
 def test_top_help_loads_neither_http_nor_the_metrics_parser(tmp_path: Path) -> None:
     loaded = _imported(["top", "--help"], tmp_path)
     assert not loaded & {*HEAVY, "prometheus_client", "psutil"}
+
+
+def test_matplotlib_only_with_plot(tmp_path: Path) -> None:
+    """bench --compare reads and prints two runs without the plotting stack; --plot loads it."""
+    from tests.bench.saved_runs import saved_run
+
+    saved = str(saved_run(tmp_path / "run.json"))
+    plain = _imported(["bench", "--compare", saved, saved], tmp_path)
+    assert not plain & {"matplotlib", "numpy", "PIL"}
+    drawn = _imported(["bench", "--compare", saved, saved, "--plot", str(tmp_path / "p.png")], tmp_path)
+    assert "matplotlib" in drawn and (tmp_path / "p.png").stat().st_size > 0

@@ -115,6 +115,6 @@ def test_detached_gateway_log_is_private(monkeypatch: pytest.MonkeyPatch) -> Non
     log = paths.state_dir() / "gateway.log"
     log.write_text("an older run\n")
     os.chmod(log, 0o644)
-    result = run_cli("serve", "--detach", "--port", str(free_port()))
+    result = run_cli("serve", "--detach", "--no-pull", "--port", str(free_port()))
     assert result.exit_code == 1 and "the gateway says hi" in result.stderr, result.stderr
     assert mode(log) == 0o600 and mode(log.parent) == 0o700

@@ -51,7 +51,8 @@ def test_json_schema(nvml: FakeNvml, engine_env) -> None:
         if check["status"] == "PASS":
             assert check["fix"] is None
     assert set(report["gpus"]["gpus"][0]) == {"index", "name", "uuid", "compute_capability", "architecture",
-                                              "total_bytes", "used_bytes", "free_bytes", "processes"}
+                                              "total_bytes", "used_bytes", "free_bytes", "processes",
+                                              "utilization_gpu_percent", "utilization_memory_percent"}
 
 
 def test_healthy_box_passes_the_gpu_rows(nvml: FakeNvml, engine_env) -> None:

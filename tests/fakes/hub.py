@@ -38,6 +38,7 @@ class FakeHub:
     seen: list[dict[str, Any]] = field(default_factory=list)
     cut_after: int | None = None
     interrupt_after: int | None = None
+    redirect_to: str | None = None   # a CDN's base URL: files answer 302 there, as the hub's LFS files do
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
@@ -99,6 +100,10 @@ class FakeHub:
         data = found.files[path]
         headers = {"X-Repo-Commit": found.commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
                    "Accept-Ranges": "bytes"}
+        if self.redirect_to:  # the hub's way for LFS files: the blob's etag and size in X-Linked-*
+            return web.Response(status=302, headers={
+                "X-Repo-Commit": found.commit, "X-Linked-Etag": headers["ETag"], "X-Linked-Size": str(len(data)),
+                "Location": f"{self.redirect_to}/{repo}/resolve/{found.commit}/{path}"})
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(data))})
         start = _range_start(request.headers.get("Range"))

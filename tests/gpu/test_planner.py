@@ -114,7 +114,7 @@ def test_local_model_uses_config_json_and_safetensors_headers(tmp_path: Path) ->
 def test_hugging_face_cache_is_read_before_the_card(tmp_path: Path) -> None:
     snapshot = tmp_path / "hf" / "hub" / "models--Qwen--Qwen2.5-Coder-7B-Instruct-AWQ" / "snapshots" / "abc"
     _fake_local_model(snapshot, layers=4, kv_heads=1, tensor_bytes=4096)
-    facts = facts_for("Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", tmp_path / "hf" / "hub")
+    facts = facts_for("Qwen/Qwen2.5-Coder-7B-Instruct-AWQ", snapshot)
     assert facts.weight_bytes == 4096 and facts.basis.startswith("Hugging Face cache")
 
 

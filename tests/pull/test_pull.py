@@ -193,3 +193,59 @@ def test_plan_and_doctor_see_what_pull_downloaded(config, hub: FakeHub, tmp_path
     doctor = json.loads(run_cli("doctor", "--json", "--only", "models", "--model", "tiny", env=elsewhere).stdout)
     (row,) = [c for c in doctor["checks"] if c["id"] == "models"]
     assert row["status"] == "PASS" and "tiny" in row["detail"]
+
+
+def test_the_token_goes_to_the_hub_and_never_to_the_cdn_a_file_redirects_to(config, hub: FakeHub, hf_cache: Path,
+                                                                              tiny_models) -> None:
+    cdn = FakeHub()
+    cdn.add("org/gated", "main", tiny_models["tiny-b"])  # the same files: the commit is the same
+    cdn.start()
+    try:
+        hub.redirect_to = cdn.url
+        result = _pull("gated", env={"HF_TOKEN": "hf_secret_token"})
+        assert result.exit_code == 0, result.stderr
+        assert cdn.gets() and all("Authorization" not in s["headers"] for s in cdn.seen)
+        assert all(s["headers"].get("Authorization") == "Bearer hf_secret_token" for s in hub.seen)
+        _same_files(snapshot_of(hf_cache, "org/gated", hub.repos["org/gated"]["main"].commit), tiny_models["tiny-b"])
+    finally:
+        cdn.stop()
+
+
+def _blob_partial(hf_cache: Path, data: bytes) -> Path:
+    import hashlib
+
+    blobs = hf_cache / "hub" / "models--org--tiny" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial = blobs / f"{hashlib.sha256(data).hexdigest()}.incomplete"
+    return partial
+
+
+def test_a_partial_file_already_whole_is_not_fetched_and_one_too_long_starts_over(config, hub: FakeHub,
+                                                                                  hf_cache: Path, tiny_models) -> None:
+    weights = (tiny_models["tiny-a"] / "model.safetensors").read_bytes()
+    whole = _blob_partial(hf_cache, weights)
+    whole.write_bytes(weights)  # an earlier pull stopped between the last byte and the rename
+    config_json = (tiny_models["tiny-a"] / "config.json").read_bytes()
+    too_long = _blob_partial(hf_cache, config_json)
+    too_long.write_bytes(config_json + b"garbage from a proxy that ignored Range")
+    result = _pull("tiny")
+    assert result.exit_code == 0, result.stderr
+    assert not [s for s in hub.gets() if s["path"].endswith("model.safetensors")]
+    (config_get,) = [s for s in hub.gets() if s["path"].endswith("/config.json")]
+    assert "Range" not in config_get["headers"]
+    _same_files(snapshot_of(hf_cache, "org/tiny", hub.repos["org/tiny"]["main"].commit), tiny_models["tiny-a"])
+
+
+def test_a_source_that_is_no_repo_id_is_named(config: Path) -> None:
+    config.write_text(config.read_text() + '  odd: {source: "Qwen/Qwen2.5 7B", profile: p}\n')
+    result = run_cli("pull", "odd")
+    assert result.exit_code == 1 and "models.odd.source 'Qwen/Qwen2.5 7B' is not a Hugging Face repo id" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_names_from_the_hub_never_leave_the_cache(config, hub: FakeHub, hf_cache: Path) -> None:
+    hub.repos["org/tiny"]["main"].files["../../escape.txt"] = b"outside"
+    result = run_cli("pull", "tiny")
+    assert result.exit_code == 1 and "would be written outside" in result.stderr
+    assert not list(hf_cache.rglob("escape.txt")) and not (hf_cache / "hub" / "escape.txt").exists()
+    assert hub.gets() == []  # every name is checked before any file is fetched

@@ -22,8 +22,8 @@ def busy_box() -> Snapshot:
                              finished_at=time.time() - i) for i in range(10)]
     return Snapshot(time.time(), 1.0, gateway,
                     [GpuRow(0, "NVIDIA GeForce RTX 5080", 16 * GIB, 14 * GIB, 87, 41)], None,
-                    engines=[EngineRow(LONG, "ready", [0], 7 * GIB, 4, 2, 4, 0, 0.123, 41.5),
-                             EngineRow("vision", "starting", [0], None, 0, 1, None, None, None, None)],
+                    engines=[EngineRow(LONG, "ready", None, [0], 7 * GIB, 4, 2, 4, 0, 0.123, 41.5),
+                             EngineRow("vision", "starting", "loading weights", [0], None, 0, 1, None, None, None, None)],
                     remotes=[RemoteStatus(model="big", served_name="big",
                                           upstreams=[UpstreamStatus(url="http://10.0.0.5:8000", healthy=True)])],
                     queue_depth=3, in_flight=4, queues={"vision": ModelQueue(waiting=1, oldest_wait_s=12.5)},
@@ -43,7 +43,7 @@ def test_at_80_columns_every_column_shows() -> None:
     text = "\n".join(lines)
     assert len(lines) <= 24, text
     for expected in ("http://127.0.0.1:8000", "pid 4242", "q quits", "queue 3", "GeForce RTX 5080", "14.0/16.0",
-                     "87%", "41%", "GPU", "VRAM", "run/wait", "queued", "KV", "tok/s", "12%", "41.5", "4/0", "starting",
+                     "87%", "41%", "GPU", "VRAM", "run/wait", "queued", "KV", "tok/s", "12%", "41.5", "4/0", "starting", "vision starting: loading weights",
                      "remote 1/1", "refusing requests", "recent switches", "-> " + LONG + " ok 34.5s (max_wait)"):
         assert expected in text, f"{expected!r} missing:\n{text}"
 

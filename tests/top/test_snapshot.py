@@ -3,6 +3,8 @@ either of vLLM's names, and engines that expose nothing."""
 
 from __future__ import annotations
 
+import pytest
+
 import time
 
 from animllm_cli.gateway.state import EngineStatus, GatewayProcess, StatusReport, SwitchReport, VramStatus
@@ -96,3 +98,22 @@ def test_snapshot_without_a_gateway_keeps_the_gpus() -> None:
     shot = snapshot(alone)
     assert shot.engines == [] and shot.gpu_error == "no NVIDIA driver (NVML not found)"
     assert shot.to_json()["gateway"]["problem"] == "no gateway is running"
+
+
+def test_a_reader_that_fails_ends_the_view_with_the_reason_instead_of_freezing_it() -> None:
+    from animllm_cli.errors import AnimllmError
+    from animllm_cli.top.view import Sampler, run
+
+    class Broken:
+        closed = False
+
+        def read(self):
+            raise RuntimeError("boom")
+
+        def close(self) -> None:
+            self.closed = True
+
+    reader = Broken()
+    with pytest.raises(AnimllmError, match="boom"):
+        run(Sampler(reader, 0.1), lambda shot: None, size=lambda: (80, 24))  # type: ignore[arg-type]
+    assert reader.closed
