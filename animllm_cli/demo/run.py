@@ -10,7 +10,6 @@ the demo talks to it only over HTTP, through the same clients as the other comma
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import signal
 import subprocess
@@ -18,11 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from animllm_cli import paths
 from animllm_cli.errors import AnimllmError
 from animllm_cli.output import Output
+from animllm_cli.signals import sigterm_raises
 
 if TYPE_CHECKING:
     from animllm_cli.bench.metrics import LevelSummary
@@ -93,7 +93,7 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
 
     loaded = load_config(config_path)
     gateway = _ServedGateway(loaded, config_path, root / "state", out)
-    with _terminate_as_interrupt():
+    with sigterm_raises(KeyboardInterrupt):
         try:
             out.info("[bold]2/6[/] starting the gateway (`animllm serve tiny-a`) and tiny-a")
             summary["start_s"] = gateway.start("tiny-a")
@@ -119,23 +119,6 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     summary["wall_s"] = time.monotonic() - started
     _show(out, summary)
     return 0 if not summary["left"] and summary["exit_code"] == 0 else 1
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM to the demo stops the gateway it started, as Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _ServedGateway:

@@ -9,14 +9,12 @@ terminal was resized.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from animllm_cli.top.snapshot import Reader, Scrape, Snapshot, snapshot
 
@@ -63,18 +61,6 @@ class Sampler:
 
 class Leave(Exception):
     """SIGTERM: leave the view the way `q` does, through every `finally`."""
-
-
-@contextlib.contextmanager
-def leaving_on_sigterm() -> Iterator[None]:
-    def leave(signum: int, frame: Any) -> None:
-        raise Leave()
-
-    previous = signal.signal(signal.SIGTERM, leave)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class Keys:
@@ -126,7 +112,9 @@ def run(sampler: Sampler, draw: Callable[[Snapshot], None], *, size: Callable[[]
     """Draw each new snapshot (and again on a resize) until `q`, Ctrl-C or SIGTERM, which
     all return normally: leaving top is not a failure. `every_snapshot_only`: a stream
     (not a terminal) gets each snapshot once, never a redraw."""
-    with leaving_on_sigterm(), Keys() as keys, sampler:
+    from animllm_cli.signals import sigterm_raises
+
+    with sigterm_raises(Leave), Keys() as keys, sampler:
         try:
             shown_size = None
             while True:

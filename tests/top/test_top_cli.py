@@ -153,14 +153,28 @@ def _read_until(fd: int, wanted: bytes, seen: bytearray, bound_s: float) -> bool
     return wanted in seen
 
 
-@pytest.mark.parametrize("columns", [80, 60])
-def test_q_leaves_the_full_screen_view_with_exit_0_and_the_terminal_restored(columns: int) -> None:
+@contextlib.contextmanager
+def top_in_terminal(columns: int = 80) -> Iterator[tuple[subprocess.Popen, int, int, list]]:
+    """`animllm top` in a pseudo-terminal of 24 rows: (process, master, slave, the
+    terminal's settings before it started); killed at the end if it did not leave by itself."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     before = termios.tcgetattr(slave)
     process = _in_terminal(slave, "top", "--interval", "0.2")
-    seen = bytearray()
     try:
+        yield process, master, slave, before
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_q_leaves_the_full_screen_view_with_exit_0_and_the_terminal_restored(columns: int) -> None:
+    seen = bytearray()
+    with top_in_terminal(columns) as (process, master, slave, before):
         assert _read_until(master, b"animllm top", seen, START_BOUND_S), seen.decode(errors="replace")
         assert b"\x1b[?1049h" in seen  # the alternate screen
         os.write(master, b"q")
@@ -170,27 +184,13 @@ def test_q_leaves_the_full_screen_view_with_exit_0_and_the_terminal_restored(col
         assert termios.tcgetattr(slave) == before  # cbreak undone: echo and line editing back
         drawn = seen.decode(errors="replace")
         assert "gateway not running" in drawn and "q quits" in drawn
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        os.close(master)
-        os.close(slave)
 
 
 def test_ctrl_c_leaves_with_exit_0() -> None:
-    master, slave = pty.openpty()
-    process = _in_terminal(slave, "top", "--interval", "0.2")
-    try:
+    with top_in_terminal() as (process, master, _, _):
         assert _read_until(master, b"animllm top", bytearray(), START_BOUND_S)
         os.write(master, b"\x03")  # the terminal turns it into SIGINT
         assert process.wait(timeout=LEAVE_BOUND_S) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        os.close(master)
-        os.close(slave)
 
 
 def test_a_pipe_gets_one_json_line_per_refresh_until_sigterm() -> None:
