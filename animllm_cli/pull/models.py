@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.errors import AnimllmError
 from animllm_cli.pull.hub import COMMIT_HASH, HubSettings, cached_snapshot, complete_snapshot, hub_settings, model_revision
 
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 # What vLLM never reads: other formats' weights, the original checkpoints some repos carry.
 SKIPPED = ("original/*", "*.gguf", "*.onnx", "*.onnx_data", "*.msgpack", "*.h5", "*.ot", "*.pth", "*.pt",
            ".gitattributes")
@@ -201,6 +203,20 @@ def wanted_files(siblings: list[tuple[str, int | None]]) -> tuple[list[tuple[str
     return [(p, size) for p, size in siblings if not unread(p)], [p for p, _ in siblings if unread(p)]
 
 
+def indexed_only(files: list[tuple[str, int | None]], index: Path) -> tuple[list[tuple[str, int | None]], list[str]]:
+    """Without the top-level safetensors the index does not name: vLLM loads only those it
+    names, and some repos carry the same weights twice (Mistral's consolidated.safetensors)."""
+    try:
+        named = set(json.loads(index.read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return files, []  # an index we cannot read: take everything, as the engine would find it
+
+    def unused(path: str) -> bool:
+        return path.endswith(".safetensors") and "/" not in path and path not in named
+
+    return [(p, size) for p, size in files if not unused(p)], [p for p, _ in files if unused(p)]
+
+
 def _download(hub: HubSettings, pull: ModelPull, progress: PullProgress, revision_key: str) -> None:
     from animllm_cli.pull.transfer import fetch_file, inside, write_ref
 
@@ -221,7 +237,15 @@ def _download(hub: HubSettings, pull: ModelPull, progress: PullProgress, revisio
         pull.commit, pull.snapshot = commit, str(snapshot)
         for path, _ in keep:  # names from the server become paths: every one checked before anything is fetched
             inside(snapshot, path)
-        pull.files = [PulledFile(path, size) for path, size in keep]
+        index_fetched = 0
+        if any(path == SAFETENSORS_INDEX for path, _ in keep):  # small, and it says which weights vLLM loads
+            index_fetched = fetch_file(hub, pull.source, commit, SAFETENSORS_INDEX,
+                                       on_start=lambda size, resume_from: None, on_position=lambda n: None)
+            keep, unindexed = indexed_only(keep, snapshot / SAFETENSORS_INDEX)
+            pull.skipped_files += unindexed
+        pull.files = [PulledFile(path, size, "downloaded" if path == SAFETENSORS_INDEX and index_fetched else "present")
+                      for path, size in keep]
+        pull.downloaded_bytes += index_fetched
         pull.total_bytes = sum(f.size or 0 for f in pull.files)
         missing = [f for f in pull.files if not (snapshot / f.path).is_file()]
         progress.model_started(pull, missing)
@@ -237,7 +261,7 @@ def _download(hub: HubSettings, pull: ModelPull, progress: PullProgress, revisio
             file.status = "downloaded"
             progress.file_finished(pull.model, file)
         write_ref(hub, pull.source, pull.revision, commit)
-        pull.status = "downloaded" if missing else "present"
+        pull.status = "downloaded" if missing or index_fetched else "present"
 
 
 class _hub_errors:

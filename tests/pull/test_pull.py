@@ -249,3 +249,18 @@ def test_names_from_the_hub_never_leave_the_cache(config, hub: FakeHub, hf_cache
     assert result.exit_code == 1 and "would be written outside" in result.stderr
     assert not list(hf_cache.rglob("escape.txt")) and not (hf_cache / "hub" / "escape.txt").exists()
     assert hub.gets() == []  # every name is checked before any file is fetched
+
+
+def test_weights_the_index_does_not_name_are_not_downloaded(config, hub: FakeHub, hf_cache: Path) -> None:
+    """A repo with its weights twice (Mistral's consolidated.safetensors beside the indexed shards)."""
+    files = hub.repos["org/tiny"]["main"].files
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {"w": "model.safetensors"}}).encode()
+    files["consolidated.safetensors"] = files["model.safetensors"]
+    result = _pull("tiny")
+    assert result.exit_code == 0, result.stderr
+    (model,) = json.loads(result.stdout)["models"]
+    assert "consolidated.safetensors" in model["skipped_files"]
+    assert not [s for s in hub.gets() if s["path"].endswith("consolidated.safetensors")]
+    index = next(f for f in model["files"] if f["path"] == "model.safetensors.index.json")
+    assert index["status"] == "downloaded" and model["downloaded_bytes"] == model["total_bytes"]
+    assert run_cli("plan", "tiny", "--json", env={"ANIMLLM_GPU__VRAM_GIB": "16"}).exit_code == 0
