@@ -31,11 +31,13 @@ class GatewayRefused(AnimllmError):
 
 
 class AdminClient:
-    def __init__(self, state: GatewayState, key_env: str) -> None:
+    def __init__(self, state: GatewayState, key_env: str, *, timeout: httpx.Timeout | float | None = None) -> None:
+        """`timeout`: by default 10 s to connect and no bound on reading (a switch takes what
+        a load takes); a view that refreshes (top) passes its own short bound."""
         self.state = state
         self.key_env = key_env
         self.http = httpx.Client(base_url=state.url, headers=bearer(os.environ.get(key_env)),
-                                 timeout=httpx.Timeout(10.0, read=None))
+                                 timeout=timeout if timeout is not None else httpx.Timeout(10.0, read=None))
 
     @classmethod
     def find(cls, key_env: str) -> "AdminClient":
@@ -45,6 +47,10 @@ class AdminClient:
         return cls(state, key_env)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -54,12 +60,19 @@ class AdminClient:
             hint = (f"this gateway needs its API key: export {self.key_env}=<the key it was started with> "
                     "in this shell" if response.status_code == 401 else None)
             raise GatewayRefused(response.status_code, server_message(response), hint)
-        return response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        return response
+
+    def close(self) -> None:
+        self.http.close()
 
     def status(self) -> StatusReport:
         report = StatusReport.model_validate(self._call("GET", "/admin/status"))
         report.url = self.state.url
         return report
+
+    def metrics(self) -> str:
+        """The gateway's /metrics: its own and its engines' (Prometheus text)."""
+        return self._send("GET", "/metrics").text
 
     def switch(self, model: str) -> SwitchReport:
         return SwitchReport.model_validate(self._call("POST", "/admin/switch", json={"model": model}))

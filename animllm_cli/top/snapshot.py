@@ -5,7 +5,6 @@ to show, as the GPUs are worth showing without one."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +45,7 @@ class Reader:
     def __init__(self, key_env: str, *, nvml_module: Any = None) -> None:
         self.key_env = key_env
         self.nvml_module = nvml_module
-        self._http: Any = None
+        self._client: Any = None    # client.admin.AdminClient, for the gateway the state file names now
 
     def read(self) -> Scrape:
         from animllm_cli.gpu import nvml
@@ -59,8 +58,8 @@ class Reader:
         return Scrape(time.monotonic(), time.time(), gpus, gateway, status, metrics)
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
+        if self._client is not None:
+            self._client.close()
 
     def _read_gateway(self) -> tuple[GatewayInfo, Any, dict[str, EngineMetrics]]:
         from animllm_cli.client.admin import NotRunning
@@ -74,38 +73,27 @@ class Reader:
         if state is None:
             missing = NotRunning()
             return GatewayInfo(problem=missing.message, hint=missing.hint), None, {}
+        return self._ask(state)
+
+    def _ask(self, state: Any) -> tuple[GatewayInfo, Any, dict[str, EngineMetrics]]:
+        from animllm_cli.client.admin import AdminClient, GatewayRefused, GatewayUnreachable
+
         info = GatewayInfo(url=state.url, running=True, pid=state.pid)
-        return self._ask(info)
-
-    def _ask(self, info: GatewayInfo) -> tuple[GatewayInfo, Any, dict[str, EngineMetrics]]:
-        import httpx
-
-        from animllm_cli.client.openai import server_message
-        from animllm_cli.credentials import bearer
-        from animllm_cli.gateway.state import StatusReport
-
-        if self._http is None or str(self._http.base_url).rstrip("/") != info.url:
+        if self._client is None or self._client.state.url != state.url:
             self.close()
-            self._http = httpx.Client(base_url=info.url, headers=bearer(os.environ.get(self.key_env)),
-                                      timeout=HTTP_TIMEOUT_S)
+            self._client = AdminClient(state, self.key_env, timeout=HTTP_TIMEOUT_S)
         try:
-            answer = self._http.get("/admin/status")
-            if answer.status_code >= 400:
-                info.problem = f"the gateway answered {answer.status_code}: {server_message(answer)}"
-                if answer.status_code == 401:
-                    info.hint = f"export {self.key_env}=<the key it was started with> in this shell"
-                return info, None, {}
-            status = StatusReport.model_validate(answer.json())
-        except (httpx.HTTPError, ValueError) as exc:
-            info.problem = f"the gateway at {info.url} does not answer: {exc or type(exc).__name__}"
-            info.hint = "`animllm status` says more; `animllm stop` ends a gateway that hangs"
+            status = self._client.status()
+        except (GatewayRefused, GatewayUnreachable) as exc:
+            info.problem, info.hint = exc.message, exc.hint
             return info, None, {}
-        status.url = info.url
+        except ValueError as exc:  # an answer that is not a status report
+            info.problem = f"the gateway at {state.url} answered something that is not a status: {exc}"
+            return info, None, {}
         info.reachable, info.uptime_s = True, status.gateway.uptime_s
         try:
-            exposition = self._http.get("/metrics")
-            metrics = parse(exposition.text) if exposition.status_code == 200 else {}
-        except httpx.HTTPError:  # figures missing this time; the engines' states still show
+            metrics = parse(self._client.metrics())
+        except (GatewayRefused, GatewayUnreachable):  # figures missing this time; the engines' states still show
             metrics = {}
         return info, status, metrics
 
