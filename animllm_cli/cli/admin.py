@@ -211,11 +211,19 @@ def plain_note(report) -> str:
 
 
 def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.", autocompletion=common.complete_models)],
+           no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not first download the model when the "
+                                                                 "Hugging Face cache lacks it (the engine then fetches it).")] = False,
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """Load a model now, evicting only what it must (after their in-flight requests finish); report the timings."""
     out = common.output(ctx)
     loaded = common.load(ctx, config)
     client = _client_of(loaded)
+    name = common.model_resolver(loaded)(model)[0]  # as the gateway will: a task picks a loaded model first
+    if not no_pull and name in loaded.local_model_names():
+        # Before anything is evicted: the download (minutes) must not happen with the GPU emptied.
+        from animllm_cli.cli.pull import pull_missing
+
+        pull_missing(out, loaded, [name])
     waiting = f"asking the gateway about {model}" if _served_elsewhere(loaded, model) else \
         f"loading {model} (an eviction waits for in-flight requests)"
     with out.status(waiting):

@@ -52,6 +52,21 @@ def pull(
     raise typer.Exit(report.exit_code)
 
 
+def pull_missing(out, loaded, names: list[str]) -> None:
+    """For `serve` and `switch`: download the models about to load that the cache lacks, as
+    `animllm pull` does, so that the engine's start phases begin after the download rather
+    than during it (with no progress but its log's)."""
+    from animllm_cli.pull import ensure_present
+
+    try:
+        with out.downloads() as downloads:
+            ensure_present(loaded, names, progress=DrawnProgress(downloads), warn=out.warn)
+    except KeyboardInterrupt:
+        out.error("interrupted while pulling: any partial file is kept in the cache",
+                  "`animllm pull` resumes it (so do the next `serve` and `switch`)")
+        raise typer.Exit(INTERRUPTED) from None
+
+
 class DrawnProgress:
     """A pull's progress (animllm_cli.pull.PullProgress) drawn by `Output.downloads()`;
     `serve` draws its pulls with it too."""

@@ -53,7 +53,9 @@ def serve(
     _stop_leftovers(out, loaded)
     _check_port_free(host, port)
     if not no_pull:
-        _pull_missing(out, loaded, [name, *preloads])
+        from animllm_cli.cli.pull import pull_missing
+
+        pull_missing(out, loaded, [name, *preloads])
     if detach:
         argv = _child_argv(ctx, config, name, host, port, sets, gpu_memory_utilization, max_model_len)
         argv.append("--no-pull")  # pulled here, in the foreground, with its progress in this terminal
@@ -73,21 +75,6 @@ def _stop_leftovers(out, loaded) -> None:
             out.warn(f"could not stop {item.describe()}: pids {item.left} still alive")
         else:
             out.warn(f"stopped {item.describe()}")
-
-
-def _pull_missing(out, loaded, names: list[str]) -> None:
-    """Download the models about to load that the cache lacks, as `animllm pull` does, so
-    that the engine's start phases begin after the download rather than during it."""
-    from animllm_cli.cli.pull import INTERRUPTED, DrawnProgress
-    from animllm_cli.pull import ensure_present
-
-    try:
-        with out.downloads() as downloads:
-            ensure_present(loaded, names, progress=DrawnProgress(downloads), warn=out.warn)
-    except KeyboardInterrupt:
-        out.error("interrupted while pulling: the partial file is kept in the cache",
-                  "`animllm pull` or the next `serve` resumes it")
-        raise typer.Exit(INTERRUPTED) from None
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -25,7 +25,7 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_quiet_switch_prints_nothing_on_stderr(gateway, terminal: bool) -> None:
     # TTY_COMPATIBLE=1 makes Rich take stderr for a terminal: the spinner path.
     env = {"TTY_COMPATIBLE": "1"} if terminal else None
-    quiet = run_cli("-q", "switch", "b", env=env)
+    quiet = run_cli("-q", "switch", "b", "--no-pull", env=env)  # the fake's source is no repo: pull would warn
     assert quiet.exit_code == 0, quiet.stderr
     assert quiet.stderr == ""
     assert "a -> b" in quiet.stdout  # the report is data: -q keeps it

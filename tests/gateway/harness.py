@@ -38,14 +38,15 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
     entries = {name: {**keys, **(models or {}).get(name, {})} for name, keys in base.items()}
     entries.update(extra_models or {})
     extra = "".join(f"        {name}: {json.dumps(value)}\n" for name, value in (sections or {}).items())
+    # HF_HUB_OFFLINE: the fake models' sources (org/model-a) are no repos to pull; `env` may say otherwise.
+    engine_env = {"PYTHONPATH": str(REPO_ROOT), "FAKE_VLLM_MODE": mode, "FAKE_VLLM_AFTER": str(after),
+                  "FAKE_VLLM_CHUNK_DELAY": str(chunk_delay), "FAKE_VLLM_KV": str(kv),
+                  "FAKE_VLLM_CRASH_MODELS": crash_models, "FAKE_VLLM_LOG": str(tmp_path / "requests.jsonl"),
+                  "HF_HUB_OFFLINE": "1", **(env or {})}
     return write(tmp_path / "gateway.yaml", f"""
         inherit_defaults: false
         engine: {json.dumps(settings)}
-        env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_MODE: {mode}, FAKE_VLLM_AFTER: "{after}",
-              FAKE_VLLM_CHUNK_DELAY: "{chunk_delay}", FAKE_VLLM_KV: "{kv}",
-              FAKE_VLLM_CRASH_MODELS: "{crash_models}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}",
-              HF_HUB_OFFLINE: "1"
-              {"".join(f", {k}: {json.dumps(v)}" for k, v in (env or {}).items())}}}
+        env: {json.dumps(engine_env)}
         limits: {json.dumps({"request_timeout_s": 30, "queue_max": queue_max, "vram_threshold": 0.95, **(limits or {})})}
         profiles: {{p: {{max_model_len: 1024, concurrency: {concurrency}}}}}
         models: {json.dumps(entries)}

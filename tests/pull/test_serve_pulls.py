@@ -75,3 +75,24 @@ def test_serve_of_a_missing_repo_stops_before_starting(config: Path, hub: FakeHu
     result = run_cli("serve", "missing", "--port", str(free_port()))
     assert result.exit_code == 1 and foreground == []
     assert "org/not-there not found" in result.stderr and "--no-pull" in result.stderr
+
+
+def test_switch_pulls_a_missing_model_before_the_gateway_loads_it(tmp_path: Path, hub: FakeHub, tiny_models,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.gateway.harness import fake_gateway_config, start_gateway
+
+    hub.add("org/model-b", "main", tiny_models["tiny-b"])  # b's source in the fake gateway's config
+    config = fake_gateway_config(tmp_path, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url,
+                                                "HF_HOME": str(tmp_path / "hf")})
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    running = start_gateway(tmp_path, config)
+    try:
+        switched = run_cli("switch", "code")  # b's task: resolved as the gateway resolves it
+        assert switched.exit_code == 0, switched.stderr
+        assert "b: model.safetensors" in switched.stderr and running.gateway.pool.model == "b"
+        assert any((tmp_path / "hf" / "hub" / "models--org--model-b" / "snapshots").rglob("model.safetensors"))
+        before = len(hub.seen)
+        assert run_cli("switch", "a", "--no-pull").exit_code == 0  # org/model-a is on no hub: not asked
+        assert len(hub.seen) == before and running.gateway.pool.model == "a"
+    finally:
+        running.stop()
