@@ -106,11 +106,14 @@ def test_local_and_remote_models_through_one_gateway(three_tiny_models: dict[str
             # 2. The remote killed mid-stream: the stream ends with an error event, never [DONE].
             long = {"model": "r", "stream": True, "max_tokens": 400, "ignore_eos": True,
                     "messages": [{"role": "user", "content": "go on"}]}
+            sent_before = {u.url: u.sent for u in remote.upstreams}
             with httpx.Client(base_url=gw.url, timeout=timeout) as client:
                 with client.stream("POST", "/v1/chat/completions", json=long) as stream:
                     lines = stream.iter_lines()
                     first = next(line for line in lines if line.startswith("data: "))
-                    serving = next(u for u in remote.upstreams if u.outstanding == 1)
+                    # The URL it went to: by what was sent, not by what is outstanding (on a
+                    # loaded machine the gateway may have read the whole answer already).
+                    serving = next(u for u in remote.upstreams if u.sent > sent_before[u.url])
                     victim = proc_1 if serving.url == url_1.removesuffix("/v1") else remotes[1][1]
                     processes.signal_all(victim.pid, {}, signal.SIGKILL)
                     rest = [line[6:] for line in lines if line.startswith("data: ")]
