@@ -34,9 +34,9 @@ def free_port() -> int:
 
 async def measure(url: str, concurrency: int, requests: int, output_len: int) -> tuple[float, LevelSummary]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        payload = lambda index: loadgen.request_body("m", list(range(32)), output_len)  # noqa: E731
-        await loadgen.run_level(session, url, payload, 4, concurrency=4)  # warm up
-        samples, duration = await loadgen.run_level(session, url, payload, requests, concurrency=concurrency)
+        request = loadgen.Request(loadgen.COMPLETIONS, loadgen.completion_body("m", list(range(32)), output_len), "m")
+        await loadgen.run_level(session, url, [request] * 4, concurrency=4)  # warm up
+        samples, duration = await loadgen.run_level(session, url, [request] * requests, concurrency=concurrency)
     chunks = sum(len(s.itl) + 1 for s in samples if s.ok)
     return chunks / duration, summarize(samples, duration)
 

@@ -94,7 +94,8 @@ def compare(a_path: Path, a: dict[str, Any], b_path: Path, b: dict[str, Any]) ->
 
 
 def _by_label(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {level_label(level["concurrency"], level["request_rate"]): level["summary"] for level in run["levels"]}
+    return {level_label(level["concurrency"], level["request_rate"], level.get("ramp_up"),
+                        level.get("burstiness", 1.0)): level["summary"] for level in run["levels"]}
 
 
 def _level_row(metric: str, path: tuple[str, ...], fmt: str, a: dict | None, b: dict | None) -> MetricRow:

@@ -3,10 +3,15 @@
 - ttft_s_max       vs the median TTFT at the lowest concurrency measured
 - tokens_per_s_min vs one stream's decode speed there: 1 / median TPOT
 - switch_s_max     vs the median switch time, stop to ready (with --switch)
+- good_share_min   vs the share of the level's requests that met the SLOs (--goodput or slo)
+
+With --mix, each model against its own profile's: TTFT including any wait for a switch,
+and the median of the switches into it.
 """
 
 from __future__ import annotations
 
+from animllm_cli.bench.metrics import LevelSummary
 from animllm_cli.bench.results import CheckRow, LevelResult, SwitchRun
 from animllm_cli.config.schema import Expectation
 
@@ -16,20 +21,55 @@ def check(expectation: Expectation | None, levels: list[LevelResult], switch: Sw
     if expectation is None:
         return rows
     if levels:
-        base = min(levels, key=lambda level: level.concurrency or 1e9)
-        ttft = base.summary.ttft_ms.median / 1000
-        tpot = base.summary.tpot_ms.median / 1000
-        speed = 1 / tpot if tpot else 0.0
-        if expectation.ttft_s_max is not None:
-            rows.append(_row("TTFT median (s)", ttft, f"<= {expectation.ttft_s_max:g}", ttft <= expectation.ttft_s_max))
-        if expectation.tokens_per_s_min is not None:
-            rows.append(_row("tokens/s per stream", speed, f">= {expectation.tokens_per_s_min:g}",
-                             speed >= expectation.tokens_per_s_min))
-    if switch and expectation.switch_s_max is not None and switch.summary.total_s:
-        total = switch.summary.total_s.median
-        rows.append(_row("switch median (s)", total, f"<= {expectation.switch_s_max:g}", total <= expectation.switch_s_max))
+        rows += level_rows(expectation, min(levels, key=lambda level: level.concurrency or 1e9).summary)
+    if switch and switch.summary.total_s:
+        rows += switch_rows(expectation, switch.summary.total_s.median)
     return rows
+
+
+def level_rows(expectation: Expectation, summary: LevelSummary, prefix: str = "") -> list[CheckRow]:
+    rows = []
+    ttft = summary.ttft_ms.median / 1000
+    tpot = summary.tpot_ms.median / 1000
+    speed = 1 / tpot if tpot else 0.0
+    if expectation.ttft_s_max is not None:
+        rows.append(_row(f"{prefix}TTFT median (s)", ttft, f"<= {expectation.ttft_s_max:g}",
+                         ttft <= expectation.ttft_s_max))
+    if expectation.tokens_per_s_min is not None:
+        rows.append(_row(f"{prefix}tokens/s per stream", speed, f">= {expectation.tokens_per_s_min:g}",
+                         speed >= expectation.tokens_per_s_min))
+    if expectation.good_share_min is not None and summary.good_requests is not None:
+        sent = summary.completed + summary.failed  # a failed request is not a good one
+        share = summary.good_requests / sent if sent else 0.0
+        rows.append(_row(f"{prefix}requests within SLO (share)", share, f">= {expectation.good_share_min:g}",
+                         share >= expectation.good_share_min))
+    return rows
+
+
+def switch_rows(expectation: Expectation, median_s: float, prefix: str = "") -> list[CheckRow]:
+    if expectation.switch_s_max is None:
+        return []
+    return [_row(f"{prefix}switch median (s)", median_s, f"<= {expectation.switch_s_max:g}",
+                 median_s <= expectation.switch_s_max)]
 
 
 def _row(metric: str, value: float, target: str, ok: bool) -> CheckRow:
     return CheckRow(metric=metric, value=round(value, 4), target=target, ok=ok)
+
+
+
+def check_mix(expectations: dict[str, Expectation], models: list, switches: list[dict]) -> list[CheckRow]:
+    """Per model of a --mix, with its own profile's expectations: its latency including
+    any wait for a switch, and the median of the switches into it."""
+    from animllm_cli.bench.metrics import percentile
+
+    rows: list[CheckRow] = []
+    for model in models:
+        expectation = expectations.get(model.model)
+        if expectation is None:
+            continue
+        rows += level_rows(expectation, model.summary, prefix=f"{model.model}: ")
+        totals = [s["total_s"] for s in switches if s["to_model"] == model.model and s.get("total_s") is not None]
+        if totals:
+            rows += switch_rows(expectation, percentile(totals, 50), prefix=f"{model.model}: ")
+    return rows

@@ -8,46 +8,51 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import aiohttp
 
 from animllm_cli.bench.metrics import Sample
-from animllm_cli.errors import AnimllmError
 
+# The text whose tokens random prompts are drawn from (and whose words --mix's prompts are).
 PROMPT_SEED = ("The studio renders every frame twice: once for the animators and once for the "
                "lighting team, who care about shadows more than anyone else in the building. ")
 
 
-async def vocabulary_sample(session: aiohttp.ClientSession, url: str, model: str) -> list[int]:
-    """Token ids of the served model, from the server's own tokenizer (a seed text)."""
-    async with session.post(f"{url}/tokenize", json={"model": model, "prompt": PROMPT_SEED,
-                                                     "add_special_tokens": False}) as resp:
-        if resp.status != 200:
-            raise AnimllmError(f"the server cannot tokenize for '{model}' ({resp.status}): {(await resp.text())[:200]}",
-                               hint="bench needs vLLM's /tokenize (the gateway relays it)")
-        ids = (await resp.json())["tokens"]
-    if not ids:
-        raise AnimllmError("the server returned no tokens for the seed prompt")
-    return ids
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+ENDPOINTS = {"completions": COMPLETIONS, "chat": CHAT}
 
 
-def prompts(vocabulary: list[int], length: int, seed: int = 0) -> "Callable[[int], list[int]]":
-    """Request i gets its own prompt of exactly `length` tokens, drawn from the model's
-    tokens. Sent as token ids, so no re-tokenizing changes the length. Distinct prompts, like
-    vLLM's random dataset: identical ones would measure the prefix cache, not prefill."""
-    def prompt(index: int) -> list[int]:
-        return random.Random(seed * 1_000_003 + index).choices(vocabulary, k=length)
-    return prompt
+@dataclass(frozen=True)
+class Request:
+    """One request of a level, its body built before the clock starts."""
+    path: str                  # COMPLETIONS or CHAT
+    body: bytes
+    model: str
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, payload: bytes) -> Sample:
-    sample = Sample(ok=False, start=time.perf_counter())
+def completion_body(model: str, prompt: list[int] | str, output_len: int, *, ignore_eos: bool = True) -> bytes:
+    # The body vLLM's benchmark sends for its "vllm" backend (a prompt of token ids or text).
+    return json.dumps({"model": model, "prompt": prompt, "repetition_penalty": 1.0, "max_tokens": output_len,
+                       "stream": True, "stream_options": {"include_usage": True},
+                       **({"ignore_eos": True} if ignore_eos else {})}).encode()
+
+
+def chat_body(model: str, messages: list[dict[str, Any]], output_len: int, *, ignore_eos: bool = True) -> bytes:
+    # The body vLLM's benchmark sends for its "openai-chat" backend.
+    return json.dumps({"model": model, "messages": messages, "max_completion_tokens": output_len,
+                       "stream": True, "stream_options": {"include_usage": True},
+                       **({"ignore_eos": True} if ignore_eos else {})}).encode()
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, request: Request) -> Sample:
+    sample = Sample(ok=False, start=time.perf_counter(), model=request.model)
     last = sample.start
     try:
-        async with session.post(f"{url}/v1/completions", data=payload,
+        async with session.post(f"{url}{request.path}", data=request.body,
                                 headers={"content-type": "application/json"}) as resp:
             if resp.status != 200:
                 sample.error = f"HTTP {resp.status}: {(await resp.text())[:200]}"
@@ -55,7 +60,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: bytes) 
             async for raw in resp.content:
                 line = raw.strip()
                 if not line.startswith(b"data:"):
-                    continue
+                    continue  # blank lines, and comments such as the gateway's ": loading coder…"
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     sample.ok = True
@@ -65,7 +70,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: bytes) 
                     sample.error = str(event["error"].get("message"))[:200]
                     break
                 # As vLLM's benchmark: any chunk with choices is a token, even one whose text
-                # is empty (a special token, or half of a multi-byte character).
+                # is empty (a special token, half of a multi-byte character, chat's role chunk).
                 if event.get("choices"):
                     now = time.perf_counter()
                     if sample.ttft is None:
@@ -87,36 +92,26 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: bytes) 
     return sample
 
 
-def request_body(model: str, prompt: list[int], output_len: int) -> bytes:
-    # The same body vLLM's benchmark sends for its "vllm" backend, with the prompt as token ids.
-    return json.dumps({"model": model, "prompt": prompt, "repetition_penalty": 1.0, "max_tokens": output_len,
-                       "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}).encode()
-
-
-async def run_level(session: aiohttp.ClientSession, url: str, payload: Callable[[int], bytes], requests: int, *,
-                    concurrency: int | None = None, request_rate: float | None = None, seed: int = 0,
+async def run_level(session: aiohttp.ClientSession, url: str, requests: list[Request], *,
+                    concurrency: int | None = None, offsets: list[float] | None = None,
                     on_done: Callable[[Sample], None] | None = None) -> tuple[list[Sample], float]:
-    """`requests` requests, at most `concurrency` at once, or arriving as a Poisson process
-    at `request_rate` per second. Returns the samples and the level's wall time."""
-    samples: list[Sample] = []
-    limit = asyncio.Semaphore(concurrency or requests)
-    bodies = [payload(i) for i in range(requests)]  # built before the clock starts
+    """The requests, at most `concurrency` at once, each sent `offsets[i]` seconds after
+    the start (arrivals.send_offsets: Poisson, gamma or a ramp; None: all at once).
+    Returns the samples, in the requests' order, and the level's wall time."""
+    limit = asyncio.Semaphore(concurrency or len(requests))
 
-    async def send(index: int) -> None:
+    async def send(request: Request) -> Sample:
         async with limit:
-            sample = await one_request(session, url, bodies[index])
-        samples.append(sample)
+            sample = await one_request(session, url, request)
         if on_done:
             on_done(sample)
+        return sample
 
     started = time.perf_counter()
-    if request_rate:
-        rng = random.Random(seed)
-        tasks = []
-        for index in range(requests):
-            tasks.append(asyncio.create_task(send(index)))
-            await asyncio.sleep(rng.expovariate(request_rate))
-        await asyncio.gather(*tasks)
-    else:
-        await asyncio.gather(*(send(index) for index in range(requests)))
-    return samples, time.perf_counter() - started
+    tasks = []
+    for index, request in enumerate(requests):
+        if offsets and offsets[index] > 0:
+            await asyncio.sleep(max(0.0, started + offsets[index] - time.perf_counter()))
+        tasks.append(asyncio.create_task(send(request)))
+    samples = await asyncio.gather(*tasks)
+    return list(samples), time.perf_counter() - started

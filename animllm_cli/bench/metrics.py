@@ -7,6 +7,7 @@
 - E2EL: from sending to the last byte.
 - Throughputs: completed requests, output tokens, and input + output tokens, each over the
   wall time of the level. Token counts come from the server's `usage`.
+- Goodput (with SLOs, bench/slo.py): completed requests that met every SLO, over the wall time.
 - Percentiles interpolate linearly between samples, as numpy.percentile does.
 """
 
@@ -15,7 +16,10 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from animllm_cli.bench.slo import Slo
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Sample:
     prompt_tokens: int = 0
     output_tokens: int = 0
     error: str | None = None
+    model: str | None = None           # whose request (bench --mix)
 
     @property
     def tpot(self) -> float | None:
@@ -74,6 +79,8 @@ class LevelSummary:
     tpot_ms: Distribution
     itl_ms: Distribution
     e2el_ms: Distribution
+    good_requests: int | None = None   # with SLOs (--goodput): completed requests that met them all
+    request_goodput: float | None = None  # good_requests per second, as vLLM's request_goodput
 
 
 def distribution_ms(values: list[float]) -> Distribution:
@@ -82,11 +89,16 @@ def distribution_ms(values: list[float]) -> Distribution:
                         p90=percentile(scaled, 90), p99=percentile(scaled, 99))
 
 
-def summarize(samples: list[Sample], duration_s: float) -> LevelSummary:
+def summarize(samples: list[Sample], duration_s: float, slo: Slo | None = None) -> LevelSummary:
     done = [s for s in samples if s.ok]
     output_tokens = sum(s.output_tokens for s in done)
     input_tokens = sum(s.prompt_tokens for s in done)
     duration = max(duration_s, 1e-9)
+    good = None
+    if slo:
+        from animllm_cli.bench.slo import good_count
+
+        good = good_count(samples, slo)
     return LevelSummary(
         completed=len(done),
         failed=len(samples) - len(done),
@@ -101,4 +113,6 @@ def summarize(samples: list[Sample], duration_s: float) -> LevelSummary:
         tpot_ms=distribution_ms([s.tpot for s in done if s.tpot is not None]),
         itl_ms=distribution_ms([gap for s in done for gap in s.itl]),
         e2el_ms=distribution_ms([s.latency for s in done]),
+        good_requests=good,
+        request_goodput=None if good is None else good / duration,
     )

@@ -11,25 +11,33 @@ from animllm_cli.bench.metrics import LevelSummary, Sample
 SCHEMA_VERSION = 1
 
 
-def level_label(concurrency: int | None, request_rate: float | None) -> str:
-    return f"concurrency {concurrency}" if concurrency else f"{request_rate:g} req/s"
+def level_label(concurrency: int | None, request_rate: float | None, ramp_up: str | None = None,
+                burstiness: float = 1.0) -> str:
+    if concurrency:
+        return f"concurrency {concurrency}"
+    arrivals = f"ramp-up {ramp_up}" if ramp_up else f"{request_rate:g} req/s"
+    return arrivals if burstiness == 1 else f"{arrivals}, burstiness {burstiness:g}"
 
 
 @dataclass
 class LevelResult:
-    """One level: a fixed concurrency, or Poisson arrivals at a request rate."""
+    """One level: a fixed concurrency, or arrivals at a request rate (Poisson, or gamma
+    with a burstiness other than 1), or a ramp-up from one rate to another."""
     concurrency: int | None
     request_rate: float | None
     summary: LevelSummary
     samples: list[Sample] | None = None  # None: left out of the JSON (bench without --samples)
     vram_peak_bytes: int | None = None  # the most VRAM this machine's GPUs held during the level (NVML)
+    burstiness: float = 1.0
+    ramp_up: str | None = None          # e.g. "linear 1→10 req/s"
 
     @property
     def label(self) -> str:
-        return level_label(self.concurrency, self.request_rate)
+        return level_label(self.concurrency, self.request_rate, self.ramp_up, self.burstiness)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"concurrency": self.concurrency, "request_rate": self.request_rate,
+                                "burstiness": self.burstiness, "ramp_up": self.ramp_up,
                                 "summary": asdict(self.summary), "vram_peak_bytes": self.vram_peak_bytes}
         if self.samples is not None:
             data["samples"] = [sample.to_json() for sample in self.samples]
@@ -87,6 +95,9 @@ class BenchResult:
     model: str
     input_len: int
     output_len: int
+    endpoint: str = "/v1/completions"
+    prompts: str = "random"             # or the --prompts file
+    goodput_slo: dict[str, float | None] | None = None  # with --goodput (or the profile's slo)
     levels: list[LevelResult] = field(default_factory=list)
     switch: SwitchRun | None = None     # with --switch
     check: list[CheckRow] | None = None  # with --check
@@ -98,6 +109,7 @@ class BenchResult:
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"schema_version": self.schema_version, "url": self.url, "model": self.model,
                                 "input_len": self.input_len, "output_len": self.output_len,
+                                "endpoint": self.endpoint, "prompts": self.prompts, "goodput_slo": self.goodput_slo,
                                 "levels": [level.to_json() for level in self.levels]}
         if self.switch is not None:
             data["switch"] = asdict(self.switch)

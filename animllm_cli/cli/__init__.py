@@ -91,7 +91,8 @@ def _register() -> None:
     app.command("stop")(admin.stop)
     app.command("logs")(admin.logs)
     app.command("chat")(chat.chat)
-    app.command("bench")(bench.bench)
+    # Extra arguments: vLLM's spelling `--goodput ttft:500 tpot:50` (bench takes them back).
+    app.command("bench", context_settings={"allow_extra_args": True})(bench.bench)
     app.command("demo")(demo.demo)
     app.command("models")(models.models)
     app.command("pull")(pull.pull)

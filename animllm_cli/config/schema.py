@@ -274,10 +274,19 @@ class PoolSection(Section):
     sleep_ram_margin_gib: Annotated[float, Field(ge=0)] = 4.0
 
 
+class SloSection(Section):
+    # What a good request is, as vLLM's `--goodput ttft:MS tpot:MS e2el:MS` says it.
+    ttft_ms: Optional[Annotated[float, Field(ge=0)]] = None
+    tpot_ms: Optional[Annotated[float, Field(ge=0)]] = None
+    e2el_ms: Optional[Annotated[float, Field(ge=0)]] = None
+
+
 class Expectation(Section):
     ttft_s_max: Optional[Annotated[float, Field(gt=0)]] = None
     tokens_per_s_min: Optional[Annotated[float, Field(gt=0)]] = None
     switch_s_max: Optional[Annotated[float, Field(gt=0)]] = None
+    slo: Optional[SloSection] = None    # bench reports goodput against it (--goodput beats it)
+    good_share_min: Optional[Annotated[float, Field(gt=0, le=1)]] = None  # --check: share of requests meeting slo
 
 
 class AnimllmConfig(Section):

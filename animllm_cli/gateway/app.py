@@ -27,12 +27,12 @@ from animllm_cli.gateway import guard
 from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
 from animllm_cli.gateway.guard import Refused, error
 from animllm_cli.gateway.metrics import GatewayMetrics, merged_exposition
-from animllm_cli.gateway.pool import EnginePool
+from animllm_cli.gateway.pool import SWITCH_HISTORY, EnginePool
 from animllm_cli.gateway.scheduler import Decision, Lease, QueueFull, Scheduler, SwitchFailed
 from animllm_cli.gateway.relay import (Bounds, ClientGone, Deadlines, Expired, Target, WaitingStream, forward,
                                        race_disconnect)
 from animllm_cli.gateway.state import (EngineStatus, GatewayProcess, GpuMemory, RemoteStatus, StatusReport,
-                                       StopAnswer, SwitchReport, VramStatus)
+                                       StopAnswer, SwitchHistory, SwitchReport, VramStatus)
 from animllm_cli.gateway.upstreams import Upstreams
 from animllm_cli.gpu import nvml
 
@@ -444,6 +444,17 @@ def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
 
 
 @guarded
+async def admin_switches(request: Request, gw: Gateway) -> Response:
+    since = request.query_params.get("since")
+    try:
+        after = float(since) if since is not None else None
+    except ValueError:
+        return error(400, f"since={since!r}: expected a wall-clock time in seconds (time.time())", param="since")
+    kept = [s for s in gw.pool.switches if after is None or (s.finished_at or 0) > after]
+    return JSONResponse(SwitchHistory(recorded=gw.pool.switches_recorded, kept=SWITCH_HISTORY, switches=kept).to_json())
+
+
+@guarded
 async def admin_status(request: Request, gw: Gateway) -> Response:
     # NVML is read in a thread, as the admission watcher does: never block the event loop.
     gpus = await asyncio.to_thread(nvml.probe, gw.nvml_module)
@@ -527,7 +538,8 @@ def create_app(gateway: Gateway, *, on_startup: Callable[[], Awaitable[None]] | 
     relayed = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
     routes = [Route(path, proxy, methods=["POST"]) for path in relayed]
     routes += [Route("/v1/models", models), Route("/health", health), Route("/metrics", metrics),
-               Route("/admin/status", admin_status), Route("/admin/switch", admin_switch, methods=["POST"]),
+               Route("/admin/status", admin_status), Route("/admin/switches", admin_switches),
+               Route("/admin/switch", admin_switch, methods=["POST"]),
                Route("/admin/unload", admin_unload, methods=["POST"]),
                Route("/admin/stop", admin_stop, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -118,6 +118,7 @@ class EnginePool:
         self.residents: dict[str, Resident] = {}
         self.last_switch: SwitchReport | None = None
         self.switches: list[SwitchReport] = []      # the latest SWITCH_HISTORY, oldest first
+        self.switches_recorded = 0                  # ever: says how many fell out of `switches`
         self.report = nvml.GpuReport(error="not read yet")  # NVML's latest answer (refresh())
         self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
         self._deaths: dict[str, list[float]] = {}
@@ -349,6 +350,7 @@ class EnginePool:
             report.finished_at = time.time()
             self.last_switch = report
             self.switches = [*self.switches[-SWITCH_HISTORY + 1:], report]
+            self.switches_recorded += 1
 
     @staticmethod
     def _note_stops(stopped: list[StopReport], report: SwitchReport) -> None:

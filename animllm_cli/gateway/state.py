@@ -333,6 +333,14 @@ class StatusReport(Report):
     recent_switches: list[SwitchReport] = []  # the latest switches and unloads, oldest first (`animllm top`)
 
 
+class SwitchHistory(Report):
+    """`GET /admin/switches[?since=T]`: the switches and unloads the gateway kept (oldest
+    first), those finished after wall-clock time T if given (`bench --mix`)."""
+    recorded: int                     # since the gateway started; more than kept: the oldest fell out
+    kept: int                         # how many the gateway keeps
+    switches: list[SwitchReport] = []
+
+
 class StopAnswer(Report):
     stopping: bool
     engine_pids: list[int] = []

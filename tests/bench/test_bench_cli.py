@@ -11,7 +11,8 @@ from tests.gateway.harness import fake_gateway_config, start_gateway
 from tests.helpers import run_cli
 
 FIELDS = {"completed", "failed", "errors", "duration_s", "input_tokens", "output_tokens", "request_throughput",
-          "output_throughput", "total_token_throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"}
+          "output_throughput", "total_token_throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "good_requests",
+          "request_goodput"}
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.gateway.harness import fake_gateway_config, remote_fake_vllm, start_gateway
 from tests.helpers import REPO_ROOT, free_port, run_cli, write, wait_until
 
-REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?: (?P<key>\w+))?(?:, plus (?P<extra>[\w, ]+))?$")
+REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?: (?P<key>[\w.]+))?(?:, plus (?P<extra>[\w, ]+))?$")
 
 
 def documented_schemas() -> dict[str, Any]:
@@ -45,8 +45,9 @@ def _expand(documented: Any) -> Any:
         assert match, f"unreadable reference in the README: {documented}"
         extra = [key.strip() for key in (match["extra"] or "").split(",") if key.strip()]
         target = SCHEMAS[match["name"]]
-        if match["key"]:  # one object inside another command's example (a list's: its first element)
-            target = _expand(target[match["key"]])
+        for key in (match["key"] or "").split(".") if match["key"] else []:
+            # one object inside another command's example (a list's: its first element)
+            target = _expand(target[key])
             target = _expand(target[0]) if isinstance(target, list) else target
         return {**target, **dict.fromkeys(extra)}
     return documented
@@ -194,7 +195,7 @@ def test_switch_and_status_json(gateway_with_remote) -> None:
 
 def test_bench_json_with_samples_switch_and_check(gateway) -> None:
     result = run_cli("bench", "-c", "1", "-n", "3", "--input-len", "8", "--output-len", "4", "--switch", "a,b",
-                     "--switch-rounds", "1", "--samples", "--check", "--json", "-")
+                     "--switch-rounds", "1", "--samples", "--check", "--goodput", "ttft:60000", "--json", "-")
     assert result.exit_code == 0, result.stderr
     # these engines cannot sleep (a CPU build of vLLM): tests/gateway/test_sleep_with_fake.py has the wakes
     asleep = {f"$.switch.summary.{name}" for name in ("sleep_s", "wake_s", "first_token_after_wake_s")}
@@ -204,8 +205,19 @@ def test_bench_json_with_samples_switch_and_check(gateway) -> None:
 def test_bench_json_leaves_out_what_was_not_asked_for(gateway) -> None:
     result = run_cli("bench", "-n", "2", "--input-len", "8", "--output-len", "4", "--json", "-")
     data = json.loads(result.stdout)
-    assert set(SCHEMAS["bench"]) - set(data) == {"switch", "check"}
+    assert set(SCHEMAS["bench"]) - set(data) == {"switch", "check"} and data["goodput_slo"] is None
     assert set(SCHEMAS["bench"]["levels"][0]) - set(data["levels"][0]) == {"samples"}
+
+
+def test_bench_mix_json(gateway) -> None:
+    result = run_cli("bench", "--mix", "a,b", "--request-rate", "50", "-n", "6", "--input-len", "4", "--output-len", "2",
+                     "--goodput", "ttft:60000", "--samples", "--check", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    # a switch into b (a cold start: these engines cannot sleep) is made during the run
+    asleep = {f"$.switch.summary.{name}" for name in ("sleep_s", "wake_s", "first_token_after_wake_s",
+                                                        "first_token_s", "first_token_after_cold_s",
+                                                        "vram_release_s")}
+    assert_matches_readme("bench --mix", json.loads(result.stdout), not_exercised=asleep)
 
 
 def test_bench_compare_json(tmp_path: Path) -> None:

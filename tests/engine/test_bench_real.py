@@ -1,4 +1,5 @@
-"""`animllm bench` through the gateway over real vLLM (CPU build) and two tiny models."""
+"""`animllm bench` through the gateway over real vLLM (CPU build) and two tiny models: a
+sweep, switches, --check, and a --mix of both models sharing the same gateway."""
 
 from __future__ import annotations
 
@@ -38,5 +39,32 @@ def test_sweep_switch_and_check(tiny_models: dict[str, Path], tmp_path: Path, mo
         strict = run_cli("bench", "tiny-b", "-n", "3", "--input-len", "16", "--output-len", "8", "--check",
                          env={"ANIMLLM_EXPECTATIONS__TINY__TOKENS_PER_S_MIN": "1000000"})
         assert strict.exit_code == 1 and "MISSED" in strict.stdout
+        mix_of_two(gw, tmp_path)
     finally:
         gw.stop()
+
+
+def mix_of_two(gw, tmp_path: Path) -> None:
+    """`bench --mix` over the same gateway: tiny-b is unloaded first, so that the mix has to
+    load it while tiny-a's requests keep coming; tiny-b's requests include that wait."""
+    import httpx
+
+    httpx.post(f"{gw.url}/admin/unload", json={"model": "tiny-b"}, timeout=None)  # 409 if it was not loaded
+    assert "tiny-b" not in gw.gateway.pool.models
+    out = tmp_path / "mix.json"
+    result = run_cli("bench", "--mix", "tiny-a:2,tiny-b:1", "--request-rate", "4", "-n", "12", "--input-len", "16",
+                     "--output-len", "8", "--goodput", "ttft:300000", "--samples", "--json", str(out))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    by_model = {m["model"]: m for m in data["models"]}
+    assert set(by_model) == {"tiny-a", "tiny-b"} and data["overall"]["failed"] == 0
+    assert sum(m["summary"]["completed"] for m in data["models"]) == 12
+    assert all(s["output_tokens"] == 8 for s in data["samples"])           # exact, from the engines' usage
+    loads = [s for s in data["switch"]["switches"] if s["to_model"] == "tiny-b"]
+    assert len(loads) >= 1 and loads[0]["load_s"] > 1 and by_model["tiny-b"]["behind_switch"] >= 1
+    first_b = min((s for s in data["samples"] if s["model"] == "tiny-b"), key=lambda s: s["start"])
+    assert first_b["ttft"] >= loads[0]["load_s"]                             # its TTFT holds the load
+    assert by_model["tiny-b"]["summary"]["ttft_ms"]["p99"] > by_model["tiny-a"]["summary"]["ttft_ms"]["median"]
+    assert 0 < data["switching_share"] <= 1 and data["overall"]["good_requests"] is None
+    assert by_model["tiny-b"]["summary"]["good_requests"] == by_model["tiny-b"]["summary"]["completed"]
+    print("\n" + result.stdout + result.stderr)

@@ -147,7 +147,8 @@ def make_app(names: list[str], mode: str, after: float):
                 await response.write(b"data: " + json.dumps({"id": "x", "choices": [], "usage": usage}).encode() + b"\n\n")
             # Recorded before [DONE]: a client that has read the whole stream finds the record.
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": False,
-                    "messages": body.get("messages")})
+                    "messages": body.get("messages"), "prompt": body.get("prompt"), "path": request.path,
+                    "max_tokens": tokens, "ignore_eos": body.get("ignore_eos")})
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": True})
@@ -158,6 +159,10 @@ def make_app(names: list[str], mode: str, after: float):
         body = await request.json()
         tokens = [hash(word) % 400 for word in str(body.get("prompt", "")).split()]
         return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 1024})
+
+    async def detokenize(request):
+        body = await request.json()
+        return web.json_response({"prompt": " ".join(f"w{token}" for token in body.get("tokens", []))})
 
     async def embed(request):
         return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
@@ -188,7 +193,8 @@ def make_app(names: list[str], mode: str, after: float):
     app = web.Application(middlewares=[authenticate])
     app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
                     web.post("/v1/chat/completions", complete_awake), web.post("/v1/completions", complete_awake),
-                    web.post("/v1/embeddings", embed), web.post("/tokenize", tokenize)])
+                    web.post("/v1/embeddings", embed), web.post("/tokenize", tokenize),
+                    web.post("/detokenize", detokenize)])
     if os.environ.get("VLLM_SERVER_DEV_MODE", "0") not in ("", "0"):  # as vLLM: bool(int(...))
         app.add_routes([web.route(method, path, getattr(sleeper, handler)) for method, path, handler in DEV_ROUTES])
     return app

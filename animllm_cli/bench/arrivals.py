@@ -1,0 +1,74 @@
+"""When each request of a level is sent, as vLLM's serving benchmark decides it
+(vllm/benchmarks/serve.py: `get_request`, `_get_current_request_rate`): each gap is drawn
+from a gamma distribution of shape `burstiness` and mean 1/rate (1: Poisson), the rate
+fixed or climbing from a start to an end rate over the requests (ramp-up); without a
+ramp-up the gaps are scaled so that N requests take exactly N/rate seconds, which keeps
+the throughput of one seed comparable with another's."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from animllm_cli.errors import UsageError
+
+STRATEGIES = ("linear", "exponential")
+
+
+@dataclass(frozen=True)
+class RampUp:
+    strategy: str        # linear | exponential
+    start_rps: float
+    end_rps: float
+
+    def describe(self) -> str:
+        return f"{self.strategy} {self.start_rps:g}→{self.end_rps:g} req/s"
+
+    def rate(self, index: int, count: int) -> float:
+        progress = index / max(count - 1, 1)
+        if self.strategy == "linear":
+            return self.start_rps + (self.end_rps - self.start_rps) * progress
+        return self.start_rps * (self.end_rps / self.start_rps) ** progress
+
+
+def parse_ramp_up(text: str) -> RampUp:
+    """`linear:1:10` or `exponential:0.5:8`: the strategy, the first and the last rate."""
+    parts = text.split(":")
+    example = "e.g. linear:1:10 (from 1 to 10 req/s) or exponential:0.5:8"
+    if len(parts) != 3 or parts[0] not in STRATEGIES:
+        raise UsageError(f"--ramp-up {text!r}: expected {'|'.join(STRATEGIES)}:START:END", hint=example)
+    try:
+        start, end = float(parts[1]), float(parts[2])
+    except ValueError:
+        raise UsageError(f"--ramp-up {text!r}: START and END are requests per second", hint=example) from None
+    if not (0 < start < math.inf and 0 < end < math.inf):
+        raise UsageError(f"--ramp-up {text!r}: START and END must be above 0 and finite", hint=example)
+    return RampUp(parts[0], start, end)
+
+
+def check_burstiness(burstiness: float) -> None:
+    if not burstiness > 0:
+        raise UsageError(f"--burstiness {burstiness:g}: must be above 0 (1 is Poisson)")
+
+
+def send_offsets(count: int, rate: float | None, *, burstiness: float = 1.0, ramp_up: RampUp | None = None,
+                 seed: int = 0) -> list[float]:
+    """Seconds from the level's start at which each request is sent, non-decreasing.
+    No rate (or an infinite one) and no ramp-up: all at once."""
+    check_burstiness(burstiness)
+    if ramp_up is None and (rate is None or math.isinf(rate)):
+        return [0.0] * count
+    rng = random.Random(seed)
+    offsets, total = [], 0.0
+    for index in range(count):
+        current = ramp_up.rate(index, count) if ramp_up else rate
+        if math.isinf(burstiness):
+            total += 1.0 / current
+        else:
+            total += rng.gammavariate(burstiness, 1.0 / (current * burstiness))
+        offsets.append(total)
+    if ramp_up is None and offsets and offsets[-1] > 0:
+        scale = (count / rate) / offsets[-1]
+        offsets = [offset * scale for offset in offsets]
+    return offsets

@@ -1,0 +1,79 @@
+"""`animllm bench --mix`: several models at once through the gateway (fake engines, a
+pool of one engine, so that every change of model is a switch): per-model latency that
+includes the waits for switches, and the switches the gateway made meanwhile."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.helpers import run_cli, run_json
+
+
+@pytest.fixture
+def gateway(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    config = fake_gateway_config(tmp_path, chunk_delay=0.002,
+                                 sections={"pool": {"max_engines": 1}, "scheduler": {"max_wait_s": 0.5}})
+    config.write_text(config.read_text() + "expectations: {p: {ttft_s_max: 60, tokens_per_s_min: 1, switch_s_max: 60}}\n")
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    running = start_gateway(tmp_path, config)
+    yield running
+    running.stop()
+
+
+def test_mix_reports_each_model_and_the_switches(gateway) -> None:
+    # alpha: a's alias; code: b's task. a is loaded at the start, so b's first request waits for a switch.
+    data = run_json("bench", "--mix", "alpha:3,code:1", "--request-rate", "20", "-n", "16", "--input-len", "6",
+                    "--output-len", "4", "--seed", "3", "--samples", "--check", "--json", "-")
+    assert data["kind"] == "mix" and data["requests"] == 16
+    assert [(m["model"], m["weight"]) for m in data["models"]] == [("a", 3.0), ("b", 1.0)]
+    by_model = {m["model"]: m for m in data["models"]}
+    samples = data["samples"]
+    for name, model in by_model.items():
+        assert model["summary"]["completed"] == sum(1 for s in samples if s["model"] == name and s["ok"]) > 0
+    assert data["overall"]["completed"] == 16 and data["overall"]["failed"] == 0
+
+    into_b = [s for s in data["switch"]["switches"] if s["to_model"] == "b"]
+    assert into_b and all(s["outcome"] == "ok" and s["total_s"] > 0 for s in data["switch"]["switches"])
+    assert by_model["b"]["switches_in"] == len(into_b) and by_model["b"]["behind_switch"] >= 1
+    # The first request for b waited through b's load: its TTFT holds the switch.
+    first_b = min((s for s in samples if s["model"] == "b"), key=lambda s: s["start"])
+    assert first_b["ttft"] >= into_b[0]["load_s"]
+    assert 0 < data["switching_s"] <= data["duration_s"]
+    assert data["switching_share"] == pytest.approx(data["switching_s"] / data["duration_s"])
+    assert data["switch"]["summary"]["total_s"]["median"] > 0 and data["switch"]["count"] >= len(into_b)
+    metrics = {row["metric"] for row in data["check"]}
+    assert {"a: TTFT median (s)", "b: TTFT median (s)", "b: switch median (s)"} <= metrics
+    assert all(row["ok"] for row in data["check"])
+
+
+def test_mix_tables_and_a_missed_expectation(gateway) -> None:
+    result = run_cli("bench", "--mix", "a,b", "--request-rate", "20", "-n", "6", "--output-len", "2", "--check",
+                     env={"ANIMLLM_EXPECTATIONS__P__SWITCH_S_MAX": "0.000001"})
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "Switches during the run" in result.stdout and "switching:" in result.stderr
+    assert "b: switch median (s)" in result.stdout and "MISSED" in result.stdout
+
+
+def test_switch_history_since(gateway) -> None:
+    history = httpx.get(f"{gateway.url}/admin/switches").json()
+    assert history["recorded"] >= 1 and history["kept"] >= 1 and history["switches"][0]["to_model"] == "a"
+    assert httpx.get(f"{gateway.url}/admin/switches", params={"since": "9e12"}).json()["switches"] == []
+    assert httpx.get(f"{gateway.url}/admin/switches", params={"since": "soon"}).status_code == 400
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--mix", "a:1"], "at least two models"),
+    (["--mix", "a:x,b"], "is not a number"),
+    (["--mix", "a:0,b"], "must be above 0"),
+    (["--mix", "a,alpha"], "named twice"),
+    (["--mix", "a,b", "--switch", "a,b"], "drop --switch"),
+    (["a", "--mix", "a,b"], "drop MODEL (a)"),
+    (["--mix", "a,b", "-c", "2"], "give one"),
+    (["--mix", "a,b", "--request-rate", "1,2"], "not a sweep"),
+])
+def test_mix_refusals(args: list[str], words: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(fake_gateway_config(tmp_path)))
+    result = run_cli("bench", *args)
+    assert result.exit_code == 2 and words in result.stderr, result.stderr
