@@ -16,8 +16,16 @@ On 2 cores the engine's own processes compete with the gateway for CPU, so the f
 upstreams measure CPU contention as much as the relay; the paced fake leaves CPU free and
 shows the relay's own cost.
 
+relay-cpu: the relay's own cost as a figure to compare, CPU microseconds (user + system)
+of the gateway process per chunk the client received, beside a minimal aiohttp relay
+(benchmarks/minimal_relay.py) doing the same work in front of the same upstream in the
+same run, rounds alternating (target: at most 1.2x the minimal relay). The upstream is
+the fake paced at 2 ms a chunk, in its own process, so that each chunk is read and sent
+on its own by either relay (a fast upstream lets chunks coalesce, differently for each);
+each process's idle CPU over the same time is measured and taken off.
+
 Usage: .venv/bin/python benchmarks/gateway_overhead.py [--requests 200] [--rounds 5] [--only KIND]
-KIND: fake, fake-paced, real, real-8L, remote, remote-paced
+KIND: fake, fake-paced, real, real-8L, remote, remote-paced, relay-cpu
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ def free_port() -> int:
 
 LOCAL_KINDS = ["fake", "fake-paced", "real", "real-8L"]
 REMOTE_KINDS = ["remote", "remote-paced"]
+RELAY_CPU = "relay-cpu"
 REMOTE_KEY = "benchmark-remote-key"
 
 
@@ -234,14 +243,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=LOCAL_KINDS + REMOTE_KINDS)
+    parser.add_argument("--only", choices=LOCAL_KINDS + REMOTE_KINDS + [RELAY_CPU])
     args = parser.parse_args()
-    kinds = [args.only] if args.only else LOCAL_KINDS + REMOTE_KINDS
+    kinds = [args.only] if args.only else LOCAL_KINDS + REMOTE_KINDS + [RELAY_CPU]
     print(f"gateway overhead: {args.requests} non-streamed requests each way (alternating), "
           f"{args.rounds} rounds of 64-chunk streams per concurrency level; {os.cpu_count()} CPUs")
     print(f"{'upstream':<12} {'metric':<32} {'direct':>10} {'gateway':>10} {'result':>14}  target")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
+            if kind == RELAY_CPU:
+                print_relay_cpu(measure_relay_cpu(Path(tmp), args.rounds))
+                continue
             result = measure_kind(Path(tmp), kind, args.requests, args.rounds)
             lat = result["latency_ms"]
             added = lat["gateway"] - lat["direct"]
@@ -252,6 +264,101 @@ def main() -> None:
                 ratio = rates["gateway"] / rates["direct"]
                 print(f"{kind:<12} {f'streamed chunks/s, concurrency {concurrency}':<32} {rates['direct']:>10.0f} "
                       f"{rates['gateway']:>10.0f} {f'ratio {ratio:.3f}':>14}  >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'}")
+
+
+def start_minimal_relay(upstream: str, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "minimal_relay.py"), "--port", str(port),
+                                 "--upstream", upstream, "--key", REMOTE_KEY], stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, url
+        except OSError:
+            return None
+
+    return wait_ready(proc, ready, "the minimal relay", 60, lambda: log.read_text()[-2000:])
+
+
+def cpu_s(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def relay_round(session: aiohttp.ClientSession, url: str, pid: int, concurrency: int, streams: int) -> dict:
+    """`streams` 64-chunk streams through one relay, `concurrency` at once: its CPU, less
+    what it spends idle over as long, per chunk the client got."""
+    idle_before = cpu_s(pid)
+    started = time.perf_counter()
+    await asyncio.sleep(1.0)
+    idle_rate = (cpu_s(pid) - idle_before) / (time.perf_counter() - started)
+    payload = body(64, True)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one_stream() -> int:
+        async with limit:
+            return await stream_chunks(session, url, payload, {})
+
+    before, started = cpu_s(pid), time.perf_counter()
+    chunks = sum(await asyncio.gather(*(one_stream() for _ in range(streams))))
+    wall = time.perf_counter() - started
+    busy = cpu_s(pid) - before - idle_rate * wall
+    return {"us_per_chunk": busy / chunks * 1e6, "idle_cpu_share": idle_rate, "chunks": chunks, "wall_s": wall}
+
+
+def measure_relay_cpu(tmp: Path, rounds: int) -> dict:
+    """The gateway (`animllm serve`, the upstream configured as `upstream:`) and the
+    minimal relay, both in front of one paced fake upstream, measured in turns."""
+    upstream, upstream_url = start_remote("remote-paced", tmp / "relay-upstream.log")
+    try:
+        config = write_remote_config(tmp, RELAY_CPU, upstream_url)
+        gateway, gateway_url, _, _ = start_gateway(config, tmp / "state-relay-cpu")
+        minimal, minimal_url = start_minimal_relay(upstream_url, tmp / "minimal-relay.log")
+        try:
+            return asyncio.run(_relay_rounds({"gateway": (gateway_url, gateway.pid), "minimal": (minimal_url, minimal.pid)},
+                                             rounds))
+        finally:
+            stop_gateway(gateway)
+            os.killpg(minimal.pid, signal.SIGTERM)
+            minimal.wait(timeout=30)
+    finally:
+        os.killpg(upstream.pid, signal.SIGTERM)
+        upstream.wait(timeout=60)
+
+
+async def _relay_rounds(relays: dict[str, tuple[str, int]], rounds: int) -> dict:
+    results: dict = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for url, pid in relays.values():  # warm up: connections, first-request paths
+            await relay_round(session, url, pid, 4, 8)
+        for concurrency in (1, 16):
+            runs: dict[str, list[dict]] = {name: [] for name in relays}
+            for r in range(rounds):
+                for name in (list(relays) if r % 2 == 0 else list(reversed(relays))):
+                    url, pid = relays[name]
+                    runs[name].append(await relay_round(session, url, pid, concurrency, max(8, concurrency * 4)))
+            results[concurrency] = {name: {"us_per_chunk": statistics.median(r["us_per_chunk"] for r in rs),
+                                           "idle_cpu_share": statistics.median(r["idle_cpu_share"] for r in rs),
+                                           "chunks": sum(r["chunks"] for r in rs)}
+                                    for name, rs in runs.items()}
+    return results
+
+
+def print_relay_cpu(results: dict) -> None:
+    for concurrency, by_relay in results.items():
+        gateway, minimal = by_relay["gateway"], by_relay["minimal"]
+        ratio = gateway["us_per_chunk"] / minimal["us_per_chunk"]
+        print(f"{RELAY_CPU:<12} CPU us per relayed chunk, concurrency {concurrency:<3} minimal relay "
+              f"{minimal['us_per_chunk']:.1f}, gateway {gateway['us_per_chunk']:.1f}: ratio {ratio:.2f}  "
+              f"<= 1.2: {'met' if ratio <= 1.2 else 'MISSED'}")
+        print(f"{'':<12} idle CPU taken off: minimal {100 * minimal['idle_cpu_share']:.2f} %, gateway "
+              f"{100 * gateway['idle_cpu_share']:.2f} % of a core; chunks {minimal['chunks']} / {gateway['chunks']}")
 
 
 def measure_kind(tmp: Path, kind: str, requests: int, rounds: int) -> dict:
