@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.bench.gateways import bench_gateway
 from tests.helpers import run_cli
 
 FIELDS = {"completed", "failed", "errors", "duration_s", "input_tokens", "output_tokens", "request_throughput",
@@ -17,12 +17,8 @@ FIELDS = {"completed", "failed", "errors", "duration_s", "input_tokens", "output
 
 @pytest.fixture
 def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    config = fake_gateway_config(tmp_path, chunk_delay=0.002)
-    config.write_text(config.read_text() + "expectations: {p: {ttft_s_max: 5, tokens_per_s_min: 1, switch_s_max: 60}}\n")
-    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
-    running = start_gateway(tmp_path, config)
-    yield running
-    running.stop()
+    with bench_gateway(tmp_path, monkeypatch, "{ttft_s_max: 5, tokens_per_s_min: 1, switch_s_max: 60}") as running:
+        yield running
 
 
 def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:

@@ -4,22 +4,21 @@ includes the waits for switches, and the switches the gateway made meanwhile."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.bench.gateways import bench_gateway
+from tests.gateway.harness import fake_gateway_config
 from tests.helpers import run_cli, run_json
 
 
 @pytest.fixture
-def gateway(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    config = fake_gateway_config(tmp_path, chunk_delay=0.002,
-                                 sections={"pool": {"max_engines": 1}, "scheduler": {"max_wait_s": 0.5}})
-    config.write_text(config.read_text() + "expectations: {p: {ttft_s_max: 60, tokens_per_s_min: 1, switch_s_max: 60}}\n")
-    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
-    running = start_gateway(tmp_path, config)
-    yield running
-    running.stop()
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    with bench_gateway(tmp_path, monkeypatch, "{ttft_s_max: 60, tokens_per_s_min: 1, switch_s_max: 60}",
+                       sections={"pool": {"max_engines": 1}, "scheduler": {"max_wait_s": 0.5}}) as running:
+        yield running
 
 
 def test_mix_reports_each_model_and_the_switches(gateway) -> None:

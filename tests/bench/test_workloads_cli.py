@@ -9,18 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.bench.gateways import bench_gateway
 from tests.helpers import run_cli, run_json
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    config = fake_gateway_config(tmp_path, chunk_delay=0.002)
-    config.write_text(config.read_text() + "expectations: {p: {ttft_s_max: 5, tokens_per_s_min: 1}}\n")
-    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
-    running = start_gateway(tmp_path, config)
-    yield running
-    running.stop()
+    with bench_gateway(tmp_path, monkeypatch, "{ttft_s_max: 5, tokens_per_s_min: 1}") as running:
+        yield running
 
 
 def received(tmp_path: Path) -> list[dict]:
