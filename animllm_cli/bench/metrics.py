@@ -7,7 +7,8 @@
 - E2EL: from sending to the last byte.
 - Throughputs: completed requests, output tokens, and input + output tokens, each over the
   wall time of the level. Token counts come from the server's `usage`.
-- Goodput (with SLOs, bench/slo.py): completed requests that met every SLO, over the wall time.
+- Goodput (with SLOs, bench/slo.py): completed requests that met every SLO given (the
+  metric at most the SLO; a one-token answer's TPOT counts as 0), over the wall time.
 - Percentiles interpolate linearly between samples, as numpy.percentile does.
 """
 
@@ -16,10 +17,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from animllm_cli.bench.slo import Slo
+from animllm_cli.bench.slo import NAMES, Slo
 
 
 @dataclass
@@ -94,11 +94,7 @@ def summarize(samples: list[Sample], duration_s: float, slo: Slo | None = None) 
     output_tokens = sum(s.output_tokens for s in done)
     input_tokens = sum(s.prompt_tokens for s in done)
     duration = max(duration_s, 1e-9)
-    good = None
-    if slo:
-        from animllm_cli.bench.slo import good_count
-
-        good = good_count(samples, slo)
+    good = good_count(samples, slo) if slo else None
     return LevelSummary(
         completed=len(done),
         failed=len(samples) - len(done),
@@ -116,3 +112,15 @@ def summarize(samples: list[Sample], duration_s: float, slo: Slo | None = None) 
         good_requests=good,
         request_goodput=None if good is None else good / duration,
     )
+
+
+def is_good(sample: Sample, slo: Slo) -> bool:
+    if not sample.ok:
+        return False
+    measured = {"ttft": sample.ttft or 0.0, "tpot": sample.tpot or 0.0, "e2el": sample.latency}
+    return all(getattr(slo, f"{name}_ms") is None or measured[name] <= getattr(slo, f"{name}_ms") / 1000
+               for name in NAMES)
+
+
+def good_count(samples: list[Sample], slo: Slo) -> int:
+    return sum(is_good(sample, slo) for sample in samples)

@@ -1,14 +1,12 @@
-"""SLOs and goodput, as vLLM's serving benchmark defines them (vllm/benchmarks/serve.py:
-`parse_goodput`, `check_goodput_args`, `calculate_metrics`): `--goodput ttft:MS tpot:MS
-e2el:MS`; a completed request is good when it meets every SLO given (its metric at most
-the SLO), a one-token answer's TPOT counting as 0; goodput is good requests per second."""
+"""SLOs as vLLM's serving benchmark spells them (vllm/benchmarks/serve.py: `parse_goodput`,
+`check_goodput_args`): `--goodput ttft:MS tpot:MS e2el:MS`. Which requests meet them is
+bench/metrics.py's, beside vLLM's other definitions."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
 
-from animllm_cli.bench.metrics import Sample
 from animllm_cli.errors import UsageError
 
 NAMES = ("ttft", "tpot", "e2el")
@@ -47,15 +45,3 @@ def parse_goodput(values: list[str]) -> Slo:
             raise UsageError(f"--goodput {pair!r}: {name} is given twice")
         found[name] = ms
     return Slo(**{f"{name}_ms": ms for name, ms in found.items()})
-
-
-def is_good(sample: Sample, slo: Slo) -> bool:
-    if not sample.ok:
-        return False
-    measured = {"ttft": sample.ttft or 0.0, "tpot": sample.tpot or 0.0, "e2el": sample.latency}
-    return all(getattr(slo, f"{name}_ms") is None or measured[name] <= getattr(slo, f"{name}_ms") / 1000
-               for name in NAMES)
-
-
-def good_count(samples: list[Sample], slo: Slo) -> int:
-    return sum(is_good(sample, slo) for sample in samples)

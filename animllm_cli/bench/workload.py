@@ -20,9 +20,9 @@ WORDS = loadgen.PROMPT_SEED.split()
 
 @dataclass
 class Workload:
-    endpoint: str                          # loadgen.COMPLETIONS or CHAT
     input_len: int                         # random prompts: tokens (words for text prompts)
     output_len: int
+    endpoint: str = COMPLETIONS            # or loadgen.CHAT
     output_len_given: bool = False         # --output-len on the command line beats the file's lengths
     ignore_eos: bool = True
     entries: list[PromptEntry] | None = None  # --prompts FILE

@@ -320,9 +320,10 @@ class _ServedGateway:
         import asyncio
 
         from animllm_cli.bench.runner import BenchPlan, run_bench
+        from animllm_cli.bench.workload import Workload
 
-        plan = BenchPlan(url=self.url, model=model, levels=[1, 4], request_rates=[], requests=8, input_len=32,
-                         output_len=32, warmup=1, api_key=self.key)
+        plan = BenchPlan(url=self.url, model=model, levels=[1, 4], request_rates=[], requests=8,
+                         workload=Workload(input_len=32, output_len=32), warmup=1, api_key=self.key)
         result = asyncio.run(run_bench(plan, self.out))
         return {level.concurrency: level.summary for level in result.levels}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,3 +73,15 @@ def test_bad_concurrency_or_rate_list() -> None:
     assert run_cli("bench", "-c", "0").exit_code == 2
     assert "each level must be at least 0.01" in run_cli("bench", "--request-rate", "1,0").stderr
     assert run_cli("bench", "--request-rate", "fast").exit_code == 2
+
+
+def test_the_demo_benchmark_step(gateway) -> None:
+    """The demo's step 5 builds its own plan for the same runner (the engine tier runs the
+    whole demo; this catches a plan it can no longer build in seconds)."""
+    from animllm_cli.demo.run import _ServedGateway
+    from animllm_cli.output import Output
+
+    served = object.__new__(_ServedGateway)
+    served.state, served.key, served.out = SimpleNamespace(url=gateway.url), None, Output(quiet=True)
+    levels = served.bench("a")
+    assert set(levels) == {1, 4} and all(summary.completed == 8 for summary in levels.values())

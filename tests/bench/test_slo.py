@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from animllm_cli.bench.metrics import Sample, summarize
-from animllm_cli.bench.slo import Slo, good_count, is_good, parse_goodput
+from animllm_cli.bench.metrics import Sample, good_count, is_good, summarize
+from animllm_cli.bench.slo import Slo, parse_goodput
 from animllm_cli.errors import UsageError
 
 SAVED = Path(__file__).parent / "data" / "saved_samples.json"
