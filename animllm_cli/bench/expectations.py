@@ -66,8 +66,8 @@ def check_mix(expectations: dict[str, Expectation], models: list, switches: list
     rows: list[CheckRow] = []
     for model in models:
         expectation = expectations.get(model.model)
-        if expectation is None:
-            continue
+        if expectation is None or model.summary.completed + model.summary.failed == 0:
+            continue  # a model the draw sent nothing to has nothing to judge
         rows += level_rows(expectation, model.summary, prefix=f"{model.model}: ")
         totals = [s["total_s"] for s in switches if s["to_model"] == model.model and s.get("total_s") is not None]
         if totals:

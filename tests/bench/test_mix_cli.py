@@ -76,3 +76,18 @@ def test_mix_refusals(args: list[str], words: str, tmp_path, monkeypatch: pytest
     monkeypatch.setenv("ANIMLLM_CONFIG", str(fake_gateway_config(tmp_path)))
     result = run_cli("bench", *args)
     assert result.exit_code == 2 and words in result.stderr, result.stderr
+
+
+def test_check_leaves_out_a_model_the_draw_sent_nothing() -> None:
+    from animllm_cli.bench.expectations import check_mix
+    from animllm_cli.bench.metrics import Sample, summarize
+    from animllm_cli.bench.mix import MixModel
+    from animllm_cli.config.schema import Expectation
+
+    expectation = Expectation(ttft_s_max=1, tokens_per_s_min=10)
+    served = summarize([Sample(ok=True, start=0, latency=0.5, ttft=0.2, output_tokens=11)], 1.0)
+    models = [MixModel("a", 3, served, behind_switch=0, switches_in=0),
+              MixModel("b", 1, summarize([], 1.0), behind_switch=0, switches_in=0)]
+    rows = check_mix({"a": expectation, "b": expectation}, models, [])
+    assert [row.metric for row in rows] == ["a: TTFT median (s)", "a: tokens/s per stream"]
+    assert all(row.ok for row in rows)
