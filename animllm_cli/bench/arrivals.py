@@ -3,7 +3,9 @@
 from a gamma distribution of shape `burstiness` and mean 1/rate (1: Poisson), the rate
 fixed or climbing from a start to an end rate over the requests (ramp-up); without a
 ramp-up the gaps are scaled so that N requests take exactly N/rate seconds, which keeps
-the throughput of one seed comparable with another's."""
+the throughput of one seed comparable with another's. The draws come from Python's
+`random` (bench must import without numpy): the same distribution as vLLM's
+`np.random.gamma`, not the same sequence for one seed."""
 
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ def parse_ramp_up(text: str) -> RampUp:
         raise UsageError(f"--ramp-up {text!r}: START and END are requests per second", hint=example) from None
     if not (0 < start < math.inf and 0 < end < math.inf):
         raise UsageError(f"--ramp-up {text!r}: START and END must be above 0 and finite", hint=example)
+    # vLLM refuses START > END; the same formulas ramp down as well (a cool-down), so it is allowed.
     return RampUp(parts[0], start, end)
 
 
@@ -57,18 +60,22 @@ def send_offsets(count: int, rate: float | None, *, burstiness: float = 1.0, ram
     """Seconds from the level's start at which each request is sent, non-decreasing.
     No rate (or an infinite one) and no ramp-up: all at once."""
     check_burstiness(burstiness)
+    if ramp_up is None and rate is not None and not rate > 0:
+        raise UsageError(f"--request-rate {rate:g}: must be above 0 requests per second (inf: all at once)")
     if ramp_up is None and (rate is None or math.isinf(rate)):
         return [0.0] * count
     rng = random.Random(seed)
     offsets, total = [], 0.0
     for index in range(count):
-        current = ramp_up.rate(index, count) if ramp_up else rate
-        if math.isinf(burstiness):
-            total += 1.0 / current
-        else:
-            total += rng.gammavariate(burstiness, 1.0 / (current * burstiness))
+        total += _gap(rng, ramp_up.rate(index, count) if ramp_up else rate, burstiness)
         offsets.append(total)
     if ramp_up is None and offsets and offsets[-1] > 0:
         scale = (count / rate) / offsets[-1]
         offsets = [offset * scale for offset in offsets]
     return offsets
+
+
+def _gap(rng: random.Random, rate: float, burstiness: float) -> float:
+    if math.isinf(burstiness):
+        return 1.0 / rate  # the gamma's limit, and vLLM's: a steady beat
+    return rng.gammavariate(burstiness, 1.0 / (rate * burstiness))

@@ -118,7 +118,7 @@ class MixResult:
 
 
 async def run_mix(plan: MixPlan, out: Output) -> MixResult:
-    rng = random.Random(plan.seed)
+    rng = random.Random(f"{plan.seed}:models")  # not the arrivals' stream: a model's draw must not set its gap
     names, weights = zip(*plan.shares)
     chosen = rng.choices(names, weights=weights, k=plan.requests)
     async with session(plan.url, plan.api_key) as http:

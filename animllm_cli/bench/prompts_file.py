@@ -37,9 +37,8 @@ def read_prompts(path: Path) -> list[PromptEntry]:
     try:
         entries = _sharegpt(path) if path.suffix.lower() == ".json" else list(_jsonl(path))
     except OSError as exc:
-        raise UsageError(f"--prompts {path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--prompts {path}: not UTF-8 text", hint=FORMATS) from None
+        raise UsageError(f"--prompts {path}: cannot read it ({exc.strerror or exc})",
+                         hint="check the path and that the file is readable") from None
     if not entries:
         raise UsageError(f"--prompts {path}: no prompts in it", hint=FORMATS)
     return entries
@@ -50,16 +49,27 @@ def has_messages(entries: list[PromptEntry]) -> bool:
 
 
 def _jsonl(path: Path) -> Iterator[PromptEntry]:
-    with path.open(encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
+    # Bytes, decoded a line at a time: a big file streams, and bad UTF-8 is found on its line.
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            where = f"--prompts {path}, line {number}"
+            text = _decode(raw, where, first=number == 1)
             if not text.strip():
                 continue
-            where = f"--prompts {path}, line {number}"
             try:
                 item = json.loads(text)
             except ValueError as exc:
                 raise UsageError(f"{where}: not JSON ({exc.msg}): {_cut(text.strip())}", hint=FORMATS) from None
             yield _entry(item, where, number)
+
+
+def _decode(raw: bytes, where: str, *, first: bool) -> str:
+    try:
+        # utf-8-sig on the first line: editors on Windows start a file with a byte-order mark.
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 text (byte {exc.start + 1}: {raw[exc.start:exc.start + 4]!r})",
+                         hint="save the file as UTF-8") from None
 
 
 def _entry(item: Any, where: str, number: int) -> PromptEntry:
@@ -101,14 +111,7 @@ def _output_tokens(item: dict, where: str) -> int | None:
 
 
 def _sharegpt(path: Path) -> list[PromptEntry]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UsageError(f"--prompts {path}: not JSON ({getattr(exc, 'msg', exc)})",
-                         hint="a .json file is read as ShareGPT; name a JSONL file otherwise") from None
-    if not isinstance(data, list):
-        raise UsageError(f"--prompts {path}: a ShareGPT file is a list of conversations, found "
-                         f"{type(data).__name__}", hint=FORMATS)
+    data = _json_list(path)
     entries = []
     for index, item in enumerate(data):
         turns = item.get("conversations") if isinstance(item, dict) else None
@@ -117,7 +120,32 @@ def _sharegpt(path: Path) -> list[PromptEntry]:
         where = f"--prompts {path}, entry {index}"
         prompt, answer = (_turn(turns[i], where, i) for i in (0, 1))
         entries.append(PromptEntry(prompt=prompt, reference=answer, line=index))
+    if data and not entries:
+        raise UsageError(f"--prompts {path}: none of its {len(data)} entries has \"conversations\" with two turns "
+                         f"or more (entry 0: {_cut(json.dumps(data[0]))})",
+                         hint="a .json file is read as ShareGPT; name a JSONL file (e.g. prompts.jsonl) for "
+                              "{\"prompt\": ...} lines")
     return entries
+
+
+def _json_list(path: Path) -> list:
+    """The whole file (JSON cannot be streamed without a parser bench does not carry)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--prompts {path}: not UTF-8 text (byte {exc.start + 1})",
+                         hint="save the file as UTF-8") from None
+    if not text.strip():
+        raise UsageError(f"--prompts {path}: the file is empty", hint=FORMATS)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--prompts {path}: not JSON ({exc})",
+                         hint="a .json file is read as ShareGPT; name a JSONL file otherwise") from None
+    if not isinstance(data, list):
+        raise UsageError(f"--prompts {path}: a ShareGPT file is a list of conversations, found "
+                         f"{type(data).__name__}", hint=FORMATS)
+    return data
 
 
 def _turn(turn: Any, where: str, index: int) -> str:

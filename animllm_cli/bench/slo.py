@@ -4,12 +4,14 @@ bench/metrics.py's, beside vLLM's other definitions."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields
 
 from animllm_cli.errors import UsageError
 
 NAMES = ("ttft", "tpot", "e2el")
+HINT = f"NAME:MS pairs, e.g. --goodput ttft:500 tpot:50; names: {', '.join(NAMES)}"
 
 
 @dataclass(frozen=True)
@@ -27,21 +29,30 @@ class Slo:
 
 
 def parse_goodput(values: list[str]) -> Slo:
-    """The option's values: each may hold several pairs, apart by spaces or commas."""
+    """The option's values: each may hold several pairs, apart by spaces or commas.
+    Stricter than vLLM, which lets a repeated name's last value win and takes `nan`
+    (an SLO no request can meet): both are a typo, refused here."""
     found: dict[str, float] = {}
     for pair in (p for value in values for p in re.split(r"[\s,]+", value) if p):
-        name, colon, number = pair.partition(":")
-        if not colon:
-            raise UsageError(f"--goodput {pair!r}: expected NAME:MS, e.g. ttft:500", hint=f"names: {', '.join(NAMES)}")
-        if name not in NAMES:
-            raise UsageError(f"--goodput {pair!r}: unknown SLO {name!r}", hint=f"names: {', '.join(NAMES)}")
-        try:
-            ms = float(number)
-        except ValueError:
-            raise UsageError(f"--goodput {pair!r}: {number!r} is not a number of milliseconds") from None
-        if ms < 0:
-            raise UsageError(f"--goodput {pair!r}: an SLO cannot be negative")
+        name, ms = _slo_pair(pair)
         if name in found:
-            raise UsageError(f"--goodput {pair!r}: {name} is given twice")
+            raise UsageError(f"--goodput {pair!r}: {name} is given twice", hint=HINT)
         found[name] = ms
     return Slo(**{f"{name}_ms": ms for name, ms in found.items()})
+
+
+def _slo_pair(pair: str) -> tuple[str, float]:
+    name, colon, number = pair.partition(":")
+    if not colon:
+        raise UsageError(f"--goodput {pair!r}: expected NAME:MS, e.g. ttft:500", hint=HINT)
+    if name not in NAMES:
+        raise UsageError(f"--goodput {pair!r}: unknown SLO {name!r}", hint=HINT)
+    try:
+        ms = float(number)
+    except ValueError:
+        ms = math.nan
+    if math.isnan(ms):
+        raise UsageError(f"--goodput {pair!r}: {number!r} is not a number of milliseconds", hint=HINT)
+    if ms < 0:
+        raise UsageError(f"--goodput {pair!r}: an SLO cannot be negative", hint=HINT)
+    return name, ms

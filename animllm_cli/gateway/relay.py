@@ -112,7 +112,9 @@ class IdleWatch:
         self._handle = self.loop.call_at(self._next(self.loop.time()), self._fire)
 
     def _next(self, now: float) -> float:
-        due = (self.reading_since if self.reading_since is not None else now) + self.idle_s
+        if self.reading_since is None:  # sending: nothing is bounded until the next read
+            return now + self.idle_s
+        due = self.reading_since + self.idle_s
         return min(due, self.deadlines.end) if self.deadlines.end is not None else due
 
     def _fire(self) -> None:
@@ -372,6 +374,8 @@ class RelayResponse(Response):
         try:
             while True:
                 watch.reading_since = time()
+                if self.deadlines.end is not None and watch.reading_since >= self.deadlines.end:
+                    raise Expired("the whole request took longer than total_timeout_s", self.deadlines.bounds.total_s or 0)
                 try:
                     chunk = await content.readany()
                 except asyncio.CancelledError:

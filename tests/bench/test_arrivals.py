@@ -59,5 +59,7 @@ def test_ramp_up_spelling() -> None:
     for bad in ("linear:1", "steep:1:2", "linear:a:2", "linear:0:5", "exponential:1:inf"):
         with pytest.raises(UsageError, match="--ramp-up"):
             parse_ramp_up(bad)
-    with pytest.raises(UsageError, match="above 0"):
-        send_offsets(3, 1.0, burstiness=0)
+    assert parse_ramp_up("linear:8:2") == RampUp("linear", 8.0, 2.0)  # a ramp down: vLLM refuses it, bench not
+    for burstiness, rate in ((0, 1.0), (-1, 1.0), (math.nan, 1.0), (1.0, 0.0), (1.0, -2.0), (1.0, math.nan)):
+        with pytest.raises(UsageError, match="above 0"):
+            send_offsets(3, rate, burstiness=burstiness)

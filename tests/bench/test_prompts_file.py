@@ -61,7 +61,9 @@ def test_jsonl_refusals_name_the_line_and_key(tmp_path: Path, lines: list, words
 @pytest.mark.parametrize("content, words", [
     ("{bad", "not JSON"), (json.dumps({"conversations": []}), "a list of conversations"),
     (json.dumps([{"conversations": [{"value": "a"}, {"from": "gpt"}]}]), "entry 0: conversations[1]"),
-    (json.dumps([{"conversations": [{"value": "only one"}]}]), "no prompts in it"),
+    (json.dumps([{"conversations": [{"value": "only one"}]}]), "none of its 1 entries has \"conversations\""),
+    (json.dumps([{"prompt": "a JSONL line's shape"}]), "none of its 1 entries"),
+    (json.dumps([]), "no prompts in it"), ("  \n", "the file is empty"),
 ])
 def test_sharegpt_refusals(tmp_path: Path, content: str, words: str) -> None:
     path = tmp_path / "share.json"
@@ -72,9 +74,19 @@ def test_sharegpt_refusals(tmp_path: Path, content: str, words: str) -> None:
 
 
 def test_missing_or_binary_file(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="cannot read it"):
+    with pytest.raises(UsageError, match="cannot read it") as refused:
         read_prompts(tmp_path / "nope.jsonl")
+    assert refused.value.hint == "check the path and that the file is readable"
     binary = tmp_path / "b.jsonl"
-    binary.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(UsageError, match="not UTF-8"):
+    binary.write_bytes(b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "\xff\xfe"}\n')
+    with pytest.raises(UsageError, match="line 3: not UTF-8"):
         read_prompts(binary)
+
+
+def test_a_byte_order_mark_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n')
+    assert read_prompts(path) == [PromptEntry(prompt="a", line=1)]
+    share = tmp_path / "bom.json"
+    share.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"conversations": [{"value": "q"}, {"value": "a"}]}]).encode())
+    assert read_prompts(share) == [PromptEntry(prompt="q", reference="a", line=0)]

@@ -33,11 +33,12 @@ def test_no_goodput_is_no_slo() -> None:
 
 @pytest.mark.parametrize("pair, words", [
     ("speed:3", "unknown SLO 'speed'"), ("ttft", "expected NAME:MS"), ("ttft:fast", "not a number"),
-    ("tpot:-1", "cannot be negative"), ("ttft:1 ttft:2", "given twice"),
+    ("tpot:-1", "cannot be negative"), ("ttft:1 ttft:2", "given twice"), ("e2el:nan", "not a number"),
 ])
 def test_goodput_refusals(pair: str, words: str) -> None:
-    with pytest.raises(UsageError, match=words):
+    with pytest.raises(UsageError, match=words) as refused:
         parse_goodput([pair])
+    assert repr(pair.split()[-1]) in refused.value.message and "names: ttft, tpot, e2el" in refused.value.hint
 
 
 def test_the_rule_at_its_edges() -> None:
@@ -52,7 +53,8 @@ def test_the_rule_at_its_edges() -> None:
 
 @pytest.mark.vllm
 @pytest.mark.parametrize("goodput", [{"ttft": 100}, {"tpot": 12}, {"e2el": 1000}, {"ttft": 150, "tpot": 12},
-                                     {"ttft": 80, "tpot": 15, "e2el": 900}, {"tpot": 0}])
+                                     {"ttft": 80, "tpot": 15, "e2el": 900}, {"tpot": 0},
+                                     {"ttft": 50}, {"ttft": 50, "tpot": 20}, {"e2el": 1310}])  # samples sit at these
 def test_same_numbers_as_vllm_on_saved_samples(goodput: dict[str, float]) -> None:
     from vllm.benchmarks.lib.endpoint_request_func import RequestFuncOutput
     from vllm.benchmarks.serve import calculate_metrics
