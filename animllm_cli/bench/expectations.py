@@ -11,7 +11,7 @@ and the median of the switches into it.
 
 from __future__ import annotations
 
-from animllm_cli.bench.metrics import LevelSummary
+from animllm_cli.bench.metrics import LevelSummary, percentile
 from animllm_cli.bench.results import CheckRow, LevelResult, SwitchRun
 from animllm_cli.config.schema import Expectation
 
@@ -57,12 +57,9 @@ def _row(metric: str, value: float, target: str, ok: bool) -> CheckRow:
     return CheckRow(metric=metric, value=round(value, 4), target=target, ok=ok)
 
 
-
 def check_mix(expectations: dict[str, Expectation], models: list, switches: list[dict]) -> list[CheckRow]:
     """Per model of a --mix, with its own profile's expectations: its latency including
     any wait for a switch, and the median of the switches into it."""
-    from animllm_cli.bench.metrics import percentile
-
     rows: list[CheckRow] = []
     for model in models:
         expectation = expectations.get(model.model)

@@ -106,7 +106,7 @@ def bench(
     arrivals = _arrivals(concurrency, request_rate, burstiness, ramp_up, ctx, mix is not None)
     api_key = os.environ.get(loaded.config.server.api_key_env)
     if mix is not None:
-        _run_mix(ctx, out, loaded, model, workload, arrivals, count, goodput_given, api_key)
+        _run_mix(ctx, out, loaded, resolve, model, workload, arrivals, count, goodput_given, api_key)
         return
 
     from animllm_cli.bench.runner import BenchPlan, run_bench
@@ -144,7 +144,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
 
 
-SLO_PAIR = r"^[A-Za-z_]\w*:-?[\d.]+$"  # NAME:MS (parse_goodput judges the name)
+SLO_PAIR = r"^(?:[A-Za-z_]\w*:-?[\d.]+|ttft|tpot|e2el)$"  # NAME:MS, or a bare SLO name (parse_goodput judges)
 
 
 def _goodput_pairs(ctx: typer.Context, model: str | None, goodput: list[str] | None):
@@ -191,9 +191,8 @@ def _workload(prompts: Path | None, endpoint: str | None, input_len: int, output
 def _arrivals(concurrency: str, request_rate: str | None, burstiness: float, ramp_up: str | None,
               ctx: typer.Context, mixing: bool):
     """(concurrency levels, request rates, ramp-up): one of the three describes the levels."""
-    from animllm_cli.errors import UsageError
-
     from animllm_cli.bench.arrivals import check_burstiness
+    from animllm_cli.errors import UsageError
 
     check_burstiness(burstiness)
     if _given(ctx, "burstiness") and not (request_rate or ramp_up or mixing):
@@ -233,7 +232,7 @@ def _slo(given, expectation, loaded, name: str):
     return given
 
 
-def _run_mix(ctx: typer.Context, out, loaded, model: str | None, workload, arrivals, count: int, goodput,
+def _run_mix(ctx: typer.Context, out, loaded, resolve, model: str | None, workload, arrivals, count: int, goodput,
              api_key: str | None) -> None:
     """`--mix`: the options not given here are read from ctx.params as the user gave them."""
     import asyncio
@@ -243,7 +242,6 @@ def _run_mix(ctx: typer.Context, out, loaded, model: str | None, workload, arriv
 
     given = ctx.params
     url, check, plot = given["url"], given["check"], given["plot"]
-    resolve = common.model_resolver(loaded, url=url)
     clashing = [f"--{name.replace('_', '-')}" for name in ("switch", "switch_rounds", "warmup") if _given(ctx, name)]
     if model is not None:
         clashing.insert(0, f"MODEL ({model})")
@@ -300,8 +298,14 @@ def _render_mix(out, result) -> None:
         out.info(f"switching: {result.switching_s:.1f} s of {result.duration_s:.1f} s wall "
                  f"({100 * result.switching_share:.0f} %), {len(switches)} switch(es)"
                  + (f"; {result.switches_lost} more fell out of the gateway's history" if result.switches_lost else ""))
-    if result.check is not None:
-        rows = [[r.metric, r.value, r.target, "ok" if r.ok else "MISSED"] for r in result.check]
+    _render_check(out, result.check)
+
+
+def _render_check(out, check) -> None:
+    from animllm_cli.output import table
+
+    if check is not None:
+        rows = [[r.metric, r.value, r.target, "ok" if r.ok else "MISSED"] for r in check]
         out.show(table("Expectations", ["metric", "value", "target", ""], rows))
 
 
@@ -425,6 +429,4 @@ def _render(out, result: BenchResult) -> None:
         rows = [[name, "-" if v is None else f"{v.median:.2f} / {v.max:.2f}"] for name, v in spreads]
         kinds = f"{result.switch.wakes} woken from sleep, {result.switch.cold_loads} cold"
         out.show(table(f"Switches ({result.switch.count}: {kinds}): median / max seconds", ["", ""], rows))
-    if result.check is not None:
-        rows = [[r.metric, r.value, r.target, "ok" if r.ok else "MISSED"] for r in result.check]
-        out.show(table("Expectations", ["metric", "value", "target", ""], rows))
+    _render_check(out, result.check)

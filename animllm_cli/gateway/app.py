@@ -451,7 +451,7 @@ async def admin_switches(request: Request, gw: Gateway) -> Response:
     except ValueError:
         return error(400, f"since={since!r}: expected a wall-clock time in seconds (time.time())", param="since")
     kept = [s for s in gw.pool.switches if after is None or (s.finished_at or 0) > after]
-    return JSONResponse(SwitchHistory(recorded=gw.pool.switches_recorded, kept=SWITCH_HISTORY, switches=kept).to_json())
+    return JSONResponse(SwitchHistory(recorded=gw.pool.switches_recorded, capacity=SWITCH_HISTORY, switches=kept).to_json())
 
 
 @guarded

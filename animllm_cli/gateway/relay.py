@@ -71,6 +71,9 @@ class Expired(Exception):
         self.what, self.seconds = what, seconds
 
 
+TOTAL_BOUND = "the whole request took longer than total_timeout_s"
+
+
 @dataclass
 class Deadlines:
     bounds: Bounds
@@ -81,11 +84,17 @@ class Deadlines:
         now = asyncio.get_running_loop().time()
         return cls(bounds, now + bounds.total_s if bounds.total_s else None)
 
+    def overdue(self, now: float) -> Expired | None:
+        """The total bound's Expired once its end has passed, else None."""
+        if self.end is not None and now >= self.end:
+            return Expired(TOTAL_BOUND, self.bounds.total_s or 0)
+        return None
+
     async def within(self, awaitable: Awaitable[Any], seconds: float, what: str) -> Any:
         """Await with `seconds` as the bound (or the total's end, if sooner): Expired names it."""
         end = asyncio.get_running_loop().time() + seconds
         if self.end is not None and self.end < end:
-            end, seconds, what = self.end, self.bounds.total_s or 0, "the whole request took longer than total_timeout_s"
+            end, seconds, what = self.end, self.bounds.total_s or 0, TOTAL_BOUND
         bound = asyncio.timeout_at(end)
         try:
             async with bound:
@@ -120,10 +129,8 @@ class IdleWatch:
     def _fire(self) -> None:
         now = self.loop.time()
         if self.reading_since is not None:
-            if self.deadlines.end is not None and now >= self.deadlines.end:
-                self.expired = Expired("the whole request took longer than total_timeout_s",
-                                       self.deadlines.bounds.total_s or 0)
-            elif now - self.reading_since >= self.idle_s:
+            self.expired = self.deadlines.overdue(now)
+            if self.expired is None and now - self.reading_since >= self.idle_s:
                 self.expired = Expired(self.what, self.idle_s)
             if self.expired is not None:
                 self.task.cancel()
@@ -374,8 +381,9 @@ class RelayResponse(Response):
         try:
             while True:
                 watch.reading_since = time()
-                if self.deadlines.end is not None and watch.reading_since >= self.deadlines.end:
-                    raise Expired("the whole request took longer than total_timeout_s", self.deadlines.bounds.total_s or 0)
+                overdue = self.deadlines.overdue(watch.reading_since)  # it may have passed during a send
+                if overdue is not None:
+                    raise overdue
                 try:
                     chunk = await content.readany()
                 except asyncio.CancelledError:

@@ -57,7 +57,7 @@ def test_mix_tables_and_a_missed_expectation(gateway) -> None:
 
 def test_switch_history_since(gateway) -> None:
     history = httpx.get(f"{gateway.url}/admin/switches").json()
-    assert history["recorded"] >= 1 and history["kept"] >= 1 and history["switches"][0]["to_model"] == "a"
+    assert history["recorded"] >= 1 and history["capacity"] >= 1 and history["switches"][0]["to_model"] == "a"
     assert httpx.get(f"{gateway.url}/admin/switches", params={"since": "9e12"}).json()["switches"] == []
     assert httpx.get(f"{gateway.url}/admin/switches", params={"since": "soon"}).status_code == 400
 
