@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from animllm_cli.gateway.state import GatewayState, read_state, state_path, write_state
-from tests.helpers import run_cli
+from tests.helpers import run_cli, wait_until
 
 
 @pytest.fixture
@@ -27,7 +27,9 @@ def sleeper():
     def start(*extra: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra])
         procs.append(proc)
-        psutil.Process(proc.pid).cmdline()  # it exists
+        # Until the child has exec'd, its command line is still pytest's (a loaded machine
+        # shows that window): wait for its own, within the life it was given.
+        assert wait_until(lambda: "time.sleep(60)" in " ".join(psutil.Process(proc.pid).cmdline()), 60)
         return proc
 
     yield start
