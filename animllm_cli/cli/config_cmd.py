@@ -31,6 +31,10 @@ def show(
     explain: Annotated[bool, typer.Option("--explain", help="Show where each value came from.")] = False,
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, show_default=False,
                                                 help="Engine port for the command (default: engine.port).")] = None,
+    vllm_version: Annotated[Optional[str], typer.Option(
+        "--vllm-version", show_default=False, metavar="X.Y.Z",
+        help="Spell and check the engine command for this vLLM release (default: the installed one), "
+             "to prepare a config for another machine.")] = None,
     sets: common.SetOption = None,
     gpu_memory_utilization: common.GpuUtilOption = None,
     max_model_len: common.MaxModelLenOption = None,
@@ -39,6 +43,8 @@ def show(
     """Print the effective config, or one model's engine settings, command line and environment.
 
     --format args prints one shell line that runs the engine as it is; secrets appear as "$NAME" references, never as values.
+    The flags are spelt as the engine's vLLM release takes them (--vllm-version: another release's); a setting that
+    release does not have is an error (exit 2) naming the first release that has it.
     """
     from animllm_cli.config import summary
 
@@ -54,7 +60,9 @@ def show(
     elif (view := loaded.model(model)).remote and (explain or fmt in (Format.yaml, Format.json)):  # no engine here
         data = summary.explain_remote_model(loaded, view) if explain else summary.remote_model_report(view)
     else:
-        view, command = summary.engine_command_for(loaded, model, port)
+        view, command = summary.engine_command_for(loaded, model, port, vllm_version)
+        for note in summary.vllm_notes(command):
+            out.warn(note)
         if explain:
             data = summary.explain_model(loaded, view, command)
         elif fmt is Format.args:

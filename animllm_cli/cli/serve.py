@@ -52,6 +52,7 @@ def serve(
     gateway_state.ensure_not_running()
     _stop_leftovers(out, loaded)
     _check_port_free(host, port)
+    _check_engine_commands(out, loaded, [name, *preloads])
     if not no_pull:
         from animllm_cli.cli.pull import pull_missing
 
@@ -75,6 +76,27 @@ def _stop_leftovers(out, loaded) -> None:
             out.warn(f"could not stop {item.describe()}: pids {item.left} still alive")
         else:
             out.warn(f"stopped {item.describe()}")
+
+
+def _check_engine_commands(out, loaded, starting: list[str]) -> None:
+    """Each model's engine command, spelt for the installed vLLM before anything starts:
+    a setting that release lacks fails the models being started now (exit 2) and is a
+    warning for the others, whose switch would fail the same way."""
+    from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.errors import ConfigError
+
+    problems: list[str] = []
+    for model in loaded.local_model_names():
+        try:
+            build_engine_command(loaded, loaded.model(model))
+        except ConfigError as error:
+            if model in starting:
+                problems += error.problems
+            else:
+                out.warn(f"switching to {model} will fail: " + "; ".join(error.problems))
+    if problems:
+        raise ConfigError(problems, hint="change or remove those settings, or run a vLLM release that has them "
+                                         "(engine.python); animllm doctor checks every model")
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from animllm_cli.config import schema
+from animllm_cli.config import schema, vllm_releases
 from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.config.provenance import Source
 from animllm_cli.credentials import is_secret_name, masked
+from animllm_cli.errors import ConfigError
 
 ENGINE_HOST = "127.0.0.1"
 ENGINE_KEY_VAR = "VLLM_API_KEY"  # vLLM guards its /v1 routes with this key when set
@@ -35,6 +36,7 @@ class EngineCommand:
     env_sources: dict[str, Source] = field(default_factory=dict)
     flag_sources: list[tuple[list[str], Source]] = field(default_factory=list)
     gateway_key_env: str | None = None        # server.api_key_env: never passed to the engine
+    vllm: vllm_releases.Coverage | None = None  # the release whose spelling argv has (None: not looked up)
 
     def display_env(self) -> dict[str, str]:
         """The environment with secret values masked, for printing."""
@@ -46,6 +48,11 @@ class EngineCommand:
         assignments = [f'{k}="${k}"' if is_secret_name(k) else f"{k}={shlex.quote(v)}"
                        for k, v in self.env.items()]
         return " ".join([*assignments, *(shlex.quote(a) for a in self.argv)])
+
+    @property
+    def module(self) -> str:
+        """The server module it runs: argv is `<python> -m MODULE ...`."""
+        return self.argv[2]
 
     @property
     def api_key(self) -> str | None:
@@ -95,12 +102,24 @@ def engine_python(loaded: LoadedConfig) -> str:
     return expanded
 
 
+def installed_vllm_version(loaded: LoadedConfig) -> str | None:
+    """The vLLM in the engine's interpreter, from its package metadata (no vLLM import)."""
+    from animllm_cli.doctor.python_env import probe_python_cached
+
+    env = probe_python_cached(engine_python(loaded))
+    return env.packages.get(env.vllm_distribution) if env.vllm_distribution else None
+
+
 def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | None = None,
-                         api_key: str | None = None) -> EngineCommand:
-    """The command for `model`, listening on `port` (default: engine.port). `api_key`: the
-    engine's own key, through its environment (vLLM reads VLLM_API_KEY), never argv."""
+                         api_key: str | None = None, vllm_version: str | None = None) -> EngineCommand:
+    """The command for `model`, listening on `port` (default: engine.port), spelt as
+    `vllm_version` (default: the installed one) takes it. `api_key`: the engine's own key,
+    through its environment (vLLM reads VLLM_API_KEY), never argv.
+
+    Raises ConfigError (exit 2) naming each setting that release does not take."""
     config = loaded.config
     port = config.engine.port if port is None else port
+    coverage = vllm_releases.tables().coverage(vllm_version or installed_vllm_version(loaded))
     argv = [engine_python(loaded), "-m", config.engine.module,
             "--model", model.engine_source,
             "--served-model-name", *model.served_names,
@@ -109,15 +128,22 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
     flag_sources: list[tuple[list[str], Source]] = [
         (["--model", model.engine_source], loaded.source_of(("models", model.name, "source"))),
     ]
-    for key in schema.ENGINE_SETTING_KEYS:
-        if key in model.settings:
-            args = flag_args(key, model.settings[key])
-            argv += args
-            flag_sources.append((args, model.sources[key]))
-    for key, value in model.spec.extra_args.items():
-        args = flag_args(key, value)
+    settings = [(key, key, model.settings[key], model.sources[key]) for key in schema.ENGINE_SETTING_KEYS
+                if key in model.settings]
+    settings += [(f"extra_args.{key}", key, value, loaded.source_of(("models", model.name, "extra_args", key)))
+                 for key, value in model.spec.extra_args.items()]
+    problems = [p for p in [vllm_releases.module_problem(config.engine.module, coverage.release)] if p]
+    for label, key, value, source in settings:
+        try:
+            args = vllm_releases.spell(key, value, coverage.release, flag_args(key, value), label)
+        except vllm_releases.FlagProblem as problem:
+            problems.append(f"models.{model.name}.{problem.message} (set in {source})")
+            continue
         argv += args
-        flag_sources.append((args, loaded.source_of(("models", model.name, "extra_args", key))))
+        flag_sources.append((args, source))
+    if problems:
+        raise ConfigError(problems, hint=f"the command is for vLLM {coverage.version}: change or remove the setting, "
+                                         f"or run a vLLM release that has it (engine.python)")
     env, env_sources = engine_environment(loaded)
     if api_key:
         env[ENGINE_KEY_VAR], env_sources[ENGINE_KEY_VAR] = api_key, Source("builtin", "a random key per launch")
@@ -128,7 +154,8 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
         inherited = env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_SIDE), inherited) if p)
         env_sources["PYTHONPATH"] = Source("builtin", "where the engine finds animllm_engine_guard")
-    return EngineCommand(argv, port, env, env_sources, flag_sources, gateway_key_env=config.server.api_key_env)
+    return EngineCommand(argv, port, env, env_sources, flag_sources, gateway_key_env=config.server.api_key_env,
+                         vllm=coverage)
 
 
 def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, Source]]:

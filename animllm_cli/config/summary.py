@@ -82,7 +82,7 @@ def model_report(loaded: LoadedConfig, view: ModelView, command: EngineCommand) 
         "aliases": view.spec.aliases,
         "settings": view.settings,
         "extra_args": view.spec.extra_args,
-        "engine": {"argv": command.argv, "env": command.display_env()},
+        "engine": {"argv": command.argv, "env": command.display_env(), "vllm": vllm_report(command)},
     }
 
 
@@ -171,10 +171,40 @@ def _row(key: str, value: Any, source: Source) -> dict[str, Any]:
     return {"key": key, "value": value, "source": source.to_json()}
 
 
-def engine_command_for(loaded: LoadedConfig, wanted: str | None, port: int | None = None) -> tuple[ModelView, EngineCommand]:
+def engine_command_for(loaded: LoadedConfig, wanted: str | None, port: int | None = None,
+                       vllm_version: str | None = None) -> tuple[ModelView, EngineCommand]:
+    """`vllm_version`: spell the command for that release (default: the installed one)."""
+    if vllm_version is not None:
+        _require_version(vllm_version)
     view = loaded.model(wanted)
     if view.remote:
         raise UsageError(f"'{view.name}' is served elsewhere (upstream: {', '.join(view.spec.upstream.urls)}): "
                          f"it has no engine here, so no engine command or environment",
                          hint=f"see its upstream with: animllm config show {view.name}")
-    return view, build_engine_command(loaded, view, port=port)
+    return view, build_engine_command(loaded, view, port=port, vllm_version=vllm_version)
+
+
+def _require_version(text: str) -> None:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        Version(text)
+    except InvalidVersion:
+        raise UsageError(f"--vllm-version {text!r} is not a version number",
+                         hint="give a release as pip spells it, for example 0.10.0") from None
+
+
+def vllm_notes(command: EngineCommand) -> list[str]:
+    """The command's notes on its vLLM release (config/vllm_releases.notes)."""
+    from animllm_cli.config import vllm_releases
+
+    return vllm_releases.notes(command.vllm, list(command.env), command.module) if command.vllm else []
+
+
+def vllm_report(command: EngineCommand) -> dict[str, Any] | None:
+    coverage = command.vllm
+    if coverage is None:
+        return None
+    return {"version": coverage.version or None,
+            "checked_as": coverage.release.version if coverage.release else None,
+            "notes": vllm_notes(command)}

@@ -245,6 +245,35 @@ def vllm(ctx: DoctorContext) -> Result:
     return Result(PASS, detail)
 
 
+@check("engine-flags", "every model's engine command valid for the installed vLLM (its release's flag table)")
+def engine_flags(ctx: DoctorContext) -> Result:
+    from animllm_cli.config import vllm_releases
+    from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.errors import ConfigError
+
+    name = ctx.env.vllm_distribution
+    if name is None:
+        return Result(SKIP, "no vLLM installed to check the commands against")
+    version = ctx.env.packages[name]
+    coverage = vllm_releases.tables().coverage(version)
+    if not coverage.checked:
+        return Result(WARN, coverage.reason, "a newer animllm has newer tables; vLLM itself judges the flags at start")
+    local = ctx.loaded.local_model_names()
+    models = [m for m in _checked(ctx) if m in local]
+    problems = []
+    for model in models:
+        try:
+            build_engine_command(ctx.loaded, ctx.loaded.model(model), vllm_version=version)
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        return Result(FAIL, "; ".join(problems),
+                      "change those settings, or check a model with: animllm config show MODEL --format args")
+    notes = vllm_releases.notes(coverage, list(ctx.loaded.config.env), ctx.loaded.config.engine.module)
+    return Result(PASS, f"{len(models)} model(s), {coverage.reason} (tables {vllm_releases.tables().span})"
+                        + "".join(f"; {n}" for n in notes))
+
+
 @check("forbidden", "forbidden packages absent")
 def forbidden(ctx: DoctorContext) -> Result:
     names = ctx.loaded.config.runtime.forbid_packages

@@ -4,6 +4,7 @@ interpreter (engine.python), the same probe runs there in a subprocess."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -62,6 +63,13 @@ def probe_python(executable: str, extra: list[str] | None = None) -> PythonEnv:
     if result.returncode != 0:
         return PythonEnv(executable, error=f"{executable} failed: {result.stderr.strip()[-300:]}")
     return PythonEnv(**json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@functools.lru_cache(maxsize=8)
+def probe_python_cached(executable: str) -> PythonEnv:
+    """probe_python, once per interpreter and process: the engine command builder asks for
+    every launch, and what is installed does not change under a running gateway."""
+    return probe_python(executable)
 
 
 def vllm_known_env_vars(vllm_dir: str | None) -> set[str] | None:

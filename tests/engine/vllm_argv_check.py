@@ -1,6 +1,11 @@
 """Run inside the engine's interpreter: parse argv lists with the installed vLLM's own
 server argument parser, without starting anything. Reads a JSON list of argv lists on
-stdin, prints a JSON list of error strings (null where vLLM accepted the argv)."""
+stdin, prints a JSON list of error strings (null where vLLM accepted the argv).
+
+  --parse-only   the parser's verdict alone (not validate_parsed_serve_args, which also
+                 judges combinations: --enable-auto-tool-choice wants a parser, ...)
+  --options      instead: every option string the parser registers, with how many values
+                 it takes and its choices, and the quantization methods"""
 
 import contextlib
 import io
@@ -11,11 +16,17 @@ import sys
 def make_parser():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    try:  # the module moved in vLLM 0.2x; keep both so older pinned builds work too
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-    except ImportError:
-        from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
-    return make_arg_parser(FlexibleArgumentParser()), validate_parsed_serve_args
+    import importlib
+
+    # The module moved twice (openai -> launchers in 0.2x -> common in 0.33): keep all three.
+    for name in ("vllm.entrypoints.common.cli_args", "vllm.entrypoints.launchers.cli_args",
+                 "vllm.entrypoints.openai.cli_args"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+        return module.make_arg_parser(FlexibleArgumentParser()), module.validate_parsed_serve_args
+    raise ImportError("no make_arg_parser in vllm.entrypoints.{common,launchers,openai}.cli_args")
 
 
 def quantization_methods():
@@ -40,8 +51,26 @@ def check(parser, validate, argv):
     return None
 
 
+def registered_options(parser):
+    import argparse
+
+    found = {}
+    for option, action in parser._option_string_actions.items():
+        if isinstance(action, argparse._HelpAction):
+            continue
+        found[option] = {"nargs": action.nargs if isinstance(action.nargs, (int, str)) else None,
+                         "choices": sorted(str(c) for c in action.choices if c is not None)
+                         if action.choices is not None else None}
+    return found
+
+
 def main():
     parser, validate = make_parser()
+    if "--options" in sys.argv:
+        print(json.dumps({"options": registered_options(parser), "quantization": sorted(quantization_methods())}))
+        return
+    if "--parse-only" in sys.argv:
+        validate = lambda args: None  # noqa: E731
     print(json.dumps([check(parser, validate, argv) for argv in json.load(sys.stdin)]))
 
 

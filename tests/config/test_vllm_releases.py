@@ -1,0 +1,182 @@
+"""The engine command against every vLLM release in the tables (config/vllm_releases.json,
+read from each release's own source): what each release accepts, the spelling the builder
+picks for it, and the exit-2 refusal of what a release does not have."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from animllm_cli.config import load_config
+from animllm_cli.config.engine_command import build_engine_command
+from animllm_cli.config.vllm_releases import check_argv, tables
+from animllm_cli.errors import ConfigError
+from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG, run_cli, write
+
+RELEASES = tables().releases
+FIRST, LAST = RELEASES[0], RELEASES[-1]
+SLEEP_FLAG = "--enable-sleep-mode"  # engine/supervisor.launch appends it for a model that may sleep
+
+
+def _command(config: Path | None, model: str, version: str):
+    loaded = load_config(config)
+    return build_engine_command(loaded, loaded.model(model), vllm_version=version, api_key="engine-key")
+
+
+def _later_only(takes: str) -> tuple[str, str]:
+    """An option the first release lacks and the last has (taking `takes`), and the first release with it."""
+    first, last = tables().release(FIRST), tables().release(LAST)
+    for option in sorted(set(last.options) - set(first.options)):
+        spec = last.options[option]
+        if spec.takes == takes and not spec.hidden and option.startswith("--") and not option.startswith("--no-"):
+            return option, tables().first_with_option(option, FIRST)
+    raise AssertionError(f"no option taking {takes} was added between {FIRST} and {LAST}")
+
+
+def test_the_tables_cover_every_release_from_0_9_in_order() -> None:
+    from packaging.version import Version
+
+    assert FIRST == "0.9.0" and len(RELEASES) >= 40
+    assert [Version(r) for r in RELEASES] == sorted(Version(r) for r in RELEASES)
+    assert {"0.9.2", "0.10.0", "0.10.1.1", "0.32.0"} <= set(RELEASES)
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_every_release_takes_the_shipped_and_example_commands(release: str) -> None:
+    """For each release: each local model of the shipped config and the examples, spelt for
+    that release, uses only flags and value forms that release accepts (a table lookup)."""
+    table = tables().release(release)
+    checked = 0
+    for config in [SHIPPED_CONFIG, *EXAMPLE_CONFIGS]:
+        loaded = load_config(config)
+        for name in loaded.local_model_names():
+            command = build_engine_command(loaded, loaded.model(name), vllm_version=release, api_key="k")
+            assert command.vllm.release.version == release
+            assert check_argv([*command.argv[3:], SLEEP_FLAG], table) == [], (config.name, name)
+            checked += 1
+    assert checked >= 12
+    assert table.server_modules["vllm.entrypoints.openai.api_server"]["runnable"], table.server_modules
+
+
+def test_check_argv_can_fail_a_later_flag_and_a_later_choice() -> None:
+    """The negative controls: the lookup refuses what the release lacks, naming the first release with it."""
+    option, first_with = _later_only("none")
+    assert check_argv(["--model", "m", option], tables().release(FIRST)) == \
+        [f"{option}: vLLM {FIRST} has no {option} (first in {first_with})"]
+    assert check_argv(["--model", "m", option], tables().release(first_with)) == []
+    problems = check_argv(["--model", "m", "--dtype", "float7", "--no-such-flag"], tables().release(LAST))
+    assert any("--dtype float7" in p for p in problems) and any("--no-such-flag" in p for p in problems)
+    assert check_argv(["--limit-mm-per-prompt"], tables().release(LAST)) == \
+        [f"--limit-mm-per-prompt: vLLM {LAST} wants a value"]
+
+
+def test_a_setting_a_release_lacks_is_an_exit_2_error_naming_setting_version_and_first_release(tmp_path) -> None:
+    option, first_with = _later_only("none")
+    key = option[2:]
+    config = write(tmp_path / "c.yaml", f"models:\n  coder:\n    extra_args: {{{key}: true}}\n")
+    with pytest.raises(ConfigError) as caught:
+        _command(config, "coder", FIRST)
+    assert caught.value.exit_code == 2
+    [problem] = caught.value.problems
+    assert problem.startswith(f"models.coder.extra_args.{key}: vLLM {FIRST} has no {option} (first in {first_with})")
+    assert str(config) in problem                      # where the setting came from
+    assert option in _command(config, "coder", first_with).argv
+
+
+def test_a_choice_a_release_lacks_names_the_first_release_with_it(tmp_path) -> None:
+    first = tables().release(FIRST)
+    # 0.33 checks the dtype after parsing (no choices): the last release whose parser lists them.
+    last = next(tables().release(r) for r in reversed(RELEASES)
+                if tables().release(r).options["--kv-cache-dtype"].choices is not None)
+    newer = sorted(set(last.options["--kv-cache-dtype"].choices) - set(first.options["--kv-cache-dtype"].choices))
+    assert "fp8_inc" in newer, "kv-cache dtypes were added after 0.9.0"
+    config = write(tmp_path / "c.yaml", f"models:\n  coder:\n    kv_cache_dtype: {newer[0]}\n")
+    with pytest.raises(ConfigError) as caught:
+        _command(config, "coder", FIRST)
+    first_with = tables().first_with_option("--kv-cache-dtype", FIRST, lambda s: newer[0] in (s.choices or ()))
+    assert f"kv_cache_dtype: vLLM {FIRST} does not take --kv-cache-dtype {newer[0]} (first in {first_with})" \
+        in caught.value.problems[0]
+    assert "--kv-cache-dtype" in _command(config, "coder", last.version).argv
+
+
+def test_a_quantization_method_is_checked_against_the_releases_list(tmp_path) -> None:
+    config = write(tmp_path / "c.yaml", "models:\n  coder:\n    quantization: awq_turbo\n")
+    with pytest.raises(ConfigError) as caught:
+        _command(config, "coder", LAST)
+    assert f"no release from {FIRST} to {LAST} has --quantization awq_turbo" in caught.value.problems[0]
+
+
+def test_false_is_spelt_as_each_release_spells_it(tmp_path) -> None:
+    """0.32 has --no-enable-prefix-caching; 0.33 pairs --enable-x with --disable-x and keeps the
+    --no- form only hidden from help: the visible spelling is chosen."""
+    config = write(tmp_path / "c.yaml", "models:\n  coder:\n    enable_prefix_caching: false\n"
+                                        "    enable_chunked_prefill: false\n")
+    old = _command(config, "coder", "0.32.0").argv
+    assert "--no-enable-prefix-caching" in old and "--no-enable-chunked-prefill" in old
+    if "0.33.0" in RELEASES:
+        new = _command(config, "coder", "0.33.0").argv
+        assert "--disable-prefix-caching" in new and "--disable-chunked-prefill" in new
+        assert "--no-enable-prefix-caching" not in new
+
+
+def test_the_server_module_each_release_can_run_and_its_deprecation(tmp_path) -> None:
+    """0.29 moved the server to vllm.entrypoints.launchers.api_server.entry; the old module
+    still runs it, with a deprecation warning."""
+    entry = "vllm.entrypoints.launchers.api_server.entry"
+    first_with = tables().first_with_module(entry, FIRST)
+    assert first_with == "0.29.0"
+    config = write(tmp_path / "c.yaml", f"engine: {{module: {entry}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        _command(config, "coder", "0.28.0")
+    assert caught.value.problems == [f"engine.module: vLLM 0.28.0 cannot run `python -m {entry}` (first in 0.29.0)"]
+    assert _command(config, "coder", first_with).module == entry
+    result = run_cli("config", "show", "coder", "--format", "args", "--vllm-version", first_with)
+    assert "`python -m vllm.entrypoints.openai.api_server` is deprecated; it still runs (engine.module: " \
+           f"{entry} runs the same server without the warning)" in result.stderr
+    assert "deprecated" not in run_cli("config", "show", "coder", "--format", "args", "--vllm-version", "0.28.0").stderr
+
+
+def test_versions_between_and_outside_the_tables() -> None:
+    coverage = tables().coverage
+    assert coverage("0.10.1+cu128").release.version == "0.10.1"           # a local build of a release
+    assert coverage("0.10.2.dev57+g1234abc").release.version == "0.10.1.1"  # a dev build before 0.10.2
+    for outside in ("0.8.5", "99.0.0"):
+        assert not coverage(outside).checked and "flags not checked" in coverage(outside).reason
+    assert not coverage("banana").checked and not coverage(None).checked
+
+
+def test_outside_the_tables_the_command_is_built_unchecked(tmp_path) -> None:
+    config = write(tmp_path / "c.yaml", "models:\n  coder:\n    extra_args: {no-such-flag: true}\n")
+    assert "--no-such-flag" in _command(config, "coder", "99.0.0").argv     # vLLM judges it at start
+
+
+def test_config_show_args_for_another_release(tmp_path) -> None:
+    result = run_cli("config", "show", "vision", "--format", "args", "--vllm-version", FIRST)
+    assert result.exit_code == 0, result.output
+    assert "--limit-mm-per-prompt" in result.stdout and "--quantization awq_marlin" in result.stdout
+    option, first_with = _later_only("none")
+    config = write(tmp_path / "c.yaml", f"models:\n  coder:\n    extra_args: {{{option[2:]}: true}}\n")
+    refused = run_cli("config", "show", "coder", "--format", "args", "--vllm-version", FIRST, "--config", str(config))
+    assert refused.exit_code == 2
+    assert f"vLLM {FIRST} has no {option} (first in {first_with})" in refused.stderr
+    assert option in run_cli("config", "show", "coder", "--format", "args", "--vllm-version", first_with,
+                             "--config", str(config)).stdout
+
+
+def test_config_show_json_names_the_release_and_its_notes() -> None:
+    result = run_cli("config", "show", "coder", "--json", "--vllm-version", "0.10.1+cu128")
+    assert result.exit_code == 0, result.output
+    vllm = json.loads(result.stdout)["engine"]["vllm"]
+    assert vllm["version"] == "0.10.1+cu128" and vllm["checked_as"] == "0.10.1"
+    assert isinstance(vllm["notes"], list)
+
+
+@pytest.mark.parametrize(("version", "code", "fragment"), [
+    ("banana", 2, "--vllm-version 'banana' is not a version number"),
+    ("0.8.5", 0, "older than the releases read"),
+])
+def test_config_show_refuses_a_bad_version_and_notes_one_outside_the_tables(version, code, fragment) -> None:
+    result = run_cli("config", "show", "coder", "--format", "args", "--vllm-version", version)
+    assert result.exit_code == code and fragment in result.stderr, result.output
