@@ -45,6 +45,7 @@ def serve(
     preloads = [loaded.catalogue.resolve(m.strip()) for m in (preload.split(",") if preload is not None
                                                               else loaded.config.pool.preload) if m.strip()]
     name = loaded.catalogue.resolve(model if model or not preloads else preloads[0])
+    _check_engine_commands(out, loaded, [name, *preloads])  # a config error: before anything is touched
     host = host or loaded.config.server.host
     port = port or loaded.config.server.port
     key = gateway_state.api_key(loaded)
@@ -52,7 +53,6 @@ def serve(
     gateway_state.ensure_not_running()
     _stop_leftovers(out, loaded)
     _check_port_free(host, port)
-    _check_engine_commands(out, loaded, [name, *preloads])
     if not no_pull:
         from animllm_cli.cli.pull import pull_missing
 

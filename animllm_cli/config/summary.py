@@ -198,7 +198,7 @@ def vllm_notes(command: EngineCommand) -> list[str]:
     """The command's notes on its vLLM release (config/vllm_releases.notes)."""
     from animllm_cli.config import vllm_releases
 
-    return vllm_releases.notes(command.vllm, list(command.env), command.module) if command.vllm else []
+    return vllm_releases.notes(command.vllm, list(command.env), command.argv) if command.vllm else []
 
 
 def vllm_report(command: EngineCommand) -> dict[str, Any] | None:

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
 TABLE_PATH = Path(__file__).with_name("vllm_releases.json")
-QUANTIZATION_OPTION = "--quantization"  # its parser takes any name; vLLM checks it against this list at start
+# From 0.9.2 its parser takes any name; vLLM checks it at start against the built-in list
+# plus what plugins register, so a name outside the list is a note, not an error.
+QUANTIZATION_OPTION = "--quantization"
+# Every release's FlexibleArgumentParser (0.9.0 on; read in each release's source) rewrites
+# these before argparse sees them, so no table lists them: `--config FILE` (a YAML of
+# flags) and dotted keys (`--compilation-config.level 3` into that option's JSON).
 
 
 @dataclass(frozen=True)
@@ -43,18 +48,39 @@ class Option:
 
 @dataclass(frozen=True)
 class Release:
-    """One release's table."""
-    version: str
+    """One release's table (or, for a build between two releases, both of theirs)."""
+    version: str                      # the release read: the one "first in" counts from
     options: dict[str, Option]
     quantization: frozenset[str]
     env: frozenset[str]
     server_modules: dict[str, dict] = field(default_factory=dict)  # name -> {runnable, deprecated}
+    name: str = ""                    # what messages call it: the installed build's version
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.version)
+
+    @cached_property
+    def by_dest(self) -> dict[str, list[tuple[str, Option]]]:
+        found: dict[str, list[tuple[str, Option]]] = {}
+        for flag, option in self.options.items():
+            found.setdefault(option.dest, []).append((flag, option))
+        return found
 
     def option(self, name: str) -> tuple[str, Option] | None:
-        """The option `name` means to this release's parser: itself, or the one option it is
-        a prefix of (argparse takes unique abbreviations, and no release turns that off)."""
+        """The option `name` means to this release's parser: itself; `--config` and a dotted
+        key (rewritten before argparse, see PRE_PARSED); or the one option it is an
+        abbreviation of (argparse takes unique prefixes and no release turns that off),
+        unless `name` is itself a flag of some release (then this one lacks it)."""
         if name in self.options:
             return name, self.options[name]
+        if name == "--config":
+            return name, Option("config", "one")
+        base, dot, _ = name.partition(".")
+        if dot and base in self.options and self.options[base].takes != "none":
+            return name, Option(self.options[base].dest, "one")   # the key's value is checked by vLLM
+        if tables().knows_option(name):
+            return None
         matches = [o for o in self.options if o.startswith(name)]
         return (matches[0], self.options[matches[0]]) if len(matches) == 1 else None
 
@@ -83,11 +109,6 @@ class FlagProblem(ValueError):
 
 def _in(runs: list[list[int]], index: int) -> bool:
     return any(first <= index <= last for first, last in runs)
-
-
-def _first(runs: list[list[int]], after: int) -> int | None:
-    """The first release index after `after` in these runs."""
-    return next((max(first, after + 1) for first, last in runs if last > after), None)
 
 
 class Tables:
@@ -120,8 +141,9 @@ class Tables:
         return Release(version, options, names["quantization"], names["env"], modules)
 
     def coverage(self, version: str | None) -> Coverage:
-        """The table a version is checked against: its own, or for a build between two
-        releases read (a dev build, a patch not on the index) the newest before it."""
+        """The table a version is checked against: its own (a `+cu128` build of it too); for
+        a pre-release or dev build, the release before it and the one it leads to together
+        (it may have what either has); outside the releases read, none."""
         from packaging.version import InvalidVersion, Version
 
         if not version:
@@ -130,46 +152,63 @@ class Tables:
             wanted = Version(version)
         except InvalidVersion:
             return Coverage(version, None, f"vLLM {version} is not a version number: flags not checked")
-        base = Version(wanted.base_version)
         releases = [Version(r) for r in self.releases]
+        base = Version(wanted.base_version)
         if base < releases[0] or base > releases[-1]:
             side = "older" if base < releases[0] else "newer"
             return Coverage(version, None, f"vLLM {version} is {side} than the releases read ({self.span}): "
-                                           f"flags not checked (scripts/read_vllm_releases.py reads newer ones)")
-        index = max(i for i, r in enumerate(releases) if r <= wanted)
-        release = self.release(self.releases[index])
-        same = release.version == str(wanted.public)
-        return Coverage(version, release, f"vLLM {version}" + ("" if same else f", checked as {release.version}"))
+                                           f"flags not checked" + (" (a newer animllm reads newer ones)"
+                                                                   if side == "newer" else ""))
+        before = [r for r, v in zip(self.releases, releases) if v <= wanted]
+        if not (wanted.is_prerelease or wanted.is_devrelease):
+            release = self.release(before[-1])
+            same = release.version == str(wanted.public)
+            return Coverage(version, release, f"vLLM {version}" + ("" if same else f", checked as {release.version}"))
+        leads_to = next(r for r, v in zip(self.releases, releases) if v >= base)
+        parts = [self.release(r) for r in (before[-1:] + [leads_to])]
+        merged = Release(leads_to, {k: v for part in parts for k, v in part.options.items()},
+                         frozenset().union(*(p.quantization for p in parts)), frozenset().union(*(p.env for p in parts)),
+                         {k: v for part in parts for k, v in part.server_modules.items()}, name=version)
+        together = " and ".join(p.version for p in parts)
+        return Coverage(version, merged, f"vLLM {version}, a build before {leads_to}: checked as {together} together")
 
-    def first_with_option(self, option: str, after: str, accepts=lambda spec: True) -> str | None:
-        """The first release after `after` whose `option` exists and `accepts` its spec."""
-        start = self.releases.index(after)
-        firsts = [_first(form["releases"], start) for form in self._options.get(option, ())
-                  if accepts(Option.from_json(form["spec"]))]
-        found = [i for i in firsts if i is not None]
-        return self.releases[min(found)] if found else None
+    def knows_option(self, option: str) -> bool:
+        return option in self._options
+
+    def whence(self, option: str, version: str, accepts=lambda spec: True) -> str:
+        """Where `option` (with a spec `accepts` takes) is, seen from `version` that lacks it:
+        "first in X" (a later release with the same setting as the last one before), "last in
+        Y", or no release at all."""
+        index = self.releases.index(version)
+        having = sorted((i, Option.from_json(form["spec"])) for form in self._options.get(option, ())
+                        if accepts(Option.from_json(form["spec"]))
+                        for first, last in form["releases"] for i in range(first, last + 1))
+        earlier = [(i, spec) for i, spec in having if i < index]
+        later = [i for i, spec in having if i > index and (not earlier or spec.dest == earlier[-1][1].dest)]
+        if later:
+            return f"first in {self.releases[later[0]]}"
+        if earlier:
+            return f"last in {self.releases[earlier[-1][0]]}"
+        return f"no release from {self.span} has it"
 
     def first_with_module(self, module: str, after: str) -> str | None:
         start = self.releases.index(after)
         found = [i for form in self._modules.get(module, ()) if form["spec"]["runnable"]
-                 if (i := _first(form["releases"], start)) is not None]
+                 for first, last in form["releases"] for i in range(max(first, start + 1), last + 1)]
         return self.releases[min(found)] if found else None
 
     def knows_module(self, module: str) -> bool:
         return module in self._modules
 
     def first_with_name(self, kind: str, name: str, after: str) -> str | None:
-        index = _first(self._names[kind].get(name, []), self.releases.index(after))
-        return self.releases[index] if index is not None else None
+        start = self.releases.index(after)
+        found = [i for first, last in self._names[kind].get(name, []) for i in range(max(first, start + 1), last + 1)]
+        return self.releases[min(found)] if found else None
 
 
 @cache
 def tables() -> Tables:
     return Tables(json.loads(TABLE_PATH.read_text()))
-
-
-def _later(first: str | None, what: str) -> str:
-    return f"first in {first}" if first else f"no release from {tables().span} has {what}"
 
 
 def spell(key: str, value: Any, release: Release | None, default_args: list[str], label: str | None = None) -> list[str]:
@@ -186,40 +225,42 @@ def spell(key: str, value: Any, release: Release | None, default_args: list[str]
     if found is None:
         raise _missing(label, name, release)
     name, option = found
+    values = default_args[1:]
     if option.takes == "none":
-        raise FlagProblem(label, f"{label}: {name} takes no value in vLLM {release.version}; write true or false")
+        raise FlagProblem(label, f"{label}: {name} takes no value in vLLM {release.name}; write true or false")
     if isinstance(value, dict):
         return [name, _dict_text(value, option)]
-    values = default_args[1:]
+    if option.takes in ("one", "optional") and len(values) > 1:
+        raise FlagProblem(label, f"{label}: {name} takes one value in vLLM {release.name}, not a list")
     for text in values:
-        _check_value(label, name, text, option, release)
+        problem = _value_problem(name, text, option, release)
+        if problem:
+            raise FlagProblem(label, f"{label}: {problem}")
     return [name, *values]
 
 
 def _spell_bool(label: str, name: str, value: bool, release: Release) -> list[str]:
-    """`--x` / `--no-x` as the release spells them: 0.33 pairs `--enable-x` with
-    `--disable-x` and keeps `--no-enable-x` only as a hidden alias, so the visible flag of
-    the same setting that stores `value` is chosen; a release with neither, where `value`
-    is already the default, needs no flag."""
+    """`x: true` passes the flag the user named, `x: false` its opposite: what that flag
+    stores, or not, is looked up, and the release's own spelling of it chosen (0.33 pairs
+    `--enable-x` with `--disable-x` and keeps `--no-enable-x` only hidden from help). Where
+    the release has no flag for it and the value is already its default, none is needed."""
     found = release.option(name)
     if found is None:
-        found = release.option("--no-" + name[2:])
-        if found is None:
-            raise _missing(label, name if value else "--no-" + name[2:], release)
-        found = ("--" + found[0][5:], found[1])
+        raise _missing(label, name if value else "--no-" + name[2:], release)
     name, base = found
-    wanted = name if value else "--no-" + name[2:]
     if base.takes != "none":            # a flag that takes true/false as its value
         return [name, str(value).lower()]
-    spellings = [(option.hidden, option.deprecated, flag != wanted, flag) for flag, option in release.options.items()
-                 if option.dest == base.dest and option.takes == "none" and option.sets is value]
-    if spellings:
+    stores = base.sets if value else (not base.sets if isinstance(base.sets, bool) else None)
+    wanted = name if value else "--no-" + name[2:]
+    spellings = [(option.hidden, option.deprecated, flag != wanted, flag) for flag, option in
+                 release.by_dest.get(base.dest, ()) if option.takes == "none" and option.sets is stores]
+    if stores is not None and spellings:
         return [min(spellings)[3]]
-    if base.default is value:           # already the release's default: nothing to say
+    if stores is not None and base.default is stores:
         return []
-    first = tables().first_with_option(wanted, release.version)
-    raise FlagProblem(label, f"{label}: {str(value).lower()} needs {wanted}, which vLLM {release.version} does not "
-                             f"have ({_later(first, wanted)}); its default there is {json.dumps(base.default)}")
+    raise FlagProblem(label, f"{label}: {str(value).lower()} needs {wanted}, which vLLM {release.name} does not "
+                             f"have ({tables().whence(wanted, release.version)}); its default there is "
+                             f"{json.dumps(base.default)}")
 
 
 def _dict_text(value: dict, option: Option) -> str:
@@ -228,28 +269,29 @@ def _dict_text(value: dict, option: Option) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _check_value(key: str, name: str, text: str, option: Option, release: Release) -> None:
-    if name == QUANTIZATION_OPTION:
-        allowed, first = release.quantization, tables().first_with_name("quantization", text, release.version)
-    elif option.choices is not None:
-        allowed = set(option.choices)
-        first = tables().first_with_option(name, release.version,
-                                           lambda spec: spec.choices is None or text in spec.choices)
-    else:
-        return
-    if text not in allowed:
-        raise FlagProblem(key, f"{key}: vLLM {release.version} does not take {name} {text} "
-                               f"({_later(first, f'{name} {text}')}); it takes "
-                               f"{', '.join(sorted(allowed))}")
+def _value_problem(name: str, text: str, option: Option, release: Release) -> str | None:
+    """What is wrong with `name text` for this release: a choice its parser does not list,
+    or a dict written in a form it does not parse; None when it takes it."""
+    if option.forms:
+        written = "json" if text.lstrip().startswith("{") else "kv" if "=" in text else None
+        if written and written not in option.forms:
+            other = " or ".join("JSON" if f == "json" else "key=value" for f in option.forms)
+            return f"vLLM {release.name} takes {name} as {other} only, not {text!r}"
+    if option.choices is not None and text not in option.choices:
+        where = tables().whence(name, release.version, lambda spec: spec.choices is not None and text in spec.choices)
+        return (f"vLLM {release.name} does not take {name} {text} ({where.replace('has it', 'lists it')}); "
+                f"it takes {', '.join(c for c in option.choices if c != 'None')}")
+    return None
 
 
 def _missing(key: str, option: str, release: Release) -> FlagProblem:
     import difflib
 
-    first = tables().first_with_option(option, release.version)
-    close = [o for o in difflib.get_close_matches(option, release.options, n=1) if not release.options[o].hidden]
-    return FlagProblem(key, f"{key}: vLLM {release.version} has no {option} ({_later(first, option)})"
-                            + (f"; did you mean {close[0]}?" if close and not first else ""))
+    where = tables().whence(option, release.version)
+    close = [o for o in difflib.get_close_matches(option, release.options, n=1)
+             if o.startswith("--") and not release.options[o].hidden]
+    return FlagProblem(key, f"{key}: vLLM {release.name} has no {option} ({where})"
+                            + (f"; did you mean {close[0]}?" if close and where.startswith("no release") else ""))
 
 
 def check_argv(argv: list[str], release: Release) -> list[str]:
@@ -267,7 +309,9 @@ def check_argv(argv: list[str], release: Release) -> list[str]:
         name, _, inline = word.partition("=")
         found = release.option(name)
         if found is None:
-            problems.append(str(_missing(name, name, release)))
+            problems.append(_missing(name, name, release).message)
+            while i < len(argv) and not argv[i].startswith("--"):  # its values, whatever it took
+                i += 1
             continue
         name, option = found
         values = [inline] if inline else []
@@ -278,22 +322,11 @@ def check_argv(argv: list[str], release: Release) -> list[str]:
                 if option.takes != "many":
                     break
         if option.takes == "one" and len(values) != 1 or option.takes == "many" and not values:
-            problems.append(f"{name}: vLLM {release.version} wants a value")
+            problems.append(f"{name}: vLLM {release.name} wants a value")
         if option.takes == "none" and values:
-            problems.append(f"{name}: vLLM {release.version} takes no value")
-        for text in values:
-            problems += _value_problems(name, text, option, release)
+            problems.append(f"{name}: vLLM {release.name} takes no value")
+        problems += [f"{name}: {p}" for text in values if (p := _value_problem(name, text, option, release))]
     return problems
-
-
-def _value_problems(name: str, text: str, option: Option, release: Release) -> list[str]:
-    if text.startswith("{") and option.forms and "json" not in option.forms:
-        return [f"{name}: vLLM {release.version} does not take JSON here ({' or '.join(option.forms)} only)"]
-    try:
-        _check_value(name, name, text, option, release)
-    except FlagProblem as problem:
-        return [problem.message]
-    return []
 
 
 def module_problem(module: str, release: Release | None) -> str | None:
@@ -301,22 +334,42 @@ def module_problem(module: str, release: Release | None) -> str | None:
     if release is None or not tables().knows_module(module) or release.server_modules.get(module, {}).get("runnable"):
         return None
     first = tables().first_with_module(module, release.version)
-    return f"engine.module: vLLM {release.version} cannot run `python -m {module}` ({_later(first, module)})"
+    where = f"first in {first}" if first else f"no release from {tables().span} has it"
+    return f"engine.module: vLLM {release.name} cannot run `python -m {module}` ({where})"
 
 
-def notes(coverage: Coverage, env_names: list[str], module: str) -> list[str]:
+def unknown_quantization(argv: list[str], release: Release) -> str | None:
+    """A --quantization name outside the release's built-in methods, as a note: a plugin
+    may register it (vLLM checks at start); 0.9.0-0.9.1, whose parser lists the methods,
+    refuse it in spell() instead."""
+    if QUANTIZATION_OPTION not in argv[:-1]:
+        return None
+    name = argv[argv.index(QUANTIZATION_OPTION) + 1]
+    if name in release.quantization:
+        return None
+    first = tables().first_with_name("quantization", name, release.version)
+    return (f"--quantization {name} is not one of vLLM {release.name}'s own methods"
+            + (f" (first in {first})" if first else "") + "; unless a plugin registers it, vLLM refuses it at start")
+
+
+def notes(coverage: Coverage, command_env: list[str], argv: list[str]) -> list[str]:
     """What a user preparing a command for this release should know that is not an error:
-    the release is outside the tables, its server module warns that it is deprecated, or
-    a VLLM_* variable set for the engine is one it does not read (vLLM warns, ignores it)."""
+    the release is outside the tables, its server module warns that it is deprecated, a
+    quantization name is not built in, or a VLLM_* variable the engine gets is one it does
+    not read (vLLM warns and ignores it). `argv`: the command, `<python> -m MODULE ...`."""
     release = coverage.release
     if release is None:
         return [coverage.reason]
     found = []
+    module = argv[2]
     if release.server_modules.get(module, {}).get("deprecated"):
         instead = [m for m, spec in release.server_modules.items() if spec["runnable"] and not spec["deprecated"]]
-        found.append(f"vLLM {release.version} warns that `python -m {module}` is deprecated; it still runs"
+        found.append(f"vLLM {release.name} warns that `python -m {module}` is deprecated; it still runs"
                      + (f" (engine.module: {instead[0]} runs the same server without the warning)" if instead else ""))
-    unknown = [v for v in env_names if v.startswith("VLLM_") and v not in release.env]
+    quantization = unknown_quantization(argv, release)
+    if quantization:
+        found.append(quantization)
+    unknown = [v for v in command_env if v.startswith("VLLM_") and v not in release.env]
     if unknown:
-        found.append(f"vLLM {release.version} does not read {', '.join(unknown)} (it warns and ignores them)")
+        found.append(f"vLLM {release.name} does not read {', '.join(unknown)} (it warns and ignores them)")
     return found

@@ -257,21 +257,28 @@ def engine_flags(ctx: DoctorContext) -> Result:
     version = ctx.env.packages[name]
     coverage = vllm_releases.tables().coverage(version)
     if not coverage.checked:
-        return Result(WARN, coverage.reason, "a newer animllm has newer tables; vLLM itself judges the flags at start")
+        return Result(WARN, coverage.reason, "vLLM itself judges the flags at start; "
+                                             "`animllm config show MODEL --format args` prints the command")
     local = ctx.loaded.local_model_names()
     models = [m for m in _checked(ctx) if m in local]
-    problems = []
+    problems: list[str] = []
+    notes: dict[str, None] = {}   # in order, once each
     for model in models:
         try:
-            build_engine_command(ctx.loaded, ctx.loaded.model(model), vllm_version=version)
+            command = build_engine_command(ctx.loaded, ctx.loaded.model(model), vllm_version=version)
         except ConfigError as error:
             problems += error.problems
+            continue
+        notes.update(dict.fromkeys(vllm_releases.notes(coverage, list(command.env), command.argv)))
     if problems:
         return Result(FAIL, "; ".join(problems),
                       "change those settings, or check a model with: animllm config show MODEL --format args")
-    notes = vllm_releases.notes(coverage, list(ctx.loaded.config.env), ctx.loaded.config.engine.module)
-    return Result(PASS, f"{len(models)} model(s), {coverage.reason} (tables {vllm_releases.tables().span})"
-                        + "".join(f"; {n}" for n in notes))
+    quantization = [n for n in notes if n.startswith(vllm_releases.QUANTIZATION_OPTION)]
+    detail = f"{len(models)} model(s), {coverage.reason} (tables {vllm_releases.tables().span})"
+    if quantization:
+        return Result(WARN, "; ".join([detail, *notes]), "use one of the release's methods, or install the plugin "
+                                                         "that registers it")
+    return Result(PASS, "; ".join([detail, *notes]))
 
 
 @check("forbidden", "forbidden packages absent")

@@ -33,11 +33,12 @@ class _Out:
 
 def test_serve_refuses_before_starting_a_model_whose_flag_the_installed_release_lacks(vllm_0_9, tmp_path) -> None:
     config = write(tmp_path / "c.yaml", f"models:\n  coder:\n    extra_args: {{{LATER_FLAG}: true}}\n")
-    result = run_cli("serve", "coder", "--no-pull", "--port", "1", "--config", str(config))
+    # A public bind without a key would be refused next (exit 2 too): nothing can start even if this check fell away.
+    result = run_cli("serve", "coder", "--no-pull", "--host", "203.0.113.1", "--config", str(config))
     assert result.exit_code == 2, result.output
     assert f"models.coder.extra_args.{LATER_FLAG}: vLLM 0.9.0 has no --{LATER_FLAG} (first in 0.10.1)" \
         in result.stderr
-    assert "gateway on" not in result.output
+    assert "gateway on" not in result.output and "API key" not in result.stderr
 
 
 def test_the_other_models_are_a_warning(vllm_0_9, tmp_path) -> None:

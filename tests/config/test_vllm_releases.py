@@ -31,7 +31,7 @@ def _later_only(takes: str) -> tuple[str, str]:
     for option in sorted(set(last.options) - set(first.options)):
         spec = last.options[option]
         if spec.takes == takes and not spec.hidden and option.startswith("--") and not option.startswith("--no-"):
-            return option, tables().first_with_option(option, FIRST)
+            return option, tables().whence(option, FIRST).removeprefix("first in ")
     raise AssertionError(f"no option taking {takes} was added between {FIRST} and {LAST}")
 
 
@@ -92,20 +92,56 @@ def test_a_choice_a_release_lacks_names_the_first_release_with_it(tmp_path) -> N
                 if tables().release(r).options["--kv-cache-dtype"].choices is not None)
     newer = sorted(set(last.options["--kv-cache-dtype"].choices) - set(first.options["--kv-cache-dtype"].choices))
     assert "fp8_inc" in newer, "kv-cache dtypes were added after 0.9.0"
-    config = write(tmp_path / "c.yaml", f"models:\n  coder:\n    kv_cache_dtype: {newer[0]}\n")
+    config = write(tmp_path / "c.yaml", "models:\n  coder:\n    kv_cache_dtype: fp8_inc\n")
     with pytest.raises(ConfigError) as caught:
         _command(config, "coder", FIRST)
-    first_with = tables().first_with_option("--kv-cache-dtype", FIRST, lambda s: newer[0] in (s.choices or ()))
-    assert f"kv_cache_dtype: vLLM {FIRST} does not take --kv-cache-dtype {newer[0]} (first in {first_with})" \
+    assert f"kv_cache_dtype: vLLM {FIRST} does not take --kv-cache-dtype fp8_inc (first in 0.10.0)" \
         in caught.value.problems[0]
     assert "--kv-cache-dtype" in _command(config, "coder", last.version).argv
 
 
-def test_a_quantization_method_is_checked_against_the_releases_list(tmp_path) -> None:
+def test_a_quantization_method_outside_the_list_is_refused_where_the_parser_lists_them(tmp_path) -> None:
+    """0.9.0-0.9.1's parsers list the methods; later ones take any name and check it at start,
+    where a plugin may have registered it: there it is a note."""
     config = write(tmp_path / "c.yaml", "models:\n  coder:\n    quantization: awq_turbo\n")
     with pytest.raises(ConfigError) as caught:
-        _command(config, "coder", LAST)
-    assert f"no release from {FIRST} to {LAST} has --quantization awq_turbo" in caught.value.problems[0]
+        _command(config, "coder", FIRST)
+    assert f"vLLM {FIRST} does not take --quantization awq_turbo (no release from {FIRST} to {LAST} lists it)" \
+        in caught.value.problems[0]
+    result = run_cli("config", "show", "coder", "--format", "args", "--vllm-version", "0.10.0", "--config", str(config))
+    assert result.exit_code == 0 and "--quantization awq_turbo" in result.stdout
+    assert "--quantization awq_turbo is not one of vLLM 0.10.0's own methods; unless a plugin registers it" \
+        in result.stderr
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_true_and_false_store_what_was_meant_in_every_release(release: str) -> None:
+    """`x: true` passes the flag named, `x: false` its opposite, whatever the release spells
+    them: --disable-log-requests: true must never become --enable-log-requests."""
+    from animllm_cli.config.engine_command import flag_args
+    from animllm_cli.config.vllm_releases import spell
+
+    table = tables().release(release)
+    checked = 0
+    for flag, option in table.options.items():
+        if not flag.startswith("--") or option.takes != "none" or not isinstance(option.sets, bool):
+            continue
+        for value in (True, False):
+            meant = option.sets if value else not option.sets
+            try:
+                spelt = spell(flag[2:], value, table, flag_args(flag[2:], value))
+            except ConfigError:
+                continue
+            except Exception as problem:  # FlagProblem: the release cannot say it; never the opposite
+                assert "needs" in str(problem), (flag, value, problem)
+                continue
+            if spelt:
+                chosen = table.options[spelt[0]]
+                assert (chosen.dest, chosen.sets) == (option.dest, meant), (flag, value, spelt)
+            else:
+                assert option.default is meant, (flag, value)
+            checked += 1
+    assert checked > 100
 
 
 def test_false_is_spelt_as_each_release_spells_it(tmp_path) -> None:
@@ -141,10 +177,41 @@ def test_the_server_module_each_release_can_run_and_its_deprecation(tmp_path) ->
 def test_versions_between_and_outside_the_tables() -> None:
     coverage = tables().coverage
     assert coverage("0.10.1+cu128").release.version == "0.10.1"           # a local build of a release
-    assert coverage("0.10.2.dev57+g1234abc").release.version == "0.10.1.1"  # a dev build before 0.10.2
+    assert coverage("0.10.1.post1").release.version == "0.10.1"
+    # A dev build or release candidate of 0.10.2 may have what 0.10.1.1 or 0.10.2 has.
+    dev = coverage("0.10.2.dev57+g1234abc")
+    assert dev.release.name == "0.10.2.dev57+g1234abc" and "0.10.1.1 and 0.10.2 together" in dev.reason
+    assert "--kv-cache-memory-bytes" in dev.release.options and "--kv-cache-memory-bytes" not in \
+        tables().release("0.10.1.1").options
+    assert coverage("0.9.0rc1").release.options == tables().release(FIRST).options  # no release before it
     for outside in ("0.8.5", "99.0.0"):
         assert not coverage(outside).checked and "flags not checked" in coverage(outside).reason
     assert not coverage("banana").checked and not coverage(None).checked
+
+
+def test_what_vllm_rewrites_before_argparse_and_abbreviations(tmp_path) -> None:
+    """Every release's parser takes `--config FILE` and dotted keys (rewritten before
+    argparse, so in no table) and a unique abbreviation; a flag some other release has is
+    not read as an abbreviation of another (0.27's --device-ids is not --device)."""
+    for release in (FIRST, "0.27.0", LAST):
+        table = tables().release(release)
+        assert check_argv(["--config", "/x/v.yaml", "--compilation-config.level", "3", "--max-num-seq", "3"],
+                          table) == [], release
+    config = write(tmp_path / "c.yaml", "models:\n  coder:\n    extra_args: {compilation-config.cudagraph_mode: NONE,"
+                                        " device: cuda}\n")
+    with pytest.raises(ConfigError) as caught:
+        _command(config, "coder", "0.27.0")
+    assert caught.value.problems[0].startswith("models.coder.extra_args.device: vLLM 0.27.0 has no --device (last in ")
+    assert "compilation-config" not in " ".join(caught.value.problems)
+
+
+def test_removed_flags_and_dict_forms_are_named_as_they_are() -> None:
+    problems = check_argv(["--num-scheduler-steps", "4"], tables().release("0.20.0"))
+    assert len(problems) == 1 and "has no --num-scheduler-steps (last in 0." in problems[0], problems
+    # 0.9.x took key=value or JSON; 0.10.0 on JSON only.
+    assert check_argv(["--limit-mm-per-prompt", "image=4"], tables().release("0.9.2")) == []
+    assert check_argv(["--limit-mm-per-prompt", "image=4"], tables().release("0.10.0")) == \
+        ["--limit-mm-per-prompt: vLLM 0.10.0 takes --limit-mm-per-prompt as JSON only, not 'image=4'"]
 
 
 def test_outside_the_tables_the_command_is_built_unchecked(tmp_path) -> None:

@@ -26,7 +26,7 @@ def test_a_flag_the_installed_release_lacks_fails_naming_model_flag_and_first_re
     old, new = tables().release("0.9.0"), tables().release(tables().releases[-1])
     option = next(o for o in sorted(set(new.options) - set(old.options))
                   if new.options[o].takes == "none" and not o.startswith("--no-") and not new.options[o].hidden)
-    first = tables().first_with_option(option, "0.9.0")
+    first = tables().whence(option, "0.9.0").removeprefix("first in ")
     config = write(tmp_path / "c.yaml", f"models:\n  coder:\n    extra_args: {{{option[2:]}: true}}\n")
     engine_env(packages={"torch": "2.7.0+cu128", "vllm": "0.9.0"})
     row = _row("--config", str(config))

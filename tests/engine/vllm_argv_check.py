@@ -5,7 +5,9 @@ stdin, prints a JSON list of error strings (null where vLLM accepted the argv).
   --parse-only   the parser's verdict alone (not validate_parsed_serve_args, which also
                  judges combinations: --enable-auto-tool-choice wants a parser, ...)
   --options      instead: every option string the parser registers, with how many values
-                 it takes and its choices, and the quantization methods"""
+                 it takes and its choices, and the quantization methods
+  --stored       stdin holds [argv, dest] pairs: print what the parser stores in dest for
+                 each argv (an error string where it refuses the argv)"""
 
 import contextlib
 import io
@@ -51,6 +53,16 @@ def check(parser, validate, argv):
     return None
 
 
+def stored(parser, argv, dest):
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            value = getattr(parser.parse_args(argv), dest)
+    except SystemExit:
+        return {"error": stderr.getvalue().strip()[-300:]}
+    return value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
+
+
 def registered_options(parser):
     import argparse
 
@@ -68,6 +80,9 @@ def main():
     parser, validate = make_parser()
     if "--options" in sys.argv:
         print(json.dumps({"options": registered_options(parser), "quantization": sorted(quantization_methods())}))
+        return
+    if "--stored" in sys.argv:
+        print(json.dumps([stored(parser, argv, dest) for argv, dest in json.load(sys.stdin)]))
         return
     if "--parse-only" in sys.argv:
         validate = lambda args: None  # noqa: E731
