@@ -247,3 +247,37 @@ def test_config_show_json_names_the_release_and_its_notes() -> None:
 def test_config_show_refuses_a_bad_version_and_notes_one_outside_the_tables(version, code, fragment) -> None:
     result = run_cli("config", "show", "coder", "--format", "args", "--vllm-version", version)
     assert result.exit_code == code and fragment in result.stderr, result.output
+
+
+def test_the_table_file_is_exactly_what_the_script_writes() -> None:
+    """Expanded into one table per release and compacted again by the script's own
+    compact(), the file comes back unchanged: its runs are the script's (maximal, in
+    order, each fact once). Whether the facts are true is test_vllm_tables_agree's."""
+    import importlib.util
+
+    from animllm_cli.config.vllm_releases import TABLE_PATH
+    from tests.helpers import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("read_vllm_releases", REPO_ROOT / "scripts" / "read_vllm_releases.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = json.loads(TABLE_PATH.read_text())
+    per_release = {r: {"options": {}, "quantization": [], "env": [], "server_modules": {},
+                       "stubbed": data["stubbed"].get(r, [])} for r in data["releases"]}
+
+    def each(runs):
+        return [data["releases"][i] for first, last in runs for i in range(first, last + 1)]
+
+    for option, forms in data["options"].items():
+        for form in forms:
+            for release in each(form["releases"]):
+                per_release[release]["options"][option] = form["spec"]
+    for kind in ("quantization", "env"):
+        for name, runs in data[kind].items():
+            for release in each(runs):
+                per_release[release][kind].append(name)
+    for module, forms in data["server_modules"].items():
+        for form in forms:
+            for release in each(form["releases"]):
+                per_release[release]["server_modules"][module] = form["spec"]
+    assert script.compact(per_release) == data
