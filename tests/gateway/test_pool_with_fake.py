@@ -255,3 +255,24 @@ def test_cuda_visible_devices_names_every_gpu_of_a_tensor_parallel_engine(pool_g
         assert visible_devices(gw, "v") == "0,1" and engines(client)["v"]["gpus"] == [0, 1]
         wait_until(lambda: engines(client)["v"]["vram_bytes"] is not None)
         assert engines(client)["v"]["vram_bytes"] == 2 * int(16 * GIB * 0.4)   # its share of each GPU
+
+
+def test_a_switch_to_a_model_whose_flag_the_installed_vllm_lacks_fails_naming_it(pool_gateway, monkeypatch) -> None:
+    """The pool builds each engine's command for the installed release as serve does: a
+    model whose flag that release lacks is never launched; its request gets a 503 naming
+    the setting, the release and the first release with it, and the loaded model stays."""
+    import sys
+
+    from animllm_cli.doctor import python_env
+
+    env = python_env.PythonEnv(sys.executable, packages={"vllm": "0.9.0"})
+    monkeypatch.setattr(python_env, "probe_python", lambda executable, extra=None: env)
+    gw = pool_gateway(models={"a": {"share": 0.4}, "b": {"share": 0.4, "extra_args": {"enable-log-requests": True}}})
+    with httpx.Client(base_url=gw.url, timeout=start_bound_s(gw.gateway.loaded)) as client:
+        ask(client, "a")
+        reply = client.post("/v1/chat/completions", json={"model": "b", **CHAT})
+        assert reply.status_code == 503, reply.text
+        message = reply.json()["error"]["message"]
+        assert "models.b.extra_args.enable-log-requests: vLLM 0.9.0 has no --enable-log-requests (first in 0.10.1)" \
+            in message
+        assert list(engines(client)) == ["a"]
