@@ -166,6 +166,22 @@ def compact(tables: dict[str, dict]) -> dict:
     }
 
 
+def dump(table: dict) -> str:
+    """JSON with one line per fact (an option with all its forms, a method, a variable),
+    so that a regeneration's diff reads as what changed between releases."""
+    def line(value) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    parts = []
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            rows = ",\n".join(f"  {line(k)}: {line(v)}" for k, v in value.items())
+            parts.append(f" {line(key)}: {{\n{rows}\n }}")
+        else:
+            parts.append(f" {line(key)}: {line(value)}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", default=INDEX, help="the package index's JSON for vllm (default: PyPI)")
@@ -200,7 +216,7 @@ def main() -> None:
         print(f"FAILED {version}: {error}", file=sys.stderr)
     if failed:
         sys.exit(f"{len(failed)} release(s) could not be read; the table was not written")
-    args.out.write_text(json.dumps(compact(results), indent=1, sort_keys=False) + "\n")
+    args.out.write_text(dump(compact(results)))
     print(f"wrote {args.out}: {len(results)} releases, {', '.join(results)}", file=sys.stderr)
 
 

@@ -251,8 +251,8 @@ def test_config_show_refuses_a_bad_version_and_notes_one_outside_the_tables(vers
 
 def test_the_table_file_is_exactly_what_the_script_writes() -> None:
     """Expanded into one table per release and compacted again by the script's own
-    compact(), the file comes back unchanged: its runs are the script's (maximal, in
-    order, each fact once). Whether the facts are true is test_vllm_tables_agree's."""
+    compact() and written by its dump(), the file comes back byte for byte: its runs are
+    the script's (maximal, in order, each fact once). Whether the facts are true is test_vllm_tables_agree's."""
     import importlib.util
 
     from animllm_cli.config.vllm_releases import TABLE_PATH
@@ -281,3 +281,4 @@ def test_the_table_file_is_exactly_what_the_script_writes() -> None:
             for release in each(form["releases"]):
                 per_release[release]["server_modules"][module] = form["spec"]
     assert script.compact(per_release) == data
+    assert script.dump(data) == TABLE_PATH.read_text()
