@@ -82,18 +82,17 @@ def _check_engine_commands(out, loaded, starting: list[str]) -> None:
     """Each model's engine command, spelt for the installed vLLM before anything starts:
     a setting that release lacks fails the models being started now (exit 2) and is a
     warning for the others, whose switch would fail the same way."""
-    from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.config.engine_command import build_each
     from animllm_cli.errors import ConfigError
 
     problems: list[str] = []
-    for model in loaded.local_model_names():
-        try:
-            build_engine_command(loaded, loaded.model(model))
-        except ConfigError as error:
-            if model in starting:
-                problems += error.problems
-            else:
-                out.warn(f"switching to {model} will fail: " + "; ".join(error.problems))
+    for model, built in build_each(loaded, loaded.local_model_names()).items():
+        if not isinstance(built, ConfigError):
+            continue
+        if model in starting:
+            problems += built.problems
+        else:
+            out.warn(f"switching to {model} will fail: " + "; ".join(built.problems))
     if problems:
         raise ConfigError(problems, hint="change or remove those settings, or run a vLLM release that has them "
                                          "(engine.python); animllm doctor checks every model")

@@ -158,6 +158,19 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
                          vllm=coverage)
 
 
+def build_each(loaded: LoadedConfig, models: list[str], *,
+               vllm_version: str | None = None) -> dict[str, EngineCommand | ConfigError]:
+    """Each model's engine command, or the ConfigError that refuses it: `serve` and the
+    doctor judge every model at once."""
+    built: dict[str, EngineCommand | ConfigError] = {}
+    for name in models:
+        try:
+            built[name] = build_engine_command(loaded, loaded.model(name), vllm_version=vllm_version)
+        except ConfigError as error:
+            built[name] = error
+    return built
+
+
 def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, Source]]:
     """Cache paths, then the config's `env:` section, then `.env` beside the config (which
     may hold the gateway's key for `serve`: that one, as every withheld name, stays out)."""

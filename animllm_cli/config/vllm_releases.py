@@ -69,7 +69,7 @@ class Release:
 
     def option(self, name: str) -> tuple[str, Option] | None:
         """The option `name` means to this release's parser: itself; `--config` and a dotted
-        key (rewritten before argparse, see PRE_PARSED); or the one option it is an
+        key (rewritten before argparse, see the comment at the top); or the one option it is an
         abbreviation of (argparse takes unique prefixes and no release turns that off),
         unless `name` is itself a flag of some release (then this one lacks it)."""
         if name in self.options:
@@ -109,6 +109,11 @@ class FlagProblem(ValueError):
 
 def _in(runs: list[list[int]], index: int) -> bool:
     return any(first <= index <= last for first, last in runs)
+
+
+def _indices(runs: list[list[int]], after: int = -1) -> list[int]:
+    """The release indices in these runs, after `after`."""
+    return [i for first, last in runs for i in range(max(first, after + 1), last + 1)]
 
 
 class Tables:
@@ -181,8 +186,7 @@ class Tables:
         Y", or no release at all."""
         index = self.releases.index(version)
         having = sorted((i, Option.from_json(form["spec"])) for form in self._options.get(option, ())
-                        if accepts(Option.from_json(form["spec"]))
-                        for first, last in form["releases"] for i in range(first, last + 1))
+                        if accepts(Option.from_json(form["spec"])) for i in _indices(form["releases"]))
         earlier = [(i, spec) for i, spec in having if i < index]
         later = [i for i, spec in having if i > index and (not earlier or spec.dest == earlier[-1][1].dest)]
         if later:
@@ -194,16 +198,15 @@ class Tables:
     def first_with_module(self, module: str, after: str) -> str | None:
         start = self.releases.index(after)
         found = [i for form in self._modules.get(module, ()) if form["spec"]["runnable"]
-                 for first, last in form["releases"] for i in range(max(first, start + 1), last + 1)]
+                 for i in _indices(form["releases"], start)]
         return self.releases[min(found)] if found else None
 
     def knows_module(self, module: str) -> bool:
         return module in self._modules
 
     def first_with_name(self, kind: str, name: str, after: str) -> str | None:
-        start = self.releases.index(after)
-        found = [i for first, last in self._names[kind].get(name, []) for i in range(max(first, start + 1), last + 1)]
-        return self.releases[min(found)] if found else None
+        found = _indices(self._names[kind].get(name, []), self.releases.index(after))
+        return self.releases[found[0]] if found else None
 
 
 @cache

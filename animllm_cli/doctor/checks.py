@@ -248,7 +248,7 @@ def vllm(ctx: DoctorContext) -> Result:
 @check("engine-flags", "every model's engine command valid for the installed vLLM (its release's flag table)")
 def engine_flags(ctx: DoctorContext) -> Result:
     from animllm_cli.config import vllm_releases
-    from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.config.engine_command import build_each
     from animllm_cli.errors import ConfigError
 
     name = ctx.env.vllm_distribution
@@ -263,13 +263,11 @@ def engine_flags(ctx: DoctorContext) -> Result:
     models = [m for m in _checked(ctx) if m in local]
     problems: list[str] = []
     notes: dict[str, None] = {}   # in order, once each
-    for model in models:
-        try:
-            command = build_engine_command(ctx.loaded, ctx.loaded.model(model), vllm_version=version)
-        except ConfigError as error:
-            problems += error.problems
-            continue
-        notes.update(dict.fromkeys(vllm_releases.notes(coverage, list(command.env), command.argv)))
+    for built in build_each(ctx.loaded, models, vllm_version=version).values():
+        if isinstance(built, ConfigError):
+            problems += built.problems
+        else:
+            notes.update(dict.fromkeys(vllm_releases.notes(coverage, list(built.env), built.argv)))
     if problems:
         return Result(FAIL, "; ".join(problems),
                       "change those settings, or check a model with: animllm config show MODEL --format args")

@@ -35,12 +35,12 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     import uvicorn
 
     from animllm_cli.config.engine_command import engine_python
-    from animllm_cli.doctor.python_env import probe_python
+    from animllm_cli.doctor.python_env import probe_python_cached
     from animllm_cli.gateway.app import Gateway, create_app
     from animllm_cli.gateway.pool import EnginePool
 
     if engine_env is None and any(loaded.config.models[m].sleep != "off" for m in loaded.local_model_names()):
-        engine_env = probe_python(engine_python(loaded))  # whether its vLLM can sleep
+        engine_env = probe_python_cached(engine_python(loaded))  # can its vLLM sleep (the command builder reads it too)
     pool = EnginePool(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress,
                       engine_env=engine_env, host_available=host_available)
     state_file = _StateFile() if write_state_file else None

@@ -18,17 +18,14 @@ import sys
 def make_parser():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    import importlib
+    from pathlib import Path
 
-    # The module moved twice (openai -> launchers in 0.2x -> common in 0.33): keep all three.
-    for name in ("vllm.entrypoints.common.cli_args", "vllm.entrypoints.launchers.cli_args",
-                 "vllm.entrypoints.openai.cli_args"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        return module.make_arg_parser(FlexibleArgumentParser()), module.validate_parsed_serve_args
-    raise ImportError("no make_arg_parser in vllm.entrypoints.{common,launchers,openai}.cli_args")
+    # Where the module lives moved twice: the release tables' probe knows every place.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from vllm_release_probe import parser_module
+
+    module = parser_module()
+    return module.make_arg_parser(FlexibleArgumentParser()), module.validate_parsed_serve_args
 
 
 def quantization_methods():
