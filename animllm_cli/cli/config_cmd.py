@@ -55,6 +55,11 @@ def show(
     loaded = common.load(ctx, config, overrides)
     whole_config = model is None and fmt in (Format.yaml, Format.json)
 
+    if vllm_version is not None and (whole_config or loaded.model(model).remote):
+        from animllm_cli.errors import UsageError
+
+        raise UsageError("--vllm-version spells a model's engine command; this output has none",
+                         hint="name a model served here: animllm config show MODEL --format args --vllm-version X")
     if whole_config:
         data = summary.explain_config(loaded) if explain else summary.config_report(loaded)
     elif (view := loaded.model(model)).remote and (explain or fmt in (Format.yaml, Format.json)):  # no engine here

@@ -282,3 +282,8 @@ def test_the_table_file_is_exactly_what_the_script_writes() -> None:
                 per_release[release]["server_modules"][module] = form["spec"]
     assert script.compact(per_release) == data
     assert script.dump(data) == TABLE_PATH.read_text()
+
+
+def test_vllm_version_without_an_engine_command_is_refused() -> None:
+    result = run_cli("config", "show", "--vllm-version", FIRST)
+    assert result.exit_code == 2 and "--vllm-version spells a model's engine command" in result.stderr
