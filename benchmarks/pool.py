@@ -84,7 +84,7 @@ class InProcessGateway:
 
 
 def start_fake(root: Path, eviction: dict, wake_s: float, args) -> InProcessGateway:
-    from animllm_cli.doctor.python_env import PythonEnv
+    from animllm_cli.engine.python_env import PythonEnv
     from animllm_cli.units import GIB
     from tests.fakes.nvml import FakeGpu, FakeNvml
     from tests.gateway.harness import start_gateway

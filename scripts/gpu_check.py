@@ -148,7 +148,7 @@ def run_sleep_check(workdir: Path) -> dict[str, Any]:
     import httpx
 
     from animllm_cli.demo.tiny_models import build_tiny_models
-    from animllm_cli.doctor.python_env import probe_python
+    from animllm_cli.engine.python_env import probe_python
     from animllm_cli.engine import sleep
     from animllm_cli.gpu import nvml
 

@@ -1,4 +1,4 @@
-"""Write animllm_cli/config/vllm_releases.json: what each vLLM release from 0.9.0 on
+"""Write animllm_cli/engine/vllm_releases.json: what each vLLM release from 0.9.0 on
 accepts on its server's command line, read from that release's own source.
 
 For each release on the package index (final releases only), the source distribution
@@ -37,7 +37,7 @@ import platformdirs
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "animllm_cli" / "config" / "vllm_releases.json"
+OUT = ROOT / "animllm_cli" / "engine" / "vllm_releases.json"
 PROBE = Path(__file__).resolve().with_name("vllm_release_probe.py")
 FIRST = Version("0.9.0")
 INDEX = "https://pypi.org/pypi/vllm/json"

@@ -30,7 +30,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     workdir = tmp_path / "work"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
-    from animllm_cli.doctor.python_env import probe_python_cached
+    from animllm_cli.engine.python_env import probe_python_cached
 
     probe_python_cached.cache_clear()  # a test may say what the engine's Python has (tests/doctor/conftest.py)
     return workdir

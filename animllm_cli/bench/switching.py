@@ -12,7 +12,7 @@ from animllm_cli.bench.metrics import percentile
 from animllm_cli.bench.results import Spread, SwitchRun, SwitchSummary
 from animllm_cli.client.openai import server_message
 from animllm_cli.errors import AnimllmError
-from animllm_cli.gateway.state import SwitchReport
+from animllm_cli.wire import SwitchReport
 
 
 def first_token_s(http: httpx.Client, model: str) -> float:

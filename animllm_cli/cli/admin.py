@@ -13,12 +13,6 @@ from animllm_cli.cli import common
 
 
 
-# The scheduler's reasons for a switch (gateway/scheduler.py, Decision), in words.
-SWITCH_REASONS = {"cold": "nothing was loaded", "beside": "it fit beside the resident models",
-                  "idle": "the evicted model had no work left",
-                  "max_wait": "a request waited scheduler.max_wait_s", "admin": "animllm switch",
-                  "arrival_order": "strict arrival order, scheduler.policy fifo",
-                  "keep_alive": "idle for its keep_alive", "unload": "animllm unload"}
 
 
 def _client(ctx: typer.Context, config: Optional[Path]):
@@ -54,6 +48,8 @@ def status(ctx: typer.Context, json_output: common.JsonOption = False, config: c
 
 
 def _show_status(out, report) -> None:
+    from animllm_cli.wire import SWITCH_REASONS
+
     from animllm_cli.output import plain, table
 
     # Text from the server (reasons, errors, names) is shown as it is, never as Rich markup.
@@ -85,6 +81,8 @@ def _show_status(out, report) -> None:
     rows += [["remote", plain(_remote_summary(remote))] for remote in report.remotes]
     out.show(table("animllm gateway", ["", ""], rows))
     if report.engines or report.remotes:
+        from animllm_cli.views.gateway import engines_table
+
         out.show(engines_table(report.engines, report.remotes))
 
 
@@ -98,6 +96,8 @@ def _remote_summary(remote) -> str:
 
 def ps(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """The resident models: GPU(s), state, VRAM (measured), requests, idle time and keep-alive."""
+    from animllm_cli.views.gateway import engines_table
+
     out = common.output(ctx)
     report = _client(ctx, config).status()
     pool = PoolView(report.url, report.engines, report.engine.switching_to, report.queues, report.remotes)
@@ -119,64 +119,6 @@ class PoolView:
                 "engines": [e.to_json() for e in self.engines],
                 "queues": {m: q.to_json() for m, q in self.queues.items()},
                 "remotes": [r.to_json() for r in self.remotes]}
-
-
-def engines_table(engines, remotes=()):
-    """`ps`: one row per engine, narrow enough for 80 columns. VRAM as NVML measures it,
-    or the plan's estimate (marked ~) until it has. A model served elsewhere is a row with
-    its requests only, its URLs below the table."""
-    from animllm_cli.output import plain, table
-    from animllm_cli.units import GIB
-
-    def gib(value, planned=None) -> str:
-        if value is not None:
-            return f"{value / GIB:.1f}"
-        return f"~{planned / GIB:.1f}" if planned else "-"
-
-    def unload(engine) -> str:
-        if engine.pinned:
-            return "pinned"
-        if engine.keep_alive_s is None or engine.keep_alive_s < 0:
-            return "never"
-        return f"in {engine.unload_in_s:.0f}s" if engine.unload_in_s is not None else f"{engine.keep_alive_s:g}s idle"
-
-    rows = [[plain(e.model or "-"), plain(e.state), ",".join(map(str, e.gpus)) or "-",
-             "-" if e.share is None else f"{e.share:g}", gib(e.vram_bytes, e.vram_planned_bytes),
-             gib(e.vram_peak_bytes), f"{e.in_flight}/{e.waiting}",
-             "-" if e.idle_s is None else f"{e.idle_s:.0f}s", unload(e)] for e in engines]
-    rows += [[plain(r.model), "remote", "-", "-", "-", "-", f"{r.in_flight}/{r.waiting}", "-", "-"] for r in remotes]
-    title = "Resident and remote models" if remotes else "Resident models"
-    shown = table(f"{title} (VRAM GiB: NVML per process; ~ the plan's estimate)",
-                  ["model", "state", "GPU", "share", "VRAM", "peak", "run/wait", "idle", "unload"], rows,
-                  no_wrap=("model", "state", "VRAM", "unload"))
-    asleep = [f"{e.model}: {sleeping(e)}" for e in engines if e.sleep_level]
-    below = asleep + [line for remote in remotes for line in served_at(remote)]
-    if below:  # below the table: a state cell this long would not fit 80 columns
-        shown.caption, shown.caption_justify = "\n".join(below), "left"
-    return shown
-
-
-def served_at(remote) -> list[str]:
-    """A remote model's URLs, one line each: healthy, not checked yet, or out and why
-    (the missing key once, not on every URL it takes out)."""
-    from animllm_cli.output import plain
-
-    lines = [f"{remote.model}: {remote.key_problem}"] if remote.key_problem else []
-    for upstream in remote.upstreams:
-        if upstream.healthy is None:
-            health = "not checked yet"
-        elif upstream.healthy:
-            health = "healthy"
-        else:
-            health = "out" if upstream.problem in (None, remote.key_problem) else f"out: {upstream.problem}"
-        lines.append(f"{remote.model}: {upstream.url} {health}")
-    return [plain(line) for line in lines]  # URLs and problems are the server's text, never markup
-
-
-def sleeping(engine) -> str:
-    host = f", weights in host RAM: {_gib(engine.host_bytes)}" if engine.host_bytes else \
-        ", weights dropped" if engine.sleep_level == 2 else ""
-    return f"sleeping (level {engine.sleep_level}{host})"
 
 
 def unload(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.",

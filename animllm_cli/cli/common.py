@@ -79,7 +79,7 @@ def load(ctx: typer.Context, config: Path | None, overrides: Overrides | None = 
 
 def gateway_url(loaded: LoadedConfig) -> str:
     """The running gateway's URL, else where the config says it would listen."""
-    from animllm_cli.gateway.state import read_state
+    from animllm_cli.runfile import read_state
 
     state = read_state()
     if state:
@@ -115,7 +115,8 @@ def loaded_models(loaded: LoadedConfig) -> tuple[str, ...]:
     import httpx
 
     from animllm_cli.credentials import bearer
-    from animllm_cli.gateway.state import api_key, read_state
+    from animllm_cli.bind import api_key
+    from animllm_cli.runfile import read_state
 
     state = read_state()
     if state is None:

@@ -46,7 +46,7 @@ def show(
     The flags are spelt as the engine's vLLM release takes them (--vllm-version: another release's); a setting that
     release does not have is an error (exit 2) naming the first release that has it.
     """
-    from animllm_cli.config import summary
+    from animllm_cli.views import config as summary
 
     out = common.output(ctx)
     fmt = Format.json if json_output else fmt

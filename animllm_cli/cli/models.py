@@ -9,7 +9,7 @@ from animllm_cli.cli import common
 
 def models(ctx: typer.Context, config: common.ConfigOption = None, json_output: common.JsonOption = False) -> None:
     """List the configured models: name, where they run, tasks and aliases, source, profile, quantisation, context."""
-    from animllm_cli.config.summary import models_report
+    from animllm_cli.views.config import models_report
 
     out = common.output(ctx)
     report = models_report(common.load(ctx, config))
@@ -27,7 +27,7 @@ def _show_models(out, report) -> None:
 
 def _where(model) -> str:
     """"local", or the host:port of each server a remote model is served by."""
-    from animllm_cli.config.summary import host_port
+    from animllm_cli.views.config import host_port
 
     upstream = model["upstream"]
     return ", ".join(dict.fromkeys(host_port(url) for url in upstream["urls"])) if upstream else "local"

@@ -37,7 +37,7 @@ def serve(
     config: common.ConfigOption = None,
 ) -> None:
     """Start the OpenAI-compatible gateway and load a model (and the preloads); Ctrl-C stops everything."""
-    from animllm_cli.gateway import state as gateway_state
+    from animllm_cli import bind, runfile
 
     out = common.output(ctx)
     overrides = common.model_overrides(sets, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
@@ -48,9 +48,9 @@ def serve(
     _check_engine_commands(out, loaded, [name, *preloads])  # a config error: before anything is touched
     host = host or loaded.config.server.host
     port = port or loaded.config.server.port
-    key = gateway_state.api_key(loaded)
-    gateway_state.check_bind(host, key, loaded.config.server.api_key_env)
-    gateway_state.ensure_not_running()
+    key = bind.api_key(loaded)
+    bind.check_bind(host, key, loaded.config.server.api_key_env)
+    runfile.ensure_not_running()
     _stop_leftovers(out, loaded)
     _check_port_free(host, port)
     if not no_pull:
@@ -82,7 +82,7 @@ def _check_engine_commands(out, loaded, starting: list[str]) -> None:
     """Each model's engine command, spelt for the installed vLLM before anything starts:
     a setting that release lacks fails the models being started now (exit 2) and is a
     warning for the others, whose switch would fail the same way."""
-    from animllm_cli.config.engine_command import build_each
+    from animllm_cli.engine.command import build_each
     from animllm_cli.errors import ConfigError
 
     problems: list[str] = []
@@ -100,7 +100,7 @@ def _check_engine_commands(out, loaded, starting: list[str]) -> None:
 
 def _check_port_free(host: str, port: int) -> None:
     from animllm_cli.errors import AnimllmError
-    from animllm_cli.gateway.state import bind_error
+    from animllm_cli.bind import bind_error
 
     problem = bind_error(host, port)
     if problem:
@@ -216,7 +216,7 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
     from animllm_cli import paths
     from animllm_cli.client.admin import AdminClient
     from animllm_cli.errors import AnimllmError
-    from animllm_cli.gateway.state import read_state
+    from animllm_cli.runfile import read_state
 
     log = paths.state_dir() / "gateway.log"
     with paths.open_private(log, "wb") as sink:

@@ -10,7 +10,8 @@ import httpx
 from animllm_cli.client.openai import server_message
 from animllm_cli.credentials import bearer
 from animllm_cli.errors import AnimllmError
-from animllm_cli.gateway.state import GatewayState, StatusReport, StopAnswer, SwitchReport, read_state
+from animllm_cli.runfile import GatewayState, read_state
+from animllm_cli.wire import StatusReport, StopAnswer, SwitchReport
 
 
 class NotRunning(AnimllmError):

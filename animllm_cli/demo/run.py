@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from animllm_cli.bench.metrics import LevelSummary
     from animllm_cli.client.admin import AdminClient
     from animllm_cli.config import LoadedConfig
-    from animllm_cli.gateway.state import GatewayState
+    from animllm_cli.runfile import GatewayState
 
 DEMO_CONFIG = """# Written by `animllm demo`: three tiny models on the CPU build of vLLM.
 inherit_defaults: false
@@ -70,7 +70,7 @@ def gpu_instructions() -> str:
 
 
 def run_demo(out: Output, *, force_cpu: bool = False) -> int:
-    from animllm_cli.doctor.python_env import probe_python
+    from animllm_cli.engine.python_env import probe_python
     from animllm_cli.gpu import nvml
 
     if not force_cpu and nvml.probe().gpus:
@@ -128,7 +128,7 @@ class _ServedGateway:
 
     def __init__(self, loaded: LoadedConfig, config_path: Path, state_dir: Path, out: Output) -> None:
         from animllm_cli.engine.supervisor import free_port
-        from animllm_cli.gateway.state import api_key
+        from animllm_cli.bind import api_key
 
         self.loaded = loaded
         self.config_path = config_path
@@ -194,18 +194,10 @@ class _ServedGateway:
 
     def _read_state(self) -> GatewayState | None:
         """The state file in the demo's own state directory, read by the same code as
-        `animllm status` reads the user's (the override is set for this call only)."""
-        from animllm_cli.gateway.state import read_state
+        `animllm status` reads the user's."""
+        from animllm_cli.runfile import read_state
 
-        saved = os.environ.get("ANIMLLM_STATE_DIR")
-        os.environ["ANIMLLM_STATE_DIR"] = str(self.state_dir)
-        try:
-            return read_state()
-        finally:
-            if saved is None:
-                os.environ.pop("ANIMLLM_STATE_DIR", None)
-            else:
-                os.environ["ANIMLLM_STATE_DIR"] = saved
+        return read_state(self.state_dir)
 
     def _pass_through(self) -> None:
         from animllm_cli.output import plain as escape
@@ -307,7 +299,7 @@ class _ServedGateway:
 
     def show_resident(self) -> list[str]:
         """`animllm ps`, as the demo's gateway answers it; the resident models."""
-        from animllm_cli.cli.admin import engines_table
+        from animllm_cli.views.gateway import engines_table
 
         assert self.admin is not None
         engines = self.admin.status().engines

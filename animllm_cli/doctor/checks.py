@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from animllm_cli.config import LoadedConfig
 from animllm_cli.config.schema import UpstreamSpec
-from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
 from animllm_cli.units import GIB, MIB
 from animllm_cli.gpu.planner import PlanReport, model_quantization
@@ -199,7 +199,7 @@ def torch(ctx: DoctorContext) -> Result:
 def torch_cuda(ctx: DoctorContext) -> Result:
     if not ctx.deep:
         return Result(SKIP, "imports torch: run with --deep")
-    from animllm_cli.doctor.python_env import torch_cuda_status
+    from animllm_cli.engine.python_env import torch_cuda_status
 
     status = torch_cuda_status(ctx.env.executable)
     if isinstance(status, str):
@@ -247,8 +247,8 @@ def vllm(ctx: DoctorContext) -> Result:
 
 @check("engine-flags", "every model's engine command valid for the installed vLLM (its release's flag table)")
 def engine_flags(ctx: DoctorContext) -> Result:
-    from animllm_cli.config import vllm_releases
-    from animllm_cli.config.engine_command import build_each
+    from animllm_cli.engine import vllm_releases
+    from animllm_cli.engine.command import build_each
     from animllm_cli.errors import ConfigError
 
     name = ctx.env.vllm_distribution
@@ -291,8 +291,8 @@ def forbidden(ctx: DoctorContext) -> Result:
 
 @check("env", "environment variables for the engine")
 def environment(ctx: DoctorContext) -> Result:
-    from animllm_cli.config.engine_command import engine_environment
-    from animllm_cli.doctor.python_env import vllm_known_env_vars
+    from animllm_cli.config.engine_env import engine_environment
+    from animllm_cli.engine.python_env import vllm_known_env_vars
 
     wanted, _ = engine_environment(ctx.loaded)
     known = vllm_known_env_vars(ctx.env.vllm_dir)
@@ -321,7 +321,7 @@ def attention_backend(ctx: DoctorContext) -> Result:
         return Result(PASS, "not set: vLLM picks the backend")
     if not ctx.deep:
         return Result(SKIP, f"{value} is set; --deep asks the installed vLLM whether it knows it")
-    from animllm_cli.doctor.python_env import vllm_attention_backends
+    from animllm_cli.engine.python_env import vllm_attention_backends
 
     names = vllm_attention_backends(ctx.env.executable)
     if names is None:
@@ -532,7 +532,7 @@ def _judge_remote(name: str, spec: UpstreamSpec, probes: list[Probe]) -> Result:
 
 @check("port", "gateway port free")
 def port(ctx: DoctorContext) -> Result:
-    from animllm_cli.gateway.state import bind_error
+    from animllm_cli.bind import bind_error
 
     server = ctx.loaded.config.server
     problem = bind_error(server.host, server.port)

@@ -65,8 +65,8 @@ def select(only: list[str], skip: list[str]) -> list[checks.Check]:
 
 def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = (), deep: bool = False,
                strict: bool = False, model: str | None = None, nvml: ModuleType | None = None) -> DoctorReport:
-    from animllm_cli.config.engine_command import engine_python
-    from animllm_cli.doctor.python_env import probe_python
+    from animllm_cli.engine.command import engine_python
+    from animllm_cli.engine.python_env import probe_python
     from animllm_cli.gpu.nvml import probe
     from animllm_cli.gpu.planner import plan_models, vram_basis
 

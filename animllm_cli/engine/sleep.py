@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
 from animllm_cli.units import GIB
 

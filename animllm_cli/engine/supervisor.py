@@ -26,7 +26,7 @@ from typing import Callable
 import httpx
 import psutil
 
-from animllm_cli.config.engine_command import ENGINE_HOST, EngineCommand
+from animllm_cli.engine.command import ENGINE_HOST, EngineCommand
 from animllm_cli.config.schema import EngineSection
 from animllm_cli.credentials import bearer
 from animllm_cli.engine import diagnosis, launcher, processes, sleep
@@ -462,7 +462,7 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
     from dataclasses import replace
 
     from animllm_cli import paths
-    from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.engine.command import build_engine_command
     from animllm_cli.config.provenance import Source
 
     view = loaded.model(model)

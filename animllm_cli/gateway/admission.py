@@ -19,11 +19,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from animllm_cli.engine.metric_names import KV_CACHE_METRICS
 from animllm_cli.gpu.nvml import Gpu, GpuReport
 from animllm_cli.units import GIB
 
-# vLLM's KV cache use (0..1), by its name since v1, and by the name older versions gave it.
-KV_CACHE_METRICS = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 KV_USAGE = re.compile(rb"^(?:" + b"|".join(re.escape(name.encode()) for name in KV_CACHE_METRICS)
                       + rb")\{[^}]*\} ([0-9.eE+-]+)", re.MULTILINE)
 

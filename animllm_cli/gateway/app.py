@@ -31,8 +31,7 @@ from animllm_cli.gateway.pool import SWITCH_HISTORY, EnginePool
 from animllm_cli.gateway.scheduler import Decision, Lease, QueueFull, Scheduler, SwitchFailed
 from animllm_cli.gateway.relay import (Bounds, ClientGone, Deadlines, Expired, Target, WaitingStream, forward,
                                        race_disconnect)
-from animllm_cli.gateway.state import (EngineStatus, GatewayProcess, GpuMemory, RemoteStatus, StatusReport,
-                                       StopAnswer, SwitchHistory, SwitchReport, VramStatus)
+from animllm_cli.wire import EngineStatus, GatewayProcess, GpuMemory, RemoteStatus, StatusReport, StopAnswer, SwitchHistory, SwitchReport, VramStatus
 from animllm_cli.gateway.upstreams import Upstreams
 from animllm_cli.gpu import nvml
 

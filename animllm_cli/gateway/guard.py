@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from animllm_cli.gateway.state import LOOPBACK
+from animllm_cli.bind import LOOPBACK
 
 def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
           code: str | None = None, retry_after: float | None = None) -> JSONResponse:

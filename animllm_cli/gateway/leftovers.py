@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psutil
 
 from animllm_cli.engine import processes
-from animllm_cli.gateway.state import EngineGroup, read_dead_state, remove_state
+from animllm_cli.runfile import EngineGroup, read_dead_state, remove_state
 
 # psutil derives creation times from the boot time, which the kernel reports to the
 # second and which clock adjustments can move: a match within this is the same process.

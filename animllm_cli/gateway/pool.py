@@ -25,13 +25,14 @@ from typing import Callable
 import psutil
 
 from animllm_cli.config import LoadedConfig
-from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.engine import sleep
 from animllm_cli.engine.sleep import ASLEEP_ESTIMATE_BYTES
 from animllm_cli.engine.supervisor import Engine, Progress, State, StopReport, launch
 from animllm_cli.gateway.admission import engine_bytes
 from animllm_cli.gateway.scheduler import Decision
-from animllm_cli.gateway.state import EngineGroup, EngineStatus, SleepModeStatus, SwitchReport
+from animllm_cli.runfile import EngineGroup
+from animllm_cli.wire import EngineStatus, SleepModeStatus, SwitchReport
 from animllm_cli.gpu import nvml
 from animllm_cli.gpu.planner import Card, Share, card_shares, model_quantization, place_share
 from animllm_cli.units import GIB

@@ -48,7 +48,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Collection, Literal
 
-from animllm_cli.gateway.state import ModelQueue
+from animllm_cli.wire import ModelQueue
 
 Policy = Literal["batch", "fifo"]
 

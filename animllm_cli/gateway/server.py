@@ -1,5 +1,5 @@
 """Assemble and run the gateway: the app, uvicorn, the state file's lifetime, and the
-first model load. What others need to know about a gateway lives in `gateway.state`."""
+first model load. What others need to know about a gateway lives in the leaves `runfile`, `bind` and `wire`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from animllm_cli.config import LoadedConfig
-from animllm_cli.gateway.state import GatewayState, remove_state, url_host, write_state
+from animllm_cli.bind import url_host
+from animllm_cli.runfile import GatewayState, remove_state, write_state
 
 
 @dataclass
@@ -34,8 +35,8 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     vLLM can sleep."""
     import uvicorn
 
-    from animllm_cli.config.engine_command import engine_python
-    from animllm_cli.doctor.python_env import probe_python_cached
+    from animllm_cli.engine.command import engine_python
+    from animllm_cli.engine.python_env import probe_python_cached
     from animllm_cli.gateway.app import Gateway, create_app
     from animllm_cli.gateway.pool import EnginePool
 

@@ -24,7 +24,7 @@ from animllm_cli.client.upstream import MissingKey, auth_headers, http_client, p
 from animllm_cli.config import LoadedConfig
 from animllm_cli.config.schema import UpstreamSpec
 from animllm_cli.errors import ConfigError
-from animllm_cli.gateway.state import RemoteStatus, UpstreamStatus
+from animllm_cli.wire import RemoteStatus, UpstreamStatus
 
 if TYPE_CHECKING:
     import httpx

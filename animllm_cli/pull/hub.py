@@ -50,7 +50,7 @@ class HubSettings:
 
 def engine_env(loaded: LoadedConfig, environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """The engine's environment and, per variable the config sets, where it was set."""
-    from animllm_cli.config.engine_command import engine_environment
+    from animllm_cli.config.engine_env import engine_environment
 
     env, sources = engine_environment(loaded)
     merged = {**(os.environ if environ is None else environ), **env}

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from animllm_cli.gateway.admission import KV_CACHE_METRICS
-
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
-GENERATED = "vllm:generation_tokens_total"  # a counter: tokens/s is its difference over time
+from animllm_cli.engine.metric_names import GENERATED, KV_CACHE_METRICS, RUNNING, WAITING
 
 
 @dataclass

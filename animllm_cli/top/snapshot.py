@@ -64,7 +64,7 @@ class Reader:
     def _read_gateway(self) -> tuple[GatewayInfo, Any, dict[str, EngineMetrics]]:
         from animllm_cli.client.admin import NotRunning
         from animllm_cli.errors import AnimllmError
-        from animllm_cli.gateway.state import read_state
+        from animllm_cli.runfile import read_state
 
         try:
             state = read_state()

@@ -1,6 +1,7 @@
-"""The layout is a picture of the architecture: no import loop among animllm's modules
-(module-level or inside functions), and only the code that runs a gateway imports its
-server stack; everything else reads `gateway.state`, the leaf."""
+"""The layout is a picture of the architecture: every import (module-level or inside a
+function) runs down the floors declared in floors.py, there is no import loop, and only
+the code that runs a gateway imports its server stack; everything else reads the leaves
+(`wire`, `runfile`, `bind`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.architecture.floors import breach, home
 from tests.helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "animllm_cli"
@@ -61,16 +63,35 @@ def test_only_serve_imports_the_gateway_server() -> None:
     assert offenders == []
 
 
-def test_the_state_leaf_imports_nothing_from_the_gateway() -> None:
-    assert {t for t in imports_of("animllm_cli.gateway.state") if t.startswith("animllm_cli.gateway")} == set()
+def test_every_module_lies_on_a_floor() -> None:
+    unplaced = []
+    for name in MODULES:
+        try:
+            home(name)
+        except LookupError as exc:
+            unplaced.append(str(exc))
+    assert unplaced == []
 
 
-@pytest.mark.parametrize("package", ["animllm_cli.client"])
-def test_clients_never_reach_the_server(package: str) -> None:
-    """client/ speaks HTTP and reads the state leaf at most."""
-    reached = {target for name in MODULES if name.startswith(package) for target in imports_of(name)}
-    gateway = {t for t in reached if t.startswith("animllm_cli.gateway")}
-    assert gateway <= {"animllm_cli.gateway.state"}, gateway
+def test_no_import_runs_up_a_floor() -> None:
+    breaches = sorted(f"{name} imports {target}: {why}" for name in MODULES for target in imports_of(name)
+                      if (why := breach(name, target)))
+    assert breaches == [], "\n".join(breaches)
+
+
+@pytest.mark.parametrize("leaf", ["animllm_cli.wire", "animllm_cli.runfile", "animllm_cli.bind"])
+def test_the_leaves_import_nothing_above_config(leaf: str) -> None:
+    above = {t for t in imports_of(leaf) if home(t)[0] < home("animllm_cli.config")[0]}
+    assert above == set()
+
+
+def test_the_floors_catch_an_upward_and_a_sideways_import() -> None:
+    """The rule can fail: config reaching into the engine, and top into the gateway."""
+    assert "above" in breach("animllm_cli.config.loader", "animllm_cli.engine.command")
+    assert "share the floor" in breach("animllm_cli.top.metrics", "animllm_cli.gateway.admission")
+    assert breach("animllm_cli.gateway.pool", "animllm_cli.gateway.scheduler") is None
+    assert breach("animllm_cli.cli.serve", "animllm_cli.gateway.server") is None
+    assert breach("animllm_cli.errors", "animllm_cli.paths") is None
 
 
 def test_the_checker_sees_a_loop_and_a_server_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from animllm_cli.bench.metrics import Sample, summarize
 from animllm_cli.bench.results import BenchResult, LevelResult, SwitchRun
 from animllm_cli.bench.switching import summarize as summarize_switches
-from animllm_cli.gateway.state import SwitchReport
+from animllm_cli.wire import SwitchReport
 from animllm_cli.output import json_text
 
 

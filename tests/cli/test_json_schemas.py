@@ -125,7 +125,7 @@ def one_busy_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
 
 
 def test_doctor_json(one_busy_gpu, with_remote, monkeypatch: pytest.MonkeyPatch) -> None:
-    from animllm_cli.doctor import python_env
+    from animllm_cli.engine import python_env
 
     installed = python_env.PythonEnv(sys.executable, python="3.11.7", packages={"torch": "2.7.0+cu128", "vllm": "0.10.0"},
                                      requires={"vllm": ["torch==2.7.0"], "torch": []})

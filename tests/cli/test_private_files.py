@@ -77,7 +77,7 @@ def test_private_dir_leaves_directories_outside_animllms_alone(tmp_path: Path) -
 
 
 def test_state_file_is_private_and_tightened() -> None:
-    from animllm_cli.gateway.state import GatewayState, state_path, write_state
+    from animllm_cli.runfile import GatewayState, state_path, write_state
 
     path = state_path()
     path.write_text("{}")

@@ -18,7 +18,7 @@ import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
-from animllm_cli.gateway.state import EngineGroup, GatewayState, read_dead_state, read_state, state_path, write_state
+from animllm_cli.runfile import EngineGroup, GatewayState, read_dead_state, read_state, state_path, write_state
 from tests.gateway.harness import fake_gateway_config, start_bound_s, stop_bound_s
 from tests.helpers import free_port, run_cli, wait_until
 

@@ -10,7 +10,7 @@ import pytest
 
 from animllm_cli.cli.serve import _check_engine_commands
 from animllm_cli.config import load_config
-from animllm_cli.doctor import python_env
+from animllm_cli.engine import python_env
 from animllm_cli.errors import ConfigError
 from tests.helpers import run_cli, write
 

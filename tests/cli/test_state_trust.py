@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from animllm_cli.gateway.state import GatewayState, read_state, state_path, write_state
+from animllm_cli.runfile import GatewayState, read_state, state_path, write_state
 from tests.helpers import run_cli, wait_until
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from animllm_cli.config import load_config
-from animllm_cli.config.engine_command import build_engine_command, flag_args
+from animllm_cli.engine.command import build_engine_command, flag_args
 from tests.helpers import write
 
 

@@ -133,7 +133,7 @@ def test_inherit_defaults_false_stands_alone(tmp_path: Path) -> None:
 
 
 def test_dotenv_beside_the_config_joins_the_engine_env(isolated_env: Path) -> None:
-    from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.engine.command import build_engine_command
 
     write(isolated_env / "animllm.yaml", "env: {VLLM_LOGGING_LEVEL: INFO, XFORMERS_DISABLED: '1'}\n")
     write(isolated_env / ".env", "XFORMERS_DISABLED=0\nHF_TOKEN=hf_secret_value\n")

@@ -1,4 +1,4 @@
-"""The engine command against every vLLM release in the tables (config/vllm_releases.json,
+"""The engine command against every vLLM release in the tables (engine/vllm_releases.json,
 read from each release's own source): what each release accepts, the spelling the builder
 picks for it, and the exit-2 refusal of what a release does not have."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from animllm_cli.config import load_config
-from animllm_cli.config.engine_command import build_engine_command
-from animllm_cli.config.vllm_releases import check_argv, tables
+from animllm_cli.engine.command import build_engine_command
+from animllm_cli.engine.vllm_releases import check_argv, tables
 from animllm_cli.errors import ConfigError
 from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG, run_cli, write
 
@@ -118,8 +118,8 @@ def test_a_quantization_method_outside_the_list_is_refused_where_the_parser_list
 def test_true_and_false_store_what_was_meant_in_every_release(release: str) -> None:
     """`x: true` passes the flag named, `x: false` its opposite, whatever the release spells
     them: --disable-log-requests: true must never become --enable-log-requests."""
-    from animllm_cli.config.engine_command import flag_args
-    from animllm_cli.config.vllm_releases import spell
+    from animllm_cli.engine.command import flag_args
+    from animllm_cli.engine.vllm_releases import spell
 
     table = tables().release(release)
     checked = 0
@@ -255,7 +255,7 @@ def test_the_table_file_is_exactly_what_the_script_writes() -> None:
     the script's (maximal, in order, each fact once). Whether the facts are true is test_vllm_tables_agree's."""
     import importlib.util
 
-    from animllm_cli.config.vllm_releases import TABLE_PATH
+    from animllm_cli.engine.vllm_releases import TABLE_PATH
     from tests.helpers import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("read_vllm_releases", REPO_ROOT / "scripts" / "read_vllm_releases.py")

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from animllm_cli.doctor import python_env
-from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.engine import python_env
+from animllm_cli.engine.python_env import PythonEnv
 from tests.fakes.nvml import FakeNvml
 
 GOOD_ENV = dict(python="3.11.7", packages={"torch": "2.7.0+cu128", "vllm": "0.10.0"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from animllm_cli.config.vllm_releases import tables
+from animllm_cli.engine.vllm_releases import tables
 from tests.doctor.conftest import GOOD_ENV
 from tests.doctor.test_doctor import doctor, status
 from tests.helpers import write

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from animllm_cli.gateway.state import read_state
+from animllm_cli.runfile import read_state
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
 from tests.gateway.harness import start_bound_s, start_gateway, stop_bound_s

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from animllm_cli.config import load_config
-from animllm_cli.config.engine_command import build_engine_command
+from animllm_cli.engine.command import build_engine_command
 from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
 
 pytestmark = pytest.mark.engine

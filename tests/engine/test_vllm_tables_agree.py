@@ -16,8 +16,8 @@ from typing import Optional
 import pytest
 
 from animllm_cli.config import load_config, schema
-from animllm_cli.config.engine_command import build_engine_command, flag_args
-from animllm_cli.config.vllm_releases import check_argv, spell, tables, unknown_quantization
+from animllm_cli.engine.command import build_engine_command, flag_args
+from animllm_cli.engine.vllm_releases import check_argv, spell, tables, unknown_quantization
 from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
 
 pytestmark = pytest.mark.vllm

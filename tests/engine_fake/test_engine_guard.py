@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 
-from animllm_cli.config.engine_command import ENGINE_GUARD, ENGINE_SIDE
+from animllm_cli.engine.command import ENGINE_GUARD, ENGINE_SIDE
 
 sys.path.insert(0, str(ENGINE_SIDE))
 import animllm_engine_guard as guard  # noqa: E402

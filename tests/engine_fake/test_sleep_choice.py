@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.engine import sleep
 from animllm_cli.gpu.nvml import GpuReport, probe
 from animllm_cli.units import GIB

@@ -18,7 +18,7 @@ from animllm_cli.engine import processes
 from animllm_cli.engine.supervisor import EngineStartError
 from animllm_cli.gateway.pool import EnginePool, PoolClosing
 from animllm_cli.gateway.scheduler import Decision
-from animllm_cli.gateway.state import read_state
+from animllm_cli.runfile import read_state
 from tests.fakes.nvml import FakeNvml
 from tests.gateway.harness import fake_gateway_config, start_gateway
 

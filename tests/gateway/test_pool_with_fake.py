@@ -241,7 +241,7 @@ def test_tensor_parallel_across_two_gpus_and_keep_alive_zero(pool_gateway) -> No
         assert (placed.to_model, placed.gpus, placed.evicted) == ("v", [0, 1], [])
         wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive")
         assert gw.gateway.pool.last_switch.evicted == ["v"] and set(engines(client)) == {"a"}
-    from animllm_cli.config.engine_command import build_engine_command
+    from animllm_cli.engine.command import build_engine_command
 
     argv = build_engine_command(gw.gateway.loaded, gw.gateway.loaded.model("v")).argv
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
@@ -263,7 +263,7 @@ def test_a_switch_to_a_model_whose_flag_the_installed_vllm_lacks_fails_naming_it
     the setting, the release and the first release with it, and the loaded model stays."""
     import sys
 
-    from animllm_cli.doctor import python_env
+    from animllm_cli.engine import python_env
 
     env = python_env.PythonEnv(sys.executable, packages={"vllm": "0.9.0"})
     monkeypatch.setattr(python_env, "probe_python", lambda executable, extra=None: env)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from animllm_cli.doctor.python_env import PythonEnv
+from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
 from tests.gateway.harness import fake_gateway_config, start_bound_s, start_gateway

@@ -8,7 +8,7 @@ import time
 import pytest
 from rich.console import Console
 
-from animllm_cli.gateway.state import ModelQueue, RemoteStatus, SwitchReport, UpstreamStatus
+from animllm_cli.wire import ModelQueue, RemoteStatus, SwitchReport, UpstreamStatus
 from animllm_cli.top.render import render
 from animllm_cli.top.snapshot import EngineRow, GatewayInfo, GpuRow, Snapshot
 

@@ -7,7 +7,7 @@ import pytest
 
 import time
 
-from animllm_cli.gateway.state import EngineStatus, GatewayProcess, StatusReport, SwitchReport, VramStatus
+from animllm_cli.wire import EngineStatus, GatewayProcess, StatusReport, SwitchReport, VramStatus
 from animllm_cli.gpu.nvml import GpuReport
 from animllm_cli.top.metrics import EngineMetrics, parse, tokens_per_s
 from animllm_cli.top.snapshot import GatewayInfo, Scrape, snapshot

@@ -114,14 +114,14 @@ def test_a_gateway_that_hangs_costs_at_most_the_http_bound(local_gpu, monkeypatc
     """Something that accepts the connection and never answers, where the state file points."""
     import socket
 
-    from animllm_cli.gateway.state import GatewayState
+    from animllm_cli.runfile import GatewayState
     from animllm_cli.top import snapshot
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        monkeypatch.setattr("animllm_cli.gateway.state.read_state",
+        monkeypatch.setattr("animllm_cli.runfile.read_state",
                             lambda: GatewayState(os.getpid(), url, "127.0.0.1", 0, time.time(), None, []))
         started = time.monotonic()
         scrape = snapshot.Reader("ANIMLLM_API_KEY").read()

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from animllm_cli.config import schema, vllm_releases
+from animllm_cli.config import schema
+from animllm_cli.config.engine_env import engine_environment, withheld_from_engine
+from animllm_cli.engine import vllm_releases
 from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.config.provenance import Source
 from animllm_cli.credentials import is_secret_name, masked
@@ -24,7 +26,7 @@ from animllm_cli.errors import ConfigError
 
 ENGINE_HOST = "127.0.0.1"
 ENGINE_KEY_VAR = "VLLM_API_KEY"  # vLLM guards its /v1 routes with this key when set
-ENGINE_SIDE = Path(__file__).resolve().parent.parent / "engine" / "engine_side"  # code the engine imports
+ENGINE_SIDE = Path(__file__).resolve().parent / "engine_side"  # code the engine imports
 ENGINE_GUARD = "animllm_engine_guard.RequireKey"
 
 
@@ -66,13 +68,6 @@ class EngineCommand:
         return {k: v for k, v in merged.items() if not withheld_from_engine(k, self.gateway_key_env)}
 
 
-def withheld_from_engine(name: str, gateway_key_env: str | None) -> bool:
-    """Variables the engine never sees: the one holding the gateway's API key
-    (server.api_key_env) and any ANIMLLM_* variable with a secret's name. The engine has
-    its own per-launch key (ENGINE_KEY_VAR); the gateway's key would let anything that
-    reads the engine's environment (its logs, a crash dump, /proc) drive the gateway."""
-    return name == gateway_key_env or (name.upper().startswith("ANIMLLM_") and is_secret_name(name))
-
 
 def flag_args(key: str, value: Any) -> list[str]:
     """One setting as vLLM flags: booleans bare (`--x` / `--no-x`), dicts as JSON."""
@@ -104,7 +99,7 @@ def engine_python(loaded: LoadedConfig) -> str:
 
 def installed_vllm_version(loaded: LoadedConfig) -> str | None:
     """The vLLM in the engine's interpreter, from its package metadata (no vLLM import)."""
-    from animllm_cli.doctor.python_env import probe_python_cached
+    from animllm_cli.engine.python_env import probe_python_cached
 
     env = probe_python_cached(engine_python(loaded))
     return env.packages.get(env.vllm_distribution) if env.vllm_distribution else None
@@ -169,22 +164,3 @@ def build_each(loaded: LoadedConfig, models: list[str], *,
         except ConfigError as error:
             built[name] = error
     return built
-
-
-def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, Source]]:
-    """Cache paths, then the config's `env:` section, then `.env` beside the config (which
-    may hold the gateway's key for `serve`: that one, as every withheld name, stays out)."""
-    env: dict[str, str] = {}
-    sources: dict[str, Source] = {}
-    key_env = loaded.config.server.api_key_env
-    for key, var in schema.PATH_EXPORTS.items():
-        value = getattr(loaded.config.paths, key)
-        if value:
-            env[var], sources[var] = value, loaded.source_of(("paths", key))
-    for var, value in loaded.config.env.items():
-        if value is not None and not withheld_from_engine(var, key_env):
-            env[var], sources[var] = value, loaded.source_of(("env", var))
-    for var, (value, source) in loaded.dotenv.items():
-        if not withheld_from_engine(var, key_env):
-            env[var], sources[var] = value, source
-    return env, sources

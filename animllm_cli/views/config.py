@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from animllm_cli.credentials import masked
 from animllm_cli.config import schema
-from animllm_cli.config.engine_command import EngineCommand, build_engine_command
+from animllm_cli.engine.command import EngineCommand, build_engine_command
 from animllm_cli.config.loader import LoadedConfig, ModelView
 from animllm_cli.config.provenance import KeyPath, Source
 from animllm_cli.errors import UsageError
@@ -196,7 +196,7 @@ def _require_version(text: str) -> None:
 
 def vllm_notes(command: EngineCommand) -> list[str]:
     """The command's notes on its vLLM release (config/vllm_releases.notes)."""
-    from animllm_cli.config import vllm_releases
+    from animllm_cli.engine import vllm_releases
 
     return vllm_releases.notes(command.vllm, list(command.env), command.argv) if command.vllm else []
 
