@@ -4,6 +4,11 @@ only place that makes Rich consoles, spinners, progress bars and live views.
 Data goes to stdout, messages and progress to stderr. Rich turns colour off by itself
 when the stream is not a terminal or NO_COLOR is set. Machine formats (JSON, YAML, shell
 lines) are written plainly, never through Rich, so nothing wraps or gets highlighted.
+
+Text is literal, as hatch's Terminal has it: a message, a table cell, a title or a
+caption is printed as it is, so a model name, a path or a server's answer that holds
+`[bold]` or `:smile:` can never be read as markup or emoji. Styled text is built
+explicitly, with `styled` and `joined` (Rich `Text`), never spelt in markup.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
     from rich.progress import Progress
+    from rich.text import Text
+
+    Message = str | Text  # plain text, printed as it is, or text styled with `styled`/`joined`
 
 
 def jsonable(data: Any) -> Any:
@@ -48,7 +56,7 @@ class Output:
         from rich.console import Console
 
         # Messages on stderr are never hard-wrapped: paths and key names stay whole.
-        return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+        return Console(stderr=stderr, highlight=False, soft_wrap=stderr, markup=False, emoji=False)
 
     def json(self, data: Any) -> None:
         sys.stdout.write(json_text(data) + "\n")
@@ -69,22 +77,19 @@ class Output:
         """A Rich table or other renderable for people, on stdout."""
         self._console(stderr=False).print(renderable)
 
-    # `info` takes Rich markup ("[bold]1/5[/]"): anything in it that came from outside (a
-    # model name, a path, a server's answer) goes through `plain()` first. `debug`, `warn`,
-    # `status` and `error` take plain text and escape it themselves.
-    def info(self, message: str) -> None:
+    def info(self, message: Message) -> None:
         if not self.quiet:
             self._console(stderr=True).print(message)
 
-    def debug(self, message: str) -> None:
+    def debug(self, message: Message) -> None:
         if self.verbose:
-            self._console(stderr=True).print(f"[dim]{plain(message)}[/dim]")
+            self._console(stderr=True).print(styled(message, "dim"))
 
-    def warn(self, message: str) -> None:
-        self._console(stderr=True).print(f"[yellow]warning:[/yellow] {plain(message)}")
+    def warn(self, message: Message) -> None:
+        self._console(stderr=True).print(joined(styled("warning:", "yellow"), " ", message))
 
     @contextlib.contextmanager
-    def status(self, message: str) -> Iterator[None]:
+    def status(self, message: Message) -> Iterator[None]:
         """A spinner on stderr while the block runs. Quiet: nothing at all. Not a terminal
         (a log, a pipe, CI): the message once as a line, since an animation would either
         vanish (transient) or fill the log with frames."""
@@ -93,18 +98,18 @@ class Output:
             return
         console = self._console(stderr=True)
         if not console.is_terminal:
-            console.print(plain(message))
+            console.print(message)
             yield
             return
-        with console.status(plain(message)):
+        with console.status(joined(message)):  # a Text: a spinner reads a plain str as markup
             yield
 
     def progress(self) -> Progress:
         """A transient progress bar on stderr (description, bar, done/total, elapsed), silent
         when quiet. Use it as a context manager; `add_task` and `advance` as Rich's."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        return Progress(_description(), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=self._console(stderr=True), transient=True, disable=self.quiet)
 
     def downloads(self) -> "Downloads":
@@ -144,11 +149,11 @@ class Output:
         sys.stdout.write(json.dumps(jsonable(data), ensure_ascii=False, default=str) + "\n")
         sys.stdout.flush()
 
-    def error(self, message: str, hint: str | None = None) -> None:
+    def error(self, message: Message, hint: Message | None = None) -> None:
         console = self._console(stderr=True)
-        console.print(f"[bold red]error:[/bold red] {plain(message)}")
+        console.print(joined(styled("error:", "bold red"), " ", message))
         if hint:
-            console.print(f"[dim]hint:[/dim] {plain(hint)}")
+            console.print(joined(styled("hint:", "dim"), " ", hint))
 
 
 class Downloads:
@@ -165,10 +170,9 @@ class Downloads:
     def __enter__(self) -> "Downloads":
         console = self._out._console(stderr=True)
         if not self._out.quiet and console.is_terminal:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            self._progress = Progress(_description(), BarColumn(), DownloadColumn(),
                                       TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
             self._progress.__enter__()
         return self
@@ -183,12 +187,12 @@ class Downloads:
             return
         if self._overall is not None:
             self._progress.remove_task(self._overall)
-        self._overall = self._progress.add_task(plain(description), total=total or None)
+        self._overall = self._progress.add_task(description, total=total or None)
 
     def file_started(self, label: str, total: int | None, done: int = 0) -> None:
         self._done[label] = done
         if self._progress is not None:
-            self._files[label] = self._progress.add_task(f"  {plain(label)}", total=total, completed=done)
+            self._files[label] = self._progress.add_task(f"  {label}", total=total, completed=done)
             self._update_overall()
 
     def file_position(self, label: str, done: int) -> None:
@@ -201,38 +205,68 @@ class Downloads:
         """`line` (plain text) stays on stderr: in a log it is all that shows."""
         if self._progress is not None and label in self._files:
             self._progress.remove_task(self._files.pop(label))
-            self._progress.console.print(plain(line))
+            self._progress.console.print(line)
         elif not self._out.quiet:
-            self._out._console(stderr=True).print(plain(line))
+            self._out._console(stderr=True).print(line)
 
     def _update_overall(self) -> None:
         if self._progress is not None and self._overall is not None:
             self._progress.update(self._overall, completed=sum(self._done.values()))
 
 
-def plain(text: object) -> str:
-    """`text` as literal Rich markup: brackets in a model name, a file name or a server's
-    message print as they are, never as styles (nor as a markup error)."""
-    from rich.markup import escape
+def _description() -> Any:
+    """A progress bar's description column, taken literally (Rich's default reads markup)."""
+    from rich.progress import TextColumn
 
-    return escape(str(text))
+    return TextColumn("{task.description}", markup=False)
 
 
-def table(title: str | None, columns: list[str], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = ()) -> Any:
-    """A table for people. Columns named in `no_wrap` stay on one line; the rest fold."""
+def styled(text: Message, style: str) -> Text:
+    """`text` in a Rich style ("bold", "dim", "green"): the way to style a message, a table
+    cell or a title. The text itself is literal; a `Text` keeps its own styles inside."""
+    from rich.text import Text
+
+    return Text.assemble(text, style=style)
+
+
+def joined(*parts: Message) -> Text:
+    """Plain and styled pieces as one text, each literal: joined(styled("1/6", "bold"), " building")."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)
+
+
+def table(title: Message | None, columns: list[Message], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = (),
+          caption: Message | None = None) -> Any:
+    """A table for people; every cell, header, title and caption literal (a `Text` keeps
+    its styles). Columns named in `no_wrap` stay on one line; the rest fold."""
     from rich import box
     from rich.table import Table
 
     # Light borders and word wrapping: it stays readable at 80 columns and in a pipe.
     headed = any(columns)  # a key/value table passes empty column names: no header row
-    result = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD if headed else None,
-                   pad_edge=False, show_header=headed)
+    result = Table(title=_annotation(title, "table.title"), caption=_annotation(caption, "table.caption"),
+                   title_justify="left", caption_justify="left", header_style="bold",
+                   box=box.SIMPLE_HEAD if headed else None, pad_edge=False, show_header=headed)
     for column in columns:
         # fold, never truncate: every character is data
-        result.add_column(column, overflow="fold", no_wrap=column in no_wrap)
+        result.add_column(joined(column), overflow="fold", no_wrap=str(column) in no_wrap)
     for row in rows:
-        result.add_row(*("" if cell is None else str(cell) for cell in row))
+        result.add_row(*(_cell(value) for value in row))
     return result
+
+
+def _cell(value: Any) -> Text:
+    """A cell's value as literal text: None is empty, a number its str, a `Text` itself."""
+    from rich.text import Text
+
+    return value if isinstance(value, Text) else Text("" if value is None else str(value))
+
+
+def _annotation(text: Message | None, style: str) -> Text | None:
+    """A title or caption as a `Text`, in the table's own style for it (Rich applies that
+    style only to a str, which it would read as markup)."""
+    return None if text is None else styled(text, style)
 
 
 def stacked(*renderables: Any) -> Any:
@@ -242,14 +276,14 @@ def stacked(*renderables: Any) -> Any:
     return Group(*renderables)
 
 
-def phase_printer(out: Output, fmt: str) -> Any:
+def phase_printer(out: Output) -> Any:
     """An engine `on_progress` callback that prints a line only when a model's start-up
-    phase changes. `fmt` gets elapsed_s, model and phase."""
+    phase changes: the seconds since the start (dim), the model and the phase."""
     last: dict[str, str] = {}
 
     def progress(p: Any) -> None:
         if last.get(p.model) != p.phase:
             last[p.model] = p.phase
-            out.info(fmt.format(elapsed_s=p.elapsed_s, model=p.model, phase=p.phase))
+            out.info(joined(styled(f"{p.elapsed_s:6.1f}s", "dim"), f"  {p.model}: {p.phase}"))
 
     return progress

@@ -30,6 +30,16 @@ def cache_dir() -> Path:
     return _dir("ANIMLLM_CACHE_DIR", "cache")
 
 
+def engine_log_dir() -> Path:
+    """Where engines write their logs, one file per model (a test or the demo may use another directory)."""
+    return state_dir() / "logs"
+
+
+def engine_log(model: str, log_dir: Path | None = None) -> Path:
+    """The log file of `model`'s engine, in `log_dir` or the state directory's logs/."""
+    return (log_dir or engine_log_dir()) / f"{model}.log"
+
+
 def shipped_config() -> Path:
     """The default config that ships inside the package (configs/animllm.yaml in the repo)."""
     return Path(__file__).parent / "configs" / "animllm.yaml"

@@ -169,7 +169,7 @@ class StatusReport(Report):
 
 class SwitchHistory(Report):
     """`GET /admin/switches[?since=T]`: the switches and unloads the gateway kept (oldest
-    first), those finished after wall-clock time T if given (`bench --mix`)."""
+    first), those finished after wall-clock time T if given (`bench-mix`)."""
     recorded: int                     # since the gateway started; more than capacity: the oldest fell out
     capacity: int                     # how many the gateway keeps
     switches: list[SwitchReport] = []

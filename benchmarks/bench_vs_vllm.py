@@ -73,9 +73,9 @@ def vllm_argv(workload: str, url: str, tokenizer: Path, prompts: Path, args: arg
 
 def animllm_argv(workload: str, url: str, config: Path, prompts: Path, args: argparse.Namespace, seed: int) -> list[str]:
     endpoint, source = workload.split("-")
-    argv = ["--config", str(config), "bench", "tiny-a", "--url", url, "-c", str(args.concurrency),
+    argv = ["--config", str(config), "bench", "tiny-a", "--url", url, "--concurrency", str(args.concurrency),
             "-n", str(args.requests), "--output-len", str(args.output_len), "--warmup", "2", "--seed", str(seed),
-            "--endpoint", endpoint, "--json", "-", "--samples"]
+            "--endpoint", endpoint, "--json", "--samples"]
     if source == "random":
         return argv + ["--input-len", str(args.input_len)]
     return argv + ["--prompts", str(prompts)]

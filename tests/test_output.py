@@ -114,3 +114,41 @@ def test_result_for_people_calls_the_renderer_with_the_data(capsys) -> None:
     record = _Record("a", 1)
     Output().result(record, rendered.append, json=False)
     assert rendered == [record] and capsys.readouterr() == ("", "")
+
+
+MARKUP = "[bold]x[/] :smile:"
+
+
+def test_messages_are_literal_never_markup_or_emoji(capsys) -> None:
+    out = Output(verbose=1)
+    out.info(f"info {MARKUP}")
+    out.debug(f"debug {MARKUP}")
+    out.warn(f"warn {MARKUP}")
+    out.error(f"error {MARKUP}", hint=f"hint {MARKUP}")
+    assert capsys.readouterr().err.splitlines() == [
+        f"info {MARKUP}", f"debug {MARKUP}", f"warning: warn {MARKUP}", f"error: error {MARKUP}", f"hint: hint {MARKUP}"]
+
+
+def test_tables_take_cells_headers_titles_and_captions_literally(capsys) -> None:
+    from animllm_cli.output import table
+
+    Output().show(table(f"title {MARKUP}", ["name", f"column {MARKUP}"], [[f"cell {MARKUP}", None], [3, 0.5]],
+                        caption=f"caption {MARKUP}"))
+    shown = capsys.readouterr().out
+    for text in (f"title {MARKUP}", f"column {MARKUP}", f"cell {MARKUP}", f"caption {MARKUP}", "3", "0.5"):
+        assert text in shown, shown
+
+
+def test_styled_text_is_built_never_parsed() -> None:
+    from animllm_cli.output import joined, styled
+
+    line = joined(styled("1/6", "bold"), f" {MARKUP}")
+    assert line.plain == f"1/6 {MARKUP}"
+    assert [(span.start, span.end, str(span.style)) for span in line.spans] == [(0, 3, "bold")]
+    assert styled(line, "dim").plain == line.plain and str(styled(line, "dim").style) == "dim"
+
+
+def test_progress_descriptions_are_literal() -> None:
+    with Output().progress() as progress:
+        progress.add_task(f"pulling {MARKUP}", total=1)
+        assert progress.columns[0].render(progress.tasks[0]).plain == f"pulling {MARKUP}"

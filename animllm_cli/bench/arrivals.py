@@ -55,6 +55,51 @@ def check_burstiness(burstiness: float) -> None:
         raise UsageError(f"--burstiness {burstiness:g}: must be above 0 (1 is Poisson)")
 
 
+def sweep(concurrency: str, request_rate: str | None, burstiness: float, ramp_up: str | None, *,
+          concurrency_given: bool, burstiness_given: bool,
+          plotting: bool) -> tuple[list[int], list[float], RampUp | None]:
+    """`bench`'s levels as (concurrency levels, request rates, ramp-up): one of the three
+    describes them; the options are as the user gave them (`*_given`: on the command line)."""
+    check_burstiness(burstiness)
+    if burstiness_given and not (request_rate or ramp_up):
+        raise UsageError("--burstiness shapes arrivals at a rate: give --request-rate or --ramp-up")
+    if concurrency_given and (request_rate or ramp_up):
+        what = "--request-rate" if request_rate else "--ramp-up"
+        raise UsageError(f"--concurrency and {what} both say how requests arrive: give one")
+    if ramp_up:
+        if request_rate:
+            raise UsageError("--ramp-up and --request-rate both set the rate: give one")
+        if plotting:
+            raise UsageError("--plot draws levels against concurrency or rate; a ramp-up is one level of many "
+                             "rates: drop --plot", hint="sweep rates instead: --request-rate 1,2,4,8 --plot FILE")
+        return [], [], parse_ramp_up(ramp_up)
+    if request_rate:
+        return [], _levels("--request-rate", request_rate, float, "requests per second like 2 or 0.5,1,2",
+                           minimum=0.01), None
+    return _levels("--concurrency", concurrency, int, "numbers like 1,4,10", minimum=1), [], None
+
+
+def one_rate(request_rate: float, burstiness: float, ramp_up: str | None, *,
+             rate_given: bool) -> tuple[float | None, RampUp | None]:
+    """`bench-mix`'s one level: arrivals at a rate, or climbing from one rate to another."""
+    check_burstiness(burstiness)
+    if not ramp_up:
+        return request_rate, None
+    if rate_given:
+        raise UsageError("--ramp-up and --request-rate both set the rate: give one")
+    return None, parse_ramp_up(ramp_up)
+
+
+def _levels(option: str, text: str, kind, example: str, *, minimum: float) -> list:
+    try:
+        levels = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected {example}") from None
+    if not levels or any(level < minimum for level in levels):
+        raise UsageError(f"{option} {text!r}: each level must be at least {minimum:g}")
+    return levels
+
+
 def send_offsets(count: int, rate: float | None, *, burstiness: float = 1.0, ramp_up: RampUp | None = None,
                  seed: int = 0) -> list[float]:
     """Seconds from the level's start at which each request is sent, non-decreasing.

@@ -1,4 +1,4 @@
-"""`bench --compare A.json B.json`: two saved runs side by side, level by level, with B/A.
+"""`bench-compare A.json B.json`: two saved runs side by side, level by level, with B/A.
 
 Levels are matched by what they held fixed (concurrency 4, or 2 req/s); a level only one
 run has is shown with a dash on the other side rather than dropped.
@@ -67,18 +67,18 @@ class Comparison:
 
 
 def read_saved(path: Path) -> dict[str, Any]:
-    """A run saved by `bench --json PATH`, checked to be one."""
+    """A run saved by `bench --save FILE`, checked to be one."""
     try:
         text = path.read_text()
     except OSError as exc:  # missing, a directory, not readable
-        raise UsageError(f"{path}: {exc.strerror or exc}", hint="pass files written by `animllm bench --json PATH`") from None
+        raise UsageError(f"{path}: {exc.strerror or exc}", hint="pass files written by `animllm bench --save FILE`") from None
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"{path}: not JSON ({exc})", hint="pass files written by `animllm bench --json PATH`") from None
+        raise UsageError(f"{path}: not JSON ({exc})", hint="pass files written by `animllm bench --save FILE`") from None
     if not isinstance(data, dict) or "levels" not in data or "schema_version" not in data:
         raise UsageError(f"{path}: not a bench result (no levels or schema_version)",
-                         hint="pass files written by `animllm bench --json PATH`")
+                         hint="pass files written by `animllm bench --save FILE`")
     if data["schema_version"] != SCHEMA_VERSION:
         raise UsageError(f"{path}: bench schema_version {data['schema_version']}; this animllm reads {SCHEMA_VERSION}")
     return data

@@ -5,7 +5,7 @@
 - switch_s_max     vs the median switch time, stop to ready (with --switch)
 - good_share_min   vs the share of the level's requests that met the SLOs (--goodput or slo)
 
-With --mix, each model against its own profile's: TTFT including any wait for a switch,
+In `bench-mix`, each model against its own profile's: TTFT including any wait for a switch,
 and the median of the switches into it.
 """
 
@@ -13,7 +13,41 @@ from __future__ import annotations
 
 from animllm_cli.bench.metrics import LevelSummary, percentile
 from animllm_cli.bench.results import CheckRow, LevelResult, SwitchRun
-from animllm_cli.config.schema import Expectation
+from animllm_cli.bench.slo import Slo
+from animllm_cli.config.schema import AnimllmConfig, Expectation
+from animllm_cli.errors import UsageError
+
+
+def profile_expectation(config: AnimllmConfig, name: str) -> Expectation | None:
+    spec = config.models.get(name)
+    profile = spec.profile if spec else None
+    return config.expectations.get(profile) if profile else None
+
+
+def required_expectation(config: AnimllmConfig, name: str) -> Expectation:
+    """--check's expectations for `name`, asked for before the run, not after it."""
+    spec = config.models.get(name)
+    profile = spec.profile if spec else None
+    expectation = profile_expectation(config, name)
+    if expectation is None and spec is not None and spec.remote and not profile:
+        raise UsageError(f"--check: '{name}' is served elsewhere and has no profile; expectations are per profile",
+                         hint=f"give models.{name} a `profile:` and add expectations.<profile> to the config")
+    if expectation is None:
+        raise UsageError(f"--check: no expectations for profile {profile!r} of '{name}'",
+                         hint="add expectations.<profile> to the config")
+    return expectation
+
+
+def slo_for(given: Slo, expectation: Expectation | None, config: AnimllmConfig, name: str) -> Slo:
+    """--goodput, else the SLO of the model's profile; --check on a share needs one."""
+    if not given:
+        profile = profile_expectation(config, name)
+        if profile is not None and profile.slo is not None:
+            given = Slo(**profile.slo.model_dump())
+    if expectation is not None and expectation.good_share_min is not None and not given:
+        raise UsageError(f"--check: expectations give good_share_min for '{name}' but no SLO says what is good",
+                         hint="add --goodput ttft:MS tpot:MS, or expectations.<profile>.slo to the config")
+    return given
 
 
 def check(expectation: Expectation | None, levels: list[LevelResult], switch: SwitchRun | None) -> list[CheckRow]:
@@ -58,7 +92,7 @@ def _row(metric: str, value: float, target: str, ok: bool) -> CheckRow:
 
 
 def check_mix(expectations: dict[str, Expectation], models: list, switches: list[dict]) -> list[CheckRow]:
-    """Per model of a --mix, with its own profile's expectations: its latency including
+    """Per model of a bench-mix, with its own profile's expectations: its latency including
     any wait for a switch, and the median of the switches into it."""
     rows: list[CheckRow] = []
     for model in models:

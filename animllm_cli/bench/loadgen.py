@@ -16,7 +16,7 @@ import aiohttp
 
 from animllm_cli.bench.metrics import Sample
 
-# The text whose tokens random prompts are drawn from (and whose words --mix's prompts are).
+# The text whose tokens random prompts are drawn from (and whose words bench-mix's prompts are).
 PROMPT_SEED = ("The studio renders every frame twice: once for the animators and once for the "
                "lighting team, who care about shadows more than anyone else in the building. ")
 

@@ -32,7 +32,7 @@ class Sample:
     prompt_tokens: int = 0
     output_tokens: int = 0
     error: str | None = None
-    model: str | None = None           # whose request (bench --mix)
+    model: str | None = None           # whose request (bench-mix)
 
     @property
     def tpot(self) -> float | None:

@@ -1,4 +1,4 @@
-"""`bench --mix coder:3,vision:1`: several models asked at once through the gateway, the
+"""`bench-mix coder:3,vision:1`: several models asked at once through the gateway, the
 load animllm exists for. Arrivals at one rate (Poisson, gamma or a ramp), each request's
 model drawn by weight; per model the vLLM metrics of its requests, which include any wait
 for a switch; and the switches the gateway made meanwhile (`GET /admin/switches`), their
@@ -37,16 +37,16 @@ def parse_mix(text: str, resolve: Callable[[str], str]) -> list[tuple[str, float
         try:
             value = float(weight) if weight else 1.0
         except ValueError:
-            raise UsageError(f"--mix {text!r}: weight {weight!r} of '{name}' is not a number",
-                             hint="e.g. --mix coder:3,vision:1") from None
+            raise UsageError(f"bench-mix {text!r}: weight {weight!r} of '{name}' is not a number",
+                             hint="e.g. bench-mix coder:3,vision:1") from None
         if value <= 0:
-            raise UsageError(f"--mix {text!r}: the weight of '{name}' must be above 0")
+            raise UsageError(f"bench-mix {text!r}: the weight of '{name}' must be above 0")
         model = resolve(name.strip())
         if model in shares:
-            raise UsageError(f"--mix {text!r}: '{name}' is '{model}', named twice")
+            raise UsageError(f"bench-mix {text!r}: '{name}' is '{model}', named twice")
         shares[model] = value
     if len(shares) < 2:
-        raise UsageError(f"--mix {text!r}: name at least two models, e.g. coder:3,vision:1",
+        raise UsageError(f"bench-mix {text!r}: name at least two models, e.g. coder:3,vision:1",
                          hint="one model's load is plain `animllm bench MODEL --request-rate R`")
     return list(shares.items())
 

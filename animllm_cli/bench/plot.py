@@ -1,6 +1,6 @@
 """`bench --plot FILE`: what a sweep measured, drawn with matplotlib (the optional extra
 `animllm-cli[plot]`), from bench's JSON form, so a saved run and a fresh one draw alike and
-`--compare` draws two runs on the same axes.
+`bench-compare` draws two runs on the same axes.
 
 Panels: TTFT and TPOT (median, p90, p99) and output tokens/s against concurrency or
 request rate; with --switch, one bar per switch, its phases laid end to end.
@@ -16,7 +16,7 @@ from animllm_cli.errors import AnimllmError, UsageError
 FORMATS = (".png", ".svg")
 EXTRA_HINT = "pip install 'animllm-cli[plot]' (matplotlib), into the environment animllm runs from"
 # The phases of a switch in the order they happen, each with its own colour (never a run's:
-# with --compare, colours tell the runs apart). Each of the first and third is one of a
+# in bench-compare, colours tell the runs apart). Each of the first and third is one of a
 # pair: the evicted model sent to sleep or stopped; the model woken or started cold.
 PHASES = (("stop or sleep", ("sleep_s", "stop_s"), "tab:gray"), ("VRAM release", ("vram_release_s",), "tab:olive"),
           ("load or wake", ("wake_s", "load_s"), "tab:purple"), ("first token", ("first_token_s",), "tab:red"))

@@ -11,8 +11,27 @@ import httpx
 from animllm_cli.bench.metrics import percentile
 from animllm_cli.bench.results import Spread, SwitchRun, SwitchSummary
 from animllm_cli.client.openai import server_message
-from animllm_cli.errors import AnimllmError
+from animllm_cli.config.schema import AnimllmConfig
+from animllm_cli.errors import AnimllmError, UsageError
 from animllm_cli.wire import SwitchReport
+
+
+def switch_models(text: str | None, resolve: Callable[[str], str], config: AnimllmConfig, *,
+                  our_gateway: bool) -> list[str]:
+    """`--switch A,B[,C]`: the models by the gateway's names. A switch times a load, and a
+    model served elsewhere (`upstream`) is never loaded here: refused before anything is
+    sent (another server's models are not ours to judge)."""
+    if not text:
+        return []
+    models = [resolve(name.strip()) for name in text.split(",")]
+    if len(models) < 2:
+        raise UsageError("--switch needs at least two models, e.g. --switch coder,vision")
+    for name in models if our_gateway else ():
+        spec = config.models.get(name)
+        if spec is not None and spec.remote:
+            raise UsageError(f"bench --switch measures loads; '{name}' is served elsewhere",
+                             hint=f"measure its requests without --switch: animllm bench {name}")
+    return models
 
 
 def first_token_s(http: httpx.Client, model: str) -> float:

@@ -1,19 +1,20 @@
 """What bench sends: prompts of an exact token length drawn from the model's own tokens
-(vLLM's random dataset), the user's own prompts (`--prompts FILE`), or, for `--mix`,
+(vLLM's random dataset), the user's own prompts (`--prompts FILE`), or, for `bench-mix`,
 text prompts that need no model's tokenizer (asking one would load that model)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from animllm_cli.bench import loadgen
 from animllm_cli.bench.loadgen import CHAT, COMPLETIONS, Request
-from animllm_cli.bench.prompts_file import PromptEntry
-from animllm_cli.errors import AnimllmError
+from animllm_cli.bench.prompts_file import PromptEntry, has_messages, read_prompts
+from animllm_cli.errors import AnimllmError, UsageError
 
 WORDS = loadgen.PROMPT_SEED.split()
 
@@ -26,7 +27,7 @@ class Workload:
     output_len_given: bool = False         # --output-len on the command line beats the file's lengths
     ignore_eos: bool = True
     entries: list[PromptEntry] | None = None  # --prompts FILE
-    no_tokenizer: bool = False             # --mix: asking a model's tokenizer would load it: words, --output-len
+    no_tokenizer: bool = False             # bench-mix: asking a model's tokenizer would load it: words, --output-len
     _vocabulary: dict[str, list[int]] = field(default_factory=dict)
     _reference_lengths: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -86,6 +87,22 @@ class Workload:
                                hint="use --endpoint chat (the default for a file of messages)")
         return Request(COMPLETIONS, loadgen.completion_body(model, prompt, output_len, ignore_eos=self.ignore_eos),
                        model)
+
+
+def workload_for(prompts: Path | None, endpoint: str | None, *, input_len: int, output_len: int,
+                 output_len_given: bool, ignore_eos: bool, no_tokenizer: bool) -> Workload:
+    """The options' workload: the file's prompts if given, sent to the endpoint named or
+    to the one the file's shape calls for (chat for chat messages)."""
+    entries = read_prompts(prompts) if prompts is not None else None
+    if endpoint is not None and endpoint not in loadgen.ENDPOINTS:
+        raise UsageError(f"--endpoint {endpoint!r}: expected one of {', '.join(loadgen.ENDPOINTS)}")
+    chat_file = bool(entries) and has_messages(entries)
+    if endpoint == "completions" and chat_file:
+        raise UsageError(f"--endpoint completions: {prompts} holds chat messages, which only the chat endpoint takes",
+                         hint="leave out --endpoint (chat is chosen for such a file)")
+    path = loadgen.ENDPOINTS[endpoint or ("chat" if chat_file else "completions")]
+    return Workload(endpoint=path, input_len=input_len, output_len=output_len, output_len_given=output_len_given,
+                    ignore_eos=ignore_eos, entries=entries, no_tokenizer=no_tokenizer)
 
 
 async def tokenize(session: aiohttp.ClientSession, url: str, model: str, text: str) -> list[int]:

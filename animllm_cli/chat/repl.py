@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from animllm_cli.chat.conversation import Conversation
 from animllm_cli.client.openai import ChatResult, OpenAIClient
 from animllm_cli.errors import AnimllmError
-from animllm_cli.output import Output, plain
+from animllm_cli.output import Output, styled
+
+if TYPE_CHECKING:
+    from animllm_cli.output import Message
 
 HELP = """commands:
   /help            this list
@@ -62,13 +65,13 @@ class Repl:
     def __init__(self, conversation: Conversation, client: OpenAIClient, out: Output, *,
                  read_line: Callable[[str], str], fancy: bool,
                  resolve: Callable[[str], tuple[str, bool | None]],
-                 switch: Callable[[str], str | None] | None = None) -> None:
+                 switch: Callable[[str], Message | None] | None = None) -> None:
         self.conv, self.client, self.out = conversation, client, out
         self.read_line, self.fancy = read_line, fancy
         self.resolve, self.switch = resolve, switch
 
     def run(self) -> int:
-        self.out.info(f"chatting with {plain(self.conv.model)}; /help for commands, Ctrl-D to leave")
+        self.out.info(f"chatting with {self.conv.model}; /help for commands, Ctrl-D to leave")
         while True:
             try:
                 line = self.read_line(f"{self.conv.model}> " if self.fancy else "")
@@ -93,18 +96,18 @@ class Repl:
                 result = stream_markdown(self.client, payload, self.out)
             else:
                 result = stream_plain(self.client, payload, lambda d: (sys.stdout.write(d), sys.stdout.flush()),
-                                      lambda note: self.out.info(f"[dim]{plain(note)}[/dim]"))
+                                      lambda note: self.out.info(styled(note, "dim")))
                 sys.stdout.write("\n")
         except KeyboardInterrupt:
             self.conv.drop_last_question()
-            self.out.info("[dim](answer cancelled)[/dim]")
+            self.out.info(styled("(answer cancelled)", "dim"))
             return
         except AnimllmError as exc:
             self.conv.drop_last_question()
             self.out.error(exc.message, exc.hint)
             return
         self.conv.answered(result.text)
-        self.out.info(f"[dim]{plain(stats_line(result))}[/dim]")
+        self.out.info(styled(stats_line(result), "dim"))
 
     def command(self, line: str) -> str | None:
         name, _, arg = line.partition(" ")
@@ -123,7 +126,7 @@ class Repl:
                 if not arg:
                     raise AnimllmError("usage: /image PATH")
                 self.conv.attach(arg)
-                self.out.info(f"attached {plain(arg)} to your next message")
+                self.out.info(f"attached {arg} to your next message")
             elif name == "/clear":
                 self.conv.clear()
                 self.out.info("conversation cleared")
@@ -131,7 +134,7 @@ class Repl:
                 if not arg:
                     raise AnimllmError("usage: /save FILE")
                 self.conv.save(Path(arg).expanduser())
-                self.out.info(f"saved to {plain(arg)}")
+                self.out.info(f"saved to {arg}")
             else:
                 self.out.error(f"unknown command {name}; /help lists them")
         except AnimllmError as exc:
@@ -142,7 +145,7 @@ class Repl:
 
     def _model(self, wanted: str) -> None:
         if not wanted:
-            self.out.info(f"talking to {plain(self.conv.model)}")
+            self.out.info(f"talking to {self.conv.model}")
             return
         name, vision = self.resolve(wanted)
         if self.switch is not None:
@@ -150,4 +153,4 @@ class Repl:
             if note:
                 self.out.info(note)
         self.conv.model, self.conv.vision = name, vision
-        self.out.info(f"now talking to {plain(name)}")
+        self.out.info(f"now talking to {name}")

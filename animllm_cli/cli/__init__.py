@@ -36,7 +36,8 @@ ERROR_TABLE: list[tuple[type[BaseException], Callable[[BaseException], tuple[int
 
 
 class AnimllmGroup(TyperGroup):
-    """Turns expected exceptions into one clean message and the documented exit code."""
+    """Turns expected exceptions into one clean message and the documented exit code, and
+    bench's old spellings into today's (for one release)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -46,6 +47,19 @@ class AnimllmGroup(TyperGroup):
             code, message, hint = handler(exc)
             common.output(ctx).error(message, hint)
             raise typer.Exit(code) from None
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        """`bench`'s spellings from before bench-mix and bench-compare, turned into today's
+        for one release, each with a warning (README: bench)."""
+        name, command, rest = super().resolve_command(ctx, args)
+        if name == "bench" and not ctx.resilient_parsing:
+            from animllm_cli.cli.bench_old_spellings import old_spellings
+
+            name, rest, notes = old_spellings(rest)
+            command = self.get_command(ctx, name)
+            for note in notes:
+                common.output(ctx).warn(note)
+        return name, command, rest
 
 
 app = typer.Typer(
@@ -93,6 +107,8 @@ def _register() -> None:
     app.command("chat")(chat.chat)
     # Extra arguments: vLLM's spelling `--goodput ttft:500 tpot:50` (bench takes them back).
     app.command("bench", context_settings={"allow_extra_args": True})(bench.bench)
+    app.command("bench-mix", context_settings={"allow_extra_args": True})(bench.bench_mix)
+    app.command("bench-compare")(bench.bench_compare)
     app.command("demo")(demo.demo)
     app.command("models")(models.models)
     app.command("pull")(pull.pull)

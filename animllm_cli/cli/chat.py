@@ -4,11 +4,14 @@ answer for a script."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from animllm_cli.cli import common
+
+if TYPE_CHECKING:
+    from animllm_cli.output import Message
 
 
 def chat(
@@ -66,23 +69,23 @@ def chat(
 
 def _one_shot(out, client, payload: dict, json_output: bool) -> int:
     from animllm_cli.chat.repl import stats_line, stream_plain
-    from animllm_cli.output import plain
+    from animllm_cli.output import styled
 
     if json_output:
         out.json(client.chat(payload).response)
         return 0
     result = stream_plain(client, payload, lambda delta: (sys.stdout.write(delta), sys.stdout.flush()),
-                          lambda note: out.info(f"[dim]{plain(note)}[/dim]"))  # on stderr: stdout is the answer
+                          lambda note: out.info(styled(note, "dim")))  # on stderr: stdout is the answer
     sys.stdout.write("\n")
-    out.info(f"[dim]{plain(stats_line(result))}[/dim]")
+    out.info(styled(stats_line(result), "dim"))
     return 0
 
 
 def _switcher(loaded, out):
     from animllm_cli.client.admin import AdminClient, NotRunning
-    from animllm_cli.output import plain
+    from animllm_cli.output import styled
 
-    def switch(name: str) -> str | None:
+    def switch(name: str) -> Message | None:
         try:
             client = AdminClient.find(loaded.config.server.api_key_env)
         except NotRunning:
@@ -92,8 +95,8 @@ def _switcher(loaded, out):
         if report.outcome == "already loaded":
             return None
         if report.outcome == "remote":  # nothing to load: the gateway says where it is served
-            return f"[dim]{plain(' '.join(report.notes))}[/dim]"
-        return f"[dim]switched {plain(report.from_model or '-')} -> {plain(name)} in {report.total_s or 0:.1f}s[/dim]"
+            return styled(" ".join(report.notes), "dim")
+        return styled(f"switched {report.from_model or '-'} -> {name} in {report.total_s or 0:.1f}s", "dim")
 
     return switch
 

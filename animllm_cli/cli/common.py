@@ -41,6 +41,41 @@ MaxModelLenOption = Annotated[
     typer.Option("--max-model-len", show_default=False, help="Override the model's max_model_len."),
 ]
 
+# The bench family (`bench`, `bench-mix`, `bench-compare`): each option spelt once.
+SaveOption = Annotated[Optional[Path], typer.Option("--save", metavar="FILE", show_default=False,
+                                                    help="Also write the JSON to FILE (what bench-compare reads).")]
+PlotOption = Annotated[Optional[Path], typer.Option(
+    "--plot", metavar="FILE", show_default=False,
+    help="Draw the results into FILE.png or FILE.svg (needs the extra animllm-cli\\[plot]).")]
+BurstinessOption = Annotated[float, typer.Option(
+    "--burstiness", min=0.0, help="Gamma shape of the gaps between arrivals, as vLLM's: 1 Poisson, below 1 "
+                                  "burstier, above 1 steadier.")]
+RampUpOption = Annotated[Optional[str], typer.Option(
+    "--ramp-up", metavar="linear|exponential:START:END", show_default=False,
+    help="One level whose rate climbs from START to END req/s over the requests, e.g. linear:1:10.")]
+RequestsOption = Annotated[Optional[int], typer.Option(
+    "--requests", "-n", min=1, show_default=False,
+    help="Requests per level (bench-mix: in all; default 20; with --prompts: the file's count).")]
+InputLenOption = Annotated[int, typer.Option(
+    "--input-len", min=1, help="Prompt length in the model's tokens (random prompts; words in bench-mix).")]
+OutputLenOption = Annotated[int, typer.Option(
+    "--output-len", min=1, help="Tokens generated per request; given, it beats the lengths in a --prompts file.")]
+IgnoreEosOption = Annotated[bool, typer.Option("--ignore-eos/--no-ignore-eos",
+                                               help="Generate every requested token (vLLM's ignore_eos).")]
+PromptsOption = Annotated[Optional[Path], typer.Option(
+    "--prompts", metavar="FILE", show_default=False,
+    help="Your own prompts: JSONL of {\"prompt\"} or {\"messages\"} (with optional output_tokens), or ShareGPT JSON.")]
+EndpointOption = Annotated[Optional[str], typer.Option(
+    "--endpoint", metavar="completions|chat", show_default=False,
+    help="Where requests go (default: chat for a file of chat messages, else completions).")]
+GoodputOption = Annotated[Optional[list[str]], typer.Option(
+    "--goodput", metavar="ttft:MS tpot:MS e2el:MS", show_default=False,
+    help="SLOs, as vLLM's: report the requests that met them all (goodput).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of prompts, arrivals and bench-mix's choice of model.")]
+SamplesOption = Annotated[bool, typer.Option("--samples", help="Include every request's timings in the JSON.")]
+CheckOption = Annotated[bool, typer.Option("--check", help="Exit 1 when a result misses the config's expectations.")]
+UrlOption = Annotated[Optional[str], typer.Option("--url", help="Any OpenAI-compatible server instead of the gateway.")]
+
 
 def state(ctx: typer.Context) -> AppState:
     root = ctx.find_root()

@@ -26,7 +26,7 @@ def show(
     model: Annotated[Optional[str], typer.Argument(
         help="Model name, alias or source; without it, the whole config (args/env: the default model).",
         show_default=False, autocompletion=common.complete_models)] = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="yaml | json | args (engine command) | env.")] = Format.yaml,
+    fmt: Annotated[Format, typer.Option("--format", help="yaml | json | args (engine command) | env.")] = Format.yaml,
     json_output: common.JsonOption = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show where each value came from.")] = False,
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, show_default=False,

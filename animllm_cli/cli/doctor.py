@@ -39,21 +39,18 @@ def doctor(
 
 
 def _render(out, report) -> None:
-    from animllm_cli.output import plain as escape
-    from animllm_cli.units import GIB
-
     from animllm_cli.cli.plan import show_plan
-    from animllm_cli.output import table
+    from animllm_cli.output import styled, table
+    from animllm_cli.units import MIB, gib_figure
 
-    rows = [[c.id, f"[{STYLE[c.status]}]{c.status}[/]", escape(c.detail) + (f"\n[dim]fix: {escape(c.fix)}[/]" if c.fix else "")]
-            for c in report.checks]
+    rows = [[c.id, styled(c.status, STYLE[c.status]), _detail(c)] for c in report.checks]
     out.show(table("Checks", ["check", "status", "detail"], rows, no_wrap=("check", "status")))
     if report.gpus.gpus:
-        gpu_rows = [[g.index, g.name, f"{g.compute_capability} ({g.architecture})", f"{g.total_bytes / GIB:.1f}",
-                     f"{g.used_bytes / GIB:.1f}", f"{g.free_bytes / GIB:.1f}"] for g in report.gpus.gpus]
+        gpu_rows = [[g.index, g.name, f"{g.compute_capability} ({g.architecture})", gib_figure(g.total_bytes),
+                     gib_figure(g.used_bytes), gib_figure(g.free_bytes)] for g in report.gpus.gpus]
         out.show(table(f"GPUs (driver {report.gpus.driver_version}, CUDA {report.gpus.cuda_driver_version})",
                        ["#", "name", "compute", "total GiB", "used GiB", "free GiB"], gpu_rows))
-        proc_rows = [[g.index, p.pid, p.name, p.used_bytes // 2**20 if p.used_bytes is not None else "?"]
+        proc_rows = [[g.index, p.pid, p.name, p.used_bytes // MIB if p.used_bytes is not None else "?"]
                      for g in report.gpus.gpus for p in g.processes]
         if proc_rows:
             out.show(table("Processes holding VRAM", ["gpu", "pid", "name", "MiB"], proc_rows))
@@ -62,3 +59,10 @@ def _render(out, report) -> None:
     summary = report.to_json()["summary"]
     out.info(f"{summary['pass']} passed, {summary['warn']} warnings, {summary['fail']} failed, "
              f"{summary['skip']} skipped in {summary['elapsed_s']:.2f}s")
+
+
+def _detail(check):
+    """A check's detail, and the fix (dim) under it."""
+    from animllm_cli.output import joined, styled
+
+    return joined(check.detail, "\n", styled(f"fix: {check.fix}", "dim")) if check.fix else check.detail

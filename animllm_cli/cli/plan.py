@@ -69,54 +69,55 @@ def _no_remote(loaded, names: list[str]) -> None:
 def show_plan(out, report) -> None:
     """The fit table, then for each model what does not fit and how to fix it; the models
     served elsewhere get a line each instead of a row."""
-    from animllm_cli.output import plain as escape
+    from animllm_cli.output import joined, styled
 
     if report.models or not report.remote:
         out.show(plan_table(report))
     for m in report.models:
         lines = ([m.summary] if m.verdict != "fits" else []) + m.notes
-        lines += [f"[bold]fix:[/] {escape(m.suggestion)}"] if m.suggestion else []
-        lines += [f"[dim]or:[/] {escape(alt)}" for alt in m.alternatives]
-        if lines:
-            out.show(f"[bold]{m.model}[/]\n  " + "\n  ".join(lines))
+        lines += [joined(styled("fix:", "bold"), f" {m.suggestion}")] if m.suggestion else []
+        lines += [joined(styled("or:", "dim"), f" {alt}") for alt in m.alternatives]
+        if lines:  # the model's name, then each line indented under it
+            out.show(joined(styled(m.model, "bold"), *(part for line in lines for part in ("\n  ", line))))
     if report.co_resident:
         shares = report.shares
         out.show("could stay loaded together (each at its share of the card): " + "; ".join(
             " + ".join(f"{m} ({shares[m].utilization:g})" for m in g) for g in report.co_resident))
     for r in report.remote:
-        out.show(f"[bold]{r.model}[/]\n  remote: served by {escape(', '.join(r.urls))}, no VRAM here")
+        out.show(joined(styled(r.model, "bold"), f"\n  remote: served by {', '.join(r.urls)}, no VRAM here"))
 
 
 def together_table(report):
-    from animllm_cli.output import table
-    from animllm_cli.units import GIB
+    from animllm_cli.output import joined, styled, table
+    from animllm_cli.units import gib, gib_figure
 
     rows = [[p.model, "does not fit" if p.gpus is None else ", ".join(map(str, p.gpus)), f"{p.utilization:g}",
-             f"{p.bytes_per_gpu / GIB:.1f}", {"share": "config share", "smallest": "smallest that holds max_model_len",
-                                              "alone": "its own utilization (runs alone)"}[p.basis]]
+             gib_figure(p.bytes_per_gpu), {"share": "config share", "smallest": "smallest that holds max_model_len",
+                                           "alone": "its own utilization (runs alone)"}[p.basis]]
             for p in report.placements]
-    rooms = ", ".join(f"GPU {c.index}: {c.room_bytes / GIB:.1f} of {c.total_bytes / GIB:.1f} GiB" for c in report.cards)
-    verdict = "[green]fits[/]" if report.fits else "[bold red]does not fit[/]"
-    return table(f"Together on {report.card_basis} ({rooms} free below the threshold): {verdict} — {report.summary}",
-                 ["model", "GPU", "share", "GiB per GPU", "share from"], rows, no_wrap=("model", "share"))
+    rooms = ", ".join(f"GPU {c.index}: {gib_figure(c.room_bytes)} of {gib(c.total_bytes)}" for c in report.cards)
+    verdict = styled("fits", "green") if report.fits else styled("does not fit", "bold red")
+    title = joined(f"Together on {report.card_basis} ({rooms} free below the threshold): ", verdict,
+                   f" — {report.summary}")
+    return table(title, ["model", "GPU", "share", "GiB per GPU", "share from"], rows, no_wrap=("model", "share"))
 
 
 def plan_table(report):
-    from animllm_cli.units import GIB
-    from animllm_cli.output import table
+    from animllm_cli.output import styled, table
+    from animllm_cli.units import gib, gib_figure
 
-    def gib(value):
-        return "?" if value is None else f"{value / GIB:.1f}"
+    def figure(value):
+        return "?" if value is None else gib_figure(value)
 
     rows = []
     for m in report.models:
         verdict = {"fits": "fits", "fits-partially": f"fits up to {m.kv_tokens or 0:,}",
                    "does-not-fit": "does not fit", "unknown": "unknown"}[m.verdict]
-        verdict = f"[{VERDICT_STYLE[m.verdict]}]{verdict}[/]"
-        rows.append([m.model, m.utilization or "?", gib(m.weight_bytes),
+        rows.append([m.model, m.utilization or "?", figure(m.weight_bytes),
                      "?" if m.kv_bytes_per_token is None else f"{m.kv_bytes_per_token // 1024}",
-                     gib(m.kv_pool_bytes), "?" if m.kv_tokens is None else f"{m.kv_tokens:,}",
-                     "?" if m.max_model_len is None else f"{m.max_model_len:,}", verdict])
-    title = f"VRAM plan for {report.vram_bytes / GIB:.1f} GiB ({report.vram_basis})"
+                     figure(m.kv_pool_bytes), "?" if m.kv_tokens is None else f"{m.kv_tokens:,}",
+                     "?" if m.max_model_len is None else f"{m.max_model_len:,}",
+                     styled(verdict, VERDICT_STYLE[m.verdict])])
+    title = f"VRAM plan for {gib(report.vram_bytes)} ({report.vram_basis})"
     columns = ["model", "util", "weights GiB", "KV KiB/tok", "KV pool GiB", "KV tokens", "max len", "verdict"]
     return table(title, columns, rows, no_wrap=("model", "util", "KV tokens", "max len", "verdict"))

@@ -103,7 +103,7 @@ def human_bytes(n: int | None) -> str:
 def _show(out, report) -> None:
     """One row per model, narrow enough for 80 columns (the source, which can be long,
     last and folded); notes below the table."""
-    from animllm_cli.output import plain, table
+    from animllm_cli.output import styled, table
 
     rows = [[m.model, m.status, len(m.files), human_bytes(m.downloaded_bytes),
              human_bytes(m.total_bytes) if m.files else "-", _where(m)] for m in report.models]
@@ -112,9 +112,9 @@ def _show(out, report) -> None:
                        no_wrap=("model", "status", "files", "downloaded", "size")))
     for m in report.models:
         if m.note:
-            out.info(f"{plain(m.model)}: {plain(m.note)}")
+            out.info(f"{m.model}: {m.note}")
     offline = ", offline" if report.hub.offline else ""
-    out.info(f"[dim]cache {plain(report.hub.cache_dir)}, hub {plain(report.hub.endpoint)}{offline}[/dim]")
+    out.info(styled(f"cache {report.hub.cache_dir}, hub {report.hub.endpoint}{offline}", "dim"))
 
 
 def _where(pull) -> str:

@@ -15,7 +15,7 @@ from animllm_cli.cli import common
 
 HostOption = Annotated[Optional[str], typer.Option("--host", show_default=False,
                                                    help="Bind address (default: server.host, 127.0.0.1).")]
-PortOption = Annotated[Optional[int], typer.Option("--port", "-p", min=1, max=65535, show_default=False,
+PortOption = Annotated[Optional[int], typer.Option("--port", min=1, max=65535, show_default=False,
                                                    help="Gateway port (default: server.port, 8000).")]
 
 
@@ -124,7 +124,7 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, p
     from animllm_cli.output import phase_printer
 
     url = f"http://{host}:{port}"
-    progress = phase_printer(out, "[dim]{elapsed_s:6.1f}s[/dim]  {model}: {phase}")
+    progress = phase_printer(out)
 
     remote = loaded.config.models[name].upstream
 
@@ -264,11 +264,7 @@ def _detach(out, loaded, argv: list[str], name: str, host: str, port: int) -> in
 
 def _terminate(child: subprocess.Popen) -> None:
     """The detached gateway and anything in its session: SIGTERM, then SIGKILL."""
-    import signal
-
     from animllm_cli.engine import processes
 
-    processes.signal_all(child.pid, {}, signal.SIGTERM)
-    if processes.wait_gone(child.pid, {}, 60):
-        processes.signal_all(child.pid, {}, signal.SIGKILL)
+    processes.end_group(child.pid, {}, grace_s=60)
     child.wait()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from animllm_cli import paths
 from animllm_cli.errors import AnimllmError
-from animllm_cli.output import Output
+from animllm_cli.output import Output, joined, styled
 from animllm_cli.signals import sigterm_raises
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     started = time.monotonic()
     summary: dict[str, Any] = {}
     root = paths.cache_dir() / "demo"
-    out.info("[bold]1/6[/] building three tiny models (once; no download)")
+    out.info(_step(1, "building three tiny models (once; no download)"))
     from animllm_cli.demo.tiny_models import build_tiny_models
 
     models = build_tiny_models(root / "models")
@@ -95,21 +95,21 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     gateway = _ServedGateway(loaded, config_path, root / "state", out)
     with sigterm_raises(KeyboardInterrupt):
         try:
-            out.info("[bold]2/6[/] starting the gateway (`animllm serve tiny-a`) and tiny-a")
+            out.info(_step(2, "starting the gateway (`animllm serve tiny-a`) and tiny-a"))
             summary["start_s"] = gateway.start("tiny-a")
             out.info(f"{INDENT}ready in {summary['start_s']:.1f}s at {gateway.url} (gateway pid {gateway.pid})")
-            out.info("[bold]3/6[/] chatting with tiny-b: it loads beside tiny-a (the plan has room for two)")
+            out.info(_step(3, "chatting with tiny-b: it loads beside tiny-a (the plan has room for two)"))
             summary["chat"] = [gateway.ask("tiny-b", "Write a loop.")]
             summary["beside"] = gateway.last_switch("tiny-b")
             summary["chat"].append(gateway.ask("tiny-a", "Say hello to the studio."))
             summary["resident_two"] = gateway.show_resident()
-            out.info("[bold]4/6[/] chatting with tiny-c: no room for a third, so the least recently used goes")
+            out.info(_step(4, "chatting with tiny-c: no room for a third, so the least recently used goes"))
             summary["chat"].append(gateway.ask("tiny-c", "Describe a picture."))
             summary["evict"] = gateway.last_switch("tiny-c")
             summary["resident_after"] = gateway.show_resident()
-            out.info("[bold]5/6[/] a short benchmark of tiny-c")
+            out.info(_step(5, "a short benchmark of tiny-c"))
             summary["bench"] = gateway.bench("tiny-c")
-            out.info("[bold]6/6[/] stopping everything (`POST /admin/stop`)")
+            out.info(_step(6, "stopping everything (`POST /admin/stop`)"))
             summary["left"], summary["exit_code"] = gateway.stop()
         except KeyboardInterrupt:
             out.info("interrupted: stopping the gateway")
@@ -119,6 +119,10 @@ def run_demo(out: Output, *, force_cpu: bool = False) -> int:
     summary["wall_s"] = time.monotonic() - started
     _show(out, summary)
     return 0 if not summary["left"] and summary["exit_code"] == 0 else 1
+
+
+def _step(number: int, what: str) -> Any:
+    return joined(styled(f"{number}/6", "bold"), f" {what}")
 
 
 class _ServedGateway:
@@ -200,14 +204,12 @@ class _ServedGateway:
         return read_state(self.state_dir)
 
     def _pass_through(self) -> None:
-        from animllm_cli.output import plain as escape
-
         assert self.child is not None and self.child.stderr is not None
         for raw in self.child.stderr:
             line = raw.rstrip()
             self.tail.append(line)
             if line.strip():
-                self.out.info(f"{INDENT}[dim]{escape(line)}[/dim]")
+                self.out.info(joined(INDENT, styled(line, "dim")))
 
     def _failure(self, message: str) -> AnimllmError:
         self.terminate()
@@ -257,10 +259,7 @@ class _ServedGateway:
         for pgid in sorted(self.engine_pgids):
             if not processes.group_members(pgid):
                 continue
-            processes.signal_all(pgid, {}, signal.SIGTERM)
-            if processes.wait_gone(pgid, {}, self.loaded.config.engine.stop_grace_s):
-                processes.signal_all(pgid, {}, signal.SIGKILL)
-                processes.wait_gone(pgid, {}, 5.0)
+            processes.end_group(pgid, {}, self.loaded.config.engine.stop_grace_s)
             self.out.warn(f"ended the engine's process group {pgid}, which the killed gateway left")
 
     def _remember(self, *engines: Any) -> None:
@@ -268,8 +267,6 @@ class _ServedGateway:
 
     # ------------------------------------------------------------------ over HTTP
     def ask(self, model: str, prompt: str) -> dict[str, Any]:
-        from animllm_cli.output import plain as escape
-
         from animllm_cli.chat.repl import stats_line, stream_plain
         from animllm_cli.client.openai import OpenAIClient
 
@@ -280,7 +277,7 @@ class _ServedGateway:
         finally:
             client.close()
         shown = " ".join(result.text.split())[:60]
-        self.out.info(f"{INDENT}{model}: {escape(repr(shown))} (random weights: noise)  [dim]{stats_line(result)}[/dim]")
+        self.out.info(joined(f"{INDENT}{model}: {shown!r} (random weights: noise)  ", styled(stats_line(result), "dim")))
         return {"model": result.model, "ttft_s": result.ttft_s, "tokens": result.completion_tokens}
 
     def last_switch(self, model: str) -> Any:

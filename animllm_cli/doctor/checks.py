@@ -15,7 +15,7 @@ from animllm_cli.config import LoadedConfig
 from animllm_cli.config.schema import UpstreamSpec
 from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
-from animllm_cli.units import GIB, MIB
+from animllm_cli.units import GIB, MIB, gib
 from animllm_cli.gpu.planner import PlanReport, model_quantization
 
 if TYPE_CHECKING:  # client/upstream imports httpx: only the upstreams row needs it
@@ -127,7 +127,7 @@ def gpu_identity(ctx: DoctorContext) -> Result:
     elif expected.architecture and gpu.architecture.split()[0] != expected.architecture.split()[0]:
         problems.append(f"GPU {gpu.index} is {gpu.architecture}, the config says {expected.architecture}")
     found = "; ".join(f"{g.index}: {g.name}, compute {g.compute_capability} ({g.architecture}), "
-                      f"{g.total_bytes / GIB:.1f} GiB" for g in ctx.gpus.gpus)
+                      f"{gib(g.total_bytes)}" for g in ctx.gpus.gpus)
     if problems:
         return Result(WARN, f"{'; '.join(problems)} (found {found})",
                       "the device is what counts: update gpu: in the config to match it")
@@ -146,8 +146,8 @@ def vram(ctx: DoctorContext) -> Result:
     demand = int(gpu.total_bytes * plan.utilization)
     holders = ", ".join(f"{p.name} (pid {p.pid}, {p.used_bytes // MIB if p.used_bytes else '?'} MiB)"
                         for p in gpu.processes) or "no listed process"
-    detail = (f"{gpu.free_bytes / GIB:.1f} GiB free of {gpu.total_bytes / GIB:.1f} GiB; {plan.model} at "
-              f"gpu_memory_utilization {plan.utilization} makes vLLM demand {demand / GIB:.1f} GiB at start")
+    detail = (f"{gib(gpu.free_bytes)} free of {gib(gpu.total_bytes)}; {plan.model} at "
+              f"gpu_memory_utilization {plan.utilization} makes vLLM demand {gib(demand)} at start")
     if gpu.free_bytes < demand:
         return Result(FAIL, f"{detail}; held by {holders}",
                       f"free VRAM (stop {holders}) or lower gpu_memory_utilization to "
@@ -389,8 +389,8 @@ def sleep_ram(ctx: DoctorContext) -> Result:
     need = sum(plans[n].weight_bytes or 0 for n in level_1)
     margin = int(ctx.loaded.config.pool.sleep_ram_margin_gib * GIB)
     room = ctx.host_available() - margin
-    detail = (f"{', '.join(level_1)}: {need / GIB:.1f} GiB of weights; {room / GIB:.1f} GiB of host RAM free beyond "
-              f"the {margin / GIB:g} GiB margin (pool.sleep_ram_margin_gib)")
+    detail = (f"{', '.join(level_1)}: {gib(need)} of weights; {gib(room)} of host RAM free beyond "
+              f"the {ctx.loaded.config.pool.sleep_ram_margin_gib:g} GiB margin (pool.sleep_ram_margin_gib)")
     if unknown:
         detail += f"; weights unknown for {', '.join(unknown)} (they sleep at level 2 or stop)"
     if need > room:
@@ -440,8 +440,8 @@ def paths(ctx: DoctorContext) -> Result:
         if not writable:
             problems.append(f"{key} {path}: {existing} is not writable")
         elif free < 20 * GIB:
-            problems.append(f"{key} {path}: only {free / GIB:.1f} GiB free on its disk")
-        details.append(f"{key} {path}{'' if path.exists() else ' (will be created)'}, {free / GIB:.0f} GiB free")
+            problems.append(f"{key} {path}: only {gib(free)} free on its disk")
+        details.append(f"{key} {path}{'' if path.exists() else ' (will be created)'}, {gib(free, 0)} free")
     if problems:
         return Result(WARN if all("free" in p for p in problems) else FAIL, "; ".join(problems),
                       "point paths: at a writable disk with room for the models (a 14B AWQ is ~10 GB)")
@@ -458,9 +458,9 @@ def model_sources(ctx: DoctorContext) -> Result:
         if source.startswith("/") and not Path(source).is_dir():
             missing_local.append(f"{plan.model}: {source} does not exist")
         elif plan.weights_present:
-            found.append(f"{plan.model} ({(plan.checkpoint_bytes or 0) / GIB:.1f} GiB)")
+            found.append(f"{plan.model} ({gib(plan.checkpoint_bytes or 0)})")
         else:
-            size = f", ~{plan.checkpoint_bytes / GIB:.1f} GiB" if plan.checkpoint_bytes else ""
+            size = f", ~{gib(plan.checkpoint_bytes)}" if plan.checkpoint_bytes else ""
             downloads.append(f"{plan.model} ({source}{size})")
     if missing_local:
         return Result(FAIL, "; ".join(missing_local), "fix `source:` or copy the model there")

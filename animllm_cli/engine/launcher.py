@@ -96,6 +96,8 @@ def _watch(watch_fd: int, pgid: int, grace_s: float) -> None:
 
 
 def _end_group(pgid: int, grace_s: float) -> None:
+    """processes.end_group's rule, in the standard library alone: this file runs in the
+    engine's interpreter, which need not have psutil (see the module docstring)."""
     _signal_group(pgid, signal.SIGTERM)
     if _wait_gone(pgid, grace_s):
         return

@@ -5,7 +5,7 @@ Level 1 copies the weights to host RAM and drops the KV cache; level 2 drops bot
 wake reloads the weights from disk. The routes exist only in vLLM's development mode
 (`VLLM_SERVER_DEV_MODE=1`), which also opens `/collective_rpc` and vLLM's key does not
 guard them (it guards /v1 only): the engine listens on loopback, and the gateway relays
-none of them (gateway/app.py relays a fixed list of /v1 routes).
+none of them (gateway/routes_openai.py relays a fixed list of /v1 routes).
 
   POST /sleep?level=1|2            empty 200 up to 0.22, {"status": "sleeping", "level": N} since;
                                    0.18+ also take mode=abort|wait|keep
@@ -27,7 +27,7 @@ from typing import Any
 
 from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
-from animllm_cli.units import GIB
+from animllm_cli.units import GIB, gib
 
 Engine = Any  # engine/supervisor.py's Engine (which imports this module): base_url, headers, model
 
@@ -157,8 +157,8 @@ def choose_level(setting: str | int, support: Support, weight_bytes: int | None,
         return Choice(None, f"cannot sleep here: {support.reason}")
     weights = weight_bytes or 0
     ram_fits = weight_bytes is not None and weights <= host_room
-    ram = f"host RAM has {host_room / GIB:.1f} GiB for sleepers, its weights need " \
-          f"{weights / GIB:.1f} GiB" if weight_bytes is not None else "its weights' size is unknown"
+    ram = f"host RAM has {gib(host_room)} for sleepers, its weights need " \
+          f"{gib(weights)}" if weight_bytes is not None else "its weights' size is unknown"
     if setting == 1:
         return Choice(1, "sleep: 1") if ram_fits else Choice(None, f"sleep: 1, but {ram}")
     no_reload = f"vLLM {support.vllm_version} cannot reload weights after a level-2 sleep (needs {LEVEL_2_VERSION}+)"

@@ -479,5 +479,5 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
     if gpus is not None:
         # PCI bus order is NVML's order: CUDA's default ("fastest first") may number them differently.
         command.env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))
-    log_path = (log_dir or paths.state_dir() / "logs") / f"{view.name}.log"
-    return Engine(view.name, command, log_path, loaded.config.engine, on_progress, on_dead, nvml_module, on_launched)
+    return Engine(view.name, command, paths.engine_log(view.name, log_dir), loaded.config.engine, on_progress,
+                  on_dead, nvml_module, on_launched)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from animllm_cli.engine.metric_names import KV_CACHE_METRICS
 from animllm_cli.gpu.nvml import Gpu, GpuReport
-from animllm_cli.units import GIB
+from animllm_cli.units import gib
 
 KV_USAGE = re.compile(rb"^(?:" + b"|".join(re.escape(name.encode()) for name in KV_CACHE_METRICS)
                       + rb")\{[^}]*\} ([0-9.eE+-]+)", re.MULTILINE)
@@ -80,6 +80,6 @@ class Admission:
                 verdict.residents = verdict.residents or verdict.others
             elif verdict.residents is None and headroom > 0 and outside >= self.threshold * headroom:
                 verdict.residents = (f"GPU {gpu.index}: memory outside the engines' reservations is "
-                                     f"{outside / GIB:.2f} GiB of the {headroom / GIB:.2f} GiB they left free "
+                                     f"{gib(outside, 2)} of the {gib(headroom, 2)} they left free "
                                      f"(threshold {self.threshold:.0%})")
         return verdict

@@ -1,47 +1,45 @@
 """The OpenAI-compatible gateway: one port for every configured model.
 
-Requests are relayed as raw bytes (parsed once, for routing), streams chunk by chunk as
-they arrive. The hot path avoids per-request work: a relay that parses every SSE event
-costs measurably more latency (benchmarks/gateway_overhead.py).
+`Gateway` is what every route shares: the pool, the scheduler, the upstreams, admission
+and metrics, and the glue between them. The routes live by concern (routes_openai.py:
+what clients call; routes_admin.py: what `animllm` and monitoring call) and are handed to
+`create_app`. Requests are relayed as raw bytes (parsed once, for routing), streams chunk
+by chunk as they arrive. The hot path avoids per-request work: a relay that parses every
+SSE event costs measurably more latency (benchmarks/gateway_overhead.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
-import os
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
 import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from animllm_cli.config import LoadedConfig
 from animllm_cli.gateway import guard
 from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
+from animllm_cli.gateway.deadlines import Bounds, Expired
 from animllm_cli.gateway.guard import Refused, error
-from animllm_cli.gateway.metrics import GatewayMetrics, merged_exposition
-from animllm_cli.gateway.pool import SWITCH_HISTORY, EnginePool
-from animllm_cli.gateway.scheduler import Decision, Lease, QueueFull, Scheduler, SwitchFailed
-from animllm_cli.gateway.relay import (Bounds, ClientGone, Deadlines, Expired, Target, WaitingStream, forward,
-                                       race_disconnect)
-from animllm_cli.wire import EngineStatus, GatewayProcess, GpuMemory, RemoteStatus, StatusReport, StopAnswer, SwitchHistory, SwitchReport, VramStatus
+from animllm_cli.gateway.metrics import GatewayMetrics
+from animllm_cli.gateway.pool import EnginePool
+from animllm_cli.gateway.relay import ClientGone, Target
+from animllm_cli.gateway.scheduler import Decision, QueueFull, Scheduler, SwitchFailed
 from animllm_cli.gateway.upstreams import Upstreams
-from animllm_cli.gpu import nvml
+from animllm_cli.wire import SwitchReport
 
 log = logging.getLogger(__name__)
-PRIORITY_LIMIT = 1000
+PRIORITY_LIMIT = 1000                 # a client's priority lies within +-this
 ADMIN_PRIORITY = PRIORITY_LIMIT + 1   # `animllm switch` and the first load go before any client
 ENGINE_PROBE_TIMEOUT_S = 2.0          # the admission probe of the engine's /metrics
 LOADING_COMMENT_S = 5.0               # a stream waiting for a load hears what it waits for this often
 REMOTE_CONCURRENCY_PER_URL = 16       # a remote model's default concurrency, per upstream URL
-RECENT_SWITCHES = 10                  # /admin/status's recent_switches (the pool keeps more)
 
 
 class Gateway:
@@ -256,272 +254,9 @@ def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return route
 
 
-def request_priority(request: Request, payload: dict[str, Any]) -> tuple[float, bool]:
-    """From a `priority` field (removed: vLLM rejects it unless it runs priority
-    scheduling) or the X-Priority header. A number within +-PRIORITY_LIMIT; anything else
-    is a 400. Returns (priority, body changed)."""
-    if "priority" in payload:
-        value, changed, where = payload.pop("priority"), True, "the priority field"
-    else:
-        value, changed, where = request.headers.get("x-priority"), False, "X-Priority"
-    if value is None:
-        return 0.0, changed
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not -PRIORITY_LIMIT <= number <= PRIORITY_LIMIT:  # NaN fails both comparisons
-        raise Refused(error(400, f"{where} must be a number from -{PRIORITY_LIMIT} to {PRIORITY_LIMIT}, "
-                                 f"got {str(value)[:40]!r}", param="priority"), "bad_priority")
-    return number, changed
-
-
-@guarded
-async def proxy(request: Request, gw: Gateway) -> Response:
-    deadlines = Deadlines.from_arrival(gw.bounds)
-    raw = await guard.read_body(request, gw.max_body_bytes)
-    payload = guard.parse_object(raw)
-    requested = payload.get("model")
-    if not isinstance(requested, str) or not requested:
-        raise Refused(error(400, "the request needs a `model` (a model name, alias or task)", param="model"),
-                      "no_model")
-    model = gw.resolve(requested)
-    if model is None:
-        raise gw.not_found(requested)
-    priority, changed = request_priority(request, payload)
-    renamed = gw.request_name(requested, model)
-    if changed or renamed:
-        payload["model"] = renamed or requested
-        raw = json.dumps(payload).encode()
-    remote = gw.upstreams.get(model)
-    if remote is not None:
-        _admit_remote(model, remote.key_problem)
-    else:
-        _admit_local(gw, model)
-    stream = payload.get("stream") is True
-    lease = gw.scheduler.try_acquire(model)
-    loading = remote is None and (model not in gw.pool.models or model in gw.scheduler.draining)
-    if lease is None and stream and loading:
-        refused = _refusal(gw, model)
-        if refused is not None:
-            return refused
-        # A load ahead: answer now, and say what it waits for while it waits.
-        return WaitingStream(gw, request, model, _acquire(gw, model, priority, deadlines), raw, deadlines,
-                             lambda: gw.scheduler.waiting_for(model), gw.loading_comment_s)
-    if lease is None:
-        lease = await _queue(gw, request, model, priority, deadlines)
-        if isinstance(lease, Response):
-            return lease
-    return await forward(gw, request, model, lease, raw, stream, deadlines)
-
-
-def _admit_remote(model: str, key_problem: str | None) -> None:
-    """A model served elsewhere: never loaded here and no VRAM of ours, so only its key matters."""
-    if key_problem:
-        raise Refused(error(503, f"model '{model}' is served elsewhere and {key_problem}", "engine_unavailable"),
-                      "upstream_key")
-
-
-def _admit_local(gw: Gateway, model: str) -> None:
-    """Refused before it waits: a switch that switch_on_demand forbids, or VRAM/KV pressure."""
-    residents = gw.pool.models
-    if not gw.switch_on_demand and residents and model not in residents:
-        raise Refused(error(409, f"model '{model}' is not loaded ({', '.join(residents)} is) and switch_on_demand "
-                                 f"is off", "model_not_loaded", param="model", code="model_not_loaded"), "not_loaded")
-    busy = gw.verdict.reason(model, resident=model in residents)
-    if busy:
-        raise Refused(error(503, f"busy: {busy}", "server_busy", retry_after=5), "pressure")
-
-
-async def _acquire(gw: Gateway, model: str, priority: float, deadlines: Deadlines) -> Lease:
-    """A slot on `model` (loading it if needed), within queue_timeout_s."""
-    gw.metrics.queue_depth.set(gw.scheduler.depth + 1)
-    try:
-        return await deadlines.within(gw.scheduler.acquire(model, priority), gw.bounds.queue_s,
-                                      f"no slot for '{model}' within queue_timeout_s")
-    finally:
-        gw.metrics.queue_depth.set(gw.scheduler.depth)
-
-
-async def _queue(gw: Gateway, request: Request, model: str, priority: float, deadlines: Deadlines) -> Lease | Response:
-    """Wait for a slot on `model` (loading it if needed), unless the client goes away."""
-    try:
-        return await race_disconnect(request.receive, _acquire(gw, model, priority, deadlines),
-                                     discard=lambda lease: lease.release())
-    except (QueueFull, SwitchFailed, ClientGone, Expired) as exc:
-        return gw.queue_failure(model, exc)
-
-
-def _refusal(gw: Gateway, model: str) -> Response | None:
-    """What a wait for `model` would fail with at once (a full queue, a backoff), as a response."""
-    try:
-        gw.scheduler.check(model)
-    except (QueueFull, SwitchFailed) as exc:
-        return gw.queue_failure(model, exc)
-    return None
-
-
-
-@guarded
-async def models(request: Request, gw: Gateway) -> Response:
-    residents = gw.pool.models
-    data = [{"id": name, "object": "model", "created": int(gw.started_at), "owned_by": "animllm",
-             "loaded": name in residents or name in gw.upstreams, "aliases": spec.aliases, "tasks": spec.tasks,
-             "source": spec.source, "remote": spec.remote}
-            for name, spec in gw.loaded.config.models.items()]
-    return JSONResponse({"object": "list", "data": data})
-
-
-async def health(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    return JSONResponse({"status": "ok", "model": gw.pool.model, "models": gw.pool.models,
-                         "engine": newest_engine(gw).state})
-
-
-@guarded
-async def metrics(request: Request, gw: Gateway) -> Response:
-    for name, remote in gw.upstreams.models.items():
-        for upstream in remote.upstreams:
-            gw.metrics.upstream_up.labels(name, upstream.url).set(1 if upstream.healthy is not False else 0)
-    body = gw.metrics.render()
-    texts = [t for t in await asyncio.gather(*(gw.engine_metrics(m) for m in gw.pool.models)) if t]
-    if texts:
-        with contextlib.suppress(ValueError):  # an engine's exposition we cannot parse is left out
-            body += b"\n# the engines' own metrics\n" + merged_exposition(texts)
-    return Response(body, media_type="text/plain; version=0.0.4")
-
-
-def engine_statuses(gw: Gateway) -> list[EngineStatus]:
-    """Every engine of the pool, as `animllm ps` shows it (on the event loop)."""
-    scheduler, queues = gw.scheduler, gw.scheduler.queues()
-    statuses = [gw.pool.status(r, running=scheduler.running.get(m, 0),
-                               waiting=queues[m].waiting if m in queues else 0,
-                               idle_s=_rounded(scheduler.idle_for(m)))
-                for m, r in list(gw.pool.residents.items())]
-    for status in statuses:  # ready, but starting nothing new: it is to be unloaded or evicted
-        if status.state == "ready" and status.model in scheduler.draining:
-            status.state = "draining"
-    return statuses
-
-
-def remote_statuses(gw: Gateway) -> list[RemoteStatus]:
-    """Every model served elsewhere, with each URL's health (on the event loop)."""
-    queues = gw.scheduler.queues()
-    return [remote.status(running=gw.scheduler.running.get(name, 0),
-                          waiting=queues[name].waiting if name in queues else 0)
-            for name, remote in gw.upstreams.models.items()]
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
-def newest_engine(gw: Gateway, statuses: list[EngineStatus] | None = None) -> EngineStatus:
-    """The single-slot view: the model loaded last (or being loaded), and the last switch."""
-    switching_to = gw.scheduler.switching_to
-    newest = next((s for s in statuses or engine_statuses(gw) if s.model == gw.pool.newest), None)
-    if newest is None:
-        newest = EngineStatus(model=None, state="none")
-    return newest.model_copy(update={"switching_to": switching_to, "last_switch": gw.pool.last_switch,
-                                     "state": "switching" if switching_to else newest.state})
-
-
-def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
-    """On the event loop (the scheduler's lists are the loop's); `report` read beforehand."""
-    now = time.monotonic()
-    engines = engine_statuses(gw)
-    return StatusReport(
-        gateway=GatewayProcess(pid=os.getpid(), uptime_s=round(time.time() - gw.started_at, 1)),
-        engine=newest_engine(gw, engines), engines=engines, queue_depth=gw.scheduler.depth,
-        in_flight=gw.scheduler.in_flight,
-        queues=gw.scheduler.queues(),
-        backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
-        busy=gw.verdict.summary, sleep_mode=gw.pool.sleep_status(), remotes=remote_statuses(gw),
-        recent_switches=gw.pool.switches[-RECENT_SWITCHES:],
-        vram=VramStatus(gpus=[GpuMemory(index=g.index, name=g.name, total_bytes=g.total_bytes, used_bytes=g.used_bytes,
-                                        free_bytes=g.free_bytes) for g in report.gpus], error=report.error))
-
-
-@guarded
-async def admin_switches(request: Request, gw: Gateway) -> Response:
-    since = request.query_params.get("since")
-    try:
-        after = float(since) if since is not None else None
-    except ValueError:
-        return error(400, f"since={since!r}: expected a wall-clock time in seconds (time.time())", param="since")
-    kept = [s for s in gw.pool.switches if after is None or (s.finished_at or 0) > after]
-    return JSONResponse(SwitchHistory(recorded=gw.pool.switches_recorded, capacity=SWITCH_HISTORY, switches=kept).to_json())
-
-
-@guarded
-async def admin_status(request: Request, gw: Gateway) -> Response:
-    # NVML is read in a thread, as the admission watcher does: never block the event loop.
-    gpus = await asyncio.to_thread(nvml.probe, gw.nvml_module)
-    return JSONResponse(status_report(gw, gpus).to_json())
-
-
-async def _model_named(request: Request, gw: Gateway) -> str:
-    return _resolved(await _admin_body(request, gw), gw)
-
-
-async def _admin_body(request: Request, gw: Gateway) -> dict:
-    return guard.parse_object(await guard.read_body(request, gw.max_body_bytes))
-
-
-def _resolved(body: dict, gw: Gateway) -> str:
-    wanted = body.get("model")
-    if not isinstance(wanted, str) or not wanted:
-        raise Refused(error(400, "expected {\"model\": NAME}", param="model"), "no_model")
-    model = gw.resolve(wanted)
-    if model is None:
-        raise gw.not_found(wanted)
-    return model
-
-
-@guarded
-async def admin_switch(request: Request, gw: Gateway) -> Response:
-    model = await _model_named(request, gw)
-    remote = gw.upstreams.get(model)
-    if remote is not None:
-        return JSONResponse(SwitchReport(from_model=None, to_model=model, outcome="remote", notes=[
-            f"'{model}' is served by {', '.join(u.url for u in remote.upstreams)}: nothing to load here"]).to_json())
-    if model in gw.pool.models:
-        return JSONResponse(SwitchReport(from_model=model, to_model=model, outcome="already loaded",
-                                         gpus=list(gw.pool.residents[model].gpus)).to_json())
-    try:
-        await gw.load(model)
-    except (QueueFull, SwitchFailed) as exc:
-        return gw.queue_failure(model, exc)
-    report = gw.pool.last_switch or SwitchReport(from_model=None, to_model=model, outcome="ok")
-    return JSONResponse(report.to_json())
-
-
-@guarded
-async def admin_unload(request: Request, gw: Gateway) -> Response:
-    """{"model": M}: stop it; {"model": M, "sleep": true}: send it to sleep where it can, else stop it."""
-    body = await _admin_body(request, gw)
-    model, asleep = _resolved(body, gw), body.get("sleep", False)
-    if not isinstance(asleep, bool):
-        return error(400, "\"sleep\" must be true or false", param="sleep")
-    if model in gw.upstreams:
-        return error(409, f"model '{model}' is served elsewhere (upstream): nothing to unload here",
-                     "model_not_loaded", param="model", code="model_is_remote")
-    report = await gw.unload(model, sleep=asleep)
-    if report is None:
-        state = "asleep already" if asleep and model in gw.pool.sleepers else "not loaded"
-        return error(409, f"model '{model}' is {state}", "model_not_loaded", param="model", code="model_not_loaded")
-    return JSONResponse(report.to_json())
-
-
-@guarded
-async def admin_stop(request: Request, gw: Gateway) -> Response:
-    if gw.shutdown_hook:
-        asyncio.get_running_loop().call_later(0.05, gw.shutdown_hook)
-    return JSONResponse(StopAnswer(stopping=True, engine_pids=sorted(gw.pool.all_pids())).to_json())
-
-
-def create_app(gateway: Gateway, *, on_startup: Callable[[], Awaitable[None]] | None = None,
+def create_app(gateway: Gateway, routes: list[Route], *, on_startup: Callable[[], Awaitable[None]] | None = None,
                on_shutdown: Callable[[Any], Awaitable[None]] | None = None) -> Starlette:
+    """The ASGI app serving `routes` (routes_openai.ROUTES and routes_admin.ROUTES) for `gateway`."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await gateway.start()
@@ -534,13 +269,6 @@ def create_app(gateway: Gateway, *, on_startup: Callable[[], Awaitable[None]] | 
             if on_shutdown:
                 await on_shutdown(stopped)
 
-    relayed = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
-    routes = [Route(path, proxy, methods=["POST"]) for path in relayed]
-    routes += [Route("/v1/models", models), Route("/health", health), Route("/metrics", metrics),
-               Route("/admin/status", admin_status), Route("/admin/switches", admin_switches),
-               Route("/admin/switch", admin_switch, methods=["POST"]),
-               Route("/admin/unload", admin_unload, methods=["POST"]),
-               Route("/admin/stop", admin_stop, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
     return app

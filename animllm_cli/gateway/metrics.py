@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from animllm_cli.gateway.resident import Resident
 
 
 class GatewayMetrics:
@@ -34,12 +37,12 @@ class GatewayMetrics:
         self.engine_deaths = Counter("animllm_engine_deaths", "Engines that died after ready", ["model"],
                                      registry=self.registry)
 
-    def record_vram(self, residents: Iterable[Any]) -> None:
-        """Each resident's measured VRAM and peak (gateway/pool.Resident); gone ones drop out."""
+    def record_vram(self, residents: Iterable[Resident]) -> None:
+        """Each resident's measured VRAM and peak; gone ones drop out."""
         self.engine_vram.clear()
         self.engine_vram_peak.clear()
         for resident in residents:
-            now = resident.asleep_bytes if resident.asleep else resident.measured_bytes  # a sleeper: what it keeps
+            now = resident.vram_now()
             if now:
                 self.engine_vram.labels(resident.model).set(sum(now.values()))
                 self.engine_vram_peak.labels(resident.model).set(sum(resident.peak_bytes.values()))

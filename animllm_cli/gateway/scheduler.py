@@ -48,7 +48,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Collection, Literal
 
-from animllm_cli.wire import ModelQueue
+from animllm_cli.wire import ChosenBy, ModelQueue, SwitchReason
 
 Policy = Literal["batch", "fifo"]
 
@@ -101,8 +101,8 @@ class Decision:
     """
 
     model: str | None
-    reason: str
-    chosen_by: str
+    reason: SwitchReason
+    chosen_by: ChosenBy
     evict: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -206,14 +206,14 @@ class Scheduler:
             return Lease(model, self)
         return None
 
-    async def unload(self, model: str, reason: str = "unload") -> None:
+    async def unload(self, model: str, reason: SwitchReason = "unload") -> None:
         """Evict `model` once what runs on it has finished; nothing new starts on it
         meanwhile (requests that wait for it load it again afterwards)."""
         done = self.request_unload(model, reason)
         if done is not None:
             await asyncio.shield(done)
 
-    def request_unload(self, model: str, reason: str) -> asyncio.Future | None:
+    def request_unload(self, model: str, reason: SwitchReason) -> asyncio.Future | None:
         """`unload` without waiting (keep-alive); asking twice is asking once. None: not
         resident (neither loaded nor asleep)."""
         if model not in self._residents() and model not in self._asleep():
@@ -367,7 +367,7 @@ class Scheduler:
                 return victims
         return None
 
-    def _next_model(self, foreign: list[Ticket], overdue: list[Ticket]) -> tuple[str, str]:
+    def _next_model(self, foreign: list[Ticket], overdue: list[Ticket]) -> tuple[str, ChosenBy]:
         if self.policy == "fifo":  # the oldest, whatever its priority: the gate is by arrival too
             return min(foreign, key=lambda t: t.seq).model, "arrival_order"
         if overdue:

@@ -30,7 +30,7 @@ from animllm_cli.gpu.model_cards import find_card
 from animllm_cli.gpu.model_facts import ModelFacts, facts_for
 from animllm_cli.gpu.nvml import GpuReport
 
-from animllm_cli.units import GIB
+from animllm_cli.units import GIB, gib
 
 NON_TORCH_BYTES = GIB // 2
 CUDA_GRAPH_BYTES = GIB // 2
@@ -90,10 +90,6 @@ class Budget:
 
     def need(self) -> int:
         return self.weights + self.activations + NON_TORCH_BYTES + self.kv_per_token * self.max_model_len + self.graphs
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"
 
 
 def _budget(facts: ModelFacts, settings: dict[str, Any], notes: list[str]) -> Budget:
@@ -157,7 +153,7 @@ def plan_model(loaded: LoadedConfig, view: ModelView, vram: int) -> ModelPlan:
         short = budget.weights + budget.activations + NON_TORCH_BYTES - int(vram * budget.utilization)
         plan.summary = (f"does not fit: weights {gib(budget.weights)} + activations {gib(budget.activations)} + "
                         f"non-torch {gib(NON_TORCH_BYTES)} exceed {gib(vram * budget.utilization)} "
-                        f"({vram / GIB:.0f} GiB x {budget.utilization})" if short > 0 else
+                        f"({gib(vram, 0)} x {budget.utilization})" if short > 0 else
                         f"does not fit: only {tokens} tokens of KV cache remain")
     if plan.verdict != "fits":
         options = _fixes(budget, vram)

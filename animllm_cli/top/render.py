@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from animllm_cli.units import GIB
+from animllm_cli.units import gib_figure
 
 if TYPE_CHECKING:
     from animllm_cli.top.snapshot import EngineRow, Snapshot
@@ -118,7 +118,7 @@ def _gpus(shot: Snapshot, width: int) -> Any:
     rows = []
     for gpu in shot.gpus:
         cells = [_text(gpu.name.removeprefix("NVIDIA ")), str(gpu.index),
-                 f"{gpu.used_bytes / GIB:.1f}/{gpu.total_bytes / GIB:.1f}", _percent(gpu.utilization_gpu_percent)]
+                 f"{gib_figure(gpu.used_bytes)}/{gib_figure(gpu.total_bytes)}", _percent(gpu.utilization_gpu_percent)]
         rows.append(cells if narrow else [*cells, _percent(gpu.utilization_memory_percent)])
     return _table(columns if narrow else [*columns, ("mem bw", "right")], rows, width)
 
@@ -176,7 +176,7 @@ def _percent(value: int | None) -> str:
 
 
 def _gib(value: int | None) -> str:
-    return "-" if value is None else f"{value / GIB:.1f}"
+    return "-" if value is None else gib_figure(value)
 
 
 def _duration(seconds: float | None) -> str:

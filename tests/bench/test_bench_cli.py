@@ -24,8 +24,9 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run_cli("bench", "-c", "1,3", "-n", "6", "--input-len", "20", "--output-len", "8", "--switch", "a,b",
-                     "--switch-rounds", "1", "--json", str(out), "--samples", "--plot", str(tmp_path / "bench.svg"))
+    result = run_cli("bench", "--concurrency", "1,3", "-n", "6", "--input-len", "20", "--output-len", "8",
+                     "--switch", "a,b", "--switch-rounds", "1", "--save", str(out), "--samples",
+                     "--plot", str(tmp_path / "bench.svg"))
     assert result.exit_code == 0, result.stderr
     data = json.loads(out.read_text())
     assert [level["concurrency"] for level in data["levels"]] == [1, 3]
@@ -47,7 +48,7 @@ def test_sweep_and_switch_json(gateway, tmp_path: Path) -> None:
 
 
 def test_request_rate_and_json_on_stdout(gateway) -> None:
-    result = run_cli("bench", "--request-rate", "40,80", "-n", "5", "--input-len", "8", "--output-len", "4", "--json", "-")
+    result = run_cli("bench", "--request-rate", "40,80", "-n", "5", "--input-len", "8", "--output-len", "4", "--json")
     data = json.loads(result.stdout)
     assert [level["request_rate"] for level in data["levels"]] == [40, 80]  # a sweep of rates, as of concurrency
     assert all(level["concurrency"] is None and level["summary"]["completed"] == 5 for level in data["levels"])
@@ -69,8 +70,8 @@ def test_check_without_expectations_fails_before_running(gateway) -> None:
 
 
 def test_bad_concurrency_or_rate_list() -> None:
-    assert run_cli("bench", "-c", "1,x").exit_code == 2
-    assert run_cli("bench", "-c", "0").exit_code == 2
+    assert run_cli("bench", "--concurrency", "1,x").exit_code == 2
+    assert run_cli("bench", "--concurrency", "0").exit_code == 2
     assert "each level must be at least 0.01" in run_cli("bench", "--request-rate", "1,0").stderr
     assert run_cli("bench", "--request-rate", "fast").exit_code == 2
 

@@ -1,4 +1,4 @@
-"""`animllm bench --mix`: several models at once through the gateway (fake engines, a
+"""`animllm bench-mix`: several models at once through the gateway (fake engines, a
 pool of one engine, so that every change of model is a switch): per-model latency that
 includes the waits for switches, and the switches the gateway made meanwhile."""
 
@@ -23,8 +23,8 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_mix_reports_each_model_and_the_switches(gateway) -> None:
     # alpha: a's alias; code: b's task. a is loaded at the start, so b's first request waits for a switch.
-    data = run_json("bench", "--mix", "alpha:3,code:1", "--request-rate", "20", "-n", "16", "--input-len", "6",
-                    "--output-len", "4", "--seed", "3", "--samples", "--check", "--json", "-")
+    data = run_json("bench-mix", "alpha:3,code:1", "--request-rate", "20", "-n", "16", "--input-len", "6",
+                    "--output-len", "4", "--seed", "3", "--samples", "--check", "--json")
     assert data["kind"] == "mix" and data["requests"] == 16
     assert [(m["model"], m["weight"]) for m in data["models"]] == [("a", 3.0), ("b", 1.0)]
     by_model = {m["model"]: m for m in data["models"]}
@@ -48,7 +48,7 @@ def test_mix_reports_each_model_and_the_switches(gateway) -> None:
 
 
 def test_mix_tables_and_a_missed_expectation(gateway) -> None:
-    result = run_cli("bench", "--mix", "a,b", "--request-rate", "20", "-n", "6", "--output-len", "2", "--check",
+    result = run_cli("bench-mix", "a,b", "--request-rate", "20", "-n", "6", "--output-len", "2", "--check",
                      env={"ANIMLLM_EXPECTATIONS__P__SWITCH_S_MAX": "0.000001"})
     assert result.exit_code == 1, result.stdout + result.stderr
     assert "Switches during the run" in result.stdout and "switching:" in result.stderr
@@ -63,18 +63,22 @@ def test_switch_history_since(gateway) -> None:
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--mix", "a:1"], "at least two models"),
-    (["--mix", "a:x,b"], "is not a number"),
-    (["--mix", "a:0,b"], "must be above 0"),
-    (["--mix", "a,alpha"], "named twice"),
-    (["--mix", "a,b", "--switch", "a,b"], "drop --switch"),
-    (["a", "--mix", "a,b"], "drop MODEL (a)"),
-    (["--mix", "a,b", "-c", "2"], "give one"),
-    (["--mix", "a,b", "--request-rate", "1,2"], "not a sweep"),
+    (["a:1"], "at least two models"),
+    (["a:x,b"], "is not a number"),
+    (["a:0,b"], "must be above 0"),
+    (["a,alpha"], "named twice"),
+    (["a,b", "--switch", "a,b"], "No such option: --switch"),      # a mix measures from the gateway's state
+    (["a,b", "--warmup", "1"], "No such option: --warmup"),
+    (["a,b", "--plot", "m.svg"], "No such option: --plot"),
+    (["a,b", "--concurrency", "2"], "No such option: --concurrency"),  # arrivals are at a rate
+    (["a,b", "a"], "unexpected argument 'a'"),
+    (["a,b", "--request-rate", "1,2"], "Invalid value for '--request-rate'"),  # one rate, not a sweep
+    (["a,b", "--request-rate", "1", "--ramp-up", "linear:1:2"], "give one"),
+    (["--goodput", "ttft:1", "tpot:2"], "name the models"),
 ])
 def test_mix_refusals(args: list[str], words: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANIMLLM_CONFIG", str(fake_gateway_config(tmp_path)))
-    result = run_cli("bench", *args)
+    result = run_cli("bench-mix", *args)
     assert result.exit_code == 2 and words in result.stderr, result.stderr
 
 

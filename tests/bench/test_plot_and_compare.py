@@ -1,4 +1,4 @@
-"""`bench --plot` and `bench --compare` from saved runs: files that are what their extension
+"""`bench --plot` and `bench-compare` from saved runs: files that are what their extension
 says, two runs side by side with B/A, and clear refusals."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_plot_writes_a_png_and_an_svg(tmp_path: Path) -> None:
     saved = saved_run(tmp_path / "run.json")
     for name in ("sweep.png", "sweep.svg"):
-        result = run_cli("bench", "--compare", str(saved), str(saved), "--plot", str(tmp_path / name))
+        result = run_cli("bench-compare", str(saved), str(saved), "--plot", str(tmp_path / name))
         assert result.exit_code == 0, result.stderr
     png = (tmp_path / "sweep.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
@@ -45,7 +45,7 @@ def test_a_run_without_switches_has_no_switch_panel(tmp_path: Path) -> None:
 def test_compare_side_by_side_with_ratios(tmp_path: Path) -> None:
     a = saved_run(tmp_path / "a.json")
     b = saved_run(tmp_path / "b.json", slower=2.0, levels=(1, 4, 16))
-    result = run_cli("bench", "--compare", str(a), str(b), "--json", "-")
+    result = run_cli("bench-compare", str(a), str(b), "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert [level["level"] for level in data["levels"]] == ["concurrency 1", "concurrency 4", "concurrency 8",
@@ -61,7 +61,7 @@ def test_compare_side_by_side_with_ratios(tmp_path: Path) -> None:
     assert switch["switch load_s median"]["ratio"] == pytest.approx(2.0)
     assert data["notes"] == ["levels in one run only: concurrency 16, concurrency 8"]
 
-    human = run_cli("bench", "--compare", str(a), str(b))
+    human = run_cli("bench-compare", str(a), str(b))
     assert "B/A" in human.stdout and "concurrency 16" in human.stdout
     assert "note: levels in one run only" in human.stderr
 
@@ -73,14 +73,17 @@ def test_compare_refuses_what_is_not_a_saved_run(tmp_path: Path) -> None:
     (tmp_path / "future.json").write_text(good.read_text().replace('"schema_version": 1', '"schema_version": 9'))
     for bad, says in (("other.json", "not a bench result"), ("broken.json", "not JSON"), ("future.json", "schema_version 9"),
                       ("absent.json", "absent.json"), (".", "Is a directory")):
-        result = run_cli("bench", "--compare", str(good), str(tmp_path / bad))
+        result = run_cli("bench-compare", str(good), str(tmp_path / bad))
         assert result.exit_code == 2 and says in result.stderr, (bad, result.stderr)
 
 
-def test_compare_runs_nothing_so_run_options_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra, says", [(["--concurrency", "4"], "No such option: --concurrency"),
+                                         (["--goodput", "ttft:1"], "No such option: --goodput"),
+                                         (["tiny"], "unexpected extra argument(s) (tiny)")])
+def test_compare_runs_nothing_so_run_options_are_refused(tmp_path: Path, extra: list[str], says: str) -> None:
     saved = saved_run(tmp_path / "run.json")
-    result = run_cli("bench", "tiny", "-c", "4", "--compare", str(saved), str(saved))
-    assert result.exit_code == 2 and "drop model, concurrency" in result.stderr
+    result = run_cli("bench-compare", str(saved), str(saved), *extra)
+    assert result.exit_code == 2 and says in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("name, says", [("plot.jpg", ".png or .svg"), ("missing/plot.png", "does not exist")])
@@ -93,7 +96,7 @@ def test_plot_path_refused_before_anything_runs(tmp_path: Path, name: str, says:
 def test_without_matplotlib_the_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     saved = saved_run(tmp_path / "run.json")
-    result = run_cli("bench", "--compare", str(saved), str(saved), "--plot", str(tmp_path / "p.png"))
+    result = run_cli("bench-compare", str(saved), str(saved), "--plot", str(tmp_path / "p.png"))
     assert result.exit_code == 1
     assert "matplotlib" in result.stderr and "animllm-cli[plot]" in result.stderr
     assert not (tmp_path / "p.png").exists()

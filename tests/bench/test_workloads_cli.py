@@ -31,7 +31,7 @@ def test_prompts_file_goes_out_as_written(gateway, tmp_path: Path) -> None:
         {"prompt": "light the kitchen set", "output_tokens": 3},
         {"prompt": "render pass for shot 12"},
         {"prompt": "denoise frame 40", "output_tokens": 5}]) + "\n")
-    data = run_json("bench", "--prompts", str(prompts), "--warmup", "0", "--json", "-")
+    data = run_json("bench", "--prompts", str(prompts), "--warmup", "0", "--json")
     level = data["levels"][0]["summary"]
     assert data["prompts"] == str(prompts) and data["endpoint"] == "/v1/completions"
     assert level["completed"] == 3                       # -n: the file's count
@@ -40,7 +40,7 @@ def test_prompts_file_goes_out_as_written(gateway, tmp_path: Path) -> None:
     assert [entry["max_tokens"] for entry in sent] == [3, 64, 5]  # the file's lengths, else --output-len's default
     assert level["output_tokens"] == 3 + 64 + 5
 
-    run_json("bench", "--prompts", str(prompts), "--warmup", "0", "-n", "4", "--output-len", "2", "--json", "-")
+    run_json("bench", "--prompts", str(prompts), "--warmup", "0", "-n", "4", "--output-len", "2", "--json")
     again = received(tmp_path)[3:]
     assert [entry["max_tokens"] for entry in again] == [2, 2, 2, 2]  # given on the command line: it wins
     assert again[3]["prompt"] == "light the kitchen set"            # more requests than prompts: the file cycles
@@ -50,7 +50,7 @@ def test_chat_messages_go_to_the_chat_endpoint(gateway, tmp_path: Path) -> None:
     prompts = tmp_path / "chat.jsonl"
     messages = [{"role": "system", "content": "You are a lighting TD."}, {"role": "user", "content": "key light?"}]
     prompts.write_text(json.dumps({"messages": messages, "max_tokens": 4}) + "\n")
-    data = run_json("bench", "--prompts", str(prompts), "--warmup", "0", "-n", "2", "--json", "-")
+    data = run_json("bench", "--prompts", str(prompts), "--warmup", "0", "-n", "2", "--json")
     assert data["endpoint"] == "/v1/chat/completions"
     assert data["levels"][0]["summary"]["output_tokens"] == 8
     sent = received(tmp_path)
@@ -62,7 +62,7 @@ def test_chat_messages_go_to_the_chat_endpoint(gateway, tmp_path: Path) -> None:
 
 def test_random_prompts_to_chat_are_the_model_tokens_as_text(gateway, tmp_path: Path) -> None:
     data = run_json("bench", "--endpoint", "chat", "-n", "3", "--warmup", "0", "--input-len", "5",
-                    "--output-len", "2", "--no-ignore-eos", "--json", "-")
+                    "--output-len", "2", "--no-ignore-eos", "--json")
     assert data["levels"][0]["summary"]["completed"] == 3
     sent = received(tmp_path)
     contents = [entry["messages"][0]["content"] for entry in sent]
@@ -74,11 +74,11 @@ def test_random_prompts_to_chat_are_the_model_tokens_as_text(gateway, tmp_path: 
 def test_goodput_as_vllm_spells_it(gateway) -> None:
     # `--goodput ttft:MS tpot:MS`: vLLM's spelling, the second pair in MODEL's place.
     data = run_json("bench", "--goodput", "ttft:60000", "tpot:60000", "-n", "4", "--warmup", "0", "--output-len", "3",
-                    "--json", "-")
+                    "--json")
     assert data["goodput_slo"] == {"ttft_ms": 60000.0, "tpot_ms": 60000.0, "e2el_ms": None}
     summary = data["levels"][0]["summary"]
     assert summary["good_requests"] == 4 and summary["request_goodput"] == pytest.approx(4 / summary["duration_s"])
-    after_model = run_json("bench", "a", "--goodput", "e2el:0", "tpot:60000", "-n", "3", "--warmup", "0", "--json", "-")
+    after_model = run_json("bench", "a", "--goodput", "e2el:0", "tpot:60000", "-n", "3", "--warmup", "0", "--json")
     assert after_model["model"] == "a" and after_model["levels"][0]["summary"]["good_requests"] == 0
     bad = run_cli("bench", "--goodput", "ttft:500", "speed:3")
     assert bad.exit_code == 2 and "speed" in bad.stderr
@@ -100,10 +100,10 @@ def test_check_gates_on_the_share_within_slo(gateway) -> None:
 
 def test_burstiness_and_ramp_up_levels(gateway) -> None:
     data = run_json("bench", "--request-rate", "200", "--burstiness", "0.5", "-n", "6", "--warmup", "0",
-                    "--output-len", "2", "--json", "-")
+                    "--output-len", "2", "--json")
     level = data["levels"][0]
     assert (level["request_rate"], level["burstiness"], level["ramp_up"]) == (200, 0.5, None)
-    ramp = run_json("bench", "--ramp-up", "linear:50:400", "-n", "6", "--warmup", "0", "--output-len", "2", "--json", "-")
+    ramp = run_json("bench", "--ramp-up", "linear:50:400", "-n", "6", "--warmup", "0", "--output-len", "2", "--json")
     level = ramp["levels"][0]
     assert level["concurrency"] is None and level["ramp_up"] and level["summary"]["completed"] == 6
     human = run_cli("bench", "--ramp-up", "exponential:50:400", "-n", "4", "--warmup", "0", "--output-len", "2")
@@ -111,13 +111,12 @@ def test_burstiness_and_ramp_up_levels(gateway) -> None:
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--burstiness", "2"], "give --request-rate, --ramp-up or --mix"),
+    (["--burstiness", "2"], "give --request-rate or --ramp-up"),
     (["--burstiness", "0", "--request-rate", "1"], "must be above 0"),
-    (["-c", "4", "--request-rate", "1"], "give one"),
+    (["--concurrency", "4", "--request-rate", "1"], "give one"),
     (["--ramp-up", "linear:1:5", "--request-rate", "2"], "give one"),
     (["--ramp-up", "linear:1:5", "--plot", "r.svg"], "drop --plot"),
     (["--endpoint", "responses"], "expected one of completions, chat"),
-    (["--compare", "a.json", "b.json", "--goodput", "ttft:1"], "drop goodput"),
 ])
 def test_refusals_before_anything_is_sent(args: list[str], words: str) -> None:
     result = run_cli("bench", *args)

@@ -162,7 +162,7 @@ def test_bench_measures_a_remote_model_but_refuses_to_switch_to_it(remote_gatewa
     assert "bench --switch measures loads; 'r' is served elsewhere" in words(refused.stderr)
     assert running.requests_seen() == [] and [s.to_model for s in running.gateway.pool.switches] == ["a"]
     measured = run_cli("bench", "r", "-n", "2", "--warmup", "0", "--input-len", "8", "--output-len", "4",
-                       "--json", "-")
+                       "--json")
     assert measured.exit_code == 0, measured.stderr
     assert json.loads(measured.stdout)["levels"][0]["summary"]["completed"] == 2
     assert running.requests_seen() == []  # the local engine saw none of them: the remote served them

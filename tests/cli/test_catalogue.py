@@ -62,7 +62,7 @@ def test_gateway_commands_and_http_resolve_a_task(gateway) -> None:
     assert out_json("switch", "vision", "--json")["to_model"] == "v"
     assert out_json("chat", "Code", "-p", "hi", "--max-tokens", "2", "--json")["model"] == "b"
     bench = out_json("bench", "code", "-n", "2", "--warmup", "0", "--input-len", "4", "--output-len", "2",
-                     "--json", "-")
+                     "--json")
     assert bench["model"] == "b"
 
 

@@ -194,8 +194,8 @@ def test_switch_and_status_json(gateway_with_remote) -> None:
 
 
 def test_bench_json_with_samples_switch_and_check(gateway) -> None:
-    result = run_cli("bench", "-c", "1", "-n", "3", "--input-len", "8", "--output-len", "4", "--switch", "a,b",
-                     "--switch-rounds", "1", "--samples", "--check", "--goodput", "ttft:60000", "--json", "-")
+    result = run_cli("bench", "--concurrency", "1", "-n", "3", "--input-len", "8", "--output-len", "4",
+                     "--switch", "a,b", "--switch-rounds", "1", "--samples", "--check", "--goodput", "ttft:60000", "--json")
     assert result.exit_code == 0, result.stderr
     # these engines cannot sleep (a CPU build of vLLM): tests/gateway/test_sleep_with_fake.py has the wakes
     asleep = {f"$.switch.summary.{name}" for name in ("sleep_s", "wake_s", "first_token_after_wake_s")}
@@ -203,30 +203,30 @@ def test_bench_json_with_samples_switch_and_check(gateway) -> None:
 
 
 def test_bench_json_leaves_out_what_was_not_asked_for(gateway) -> None:
-    result = run_cli("bench", "-n", "2", "--input-len", "8", "--output-len", "4", "--json", "-")
+    result = run_cli("bench", "-n", "2", "--input-len", "8", "--output-len", "4", "--json")
     data = json.loads(result.stdout)
     assert set(SCHEMAS["bench"]) - set(data) == {"switch", "check"} and data["goodput_slo"] is None
     assert set(SCHEMAS["bench"]["levels"][0]) - set(data["levels"][0]) == {"samples"}
 
 
 def test_bench_mix_json(gateway) -> None:
-    result = run_cli("bench", "--mix", "a,b", "--request-rate", "50", "-n", "6", "--input-len", "4", "--output-len", "2",
-                     "--goodput", "ttft:60000", "--samples", "--check", "--json", "-")
+    result = run_cli("bench-mix", "a,b", "--request-rate", "50", "-n", "6", "--input-len", "4", "--output-len", "2",
+                     "--goodput", "ttft:60000", "--samples", "--check", "--json")
     assert result.exit_code == 0, result.stderr
     # a switch into b (a cold start: these engines cannot sleep) is made during the run
     asleep = {f"$.switch.summary.{name}" for name in ("sleep_s", "wake_s", "first_token_after_wake_s",
                                                         "first_token_s", "first_token_after_cold_s",
                                                         "vram_release_s")}
-    assert_matches_readme("bench --mix", json.loads(result.stdout), not_exercised=asleep)
+    assert_matches_readme("bench-mix", json.loads(result.stdout), not_exercised=asleep)
 
 
 def test_bench_compare_json(tmp_path: Path) -> None:
     from tests.bench.saved_runs import saved_run
 
     a, b = saved_run(tmp_path / "a.json"), saved_run(tmp_path / "b.json", slower=2.0, levels=(1, 4, 16))
-    result = run_cli("bench", "--compare", str(a), str(b), "--json", "-")
+    result = run_cli("bench-compare", str(a), str(b), "--json")
     assert result.exit_code == 0, result.stderr
-    assert_matches_readme("bench --compare", json.loads(result.stdout))
+    assert_matches_readme("bench-compare", json.loads(result.stdout))
 
 
 def test_stop_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

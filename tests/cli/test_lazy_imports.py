@@ -54,11 +54,11 @@ def test_top_help_loads_neither_http_nor_the_metrics_parser(tmp_path: Path) -> N
 
 
 def test_matplotlib_only_with_plot(tmp_path: Path) -> None:
-    """bench --compare reads and prints two runs without the plotting stack; --plot loads it."""
+    """bench-compare reads and prints two runs without the plotting stack; --plot loads it."""
     from tests.bench.saved_runs import saved_run
 
     saved = str(saved_run(tmp_path / "run.json"))
-    plain = _imported(["bench", "--compare", saved, saved], tmp_path)
+    plain = _imported(["bench-compare", saved, saved], tmp_path)
     assert not plain & {"matplotlib", "numpy", "PIL"}
-    drawn = _imported(["bench", "--compare", saved, saved, "--plot", str(tmp_path / "p.png")], tmp_path)
+    drawn = _imported(["bench-compare", saved, saved, "--plot", str(tmp_path / "p.png")], tmp_path)
     assert "matplotlib" in drawn and (tmp_path / "p.png").stat().st_size > 0

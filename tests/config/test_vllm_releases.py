@@ -11,7 +11,8 @@ import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.engine.command import build_engine_command
-from animllm_cli.engine.vllm_releases import check_argv, tables
+from animllm_cli.engine.vllm_releases import tables
+from tests.config.argv_oracle import check_argv
 from animllm_cli.errors import ConfigError
 from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG, run_cli, write
 

@@ -22,8 +22,9 @@ def test_sweep_switch_and_check(tiny_models: dict[str, Path], tmp_path: Path, mo
     gw = start_gateway(tmp_path, config, model="tiny-a")
     try:
         out = tmp_path / "bench.json"
-        result = run_cli("bench", "tiny-a", "-c", "1,4", "-n", "8", "--input-len", "32", "--output-len", "16",
-                         "--switch", "tiny-a,tiny-b", "--switch-rounds", "1", "--json", str(out), "--check")
+        result = run_cli("bench", "tiny-a", "--concurrency", "1,4", "-n", "8", "--input-len", "32",
+                         "--output-len", "16", "--switch", "tiny-a,tiny-b", "--switch-rounds", "1", "--save", str(out),
+                         "--check")
         assert result.exit_code == 0, result.stdout + result.stderr
         data = json.loads(out.read_text())
         assert [level["concurrency"] for level in data["levels"]] == [1, 4]
@@ -45,7 +46,7 @@ def test_sweep_switch_and_check(tiny_models: dict[str, Path], tmp_path: Path, mo
 
 
 def mix_of_two(gw, tmp_path: Path) -> None:
-    """`bench --mix` over the same gateway, from a known state: tiny-b loaded (the check
+    """`bench-mix` over the same gateway, from a known state: tiny-b loaded (the check
     above ran on it) and tiny-a not, so that tiny-a's requests wait for its load while
     tiny-b's find their model ready; each model's TTFT holds the switches into it."""
     import httpx
@@ -53,8 +54,8 @@ def mix_of_two(gw, tmp_path: Path) -> None:
     httpx.post(f"{gw.url}/admin/unload", json={"model": "tiny-a"}, timeout=None)  # 409 if it was not loaded
     assert "tiny-a" not in gw.gateway.pool.models and "tiny-b" in gw.gateway.pool.models
     out = tmp_path / "mix.json"
-    result = run_cli("bench", "--mix", "tiny-a:2,tiny-b:1", "--request-rate", "4", "-n", "12", "--input-len", "16",
-                     "--output-len", "8", "--goodput", "ttft:300000", "--samples", "--json", str(out))
+    result = run_cli("bench-mix", "tiny-a:2,tiny-b:1", "--request-rate", "4", "-n", "12", "--input-len", "16",
+                     "--output-len", "8", "--goodput", "ttft:300000", "--samples", "--save", str(out))
     assert result.exit_code == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
     by_model = {m["model"]: m for m in data["models"]}

@@ -17,7 +17,8 @@ import pytest
 
 from animllm_cli.config import load_config, schema
 from animllm_cli.engine.command import build_engine_command, flag_args
-from animllm_cli.engine.vllm_releases import check_argv, spell, tables, unknown_quantization
+from animllm_cli.engine.vllm_releases import spell, tables, unknown_quantization
+from tests.config.argv_oracle import check_argv
 from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
 
 pytestmark = pytest.mark.vllm

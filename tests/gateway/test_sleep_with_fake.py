@@ -79,6 +79,23 @@ def test_an_evicted_model_sleeps_and_a_request_wakes_the_same_engine(sleepy_gate
         ("/sleep", 1, None), ("/sleep", 1, None), ("/wake_up", None, None), ("/reset_prefix_cache", None, None)]
 
 
+def test_an_engine_woken_from_level_1_takes_no_new_host_ram_when_it_sleeps_again(sleepy_gateway) -> None:
+    """vLLM keeps the weights' host buffer after a level-1 wake (vllm#16663): sent to sleep
+    again, the engine refills that buffer, so none of its host RAM may be counted as taken
+    but not yet shown gone (psutil's figure does not move here) and the room stays whole."""
+    gw = sleepy_gateway()
+    pool = gw.gateway.pool
+    margin = int(pool.loaded.config.pool.sleep_ram_margin_gib * GIB)
+    with gw.client() as client:
+        ask(client, "b")                                   # a sleeps at level 1: its weights go to host RAM
+        assert (engines(client)["a"]["state"], engines(client)["a"]["sleep_level"]) == ("sleeping", 1)
+        assert pool.host_room() == int(64 * GIB) - margin - WEIGHTS_A
+        ask(client, "a")                                   # a wakes, and keeps the buffer; b sleeps
+        ask(client, "b")                                   # a sleeps again, into the buffer it kept
+        assert engines(client)["a"]["sleep_level"] == 1 and engines(client)["a"]["host_bytes"] == WEIGHTS_A
+        assert pool.host_room() == int(64 * GIB) - margin
+
+
 def test_host_ram_chooses_the_level_and_a_level_2_wake_reloads_the_weights(sleepy_gateway) -> None:
     """14 GiB free, 4 GiB kept: a's 5.2 GiB of weights fit in host RAM, then b's do not
     beside them (psutil's figure does not move here: the pool counts its sleepers itself)."""
@@ -214,7 +231,7 @@ def test_bench_switch_tells_wakes_from_cold_starts(sleepy_gateway, tmp_path: Pat
     sleepy_gateway(env={"FAKE_VLLM_SLEEP_S": "0.2", "FAKE_VLLM_WAKE_S": "0.3"})
     out = tmp_path / "bench.json"
     result = run_cli("bench", "a", "-n", "2", "--input-len", "8", "--output-len", "4", "--switch", "a,b",
-                     "--switch-rounds", "2", "--json", str(out), env={"ANIMLLM_CONFIG": str(tmp_path / "gateway.yaml")})
+                     "--switch-rounds", "2", "--save", str(out), env={"ANIMLLM_CONFIG": str(tmp_path / "gateway.yaml")})
     assert result.exit_code == 0, result.stderr
     switch = json.loads(out.read_text())["switch"]
     kinds = [(s["to_model"], s["load_kind"]) for s in switch["switches"]]

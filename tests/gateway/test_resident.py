@@ -1,0 +1,71 @@
+"""A resident's one state (gateway/resident.py): the transitions its table allows, the ones
+it refuses, and the races its methods settle. No engine: the state never asks one."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from animllm_cli.gateway.resident import ALLOWED, Resident, ResidentState, TransitionError
+from animllm_cli.gpu.planner import Share
+from animllm_cli.wire import EngineState
+
+S = ResidentState
+
+
+def fresh(weights: int = 5 * 2**30) -> Resident:
+    return Resident("a", None, (0,), Share("a", 0.5, 0, "share", weight_bytes=weights), {0: 2**33})  # type: ignore[arg-type]
+
+
+def test_a_resident_starts_and_goes_through_sleep_and_wake_to_stopped() -> None:
+    resident = fresh()
+    seen = [resident.state]
+    for step in (resident.ready, lambda: resident.fall_asleep(2), resident.wake, resident.woke, resident.leave,
+                 resident.gone):
+        step()
+        seen.append(resident.state)
+    assert seen == [S.STARTING, S.READY, S.SLEEPING, S.WAKING, S.READY, S.STOPPING, S.STOPPED]
+    assert ALLOWED[S.STOPPED] == frozenset()
+
+
+def test_every_state_is_a_word_of_the_wire_vocabulary() -> None:
+    shown = set(get_args(EngineState))
+    assert {s.value for s in S} <= shown and shown - {s.value for s in S} == {"none", "draining", "switching"}
+
+
+def test_a_transition_the_table_forbids_raises_and_changes_nothing() -> None:
+    resident = fresh()
+    with pytest.raises(TransitionError, match="from starting to sleeping"):
+        resident.fall_asleep(1)
+    assert resident.state is S.STARTING and resident.sleep_level is None
+    resident.ready()
+    with pytest.raises(TransitionError):
+        resident.woke()   # never asleep
+    assert resident.state is S.READY
+
+
+def test_a_death_against_a_stop_leaves_the_stop_to_win() -> None:
+    dying = fresh()
+    dying.ready()
+    assert dying.died() and dying.state is S.DEAD
+    dying.leave()                                       # the next switch stops a dead engine
+    assert dying.state is S.STOPPING
+    assert not dying.died() and dying.state is S.STOPPING
+    dying.leave()                                       # a shutdown during that switch stops it too
+    dying.gone()
+    dying.gone()
+    assert dying.state is S.STOPPED
+    assert not fresh().died()                           # a starting engine is not watched yet
+
+
+def test_the_sleep_level_is_data_beside_the_state_and_a_level_1_wake_keeps_the_host_buffer() -> None:
+    resident = fresh(weights=5 * 2**30)
+    resident.ready()
+    resident.fall_asleep(1)
+    resident.host_bytes = 5 * 2**30
+    assert (resident.state, resident.sleep_level, resident.holding(0)) == (S.SLEEPING, 1, 2**30)  # the estimate
+    resident.wake()
+    assert resident.sleep_level == 1 and resident.holding(0) == 2**33   # waking: counted awake
+    resident.woke()
+    assert (resident.sleep_level, resident.host_bytes, resident.host_kept) == (None, 0, 5 * 2**30)
