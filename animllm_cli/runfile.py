@@ -166,8 +166,8 @@ def remove_state(pid: int, state_dir: Path | None = None) -> None:
         pass
 
 
-def ensure_not_running() -> None:
-    running = read_state()
+def ensure_not_running(state_dir: Path | None = None) -> None:
+    running = read_state(state_dir)
     if running:
         raise AnimllmError(f"a gateway is already running (pid {running.pid}, {running.url})",
                            hint="`animllm status` shows it; `animllm stop` stops it")

@@ -5,9 +5,11 @@ each spelt once here. Their JSON is the README's documented schema (`status --js
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from animllm_cli.errors import AnimllmError
 
 # ---------------------------------------------------------------------------- vocabularies
 # An engine's state as `status`/`ps` show it. The pool's own states (gateway/resident.py)
@@ -43,6 +45,22 @@ assert set(SWITCH_REASONS) == set(get_args(SwitchReason)), "every switch reason 
 class Report(BaseModel):
     def to_json(self) -> dict:
         return self.model_dump(mode="json")
+
+
+R = TypeVar("R", bound=Report)
+
+
+def read(kind: type[R], data: Any, sender: str) -> R:
+    """`data` as `kind`. An answer outside this schema (a state or reason this release does
+    not know, from a gateway of another animllm version) is a clean error, not a traceback."""
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the answer"
+        raise AnimllmError(f"{sender} answered in a form this animllm does not read: {where}: {first['msg']}",
+                           hint="the gateway runs another animllm version: run the same version on both sides "
+                                "(`animllm --version`)") from None
 
 
 class SwitchReport(Report):

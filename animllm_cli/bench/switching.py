@@ -13,7 +13,7 @@ from animllm_cli.bench.results import Spread, SwitchRun, SwitchSummary
 from animllm_cli.client.openai import server_message
 from animllm_cli.config.schema import AnimllmConfig
 from animllm_cli.errors import AnimllmError, UsageError
-from animllm_cli.wire import SwitchReport
+from animllm_cli.wire import SwitchReport, read
 
 
 def switch_models(text: str | None, resolve: Callable[[str], str], config: AnimllmConfig, *,
@@ -60,11 +60,11 @@ def run_switches(http: httpx.Client, models: list[str], rounds: int,
         slept = None
         if index > 0:  # 409 when it is not resident (or asleep already)
             unloaded = http.post("/admin/unload", json={"model": model, "sleep": True}, timeout=None)
-            slept = SwitchReport.model_validate(unloaded.json()).sleep_s if unloaded.status_code == 200 else None
+            slept = read(SwitchReport, unloaded.json(), "/admin/unload").sleep_s if unloaded.status_code == 200 else None
         resp = http.post("/admin/switch", json={"model": model}, timeout=None)
         if resp.status_code != 200:
             raise AnimllmError(f"switch to '{model}' failed ({resp.status_code}): {server_message(resp)[:300]}")
-        answer = SwitchReport.model_validate(resp.json())
+        answer = read(SwitchReport, resp.json(), "/admin/switch")
         if answer.outcome == "already loaded" or index == 0:
             continue
         report = {**answer.to_json(), "first_token_s": first_token_s(http, model)}

@@ -43,10 +43,10 @@ def _show_status(out, report) -> None:
 
 def ps(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
     """The resident models: GPU(s), state, VRAM (measured), requests, idle time and keep-alive."""
-    from animllm_cli.views.gateway import PoolView, engines_table
+    from animllm_cli.views.gateway import PsView, engines_table
 
     out = common.output(ctx)
-    pool = PoolView.of(_client(ctx, config).status())
+    pool = PsView.of(_client(ctx, config).status())
     out.result(pool, lambda view: out.show(engines_table(view.engines, view.remotes)), json=json_output)
 
 

@@ -46,7 +46,7 @@ def show(
     The flags are spelt as the engine's vLLM release takes them (--vllm-version: another release's); a setting that
     release does not have is an error (exit 2) naming the first release that has it.
     """
-    from animllm_cli.views import config as summary
+    from animllm_cli.views import config as config_views
 
     out = common.output(ctx)
     fmt = Format.json if json_output else fmt
@@ -61,15 +61,15 @@ def show(
         raise UsageError("--vllm-version spells a model's engine command; this output has none",
                          hint="name a model served here: animllm config show MODEL --format args --vllm-version X")
     if whole_config:
-        data = summary.explain_config(loaded) if explain else summary.config_report(loaded)
+        data = config_views.explain_config(loaded) if explain else config_views.config_report(loaded)
     elif (view := loaded.model(model)).remote and (explain or fmt in (Format.yaml, Format.json)):  # no engine here
-        data = summary.explain_remote_model(loaded, view) if explain else summary.remote_model_report(view)
+        data = config_views.explain_remote_model(loaded, view) if explain else config_views.remote_model_report(view)
     else:
-        view, command = summary.engine_command_for(loaded, model, port, vllm_version)
-        for note in summary.vllm_notes(command):
+        view, command = config_views.engine_command_for(loaded, model, port, vllm_version)
+        for note in config_views.vllm_notes(command):
             out.warn(note)
         if explain:
-            data = summary.explain_model(loaded, view, command)
+            data = config_views.explain_model(loaded, view, command)
         elif fmt is Format.args:
             out.text(command.shell_line())
             return
@@ -77,12 +77,12 @@ def show(
             out.text(_env_lines(command))
             return
         else:
-            data = summary.model_report(loaded, view, command)
+            data = config_views.model_report(loaded, view, command)
 
     if explain and fmt is not Format.json:
         _show_explain(out, data)
     elif fmt is Format.json:
-        out.json({"schema_version": summary.SCHEMA_VERSION, "values": data} if explain else data)
+        out.json({"schema_version": config_views.SCHEMA_VERSION, "values": data} if explain else data)
     else:
         import yaml
 

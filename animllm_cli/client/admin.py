@@ -11,7 +11,7 @@ from animllm_cli.client.openai import server_message
 from animllm_cli.credentials import bearer
 from animllm_cli.errors import AnimllmError
 from animllm_cli.runfile import GatewayState, read_state
-from animllm_cli.wire import StatusReport, StopAnswer, SwitchReport
+from animllm_cli.wire import StatusReport, StopAnswer, SwitchReport, read
 
 
 class NotRunning(AnimllmError):
@@ -66,8 +66,11 @@ class AdminClient:
     def close(self) -> None:
         self.http.close()
 
+    def _read(self, kind, data: dict[str, Any]):
+        return read(kind, data, f"the gateway at {self.state.url}")
+
     def status(self) -> StatusReport:
-        report = StatusReport.model_validate(self._call("GET", "/admin/status"))
+        report = self._read(StatusReport, self._call("GET", "/admin/status"))
         report.url = self.state.url
         return report
 
@@ -76,11 +79,11 @@ class AdminClient:
         return self._send("GET", "/metrics").text
 
     def switch(self, model: str) -> SwitchReport:
-        return SwitchReport.model_validate(self._call("POST", "/admin/switch", json={"model": model}))
+        return self._read(SwitchReport, self._call("POST", "/admin/switch", json={"model": model}))
 
     def unload(self, model: str, *, sleep: bool = False) -> SwitchReport:
         body = {"model": model, **({"sleep": True} if sleep else {})}
-        return SwitchReport.model_validate(self._call("POST", "/admin/unload", json=body))
+        return self._read(SwitchReport, self._call("POST", "/admin/unload", json=body))
 
     def stop(self) -> StopAnswer:
-        return StopAnswer.model_validate(self._call("POST", "/admin/stop", json={}))
+        return self._read(StopAnswer, self._call("POST", "/admin/stop", json={}))

@@ -30,6 +30,7 @@ from typing import Iterable
 
 from animllm_cli.engine.sleep import ASLEEP_ESTIMATE_BYTES
 from animllm_cli.engine.supervisor import Engine
+from animllm_cli.engine.supervisor import State as EngineLifecycle
 from animllm_cli.gateway.admission import engine_bytes
 from animllm_cli.gpu import nvml
 from animllm_cli.gpu.planner import Share
@@ -100,8 +101,12 @@ class Resident:
 
     # ------------------------------------------------------------------ transitions
     def ready(self) -> None:
-        """Its engine answered ready after a start."""
+        """Its engine answered ready after a start. A death its watcher saw before this
+        (the loop stalled between the start and here: `died()` passed over a starting
+        resident) is taken now, or the pool would route to a dead engine for good."""
         self._move(S.READY)
+        if self.engine.state is EngineLifecycle.DEAD:
+            self.died()
 
     def fall_asleep(self, level: int) -> None:
         """Sent to sleep: from here on it holds what a sleeper keeps (measured afresh)."""
@@ -114,11 +119,11 @@ class Resident:
     def woke(self) -> None:
         """Awake again. After a level-1 wake vLLM keeps the weights' host buffer
         (vllm#16663): that host RAM stays taken, and its next sleep takes no more."""
+        self._move(S.READY)  # first: a refused transition changes nothing
         if self.sleep_level == 1:
             self.host_kept = max(self.host_kept, self.host_bytes)
         self.sleep_level, self.asleep_since, self.asleep_bytes = None, None, {}
         self.host_bytes = self.host_seen = 0
-        self._move(S.READY)
 
     def died(self) -> bool:
         """Its supervisor saw the engine die (on the loop). False: it was leaving already,

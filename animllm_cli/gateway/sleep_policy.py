@@ -94,6 +94,10 @@ class SleepPolicy:
         levels: dict[str, int] = {}
         room = self.host_room(residents)
         for victim in victims:
+            if victim.state is not ResidentState.READY:  # dead, or gone since the decision: it can only stop
+                if victim.sleep_mode or asked:
+                    notes.append(f"{victim.model}: stopped, not sent to sleep: it is {victim.state.value}")
+                continue
             choice = self.choice(victim, room, report)
             if choice.level:
                 levels[victim.model] = choice.level

@@ -195,7 +195,7 @@ def _require_version(text: str) -> None:
 
 
 def vllm_notes(command: EngineCommand) -> list[str]:
-    """The command's notes on its vLLM release (config/vllm_releases.notes)."""
+    """The command's notes on its vLLM release (engine/vllm_releases.notes)."""
     from animllm_cli.engine import vllm_releases
 
     return vllm_releases.notes(command.vllm, list(command.env), command.argv) if command.vllm else []

@@ -69,7 +69,7 @@ def remote_summary(remote) -> str:
 
 
 @dataclass
-class PoolView:
+class PsView:
     """`ps --json`: the engines of `status --json`, with what is being loaded and what waits,
     and the models served elsewhere."""
     url: str | None
@@ -79,7 +79,7 @@ class PoolView:
     remotes: list = field(default_factory=list)
 
     @classmethod
-    def of(cls, report) -> PoolView:
+    def of(cls, report) -> PsView:
         return cls(report.url, report.engines, report.engine.switching_to, report.queues, report.remotes)
 
     def to_json(self) -> dict:

@@ -4,7 +4,10 @@ engine and no pool: residents are records, shares a fixed fraction of each card.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from animllm_cli.config.schema import AnimllmConfig
+from animllm_cli.engine.supervisor import State as EngineLifecycle
 from animllm_cli.gateway import placement
 from animllm_cli.gateway.placement import PoolView
 from animllm_cli.gateway.resident import Resident
@@ -29,7 +32,8 @@ def resident(model: str, gpus: tuple[int, ...], held: int, *, asleep: int | None
     """A ready resident measured at `held` bytes on each of its GPUs (and at `asleep` once
     sent to sleep, when given). Placement never asks its engine."""
     share = Share(model, held / CARD, 0, "share")
-    ready = Resident(model, None, gpus, share, {g: held for g in gpus})  # type: ignore[arg-type]
+    ready = Resident(model, SimpleNamespace(state=EngineLifecycle.READY), gpus, share,  # type: ignore[arg-type]
+                     {g: held for g in gpus})
     ready.ready()
     if asleep is not None:
         ready.fall_asleep(1)

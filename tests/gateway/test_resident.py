@@ -3,10 +3,12 @@ it refuses, and the races its methods settle. No engine: the state never asks on
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import get_args
 
 import pytest
 
+from animllm_cli.engine.supervisor import State as EngineLifecycle
 from animllm_cli.gateway.resident import ALLOWED, Resident, ResidentState, TransitionError
 from animllm_cli.gpu.planner import Share
 from animllm_cli.wire import EngineState
@@ -14,8 +16,10 @@ from animllm_cli.wire import EngineState
 S = ResidentState
 
 
-def fresh(weights: int = 5 * 2**30) -> Resident:
-    return Resident("a", None, (0,), Share("a", 0.5, 0, "share", weight_bytes=weights), {0: 2**33})  # type: ignore[arg-type]
+def fresh(weights: int = 5 * 2**30, engine: EngineLifecycle = EngineLifecycle.READY) -> Resident:
+    """A resident whose engine is only its lifecycle state (the resident reads nothing else of it)."""
+    return Resident("a", SimpleNamespace(state=engine), (0,),  # type: ignore[arg-type]
+                    Share("a", 0.5, 0, "share", weight_bytes=weights), {0: 2**33})
 
 
 def test_a_resident_starts_and_goes_through_sleep_and_wake_to_stopped() -> None:
@@ -69,3 +73,35 @@ def test_the_sleep_level_is_data_beside_the_state_and_a_level_1_wake_keeps_the_h
     assert resident.sleep_level == 1 and resident.holding(0) == 2**33   # waking: counted awake
     resident.woke()
     assert (resident.sleep_level, resident.host_bytes, resident.host_kept) == (None, 0, 5 * 2**30)
+
+
+def test_a_death_seen_while_starting_is_taken_when_it_becomes_ready() -> None:
+    """The watcher saw the engine die before the pool recorded its ready (a stalled loop):
+    `died()` passes over a starting resident, so `ready()` must not leave it ready."""
+    resident = fresh(engine=EngineLifecycle.DEAD)
+    assert not resident.died() and resident.state is S.STARTING
+    resident.ready()
+    assert resident.state is S.DEAD
+
+
+def test_a_dead_victim_is_stopped_not_sent_to_sleep() -> None:
+    """`unload --sleep` waits for the model's requests; should its engine die meanwhile,
+    the switch stops it (with a note) rather than try a sleep the table forbids."""
+    from animllm_cli.config.schema import AnimllmConfig
+    from animllm_cli.gateway.placement import PoolView
+    from animllm_cli.gateway.scheduler import Decision
+    from animllm_cli.gateway.sleep_policy import SleepPolicy
+    from animllm_cli.gpu.nvml import GpuReport
+
+    cfg = AnimllmConfig.model_validate({"models": {"a": {"source": "org/a"}}, "gpu": {"vram_gib": 16}})
+    loaded = SimpleNamespace(config=cfg)
+    dead = fresh()
+    dead.ready()
+    dead.sleep_mode = True
+    dead.died()
+    view = PoolView(cfg, {"a": dead}, GpuReport(gpus=[]), lambda model, card: Share(model, 0.5, 0, "share"))
+    notes: list[str] = []
+    levels, stop = SleepPolicy(loaded, None, lambda: 64 * 2**30).leaving(  # type: ignore[arg-type]
+        view, Decision(None, "sleep", "explicit", ("a",)), notes)
+    assert (levels, stop) == ({}, ["a"])
+    assert notes == ["a: stopped, not sent to sleep: it is dead"]
