@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.helpers import REPO_ROOT
+from tests.support import engine_starts
 
 # Variables that would leak the developer's own setup into a test.
 _LEAKY = ("ANIMLLM_", "GPU_MEMORY_UTILIZATION", "MAX_NUM_BATCHED_TOKENS", "MAX_NUM_SEQS")
@@ -74,3 +77,55 @@ def upstream_servers() -> Iterator[list]:
     yield started
     for server in started:
         server.stop()
+
+
+# The budget of real engine starts (tests/support/engine_starts.py): every start this run
+# makes is counted, whoever makes it, and printed at the end; a test file outside the
+# allowed list that starts an engine of its own fails the run.
+_watcher_key = pytest.StashKey[engine_starts.Watcher]()
+_over_key = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller set the marks
+        return
+    record = Path(tempfile.mkstemp(prefix="animllm-engine-starts-", suffix=".jsonl")[1])
+    os.environ[engine_starts.RUN_MARK] = uuid.uuid4().hex
+    os.environ[engine_starts.RECORD_FILE] = str(record)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.get_closest_marker("engine") for item in session.items):
+        watcher = engine_starts.Watcher(os.environ[engine_starts.RUN_MARK], Path(os.environ[engine_starts.RECORD_FILE]))
+        watcher.start()
+        session.config.stash[_watcher_key] = watcher
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    watcher = session.config.stash.get(_watcher_key, None)
+    if watcher is not None:
+        watcher.stop()
+    if hasattr(session.config, "workerinput"):
+        return
+    over = engine_starts.over_budget(engine_starts.read_starts(Path(os.environ[engine_starts.RECORD_FILE])))
+    session.config.stash[_over_key] = over
+    if over and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    record = Path(os.environ.get(engine_starts.RECORD_FILE, ""))
+    starts = engine_starts.read_starts(record) if record.name else []
+    if starts:
+        terminalreporter.write_sep("=", "real engine starts")
+        for line in engine_starts.summary_lines(starts):
+            terminalreporter.write_line(line)
+    for start in config.stash.get(_over_key, []):
+        terminalreporter.write_line(
+            f"FAILED engine start budget: {start.test} started an engine of its own (pid {start.pid}); use the "
+            f"shared engines (tests/support) or add its file to OWN_STARTS_ALLOWED with the reason", red=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and engine_starts.RECORD_FILE in os.environ:
+        Path(os.environ.pop(engine_starts.RECORD_FILE)).unlink(missing_ok=True)
