@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from tests.gateway.harness import start_bound_s, start_gateway
-from tests.helpers import free_port, run_cli, tiny_config, wait_until
+from tests.helpers import free_port, run_cli, tiny_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -49,7 +50,7 @@ def test_top_once_json_measures_a_real_engine_while_it_streams(tiny_models: dict
     try:
         for thread in streams:
             thread.start()
-        wait_until(measured, start_bound_s(gw.gateway.loaded))
+        wait_until(measured, start_bound_s(gw.gateway.loaded), "top to read the engine's figures")
     finally:
         stop.set()
         for thread in streams:

@@ -23,7 +23,9 @@ from animllm_cli.engine.supervisor import Engine, EngineStartError, State, launc
 from animllm_cli.errors import AnimllmError
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.helpers import REPO_ROOT, write
+from tests.support.waiting import wait_until
 
+DEATH_BOUND_S = 10  # FAST's health checks notice a death within a second
 FAST = {"stall_timeout_s": 3, "start_timeout_s": 30, "stop_grace_s": 2, "health_interval_s": 0.2,
         "health_failures": 3}
 
@@ -145,19 +147,10 @@ def test_grandchild_holding_the_pipe_neither_hides_the_crash_nor_survives(tmp_pa
     assert_nothing_left(engine)
 
 
-def _wait_for(predicate, timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_exit_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
     engine = fake_engine(tmp_path, "die-after-ready", after=0.5)
     engine.start()
-    assert _wait_for(lambda: engine.state is State.DEAD)
+    wait_until(lambda: engine.state is State.DEAD, DEATH_BOUND_S, "the engine to be seen dead")
     assert engine.deaths == ["the engine process exited with code 3"]
     assert engine.stop().left == []
     assert_nothing_left(engine)
@@ -166,7 +159,7 @@ def test_exit_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
 def test_failing_health_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
     engine = fake_engine(tmp_path, "sick-after-ready", after=0.3)
     engine.start()
-    assert _wait_for(lambda: engine.state is State.DEAD)
+    wait_until(lambda: engine.state is State.DEAD, DEATH_BOUND_S, "the engine to be seen dead")
     assert engine.deaths == ["/health failed 3 times in a row"]
     engine.stop()
     assert_nothing_left(engine)
