@@ -3,7 +3,6 @@ directory, with no animllm overrides from the developer's shell, NO_COLOR and a 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import uuid
@@ -14,22 +13,12 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 from tests.support import engine_starts
-
-# Variables that would leak the developer's own setup into a test.
-_LEAKY = ("ANIMLLM_", "GPU_MEMORY_UTILIZATION", "MAX_NUM_BATCHED_TOKENS", "MAX_NUM_SEQS")
+from tests.support.environment import isolate, require_vllm
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in list(os.environ):
-        if var.startswith(_LEAKY):
-            monkeypatch.delenv(var)
-    home = tmp_path / "animllm-home"
-    for name in ("config", "state", "cache"):
-        (home / name).mkdir(parents=True)
-        monkeypatch.setenv(f"ANIMLLM_{name.upper()}_DIR", str(home / name))
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "200")
+    isolate(monkeypatch, tmp_path / "animllm-home")
     workdir = tmp_path / "work"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
@@ -39,21 +28,10 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return workdir
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(autouse=True)
 def _engine_tier_needs_vllm(request: pytest.FixtureRequest) -> None:
-    """The engine tier runs real vLLM, and `vllm`-marked tests call its own code (the
-    benchmark's definitions). Without it: skip on a laptop, fail under CI=true."""
-    if request.node.get_closest_marker("engine") is None and request.node.get_closest_marker("vllm") is None:
-        return
-    if importlib.util.find_spec("vllm") is None:
-        message = "vLLM is not installed: run `make setup` (installs the CPU build into .venv)"
-        if _in_ci():
-            pytest.fail(f"engine tier under CI=true: {message}")
-        pytest.skip(message)
+    if request.node.get_closest_marker("engine") is not None or request.node.get_closest_marker("vllm") is not None:
+        require_vllm()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""`animllm bench` through the gateway over real vLLM (CPU build) and two tiny models: a
-sweep, switches, --check, and a --mix of both models sharing the same gateway."""
+"""`animllm bench` through the gateway over real vLLM (CPU build) and two tiny models (the
+shared engines, both resident): a sweep, switches (each a load: the model is unloaded
+first), --check, and a --mix of both models sharing the same gateway."""
 
 from __future__ import annotations
 
@@ -9,48 +10,48 @@ from pathlib import Path
 import pytest
 
 from tests.bench.test_bench_cli import FIELDS
-from tests.gateway.harness import start_gateway
-from tests.helpers import run_cli, tiny_config
+from tests.gateway.harness import RunningGateway
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.engine
 
 
-def test_sweep_switch_and_check(tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tiny_config(tmp_path / "animllm.yaml", tiny_models)
-    config.write_text(config.read_text() + "expectations: {tiny: {ttft_s_max: 30, tokens_per_s_min: 1, switch_s_max: 300}}\n")
+def test_sweep_switch_and_check(shared_gateway: RunningGateway, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = shared_gateway
+    config = tmp_path / "animllm.yaml"  # the shared config, with expectations
+    config.write_text(gw.gateway.loaded.files[-1].read_text()
+                      + "expectations: {tiny: {ttft_s_max: 30, tokens_per_s_min: 1, switch_s_max: 300}}\n")
     monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
-    gw = start_gateway(tmp_path, config, model="tiny-a")
-    try:
-        out = tmp_path / "bench.json"
-        result = run_cli("bench", "tiny-a", "-c", "1,4", "-n", "8", "--input-len", "32", "--output-len", "16",
-                         "--switch", "tiny-a,tiny-b", "--switch-rounds", "1", "--json", str(out), "--check")
-        assert result.exit_code == 0, result.stdout + result.stderr
-        data = json.loads(out.read_text())
-        assert [level["concurrency"] for level in data["levels"]] == [1, 4]
-        for level in data["levels"]:
-            summary = level["summary"]
-            assert set(summary) == FIELDS and summary["completed"] == 8 and summary["failed"] == 0
-            assert summary["output_tokens"] == 8 * 16 and summary["input_tokens"] == 8 * 32  # exact, from usage
-            assert summary["ttft_ms"]["median"] > 0 and summary["tpot_ms"]["median"] > 0
-        assert data["switch"]["count"] == 2 and data["switch"]["summary"]["load_s"]["median"] > 1
-        assert all(row["ok"] for row in data["check"])
-        print("\n" + result.stdout)
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "tiny-a", "-c", "1,4", "-n", "8", "--input-len", "32", "--output-len", "16",
+                     "--switch", "tiny-a,tiny-b", "--switch-rounds", "1", "--json", str(out), "--check")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert [level["concurrency"] for level in data["levels"]] == [1, 4]
+    for level in data["levels"]:
+        summary = level["summary"]
+        assert set(summary) == FIELDS and summary["completed"] == 8 and summary["failed"] == 0
+        assert summary["output_tokens"] == 8 * 16 and summary["input_tokens"] == 8 * 32  # exact, from usage
+        assert summary["ttft_ms"]["median"] > 0 and summary["tpot_ms"]["median"] > 0
+    assert data["switch"]["count"] == 2 and data["switch"]["summary"]["load_s"]["median"] > 1
+    assert all(row["ok"] for row in data["check"])
+    print("\n" + result.stdout)
 
-        strict = run_cli("bench", "tiny-b", "-n", "3", "--input-len", "16", "--output-len", "8", "--check",
-                         env={"ANIMLLM_EXPECTATIONS__TINY__TOKENS_PER_S_MIN": "1000000"})
-        assert strict.exit_code == 1 and "MISSED" in strict.stdout
-        mix_of_two(gw, tmp_path)
-    finally:
-        gw.stop()
+    strict = run_cli("bench", "tiny-b", "-n", "3", "--input-len", "16", "--output-len", "8", "--check",
+                     env={"ANIMLLM_EXPECTATIONS__TINY__TOKENS_PER_S_MIN": "1000000"})
+    assert strict.exit_code == 1 and "MISSED" in strict.stdout
+    mix_of_two(gw, tmp_path)
 
 
 def mix_of_two(gw, tmp_path: Path) -> None:
-    """`bench --mix` over the same gateway, from a known state: tiny-b loaded (the check
-    above ran on it) and tiny-a not, so that tiny-a's requests wait for its load while
-    tiny-b's find their model ready; each model's TTFT holds the switches into it."""
+    """`bench --mix` over the same gateway, from a known state: tiny-b loaded and tiny-a
+    not, so that tiny-a's requests wait for its load (beside tiny-b, which puts the shared
+    engines back as they were) while tiny-b's find their model ready; each model's TTFT
+    holds the switches into it."""
     import httpx
 
-    httpx.post(f"{gw.url}/admin/unload", json={"model": "tiny-a"}, timeout=None)  # 409 if it was not loaded
+    assert httpx.post(f"{gw.url}/admin/unload", json={"model": "tiny-a"}, timeout=None).status_code == 200
     assert "tiny-a" not in gw.gateway.pool.models and "tiny-b" in gw.gateway.pool.models
     out = tmp_path / "mix.json"
     result = run_cli("bench", "--mix", "tiny-a:2,tiny-b:1", "--request-rate", "4", "-n", "12", "--input-len", "16",
