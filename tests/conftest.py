@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 from tests.support import engine_starts
 from tests.support.environment import isolate, require_vllm
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import free_port, write
+from tests.support.helpers import free_port, write
 from tests.support import engine_starts
 from tests.support.engine_starts import Start, Watcher, engine_port, over_budget, read_starts, summary_lines
 from tests.support.waiting import wait_until

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.helpers import run_cli
 
 
 @pytest.fixture
@@ -86,8 +86,8 @@ SECRET = "some-secret-value"
 def remote_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A gateway with `a` loaded and `r` served elsewhere: by a fake vLLM that asks a key,
     and by a URL where nothing listens."""
-    from tests.gateway.harness import remote_fake_vllm
-    from tests.helpers import free_port
+    from tests.support.gateways import remote_fake_vllm
+    from tests.support.helpers import free_port
     from tests.support.waiting import wait_until
 
     monkeypatch.setenv("SOMEVAR", SECRET)

@@ -19,8 +19,8 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
 from animllm_cli.runfile import EngineGroup, GatewayState, read_dead_state, read_state, state_path, write_state
-from tests.gateway.harness import fake_gateway_config, start_bound_s, stop_bound_s
-from tests.helpers import free_port, run_cli
+from tests.support.gateways import fake_gateway_config, start_bound_s, stop_bound_s
+from tests.support.helpers import free_port, run_cli
 from tests.support.waiting import wait_until
 
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from animllm_cli.runfile import GatewayState, read_state, state_path, write_state
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 from tests.support.waiting import wait_until
 
 

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.gateway.harness import RunningGateway
+from tests.support.gateways import RunningGateway
 from tests.support import shared_engines as shared
 from tests.support.environment import require_vllm
 

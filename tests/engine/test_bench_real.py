@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.bench.test_bench_cli import FIELDS
-from tests.gateway.harness import RunningGateway
-from tests.helpers import run_cli
+from tests.support.gateways import RunningGateway
+from tests.support.helpers import run_cli
 
 pytestmark = pytest.mark.engine
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gateway.harness import RunningGateway
-from tests.helpers import run_cli
+from tests.support.gateways import RunningGateway
+from tests.support.helpers import run_cli
 
 pytestmark = pytest.mark.engine
 

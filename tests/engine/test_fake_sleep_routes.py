@@ -20,7 +20,7 @@ import pytest
 
 from animllm_cli.engine import sleep
 from tests.fakes import fake_vllm
-from tests.gateway.harness import remote_fake_vllm
+from tests.support.gateways import remote_fake_vllm
 
 pytestmark = pytest.mark.engine
 

@@ -15,7 +15,7 @@ import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
-from tests.helpers import REPO_ROOT, tiny_config
+from tests.support.helpers import REPO_ROOT, tiny_config
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine

@@ -15,7 +15,7 @@ import re
 import pytest
 
 from animllm_cli.gpu.planner import GIB, plan_models
-from tests.gateway.harness import RunningGateway
+from tests.support.gateways import RunningGateway
 
 pytestmark = pytest.mark.engine
 KV_SPACE_BYTES = 1 * GIB

@@ -14,8 +14,8 @@ import pytest
 from animllm_cli.runfile import read_state
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import start_bound_s, start_gateway, stop_bound_s
-from tests.helpers import run_cli, tiny_config, write
+from tests.support.gateways import start_bound_s, start_gateway, stop_bound_s
+from tests.support.helpers import run_cli, tiny_config, write
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine

@@ -15,7 +15,7 @@ import pytest
 from animllm_cli.config import Overrides, load_config
 from animllm_cli.engine import processes
 from animllm_cli.engine.supervisor import EngineStartError, State, launch
-from tests.helpers import tiny_config
+from tests.support.helpers import tiny_config
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine

@@ -10,8 +10,8 @@ import threading
 import httpx
 import pytest
 
-from tests.gateway.harness import RunningGateway, start_bound_s
-from tests.helpers import run_cli
+from tests.support.gateways import RunningGateway, start_bound_s
+from tests.support.helpers import run_cli
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine

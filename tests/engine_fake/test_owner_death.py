@@ -18,8 +18,8 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.engine import launcher, processes
 from animllm_cli.engine.supervisor import EngineStartError, State
-from tests.engine_fake.test_supervisor_with_fake import assert_nothing_left, fake_config, fake_engine
-from tests.helpers import REPO_ROOT
+from tests.support.fake_engines import assert_nothing_left, fake_config, fake_engine
+from tests.support.helpers import REPO_ROOT
 from tests.support.waiting import wait_until
 
 KILL_WAIT_S = launcher.KILL_WAIT_S  # what the product waits after SIGKILL

@@ -20,7 +20,7 @@ from animllm_cli.gateway.pool import EnginePool, PoolClosing
 from animllm_cli.gateway.scheduler import Decision
 from animllm_cli.runfile import read_state
 from tests.fakes.nvml import FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.support.gateways import fake_gateway_config, start_gateway
 from tests.support.waiting import wait_until
 
 KILL_WAIT_S = 5.0  # what the product waits after SIGKILL

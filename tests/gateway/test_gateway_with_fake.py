@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_gateway
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.helpers import run_cli
 from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}

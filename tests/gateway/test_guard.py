@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.support.gateways import fake_gateway_config, start_gateway
 from tests.support.waiting import wait_until
 
 CHAT = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -13,8 +13,8 @@ import pytest
 
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_bound_s, start_gateway
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config, start_bound_s, start_gateway
+from tests.support.helpers import run_cli
 from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

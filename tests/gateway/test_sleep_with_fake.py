@@ -15,10 +15,10 @@ import pytest
 from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_bound_s, start_gateway
+from tests.support.gateways import fake_gateway_config, start_bound_s, start_gateway
 from tests.gateway.test_pool_with_fake import BOUND_S, CHAT, ask, engines
 from tests.support.waiting import wait_until
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 # One awake at a time on the 16 GiB card (0.75 x 16 GiB + 0.5 GiB of CUDA graphs), beside
 # up to two sleepers (each keeps 0.5 GiB; the plan counts 1 GiB until NVML has measured one).

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from tests.fakes.upstream import FakeUpstream
-from tests.helpers import REPO_ROOT, write
+from tests.support.helpers import REPO_ROOT, write
 from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

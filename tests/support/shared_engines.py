@@ -19,8 +19,8 @@ import pytest
 
 from animllm_cli.runfile import GatewayState, write_state
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import RunningGateway, start_bound_s, start_gateway
-from tests.helpers import free_port, tiny_config, write
+from tests.support.gateways import RunningGateway, start_bound_s, start_gateway
+from tests.support.helpers import free_port, tiny_config, write
 from tests.support import engine_starts
 from tests.support.environment import isolate
 from tests.support.waiting import wait_until

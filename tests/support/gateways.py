@@ -1,4 +1,6 @@
-"""A real gateway (uvicorn + the app) in a background thread, driving fake engines."""
+"""A real gateway (uvicorn + the app) in a background thread, driving fake engines (or,
+for the engine tier, real ones); a fake vLLM run on its own as a remote server; the
+bounds the product gives an engine start and stop."""
 
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.gateway import server as gateway_server
-from tests.helpers import REPO_ROOT, free_port, write
+from tests.support.helpers import REPO_ROOT, free_port, write
 from tests.support.waiting import wait_until
 
 
@@ -184,3 +187,18 @@ def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | 
     if wait:
         running.wait_ready()
     return running
+
+
+@contextlib.contextmanager
+def bench_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expectations: str,
+                  **config: Any) -> Iterator[RunningGateway]:
+    """The gateway bench's tests run against: fake engines (paced at 2 ms a chunk), the
+    config's expectations for profile p, and ANIMLLM_CONFIG pointing at it."""
+    path = fake_gateway_config(tmp_path, chunk_delay=0.002, **config)
+    path.write_text(path.read_text() + f"expectations: {{p: {expectations}}}\n")
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(path))
+    running = start_gateway(tmp_path, path)
+    try:
+        yield running
+    finally:
+        running.stop()

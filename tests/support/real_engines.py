@@ -19,6 +19,8 @@ from tests.support.waiting import wait_until
 
 # The product's own bound for an engine start: never wait on this machine's speed.
 START_TIMEOUT_S = EngineSection().start_timeout_s
+# Asks the installed vLLM's own parser about command lines (run as a script: it imports vLLM).
+VLLM_ARGV_CHECK = Path(__file__).with_name("vllm_argv_check.py")
 
 
 def stop_group(pgid: int, grace_s: float = 30) -> None:

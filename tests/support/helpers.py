@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from animllm_cli.engine.supervisor import free_port  # noqa: F401  (the tests' free port, the same as the engine's)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "animllm.yaml"
 EXAMPLE_CONFIGS = sorted((REPO_ROOT / "configs" / "examples").glob("*.yaml"))
 
