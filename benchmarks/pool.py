@@ -70,7 +70,7 @@ EVICTIONS = {"stop": {"sleep": "off", "host_gib": 64}, "level 1": {"sleep": "aut
 
 
 class InProcessGateway:
-    """The gateway of tests/gateway/harness.py, with the interface mixed_load's scenarios use."""
+    """The gateway of tests/support/gateways.py, with the interface mixed_load's scenarios use."""
 
     def __init__(self, running) -> None:
         self.running, self.url = running, running.url
@@ -87,7 +87,7 @@ def start_fake(root: Path, eviction: dict, wake_s: float, args) -> InProcessGate
     from animllm_cli.engine.python_env import PythonEnv
     from animllm_cli.units import GIB
     from tests.fakes.nvml import FakeGpu, FakeNvml
-    from tests.gateway.harness import start_gateway
+    from tests.support.gateways import start_gateway
 
     root.mkdir(parents=True)
     (root / "state").mkdir()

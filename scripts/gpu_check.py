@@ -61,8 +61,8 @@ def serving(workdir: Path, config_text: str, nvml_module: Any = None, **build: A
 
     from animllm_cli.config import load_config
     from animllm_cli.gateway import server as gateway_server
-    from tests.gateway.harness import RunningGateway
-    from tests.helpers import free_port
+    from tests.support.gateways import RunningGateway
+    from tests.support.helpers import free_port
 
     path = workdir / "gpu_check.yaml"
     path.write_text(config_text)

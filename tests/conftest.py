@@ -3,30 +3,22 @@ directory, with no animllm overrides from the developer's shell, NO_COLOR and a 
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.helpers import REPO_ROOT
-
-# Variables that would leak the developer's own setup into a test.
-_LEAKY = ("ANIMLLM_", "GPU_MEMORY_UTILIZATION", "MAX_NUM_BATCHED_TOKENS", "MAX_NUM_SEQS")
+from tests.support.helpers import REPO_ROOT
+from tests.support import engine_starts
+from tests.support.environment import isolate, require_vllm
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in list(os.environ):
-        if var.startswith(_LEAKY):
-            monkeypatch.delenv(var)
-    home = tmp_path / "animllm-home"
-    for name in ("config", "state", "cache"):
-        (home / name).mkdir(parents=True)
-        monkeypatch.setenv(f"ANIMLLM_{name.upper()}_DIR", str(home / name))
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.setenv("COLUMNS", "200")
+    isolate(monkeypatch, tmp_path / "animllm-home")
     workdir = tmp_path / "work"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
@@ -36,21 +28,10 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return workdir
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(autouse=True)
 def _engine_tier_needs_vllm(request: pytest.FixtureRequest) -> None:
-    """The engine tier runs real vLLM, and `vllm`-marked tests call its own code (the
-    benchmark's definitions). Without it: skip on a laptop, fail under CI=true."""
-    if request.node.get_closest_marker("engine") is None and request.node.get_closest_marker("vllm") is None:
-        return
-    if importlib.util.find_spec("vllm") is None:
-        message = "vLLM is not installed: run `make setup` (installs the CPU build into .venv)"
-        if _in_ci():
-            pytest.fail(f"engine tier under CI=true: {message}")
-        pytest.skip(message)
+    if request.node.get_closest_marker("engine") is not None or request.node.get_closest_marker("vllm") is not None:
+        require_vllm()
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +55,55 @@ def upstream_servers() -> Iterator[list]:
     yield started
     for server in started:
         server.stop()
+
+
+# The budget of real engine starts (tests/support/engine_starts.py): every start this run
+# makes is counted, whoever makes it, and printed at the end; a test file outside the
+# allowed list that starts an engine of its own fails the run.
+_watcher_key = pytest.StashKey[engine_starts.Watcher]()
+_over_key = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller set the marks
+        return
+    record = Path(tempfile.mkstemp(prefix="animllm-engine-starts-", suffix=".jsonl")[1])
+    os.environ[engine_starts.RUN_MARK] = uuid.uuid4().hex
+    os.environ[engine_starts.RECORD_FILE] = str(record)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.get_closest_marker("engine") for item in session.items):
+        watcher = engine_starts.Watcher(os.environ[engine_starts.RUN_MARK], Path(os.environ[engine_starts.RECORD_FILE]))
+        watcher.start()
+        session.config.stash[_watcher_key] = watcher
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    watcher = session.config.stash.get(_watcher_key, None)
+    if watcher is not None:
+        watcher.stop()
+    if hasattr(session.config, "workerinput"):
+        return
+    over = engine_starts.over_budget(engine_starts.read_starts(Path(os.environ[engine_starts.RECORD_FILE])))
+    session.config.stash[_over_key] = over
+    if over and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    record = Path(os.environ.get(engine_starts.RECORD_FILE, ""))
+    starts = engine_starts.read_starts(record) if record.name else []
+    if starts:
+        terminalreporter.write_sep("=", "real engine starts")
+        for line in engine_starts.summary_lines(starts):
+            terminalreporter.write_line(line)
+    for start in config.stash.get(_over_key, []):
+        terminalreporter.write_line(
+            f"FAILED engine start budget: {start.test} started an engine of its own (pid {start.pid}); use the "
+            f"shared engines (tests/support) or add its file to OWN_STARTS_ALLOWED with the reason", red=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and engine_starts.RECORD_FILE in os.environ:
+        Path(os.environ.pop(engine_starts.RECORD_FILE)).unlink(missing_ok=True)

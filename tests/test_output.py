@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from animllm_cli.output import Output
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "animllm_cli"
 # Rich's modules that draw on a terminal: only output.py may use them.

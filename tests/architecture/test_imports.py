@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.architecture.floors import breach, home
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "animllm_cli"
 SERVER_MODULES = {f"animllm_cli.gateway.{name}" for name in ("server", "app", "routes_openai", "routes_admin", "status")}

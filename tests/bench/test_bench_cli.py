@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.bench.gateways import bench_gateway
-from tests.helpers import run_cli
+from tests.support.gateways import bench_gateway
+from tests.support.helpers import run_cli
 
 FIELDS = {"completed", "failed", "errors", "duration_s", "input_tokens", "output_tokens", "request_throughput",
           "output_throughput", "total_token_throughput", "ttft_ms", "tpot_ms", "itl_ms", "e2el_ms", "good_requests",

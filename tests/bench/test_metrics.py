@@ -45,18 +45,25 @@ def test_failed_requests_do_not_count_in_the_latencies() -> None:
 
 
 def test_peak_vram_is_the_highest_sample_over_the_level() -> None:
-    import time
-
     from animllm_cli.bench.vram import PeakVram
     from animllm_cli.units import GIB
     from tests.fakes.nvml import FakeGpu, FakeNvml
+    from tests.support.waiting import wait_until
+
+    class CountedNvml(FakeNvml):
+        probes = 0
+
+        def nvmlInit(self) -> None:  # once per sample
+            self.probes += 1
+            super().nvmlInit()
 
     gpus = [FakeGpu(used=1 * GIB), FakeGpu(used=1 * GIB)]
-    with PeakVram(FakeNvml(gpus), every_s=0.01) as peak:
+    nvml = CountedNvml(gpus)
+    with PeakVram(nvml, every_s=0.01) as peak:
         for used in (3, 2):
-            time.sleep(0.1)
             gpus[0].used = used * GIB
-        time.sleep(0.1)
+            begun_after = nvml.probes + 2  # the next probe may have read the card already
+            wait_until(lambda: nvml.probes >= begun_after, 10, f"a sample with {used} GiB used")
     assert peak.bytes == 4 * GIB   # 3 GiB + 1 GiB, at the same sample
     with PeakVram(FakeNvml(missing=True)) as none:
         pass

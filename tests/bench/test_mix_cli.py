@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.bench.gateways import bench_gateway
-from tests.gateway.harness import fake_gateway_config
-from tests.helpers import run_cli, run_json
+from tests.support.gateways import bench_gateway
+from tests.support.gateways import fake_gateway_config
+from tests.support.helpers import run_cli, run_json
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 
 from animllm_cli.cli.bench_old_spellings import old_spellings
 from animllm_cli.errors import UsageError
-from tests.bench.saved_runs import saved_run
-from tests.gateway.harness import fake_gateway_config
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config
+from tests.support.helpers import run_cli
+from tests.support.saved_runs import saved_run
 
 
 @pytest.mark.parametrize("args, command, rewritten, warned", [

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.saved_runs import saved_run
-from tests.helpers import run_cli
+from tests.support.saved_runs import saved_run
+from tests.support.helpers import run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

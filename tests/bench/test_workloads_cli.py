@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.gateways import bench_gateway
-from tests.helpers import run_cli, run_json
+from tests.support.gateways import bench_gateway
+from tests.support.helpers import run_cli, run_json
 
 
 @pytest.fixture

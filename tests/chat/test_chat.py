@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
-from tests.helpers import free_port, run_cli
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.helpers import free_port, run_cli
 
 
 @pytest.fixture

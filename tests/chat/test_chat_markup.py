@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 ANSWER = "[/] [bold]x[/bold] [link=http://evil.example]y[/link] \\"
 ERROR = "no [/] such [bold]thing[/bold] [link=http://evil.example]click[/link]"

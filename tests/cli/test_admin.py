@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.helpers import run_cli
 
 
 @pytest.fixture
@@ -86,8 +86,9 @@ SECRET = "some-secret-value"
 def remote_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A gateway with `a` loaded and `r` served elsewhere: by a fake vLLM that asks a key,
     and by a URL where nothing listens."""
-    from tests.gateway.harness import remote_fake_vllm
-    from tests.helpers import free_port, wait_until
+    from tests.support.gateways import remote_fake_vllm
+    from tests.support.helpers import free_port
+    from tests.support.waiting import wait_until
 
     monkeypatch.setenv("SOMEVAR", SECRET)
     dead = f"http://127.0.0.1:{free_port()}"
@@ -98,7 +99,7 @@ def remote_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
         running = start_gateway(tmp_path, config)
         remote = running.gateway.upstreams.get("r")
-        assert wait_until(lambda: all(u.healthy is not None for u in remote.upstreams), 30)
+        wait_until(lambda: all(u.healthy is not None for u in remote.upstreams), 30, "the first health checks")
         yield running, url, dead
         running.stop()
 

@@ -18,8 +18,8 @@ import pytest
 from animllm_cli import paths
 from animllm_cli.config import load_config
 from animllm_cli.config.catalogue import Catalogue
-from tests.gateway.harness import fake_gateway_config, start_bound_s, start_gateway
-from tests.helpers import free_port, run_cli
+from tests.support.gateways import fake_gateway_config, start_bound_s, start_gateway
+from tests.support.helpers import free_port, run_cli
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from animllm_cli import __version__
-from tests.helpers import run_cli, run_json, write
+from tests.support.helpers import run_cli, run_json, write
 
 
 def test_version() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, write
+from tests.support.helpers import REPO_ROOT, write
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from gen_completions import FILES, scripts  # noqa: E402

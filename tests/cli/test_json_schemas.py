@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, remote_fake_vllm, start_gateway
-from tests.helpers import REPO_ROOT, free_port, run_cli, write, wait_until
+from tests.support.gateways import fake_gateway_config, remote_fake_vllm, start_gateway
+from tests.support.helpers import REPO_ROOT, free_port, run_cli, write
+from tests.support.waiting import wait_until
 
 REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?: (?P<key>[\w.]+))?(?:, plus (?P<extra>[\w, ]+))?$")
 
@@ -165,7 +166,7 @@ def gateway_with_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         upstream = {"urls": [url], "model": "there", "health_interval_s": 0.2}
         running = _gateway(tmp_path, monkeypatch, extra_models={"r": {"upstream": upstream, "tasks": ["remote"]}})
         remote = running.gateway.upstreams.get("r")
-        assert wait_until(lambda: remote.upstreams[0].healthy is not None, 30)
+        wait_until(lambda: remote.upstreams[0].healthy is not None, 30, "the first health check")
         yield running
         running.stop()
 
@@ -221,7 +222,7 @@ def test_bench_mix_json(gateway) -> None:
 
 
 def test_bench_compare_json(tmp_path: Path) -> None:
-    from tests.bench.saved_runs import saved_run
+    from tests.support.saved_runs import saved_run
 
     a, b = saved_run(tmp_path / "a.json"), saved_run(tmp_path / "b.json", slower=2.0, levels=(1, 4, 16))
     result = run_cli("bench-compare", str(a), str(b), "--json")

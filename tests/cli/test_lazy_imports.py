@@ -55,7 +55,7 @@ def test_top_help_loads_neither_http_nor_the_metrics_parser(tmp_path: Path) -> N
 
 def test_matplotlib_only_with_plot(tmp_path: Path) -> None:
     """bench-compare reads and prints two runs without the plotting stack; --plot loads it."""
-    from tests.bench.saved_runs import saved_run
+    from tests.support.saved_runs import saved_run
 
     saved = str(saved_run(tmp_path / "run.json"))
     plain = _imported(["bench-compare", saved, saved], tmp_path)

@@ -15,8 +15,9 @@ from typing import Iterator
 import pytest
 
 from tests.chat.test_chat_markup import ANSWER, server  # noqa: F401  (a fixture: an OpenAI server answering markup)
-from tests.gateway.harness import fake_gateway_config, start_gateway, stop_bound_s
-from tests.helpers import free_port, run_cli, wait_until, write
+from tests.support.gateways import fake_gateway_config, start_gateway, stop_bound_s
+from tests.support.helpers import free_port, run_cli, write
+from tests.support.waiting import wait_until
 
 MARK = "[bold]x[/]"  # as a path: the directories "[bold]x[" and "]"
 
@@ -55,7 +56,7 @@ def marked(isolated_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def saved_runs(directory: Path) -> list[str]:
-    from tests.bench.saved_runs import saved_run
+    from tests.support.saved_runs import saved_run
 
     directory.mkdir(parents=True)
     return [str(saved_run(directory / name)) for name in ("a.json", "b.json")]
@@ -101,7 +102,7 @@ def marked_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         running.stop()
         pytest.fail(f"the gateway did not load a: {running.events}")
     remote = running.gateway.upstreams.get("r")
-    assert wait_until(lambda: all(u.healthy is not None for u in remote.upstreams), 30)
+    wait_until(lambda: all(u.healthy is not None for u in remote.upstreams), 30, "the remote's first health check")
     yield url
     running.stop()
 
@@ -139,7 +140,7 @@ def test_serve_prints_the_url_literally(marked: Marked) -> None:
     serve = subprocess.Popen([sys.executable, "-m", "animllm_cli", "serve", "far", "--port", str(free_port())],
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
     try:
-        assert wait_until(lambda: serve.poll() is not None or _answers(serve.pid), 60)
+        wait_until(lambda: serve.poll() is not None or _answers(serve.pid), 60, "serve to answer or exit")
         serve.send_signal(signal.SIGTERM)
         _, stderr = serve.communicate(timeout=stop_bound_s(load_config(marked.config)))
     finally:

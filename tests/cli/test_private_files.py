@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from animllm_cli import paths
-from tests.helpers import free_port, run_cli
+from tests.support.helpers import free_port, run_cli
 
 
 def mode(path: Path) -> int:

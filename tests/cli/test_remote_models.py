@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, run_cli, run_json, write
+from tests.support.helpers import free_port, run_cli, run_json, write
 
 KEY = "sk-far-31d9a7"
 URLS = ["https://gpu-box.example:8443/v1", "http://10.0.0.5"]

@@ -19,8 +19,9 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
 from animllm_cli.runfile import EngineGroup, GatewayState, read_dead_state, read_state, state_path, write_state
-from tests.gateway.harness import fake_gateway_config, start_bound_s, stop_bound_s
-from tests.helpers import free_port, run_cli, wait_until
+from tests.support.gateways import fake_gateway_config, start_bound_s, stop_bound_s
+from tests.support.helpers import free_port, run_cli
+from tests.support.waiting import wait_until
 
 
 
@@ -44,8 +45,12 @@ def serve_ready(config: Path, port: int) -> tuple[subprocess.Popen, GatewayState
         except httpx.HTTPError:
             return False
 
-    if not wait_until(lambda: serve.poll() is not None or ready(), start_bound_s(load_config(config))):
+    try:
+        wait_until(lambda: serve.poll() is not None or ready(), start_bound_s(load_config(config)),
+                   "serve to be ready or to exit")
+    except AssertionError:
         serve.kill()
+        raise
     assert serve.poll() is None, serve.communicate()[1]
     return serve, read_state()
 
@@ -55,8 +60,8 @@ def kill_gateway_and_watchdog(state: GatewayState) -> EngineGroup:
     [group] = state.engines
     os.kill(group.watchdog_pid, signal.SIGKILL)
     os.kill(state.pid, signal.SIGKILL)
-    assert wait_until(lambda: not psutil.pid_exists(state.pid) or
-                      psutil.Process(state.pid).status() == psutil.STATUS_ZOMBIE, 10)
+    wait_until(lambda: not psutil.pid_exists(state.pid) or psutil.Process(state.pid).status() == psutil.STATUS_ZOMBIE,
+               10, "the killed gateway to be gone")
     assert processes.group_members(group.pgid), "the engine should have been left running"
     return group
 

@@ -12,7 +12,7 @@ from animllm_cli.cli.serve import _check_engine_commands
 from animllm_cli.config import load_config
 from animllm_cli.engine import python_env
 from animllm_cli.errors import ConfigError
-from tests.helpers import run_cli, write
+from tests.support.helpers import run_cli, write
 
 LATER_FLAG = "enable-log-requests"   # first in 0.10.1 (the tables); 0.9.0 has only --disable-log-requests
 

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from animllm_cli.runfile import GatewayState, read_state, state_path, write_state
-from tests.helpers import run_cli, wait_until
+from tests.support.helpers import run_cli
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def sleeper():
         procs.append(proc)
         # Until the child has exec'd, its command line is still pytest's (a loaded machine
         # shows that window): wait for its own, within the life it was given.
-        assert wait_until(lambda: "time.sleep(60)" in " ".join(psutil.Process(proc.pid).cmdline()), 60)
+        wait_until(lambda: "time.sleep(60)" in " ".join(psutil.Process(proc.pid).cmdline()), 60, "the stranger to run")
         return proc
 
     yield start

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from animllm_cli.config import load_config
 from animllm_cli.engine.command import build_engine_command, flag_args
-from tests.helpers import write
+from tests.support.helpers import write
 
 
 def _command(config: Path | None = None, model: str = "coder", **kwargs):

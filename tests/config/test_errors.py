@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli, write
+from tests.support.helpers import run_cli, write
 
 CASES = {
     "unknown key": (

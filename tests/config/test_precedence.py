@@ -9,7 +9,7 @@ import pytest
 
 from animllm_cli.config import Overrides, load_config
 from animllm_cli.errors import ConfigError
-from tests.helpers import SHIPPED_CONFIG, write
+from tests.support.helpers import SHIPPED_CONFIG, write
 
 
 def _setting(loaded, model: str, key: str):

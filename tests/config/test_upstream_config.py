@@ -10,7 +10,7 @@ import pytest
 
 from animllm_cli.config import Overrides, load_config
 from animllm_cli.errors import ConfigError
-from tests.helpers import write
+from tests.support.helpers import write
 
 
 def remote_file(tmp_path: Path, body: str, name: str = "animllm.yaml") -> Path:

@@ -12,9 +12,9 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.engine.command import build_engine_command
 from animllm_cli.engine.vllm_releases import tables
-from tests.config.argv_oracle import check_argv
+from tests.support.argv_oracle import check_argv
 from animllm_cli.errors import ConfigError
-from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG, run_cli, write
+from tests.support.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG, run_cli, write
 
 RELEASES = tables().releases
 FIRST, LAST = RELEASES[0], RELEASES[-1]
@@ -257,7 +257,7 @@ def test_the_table_file_is_exactly_what_the_script_writes() -> None:
     import importlib.util
 
     from animllm_cli.engine.vllm_releases import TABLE_PATH
-    from tests.helpers import REPO_ROOT
+    from tests.support.helpers import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("read_vllm_releases", REPO_ROOT / "scripts" / "read_vllm_releases.py")
     script = importlib.util.module_from_spec(spec)

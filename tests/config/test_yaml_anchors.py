@@ -9,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.helpers import run_cli, write
+from tests.support.helpers import run_cli, write
 
 
 def _laughs(levels: int = 6, width: int = 7) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
 from tests.doctor.conftest import GOOD_ENV
-from tests.helpers import REPO_ROOT, run_cli, write
+from tests.support.helpers import REPO_ROOT, run_cli, write
 
 SEED = str(REPO_ROOT / "configs" / "examples" / "seed-original.yaml")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from animllm_cli.engine.vllm_releases import tables
 from tests.doctor.conftest import GOOD_ENV
 from tests.doctor.test_doctor import doctor, status
-from tests.helpers import write
+from tests.support.helpers import write
 
 
 def _row(*args: str) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from animllm_cli.doctor import checks
 from animllm_cli.units import GIB
 from tests.doctor.test_doctor import doctor, status
-from tests.helpers import write
+from tests.support.helpers import write
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from animllm_cli.client.upstream import Probe, sends_key_in_clear
 from animllm_cli.config.schema import UpstreamSpec
 from animllm_cli.doctor.checks import FAIL, PASS, WARN, _judge_remote
 from tests.fakes.upstream import FakeUpstream
-from tests.helpers import free_port, run_cli, write
+from tests.support.helpers import free_port, run_cli, write
 
 KEY = "sk-upstream-7c1f0e"
 

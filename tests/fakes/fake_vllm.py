@@ -20,7 +20,7 @@ vLLM's arguments and behaves as FAKE_VLLM_MODE says:
   die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
   ignores-key      like ok, but answers /v1 without checking VLLM_API_KEY (an impostor on the port)
 
-Sleep mode, as the installed vLLM defines it (tests/engine/test_fake_sleep_routes.py reads
+Sleep mode, as the installed vLLM defines it (tests/real_engine/test_fake_sleep_routes.py reads
 vLLM's source to keep the two alike): with VLLM_SERVER_DEV_MODE=1 the development routes
 exist (POST /sleep?level=&mode=, POST /wake_up?tags=, GET /is_sleeping, POST
 /release_kv_cache_memory, POST /collective_rpc, POST /reset_prefix_cache); sleeping needs

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.gateway.harness import start_gateway
+from tests.support.gateways import start_gateway
 
 
 @pytest.fixture

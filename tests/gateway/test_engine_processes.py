@@ -20,7 +20,8 @@ from animllm_cli.gateway.pool import EnginePool, PoolClosing
 from animllm_cli.gateway.scheduler import Decision
 from animllm_cli.runfile import read_state
 from tests.fakes.nvml import FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.waiting import wait_until
 
 KILL_WAIT_S = 5.0  # what the product waits after SIGKILL
 
@@ -62,8 +63,8 @@ def test_shutdown_stops_an_engine_that_is_still_starting(tmp_path: Path) -> None
 
     async def scenario() -> EngineStartError:
         loading = asyncio.create_task(pool.switch(load("a")))
-        while not pool.engine_groups():  # launched: its process exists
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_until, pool.engine_groups, pool.loaded.config.engine.start_timeout_s,
+                                "the slow engine to be launched")  # its process exists
         engine = pool.engine
         started.append(time.monotonic())
         await pool.shutdown()

@@ -16,10 +16,12 @@ import httpx
 import pytest
 
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_gateway
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.helpers import run_cli
+from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+BOUND_S = 30  # the fake config's request_timeout_s: no state change here may take longer
 
 
 @pytest.fixture
@@ -113,10 +115,8 @@ def test_crash_mid_stream_ends_with_an_error_event_and_the_next_request_restarts
         events = sse_events(reply.text)
         assert "[DONE]" not in events
         assert "stopped mid-answer" in json.loads(events[-1])["error"]["message"]
-        deadline = time.monotonic() + 10
-        while client.get("/admin/status").json()["engine"]["state"] != "dead" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert client.get("/admin/status").json()["engine"]["state"] == "dead"
+        wait_until(lambda: client.get("/admin/status").json()["engine"]["state"] == "dead", BOUND_S,
+                   "the gateway to see the engine dead")
         again = client.post("/v1/chat/completions", json={"model": "a", **CHAT})  # non-streamed: no death
         assert again.status_code == 200
         assert client.get("/admin/status").json()["engine"]["state"] == "ready"
@@ -152,10 +152,8 @@ def test_stream_cut_by_the_total_bound_ends_with_an_error_event(gateway_factory)
     events = sse_events(reply.text)
     message = json.loads(events[-1])["error"]["message"]
     assert "[DONE]" not in events and "longer than total_timeout_s (1s)" in message
-    deadline = time.monotonic() + 5
-    while not gw.requests_seen() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gw.requests_seen()[-1]["gone"] is True  # the upstream was closed: vLLM stops generating
+    seen = wait_until(gw.requests_seen, BOUND_S, "the fake engine to log the request")
+    assert seen[-1]["gone"] is True  # the upstream was closed: vLLM stops generating
 
 
 def test_a_stalled_stream_is_cut_by_the_idle_bound(gateway_factory) -> None:
@@ -192,9 +190,7 @@ def _hold_stream(gw, seconds_per_chunk: float = 0.2, tokens: int = 50):
             client.post("/v1/chat/completions", json={"model": "a", "stream": True, **{**CHAT, "max_tokens": tokens}})
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
-    while gw.gateway.scheduler.in_flight == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: gw.gateway.scheduler.in_flight, BOUND_S, "the slow stream to hold a slot")
     return thread
 
 
@@ -222,9 +218,7 @@ def _fill_the_queue(gw):
 
     waiting = threading.Thread(target=wait_in_queue, daemon=True)
     waiting.start()
-    deadline = time.monotonic() + 5
-    while gw.gateway.scheduler.depth == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: gw.gateway.scheduler.depth, BOUND_S, "a request to wait in the queue")
     return holder, waiting
 
 
@@ -243,14 +237,9 @@ def test_client_leaving_the_queue(gateway_factory) -> None:
         body = json.dumps({"model": "a", **CHAT}).encode()
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
                      b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        deadline = time.monotonic() + 5
-        while gw.gateway.scheduler.depth == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: gw.gateway.scheduler.depth, BOUND_S, "the raw request to wait in the queue")
         assert gw.gateway.scheduler.depth == 1
-    deadline = time.monotonic() + 5
-    while gw.gateway.scheduler.depth and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert gw.gateway.scheduler.depth == 0
+    wait_until(lambda: gw.gateway.scheduler.depth == 0, BOUND_S, "the queue to drop the client that left")
 
 
 def test_client_leaving_mid_stream_closes_the_upstream(gateway_factory) -> None:
@@ -259,18 +248,18 @@ def test_client_leaving_mid_stream_closes_the_upstream(gateway_factory) -> None:
                                               json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 100}}) as reply:
         for _ in reply.iter_bytes():
             break
-    deadline = time.monotonic() + 5
-    while not gw.requests_seen() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    seen = gw.requests_seen()[-1]
+    seen = wait_until(gw.requests_seen, BOUND_S, "the fake engine to log the request")[-1]
     assert seen["gone"] is True and seen["chunks"] < 100
     assert gw.gateway.scheduler.in_flight == 0
 
 
-def wait_for_verdict(gw, check, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check(gw.gateway.verdict) and time.monotonic() < deadline:
-        time.sleep(0.05)
+def judged_afresh(gw) -> None:
+    """Until the admission watcher has judged the card wholly after this call (its verdict
+    replaced twice), with the engine's reservation measured."""
+    wait_until(lambda: gw.gateway.pool.reserved() is not None, BOUND_S, "the engine's reservation to be measured")
+    for _ in range(2):
+        before = gw.gateway.verdict
+        wait_until(lambda: gw.gateway.verdict is not before, BOUND_S, "the admission watcher's next verdict")
 
 
 def test_admission_counts_memory_outside_the_engines_reservation(gateway_factory) -> None:
@@ -281,11 +270,11 @@ def test_admission_counts_memory_outside_the_engines_reservation(gateway_factory
     gpu = FakeGpu(used=int(0.8 * GIB), graphics=[(1234, int(0.8 * GIB))], engine_bytes=int(14.4 * GIB))
     gw = gateway_factory(nvml=FakeNvml([gpu]))
     with gw.client() as client:
-        time.sleep(0.3)
+        judged_afresh(gw)
         reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
         assert reply.status_code == 200, reply.text                       # 95 % used, served
         gpu.used = gpu.graphics[0][1] + int(0.75 * GIB)                    # the desktop grows by 0.75 GiB
-        wait_for_verdict(gw, lambda v: v.residents is not None)
+        wait_until(lambda: gw.gateway.verdict.residents, BOUND_S, "the admission watcher to refuse the residents")
         refused = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
         assert "memory outside the engines' reservations is 1.55 GiB" in refused.json()["error"]["message"]
@@ -300,7 +289,7 @@ def test_admission_without_per_process_figures_uses_what_the_start_took(gateway_
     gpu = FakeGpu(used=int(0.8 * GIB), engine_bytes=int(14.4 * GIB), lists_processes=False)
     gw = gateway_factory(nvml=FakeNvml([gpu]))
     with gw.client() as client:
-        time.sleep(0.3)  # the admission watcher has judged the card with the engine ready
+        judged_afresh(gw)
         assert client.post("/v1/chat/completions", json={"model": "a", **CHAT}).status_code == 200
         assert gw.gateway.verdict.residents is None and gw.gateway.verdict.others is None
         switched = client.post("/v1/chat/completions", json={"model": "b", **CHAT})
@@ -322,7 +311,7 @@ def test_admission_refuses_everything_when_other_processes_fill_the_card(gateway
     gpu = FakeGpu(used=int(0.4 * GIB))
     gw = gateway_factory(nvml=FakeNvml([gpu]))
     gpu.used = int(15.5 * GIB)                                             # another program took the card
-    wait_for_verdict(gw, lambda v: v.others is not None)
+    wait_until(lambda: gw.gateway.verdict.others, BOUND_S, "the admission watcher to refuse other models")
     with gw.client() as client:
         for model in ("a", "b"):
             reply = client.post("/v1/chat/completions", json={"model": model, **CHAT})
@@ -331,7 +320,7 @@ def test_admission_refuses_everything_when_other_processes_fill_the_card(gateway
 
 def test_admission_refuses_on_a_full_kv_cache(gateway_factory) -> None:
     gw = gateway_factory(kv=0.97)
-    time.sleep(0.4)
+    wait_until(lambda: gw.gateway.verdict.kv, BOUND_S, "the admission watcher to read the full KV cache")
     with gw.client() as client:
         reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT})
     assert reply.status_code == 503 and "KV cache is 97% full" in reply.json()["error"]["message"]
@@ -424,13 +413,19 @@ def test_interleaved_requests_cost_one_switch_and_a_task_never_switches(tmp_path
             reply = client.post("/v1/chat/completions", json={"model": model, **CHAT})
             answers.append((model, reply.status_code, reply.json().get("model")))
 
+    def arrived(holder: threading.Thread) -> int:
+        """Requests waiting, running or answered, the holder's aside: in this order, each
+        one in before the next is sent (one leaving the count early only delays this)."""
+        scheduler = gw.gateway.scheduler
+        return scheduler.depth + scheduler.in_flight - holder.is_alive() + len(answers)
+
     try:
         holder = _hold_stream(gw, tokens=40)                 # a is busy for about 2 s
         threads = []
         for model in ["b", "a", "b", "a", "b", "a", "chat"]:  # strict arrival order would switch 6 times
             threads.append(threading.Thread(target=ask, args=(model,)))
             threads[-1].start()
-            time.sleep(0.05)
+            wait_until(lambda: arrived(holder) >= len(threads), BOUND_S, f"request {len(threads)} to arrive")
         queues = httpx.get(f"{gw.url}/admin/status").json()["queues"]
         for thread in threads:
             thread.join(timeout=60)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.harness import fake_gateway_config, start_gateway
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.waiting import wait_until
 
 CHAT = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -66,14 +67,10 @@ def test_a_non_streamed_request_whose_client_leaves_stops_generating(tmp_path: P
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            deadline = time.monotonic() + 10
-            while gw.gateway.scheduler.in_flight == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: gw.gateway.scheduler.in_flight, 10, "the raw request to take the slot")
         # the client is gone: the slot comes back and the engine stops, long before 20 s
-        deadline = time.monotonic() + 10
-        while (gw.gateway.scheduler.in_flight or not gw.requests_seen()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert gw.gateway.scheduler.in_flight == 0
+        wait_until(lambda: not gw.gateway.scheduler.in_flight and gw.requests_seen(), 10,
+                   "the slot back and the engine's log of the request")
         assert gw.requests_seen()[-1] == {"model": "a", "stream": False, "gone": True}
     finally:
         gw.stop()

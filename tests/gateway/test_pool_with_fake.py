@@ -5,7 +5,6 @@ CUDA_VISIBLE_DEVICES names, as a real card would show it."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -14,10 +13,12 @@ import pytest
 
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_bound_s, start_gateway
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config, start_bound_s, start_gateway
+from tests.support.helpers import run_cli
+from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+BOUND_S = 30  # the fake config's request_timeout_s: no state change here may take longer
 # 16 GiB, 0.4 GiB of desktop; at share 0.4 (6.4 GiB + 0.5 GiB of CUDA graphs planned) two
 # engines fit below the 95 % threshold and a third does not.
 TWO_FIT = {name: {"share": 0.4} for name in ("a", "b", "v")}
@@ -70,7 +71,7 @@ def test_two_models_that_fit_stay_loaded_and_a_third_evicts_the_least_recently_u
         resident = engines(client)
         assert set(resident) == {"a", "b"} and all(e["state"] == "ready" for e in resident.values())
         # measured by NVML per process: the share of the card, not the plan's estimate
-        wait_until(lambda: all(e["vram_bytes"] for e in engines(client).values()))
+        wait_until(lambda: all(e["vram_bytes"] for e in engines(client).values()), BOUND_S, "NVML figures for every engine")
         assert engines(client)["a"]["vram_bytes"] == int(16 * GIB * 0.4)
         ask(client, "v")                      # b was used before a: b goes
         report = gw.gateway.pool.last_switch
@@ -127,7 +128,7 @@ def test_keep_alive_unloads_an_idle_model(pool_gateway) -> None:
         status = engines(client)["b"]
         assert status["keep_alive_s"] == 1 and status["unload_in_s"] is not None
         assert engines(client)["a"]["unload_in_s"] is None  # a: keep_alive -1, forever
-        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive")
+        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive", BOUND_S, "the keep-alive unload")
         report = gw.gateway.pool.last_switch
         assert (report.to_model, report.evicted, report.reason) == (None, ["b"], "keep_alive")
         assert set(engines(client)) == {"a"}
@@ -135,7 +136,7 @@ def test_keep_alive_unloads_an_idle_model(pool_gateway) -> None:
 
 def test_preload_loads_each_model_beside_the_first(pool_gateway) -> None:
     gw = pool_gateway(preload=["b"])
-    wait_until(lambda: ("note", "preload: b") in [(k, str(t)[:10]) for k, t in gw.events])
+    wait_until(lambda: ("note", "preload: b") in [(k, str(t)[:10]) for k, t in gw.events], BOUND_S, "the preload note")
     with gw.client() as client:
         assert set(engines(client)) == {"a", "b"}
     assert loads(gw) == ["a", "b"]
@@ -186,15 +187,6 @@ def test_a_stream_whose_load_fails_ends_with_an_error_event(pool_gateway, tmp_pa
     assert reply.status_code == 200 and events and "could not be loaded" in events[-1]["error"]["message"]
 
 
-def wait_until(condition, bound_s: float = 30) -> None:
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_chat_shows_what_a_request_waits_for(pool_gateway, monkeypatch) -> None:
     """`chat -p` to a model that must be loaded: the waits go to stderr, the answer to stdout."""
     gw = pool_gateway(models={name: {"share": 0.8} for name in ("a", "b", "v")}, mode="slow", after=2)
@@ -211,7 +203,8 @@ def test_metrics_carry_each_engines_vram_and_their_own_metrics_once_per_family(p
     gw = pool_gateway()
     with gw.client() as client:
         ask(client, "b")
-        wait_until(lambda: 'animllm_engine_vram_peak_bytes{model="b"}' in client.get("/metrics").text)
+        wait_until(lambda: 'animllm_engine_vram_peak_bytes{model="b"}' in client.get("/metrics").text, BOUND_S,
+                   "b's peak in /metrics")
         text = client.get("/metrics").text
     families = [f.name for f in text_string_to_metric_families(text)]
     assert len(families) == len(set(families))
@@ -239,7 +232,7 @@ def test_tensor_parallel_across_two_gpus_and_keep_alive_zero(pool_gateway) -> No
         ask(client, "v")
         placed = gw.gateway.pool.switches[-1]
         assert (placed.to_model, placed.gpus, placed.evicted) == ("v", [0, 1], [])
-        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive")
+        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive", BOUND_S, "the keep-alive unload")
         assert gw.gateway.pool.last_switch.evicted == ["v"] and set(engines(client)) == {"a"}
     from animllm_cli.engine.command import build_engine_command
 
@@ -253,7 +246,7 @@ def test_cuda_visible_devices_names_every_gpu_of_a_tensor_parallel_engine(pool_g
     with gw.client() as client:
         ask(client, "v")
         assert visible_devices(gw, "v") == "0,1" and engines(client)["v"]["gpus"] == [0, 1]
-        wait_until(lambda: engines(client)["v"]["vram_bytes"] is not None)
+        wait_until(lambda: engines(client)["v"]["vram_bytes"] is not None, BOUND_S, "v's NVML figure")
         assert engines(client)["v"]["vram_bytes"] == 2 * int(16 * GIB * 0.4)   # its share of each GPU
 
 

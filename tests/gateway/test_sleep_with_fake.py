@@ -15,9 +15,10 @@ import pytest
 from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_bound_s, start_gateway
-from tests.gateway.test_pool_with_fake import CHAT, ask, engines, wait_until
-from tests.helpers import run_cli
+from tests.support.gateways import fake_gateway_config, start_bound_s, start_gateway
+from tests.gateway.test_pool_with_fake import BOUND_S, CHAT, ask, engines
+from tests.support.waiting import wait_until
+from tests.support.helpers import run_cli
 
 # One awake at a time on the 16 GiB card (0.75 x 16 GiB + 0.5 GiB of CUDA graphs), beside
 # up to two sleepers (each keeps 0.5 GiB; the plan counts 1 GiB until NVML has measured one).
@@ -66,7 +67,8 @@ def test_an_evicted_model_sleeps_and_a_request_wakes_the_same_engine(sleepy_gate
         assert ask(client, "b")["model"] == "b"
         report = pool.last_switch
         assert (report.evicted, report.slept, report.load_kind) == (["a"], ["a"], "cold")
-        wait_until(lambda: engines(client)["a"]["vram_bytes"] == int(0.5 * GIB))  # NVML: what the sleeper keeps
+        wait_until(lambda: engines(client)["a"]["vram_bytes"] == int(0.5 * GIB), BOUND_S,  # NVML: what the sleeper keeps
+                   "the sleeper's NVML figure")
         asleep = engines(client)["a"]
         assert (asleep["state"], asleep["sleep_level"], asleep["host_bytes"]) == ("sleeping", 1, WEIGHTS_A)
         assert ask(client, "a")["model"] == "a"
@@ -271,7 +273,8 @@ def test_keep_alive_sends_an_idle_model_to_sleep_and_max_engines_counts_the_awak
         ask(client, "v")
         ask(client, "b")
         assert {m: e["state"] for m, e in engines(client).items()} == {"a": "sleeping", "v": "sleeping", "b": "ready"}
-        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive")   # idle for its keep_alive
+        wait_until(lambda: gw.gateway.pool.last_switch.reason == "keep_alive", BOUND_S,  # idle for its keep_alive
+                   "the keep-alive unload")
         report = gw.gateway.pool.last_switch
         assert engines(client)["b"]["state"] == "sleeping"
         assert (report.reason, report.to_model, report.slept) == ("keep_alive", None, ["b"])

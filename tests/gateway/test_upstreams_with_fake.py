@@ -5,7 +5,6 @@ failover (only while nothing reached the client), health in and out of rotation.
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,12 @@ import pytest
 import trustme
 
 from tests.fakes.upstream import FakeUpstream
-from tests.helpers import REPO_ROOT, write
+from tests.support.helpers import REPO_ROOT, write
+from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+CHECK_BOUND_S = 10  # a health check or a dispatch to a fake that answers in milliseconds
 
 
 def upstream_config(tmp_path: Path, remotes: dict[str, dict[str, Any]], *, local: bool = True,
@@ -50,15 +52,6 @@ def remote_status(gw: Any, model: str, **kwargs: Any) -> dict:
     with gw.client(**kwargs) as client:
         status = client.get("/admin/status").json()
     return next(r for r in status["remotes"] if r["model"] == model)
-
-
-def wait_until(check, what: str, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_local_and_remote_models_through_one_gateway(tmp_path, upstream_servers, gateways, monkeypatch) -> None:
@@ -114,7 +107,8 @@ def test_a_redirect_is_never_followed_so_no_key_leaves_for_another_host(tmp_path
     assert answer.status_code == 503
     assert "HTTP 307" in answer.json()["error"]["message"] and "never follows a redirect" in answer.json()["error"]["message"]
     assert elsewhere.seen == []  # neither the health check nor the request went there
-    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is False, "the redirect to take it out")
+    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is False, CHECK_BOUND_S,
+               "the redirect to take it out")
     assert "redirect" in remote_status(gw, "r")["upstreams"][0]["problem"]
 
 
@@ -182,14 +176,18 @@ def test_requests_go_to_the_url_with_the_fewest_outstanding(tmp_path, upstream_s
     gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [slow.url, fast.url], "model": "there"}}},
                                  local=False), model="r")
 
-    def one(index: int) -> str:
-        time.sleep(index * 0.1)  # arriving one after another while the slow server still answers
+    def one() -> str:
         with gw.client() as client:
             answer = client.post("/v1/chat/completions", json={"model": "r", "stream": True, **CHAT})
         return json.loads(sse_data(answer.text)[0])["upstream"]
 
+    upstreams = gw.gateway.upstreams.get("r").upstreams
     with ThreadPoolExecutor(8) as pool:
-        served = list(pool.map(one, range(8)))
+        answers = []
+        for index in range(8):  # arriving one after another while the slow server still answers
+            answers.append(pool.submit(one))
+            wait_until(lambda: sum(u.sent for u in upstreams) > index, CHECK_BOUND_S, f"request {index} to be sent")
+        served = [answer.result() for answer in answers]
     # Round robin would give each four; the slow one holds its first request ~1.5 s meanwhile.
     assert served.count("fast") >= 6 and served.count("slow") >= 1, served
 
@@ -198,13 +196,15 @@ def test_an_unhealthy_url_leaves_rotation_and_comes_back(tmp_path, upstream_serv
     flaky, steady = serve(upstream_servers, "flaky", mode="503"), serve(upstream_servers, "steady")
     gw = gateways(upstream_config(tmp_path, {"r": {"upstream": {"urls": [flaky.url, steady.url], "model": "there"}}},
                                  local=False), model="r")
-    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is False, "the health check to fail")
+    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is False, CHECK_BOUND_S,
+               "the health check to fail")
     with gw.client() as client:
         for _ in range(4):
             assert client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"] == "steady"
     assert "/v1/chat/completions" not in flaky.paths_seen()  # out of rotation: not even tried
     flaky.mode = "ok"
-    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is True, "the health check to pass")
+    wait_until(lambda: remote_status(gw, "r")["upstreams"][0]["healthy"] is True, CHECK_BOUND_S,
+               "the health check to pass")
     with gw.client() as client:
         served = {client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"]
                   for _ in range(4)}
@@ -296,5 +296,5 @@ def test_a_remote_model_is_served_with_switch_on_demand_off_and_preloading_it_lo
     gw = gateways(config, preload=["r"])  # as `serve a --preload r`
     with gw.client() as client:
         assert client.post("/v1/chat/completions", json={"model": "r", **CHAT}).json()["upstream"] == "one"
-    wait_until(lambda: any(kind == "note" for kind, _ in gw.events), "the preload note")
+    wait_until(lambda: any(kind == "note" for kind, _ in gw.events), CHECK_BOUND_S, "the preload note")
     assert ("note", "preload: r is served elsewhere: nothing to load") in gw.events

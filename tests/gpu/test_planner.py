@@ -10,7 +10,7 @@ from pathlib import Path
 from animllm_cli.config import Overrides, load_config
 from animllm_cli.gpu.model_facts import facts_for, safetensors_bytes
 from animllm_cli.gpu.planner import GIB, plan_models
-from tests.helpers import REPO_ROOT, run_cli, write
+from tests.support.helpers import REPO_ROOT, run_cli, write
 
 SEED = str(REPO_ROOT / "configs" / "examples" / "seed-original.yaml")
 

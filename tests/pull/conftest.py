@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from tests.fakes.hub import FakeHub
-from tests.helpers import free_port, write
+from tests.support.helpers import free_port, write
 
 HF_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT",
                 "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH", "VLLM_USE_MODELSCOPE")

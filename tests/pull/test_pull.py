@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.hub import FakeHub
-from tests.helpers import free_port, run_cli, write
+from tests.support.helpers import free_port, run_cli, write
 from tests.pull.conftest import snapshot_of
 
 

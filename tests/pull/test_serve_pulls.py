@@ -9,7 +9,7 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.pull import PullProgress, ensure_present
 from tests.fakes.hub import FakeHub
-from tests.helpers import free_port, run_cli
+from tests.support.helpers import free_port, run_cli
 
 
 class Recorder(PullProgress):
@@ -79,7 +79,7 @@ def test_serve_of_a_missing_repo_stops_before_starting(config: Path, hub: FakeHu
 
 def test_switch_pulls_a_missing_model_before_the_gateway_loads_it(tmp_path: Path, hub: FakeHub, tiny_models,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.gateway.harness import fake_gateway_config, start_gateway
+    from tests.support.gateways import fake_gateway_config, start_gateway
 
     hub.add("org/model-b", "main", tiny_models["tiny-b"])  # b's source in the fake gateway's config
     config = fake_gateway_config(tmp_path, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url,

@@ -8,7 +8,7 @@ import importlib.util
 from pathlib import Path
 
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 
 def load_gpu_check():

@@ -23,8 +23,8 @@ from typing import Iterator
 import pytest
 
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import fake_gateway_config, start_gateway
-from tests.helpers import REPO_ROOT, run_cli
+from tests.support.gateways import fake_gateway_config, start_gateway
+from tests.support.helpers import REPO_ROOT, run_cli
 
 # A fresh interpreter imports the CLI before it draws: generous on a loaded 2-core machine.
 START_BOUND_S = 60

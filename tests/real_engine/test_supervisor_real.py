@@ -15,7 +15,8 @@ import pytest
 from animllm_cli.config import Overrides, load_config
 from animllm_cli.engine import processes
 from animllm_cli.engine.supervisor import EngineStartError, State, launch
-from tests.helpers import tiny_config
+from tests.support.helpers import tiny_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -56,10 +57,8 @@ def test_sigkill_of_the_api_server_is_noticed_and_stop_removes_the_orphans(tiny_
     others = engine.pids() - {engine.pid}
     assert others, "expected EngineCore and workers beside the API server"
     os.kill(engine.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while engine.state is not State.DEAD and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert engine.state is State.DEAD and deaths and "exited with code -9" in deaths[0]
+    wait_until(lambda: engine.state is State.DEAD, 30, "the supervisor to see its engine dead")
+    assert deaths and "exited with code -9" in deaths[0]
     stop = engine.stop()
     assert stop.left == []
     assert processes.group_members(engine.pid) == set()

@@ -5,7 +5,6 @@ Each case ends in the right error, and nothing is left running."""
 from __future__ import annotations
 
 import _thread
-import json
 import os
 import subprocess
 import sys
@@ -19,41 +18,14 @@ import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
-from animllm_cli.engine.supervisor import Engine, EngineStartError, State, launch
+from animllm_cli.engine.supervisor import EngineStartError, State, launch
 from animllm_cli.errors import AnimllmError
 from tests.fakes.nvml import GIB, FakeGpu, FakeNvml
-from tests.helpers import REPO_ROOT, write
+from tests.support.fake_engines import FAST, assert_nothing_left, fake_config, fake_engine
+from tests.support.helpers import REPO_ROOT, write
+from tests.support.waiting import wait_until
 
-FAST = {"stall_timeout_s": 3, "start_timeout_s": 30, "stop_grace_s": 2, "health_interval_s": 0.2,
-        "health_failures": 3}
-
-
-def fake_config(tmp_path: Path, mode: str, after: float = 1, **engine: object) -> Path:
-    settings = {**FAST, **engine, "module": "tests.fakes.fake_vllm"}
-    return write(tmp_path / "fake.yaml", f"""
-        inherit_defaults: false
-        engine: {json.dumps(settings)}
-        env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_MODE: {mode}, FAKE_VLLM_AFTER: "{after}"}}
-        profiles: {{p: {{max_model_len: 1024}}}}
-        models: {{fake: {{source: org/fake-model, profile: p, aliases: [f]}}}}
-    """)
-
-
-def fake_engine(tmp_path: Path, mode: str, after: float = 1, nvml: FakeNvml | None = None, **engine: object) -> Engine:
-    loaded = load_config(fake_config(tmp_path, mode, after, **engine))
-    deaths: list[str] = []
-    result = launch(loaded, "fake", log_dir=tmp_path / "logs", nvml_module=nvml or FakeNvml(missing=True),
-                    on_dead=lambda eng, reason: deaths.append(reason))
-    result.deaths = deaths  # type: ignore[attr-defined]
-    return result
-
-
-def assert_nothing_left(engine: Engine) -> None:
-    assert engine.pid is not None
-    assert processes.group_members(engine.pid) == set()
-    assert processes.living(engine._known) == set()
-
-
+DEATH_BOUND_S = 10  # FAST's health checks notice a death within a second
 def test_start_ready_and_stop(tmp_path: Path) -> None:
     engine = fake_engine(tmp_path, "fork-ready")
     seen = []
@@ -145,19 +117,10 @@ def test_grandchild_holding_the_pipe_neither_hides_the_crash_nor_survives(tmp_pa
     assert_nothing_left(engine)
 
 
-def _wait_for(predicate, timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_exit_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
     engine = fake_engine(tmp_path, "die-after-ready", after=0.5)
     engine.start()
-    assert _wait_for(lambda: engine.state is State.DEAD)
+    wait_until(lambda: engine.state is State.DEAD, DEATH_BOUND_S, "the engine to be seen dead")
     assert engine.deaths == ["the engine process exited with code 3"]
     assert engine.stop().left == []
     assert_nothing_left(engine)
@@ -166,7 +129,7 @@ def test_exit_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
 def test_failing_health_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
     engine = fake_engine(tmp_path, "sick-after-ready", after=0.3)
     engine.start()
-    assert _wait_for(lambda: engine.state is State.DEAD)
+    wait_until(lambda: engine.state is State.DEAD, DEATH_BOUND_S, "the engine to be seen dead")
     assert engine.deaths == ["/health failed 3 times in a row"]
     engine.stop()
     assert_nothing_left(engine)

@@ -1,4 +1,6 @@
-"""A real gateway (uvicorn + the app) in a background thread, driving fake engines."""
+"""A real gateway (uvicorn + the app) in a background thread, driving fake engines (or,
+for the engine tier, real ones); a fake vLLM run on its own as a remote server; the
+bounds the product gives an engine start and stop."""
 
 from __future__ import annotations
 
@@ -10,16 +12,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.gateway import server as gateway_server
-from tests.helpers import REPO_ROOT, free_port, write
+from tests.support.helpers import REPO_ROOT, free_port, write
+from tests.support.waiting import wait_until
 
 
 def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, chunk_delay: float = 0,
@@ -58,19 +61,19 @@ REMOTE_START_BOUND_S = 60  # the fake starts in ~0.3 s after its imports; a load
 
 
 @contextlib.contextmanager
-def remote_fake_vllm(tmp_path: Path, *, served_name: str, key: str | None = None,
-                     env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def remote_fake_vllm(tmp_path: Path, *, served_name: str, key: str | None = None, env: dict[str, str] | None = None,
+                     args: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen]]:
     """A fake vLLM started on its own, playing a server on another machine (a model's
     `upstream`): yields its base URL (http://127.0.0.1:PORT, no `/v1`) and the process,
     once its /health answers. `key`: the Bearer key its /v1 routes ask (VLLM_API_KEY);
-    `env`: more FAKE_VLLM_* knobs. Its output goes to tmp_path/remote-<served_name>.log;
+    `env`: more FAKE_VLLM_* knobs; `args`: more of its command line. Its output goes to tmp_path/remote-<served_name>.log;
     its whole process group is killed on exit."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if k != "VLLM_API_KEY" and not k.startswith("FAKE_VLLM_")}
     environ.update({"PYTHONPATH": str(REPO_ROOT), **({"VLLM_API_KEY": key} if key else {}), **(env or {})})
     log = (tmp_path / f"remote-{served_name}.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "tests.fakes.fake_vllm", "--model", f"org/{served_name}",
-                                "--port", str(port), "--served-model-name", served_name],
+                                "--port", str(port), "--served-model-name", served_name, *args],
                                env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -84,13 +87,13 @@ def remote_fake_vllm(tmp_path: Path, *, served_name: str, key: str | None = None
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + REMOTE_START_BOUND_S
-    while time.monotonic() < deadline and process.poll() is None:
+    def healthy_or_exited() -> bool:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"the remote fake vLLM at {url} did not become healthy:\n{log.read_text()}")
+            return process.poll() is not None or httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return False
+
+    wait_until(healthy_or_exited, REMOTE_START_BOUND_S, f"the remote fake vLLM at {url} to answer /health")
+    assert process.poll() is None, f"the remote fake vLLM at {url} exited:\n{log.read_text()}"
 
 
 def stop_bound_s(loaded: Any) -> float:
@@ -125,12 +128,8 @@ class RunningGateway:
     def wait_ready(self) -> None:
         """Until the first load is ready or failed: the gateway's own start bound decides
         which, so this waits as long as the product would, never on this machine's speed."""
-        deadline = time.monotonic() + start_bound_s(self.gateway.loaded)
-        while time.monotonic() < deadline:
-            if any(kind in ("ready", "failed") for kind, _ in self.events):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"gateway not ready: {self.events}")
+        wait_until(lambda: any(kind in ("ready", "failed") for kind, _ in self.events),
+                   start_bound_s(self.gateway.loaded), "the gateway's first load to be ready or failed")
 
     @contextlib.contextmanager
     def one_waiting(self, busy: str, waiting: str) -> Iterator[None]:
@@ -161,9 +160,11 @@ class RunningGateway:
 
 def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | None = None, host: str = "127.0.0.1",
                   nvml: Any = None, wait: bool = True, preload: list[str] | None = None,
-                  engine_env: Any = None, host_available: Any = None) -> RunningGateway:
+                  engine_env: Any = None, host_available: Any = None, state_file: bool = True) -> RunningGateway:
     """`engine_env` (a PythonEnv): what the engine's Python is said to have (a CUDA build
-    of vLLM lets the fake engines sleep); `host_available`: the host RAM free, in bytes."""
+    of vLLM lets the fake engines sleep); `host_available`: the host RAM free, in bytes;
+    `state_file`: write the state file in the state dir of the moment (a gateway that
+    outlives one test writes none: each test that uses it writes its own)."""
     from tests.fakes.nvml import FakeNvml
 
     loaded = load_config(config)
@@ -176,15 +177,28 @@ def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | 
     server, gateway = gateway_server.build(loaded, model=model, host=host, port=port, key=key, hooks=hooks,
                                            preload=preload, engine_env=engine_env, host_available=host_available,
                                            nvml_module=nvml or FakeNvml(missing=True), log_dir=tmp_path / "logs",
-                                           exit_on_failed_load=False)
+                                           exit_on_failed_load=False, write_state_file=state_file)
     gateway.admission_interval_s = 0.1
     loop = asyncio.new_event_loop()  # kept, so that tests can run coroutines on the gateway's loop
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
     running = RunningGateway(f"http://127.0.0.1:{port}", gateway, server, thread, loop, tmp_path, events)
-    deadline = time.monotonic() + start_bound_s(loaded)
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), start_bound_s(loaded), "the gateway to listen")
     if wait:
         running.wait_ready()
     return running
+
+
+@contextlib.contextmanager
+def bench_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expectations: str,
+                  **config: Any) -> Iterator[RunningGateway]:
+    """The gateway bench's tests run against: fake engines (paced at 2 ms a chunk), the
+    config's expectations for profile p, and ANIMLLM_CONFIG pointing at it."""
+    path = fake_gateway_config(tmp_path, chunk_delay=0.002, **config)
+    path.write_text(path.read_text() + f"expectations: {{p: {expectations}}}\n")
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(path))
+    running = start_gateway(tmp_path, path)
+    try:
+        yield running
+    finally:
+        running.stop()

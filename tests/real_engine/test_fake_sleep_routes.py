@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
 
 from animllm_cli.engine import sleep
 from tests.fakes import fake_vllm
-from tests.helpers import REPO_ROOT, free_port
+from tests.support.gateways import remote_fake_vllm
 
 pytestmark = pytest.mark.engine
 
@@ -163,22 +160,10 @@ def test_sleep_takes_the_same_query_parameters(routes) -> None:
 
 
 @pytest.fixture(scope="module")
-def fake_engine():
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "VLLM_SERVER_DEV_MODE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.fake_vllm", "--model", "m", "--port", str(port),
-                             "--enable-sleep-mode"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def fake_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with remote_fake_vllm(tmp_path_factory.mktemp("fake-engine"), served_name="m", env={"VLLM_SERVER_DEV_MODE": "1"},
+                          args=("--enable-sleep-mode",)) as (url, _):
+        yield url
 
 
 def test_the_fake_answers_with_the_keys_vllm_answers_with(routes, fake_engine) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 pytestmark = pytest.mark.engine
 

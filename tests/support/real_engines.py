@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -16,9 +15,12 @@ import pytest
 
 from animllm_cli.config.schema import EngineSection
 from animllm_cli.engine import processes
+from tests.support.waiting import wait_until
 
 # The product's own bound for an engine start: never wait on this machine's speed.
 START_TIMEOUT_S = EngineSection().start_timeout_s
+# Asks the installed vLLM's own parser about command lines (run as a script: it imports vLLM).
+VLLM_ARGV_CHECK = Path(__file__).with_name("vllm_argv_check.py")
 
 
 def stop_group(pgid: int, grace_s: float = 30) -> None:
@@ -29,17 +31,18 @@ def stop_group(pgid: int, grace_s: float = 30) -> None:
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM exited with {proc.returncode} during start:\n{log.read_text()[-4000:]}")
+    def healthy_or_exited() -> bool:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
+            return proc.poll() is not None or httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"vLLM not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+            return False
+
+    try:
+        wait_until(healthy_or_exited, START_TIMEOUT_S, f"vLLM on port {port} to answer /health")
+    except AssertionError as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()[-4000:]}")
+    if proc.poll() is not None:
+        pytest.fail(f"vLLM exited with {proc.returncode} during start:\n{log.read_text()[-4000:]}")
 
 
 @contextlib.contextmanager

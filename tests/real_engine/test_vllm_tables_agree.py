@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -18,17 +17,17 @@ import pytest
 from animllm_cli.config import load_config, schema
 from animllm_cli.engine.command import build_engine_command, flag_args
 from animllm_cli.engine.vllm_releases import spell, tables, unknown_quantization
-from tests.config.argv_oracle import check_argv
-from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
+from tests.support.argv_oracle import check_argv
+from tests.support.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
+from tests.support.real_engines import VLLM_ARGV_CHECK
 
 pytestmark = pytest.mark.vllm
-CHECKER = Path(__file__).with_name("vllm_argv_check.py")
 DICT_TEXT = {"json": '{"image":4}', "kv": "image=4"}
 NARGS = {"none": {0}, "one": {None, 1}, "optional": {"?"}, "many": {"+", "*"}}
 
 
 def _checker(*flags: str, argvs: list[list[str]] | None = None):
-    result = subprocess.run([sys.executable, str(CHECKER), *flags], input=json.dumps(argvs or []),
+    result = subprocess.run([sys.executable, str(VLLM_ARGV_CHECK), *flags], input=json.dumps(argvs or []),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

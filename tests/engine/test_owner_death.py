@@ -18,8 +18,9 @@ import pytest
 from animllm_cli.config import load_config
 from animllm_cli.engine import launcher, processes
 from animllm_cli.engine.supervisor import EngineStartError, State
-from tests.engine_fake.test_supervisor_with_fake import assert_nothing_left, fake_config, fake_engine
-from tests.helpers import REPO_ROOT, wait_until
+from tests.support.fake_engines import assert_nothing_left, fake_config, fake_engine
+from tests.support.helpers import REPO_ROOT
+from tests.support.waiting import wait_until
 
 KILL_WAIT_S = launcher.KILL_WAIT_S  # what the product waits after SIGKILL
 
@@ -59,9 +60,9 @@ def test_engine_group_dies_when_its_owner_is_killed(tmp_path: Path, mode: str) -
         assert processes.group_members(pgid), "the engine should be running"
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        assert wait_until(lambda: not processes.group_members(pgid), teardown_bound_s(config)), \
-            f"engine processes outlived their owner: {processes.group_members(pgid)}"
-        assert wait_until(lambda: gone(watchdog), teardown_bound_s(config)), "the watchdog outlived the engine"
+        wait_until(lambda: not processes.group_members(pgid), teardown_bound_s(config),
+                   "the engine's processes to end with their owner")
+        wait_until(lambda: gone(watchdog), teardown_bound_s(config), "the watchdog to end with the engine")
     finally:
         owner.kill()
         owner.wait()
@@ -75,7 +76,7 @@ def test_the_watchdog_is_not_an_engine_process_and_leaves_after_a_stop(tmp_path:
     assert engine.watchdog_pid not in engine.pids()  # neither in the group nor in the tree
     assert watchdog.cmdline()[-len(engine.command.argv):] == engine.command.argv
     assert engine.stop().left == []
-    assert wait_until(lambda: gone(watchdog.pid), launcher.PROBE_S + 1)
+    wait_until(lambda: gone(watchdog.pid), launcher.PROBE_S + 1, "the watchdog to leave")
     assert_nothing_left(engine)
 
 
@@ -83,8 +84,8 @@ def test_the_watchdog_leaves_when_the_engine_dies_on_its_own(tmp_path: Path) -> 
     """It must not outlive the engine's group: that group id may be reused by a stranger."""
     engine = fake_engine(tmp_path, "die-after-ready", after=3)
     engine.start()
-    assert wait_until(lambda: engine.state is State.DEAD, 10)
-    assert wait_until(lambda: gone(engine.watchdog_pid), launcher.PROBE_S + 1)
+    wait_until(lambda: engine.state is State.DEAD, 10, "the engine to be seen dead")
+    wait_until(lambda: gone(engine.watchdog_pid), launcher.PROBE_S + 1, "the watchdog to leave")
     engine.stop()
 
 
@@ -103,10 +104,10 @@ def test_hung_engine_declared_dead_is_stopped_at_once(tmp_path: Path) -> None:
     engine.start()
     settings = engine.settings
     probe_s = settings.health_interval_s + min(5.0, settings.health_interval_s * 2)  # interval + probe timeout
-    assert wait_until(lambda: engine.state is State.DEAD, 0.5 + settings.health_failures * probe_s + 5)
+    wait_until(lambda: engine.state is State.DEAD, 0.5 + settings.health_failures * probe_s + 5, "the hung engine to be seen dead")
     assert engine.deaths == ["/health failed 3 times in a row"]
-    assert wait_until(lambda: not processes.group_members(engine.pid),
-                      settings.stop_grace_s + KILL_WAIT_S + 1), "the dead engine is still running"
+    wait_until(lambda: not processes.group_members(engine.pid), settings.stop_grace_s + KILL_WAIT_S + 1,
+               "the dead engine's processes to end")
     assert engine.state is State.DEAD  # still reported as dead, with its reason
     assert engine.stop().left == []
     assert_nothing_left(engine)

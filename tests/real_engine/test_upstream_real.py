@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from animllm_cli.engine import processes
-from tests.engine.running import stop_group, wait_healthy
-from tests.gateway.harness import start_bound_s, start_gateway
-from tests.helpers import free_port, tiny_config, write
+from tests.support.real_engines import stop_group, wait_healthy
+from tests.support.gateways import start_bound_s, start_gateway
+from tests.support.helpers import free_port, tiny_config, write
 
 pytestmark = pytest.mark.engine
 REMOTE_KEY, GATEWAY_KEY = "key-of-the-remote-vllm", "key-of-the-remote-gateway"

@@ -17,8 +17,8 @@ import pytest
 
 from animllm_cli.engine import processes
 from animllm_cli.config import load_config
-from tests.gateway.harness import start_bound_s, start_gateway
-from tests.helpers import free_port, tiny_config
+from tests.support.gateways import start_bound_s, start_gateway
+from tests.support.helpers import free_port, tiny_config
 
 pytestmark = pytest.mark.engine
 

@@ -5,7 +5,6 @@ third must evict one. One gateway through every step (each engine start costs 20
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -15,8 +14,9 @@ import pytest
 from animllm_cli.runfile import read_state
 from animllm_cli.units import GIB
 from tests.fakes.nvml import FakeGpu, FakeNvml
-from tests.gateway.harness import start_bound_s, start_gateway, stop_bound_s
-from tests.helpers import run_cli, tiny_config, write
+from tests.support.gateways import start_bound_s, start_gateway, stop_bound_s
+from tests.support.helpers import run_cli, tiny_config, write
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -53,9 +53,8 @@ def test_two_tiny_models_stay_resident_and_a_third_evicts_the_least_recently_use
     gw.gateway.loading_comment_s = 1.0
     try:
         # preload: tiny-b loads beside tiny-a
-        deadline = time.monotonic() + start_bound_s(gw.gateway.loaded)
-        while not any(kind == "note" for kind, _ in gw.events) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: any(kind == "note" for kind, _ in gw.events), start_bound_s(gw.gateway.loaded),
+                   "tiny-b's preload")
         assert [text for kind, text in gw.events if kind == "note"][0].startswith("preload: tiny-b ready")
         assert loads(gw) == [("tiny-a", []), ("tiny-b", [])]
 
@@ -99,9 +98,7 @@ def test_two_tiny_models_stay_resident_and_a_third_evicts_the_least_recently_use
 
         # keep-alive: tiny-c idle past its keep_alive is unloaded
         gw.gateway.loaded.config.models["tiny-c"].keep_alive = 1
-        deadline = time.monotonic() + 1 + stop_bound_s(gw.gateway.loaded)
-        while "tiny-c" in ps() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_until(lambda: "tiny-c" not in ps(), 1 + stop_bound_s(gw.gateway.loaded), "tiny-c's keep-alive unload")
         assert set(ps()) == {"tiny-b"} and loads(gw)[-1] == (None, ["tiny-c"])
         assert gw.gateway.pool.last_switch.reason == "keep_alive"
         pids = gw.gateway.pool.all_pids() | {g.pgid for g in read_state().engines}

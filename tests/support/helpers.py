@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 from animllm_cli.engine.supervisor import free_port  # noqa: F401  (the tests' free port, the same as the engine's)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO_ROOT / "configs" / "animllm.yaml"
 EXAMPLE_CONFIGS = sorted((REPO_ROOT / "configs" / "examples").glob("*.yaml"))
 
@@ -57,13 +56,3 @@ def tiny_config(path: Path, models: dict[str, Path], *, port: int = 8100) -> Pat
         models:
     """
     return write(path, textwrap.dedent(header).lstrip() + entries)
-
-
-def wait_until(predicate, timeout_s: float) -> bool:
-    """Poll `predicate` until it holds or `timeout_s` passes; its last answer."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()

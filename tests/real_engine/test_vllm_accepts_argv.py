@@ -6,20 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.engine.command import build_engine_command
-from tests.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
+from tests.support.helpers import EXAMPLE_CONFIGS, SHIPPED_CONFIG
+from tests.support.real_engines import VLLM_ARGV_CHECK
 
 pytestmark = pytest.mark.engine
-CHECKER = Path(__file__).with_name("vllm_argv_check.py")
 
 
 def _vllm_verdicts(argvs: list[list[str]]) -> list[str | None]:
-    result = subprocess.run([sys.executable, str(CHECKER)], input=json.dumps(argvs), capture_output=True,
+    result = subprocess.run([sys.executable, str(VLLM_ARGV_CHECK)], input=json.dumps(argvs), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -15,7 +15,8 @@ import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
-from tests.helpers import REPO_ROOT, tiny_config
+from tests.support.helpers import REPO_ROOT, tiny_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -44,11 +45,9 @@ def test_real_engine_dies_with_its_killed_owner(tiny_models: dict[str, Path], tm
         owner.send_signal(signal.SIGKILL)
         owner.wait()
         killed = time.monotonic()
-        deadline = killed + grace_s + 5 + 1  # SIGTERM, the grace period, SIGKILL and its wait
-        while processes.group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not processes.group_members(pgid), grace_s + 5 + 1,  # SIGTERM, the grace, SIGKILL, its wait
+                   "the engine's group to end with its killed owner")
         print(f"\nengine group gone {time.monotonic() - killed:.1f}s after its owner was killed")
-        assert processes.group_members(pgid) == set()
     finally:
         owner.kill()
         owner.wait()

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from animllm_cli.engine import processes
-from tests.engine.running import running_engine
-from tests.helpers import free_port, tiny_config
+from tests.support.real_engines import running_engine
+from tests.support.helpers import free_port, tiny_config
 
 pytestmark = pytest.mark.engine
 

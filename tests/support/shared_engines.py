@@ -1,0 +1,82 @@
+"""The shared engines: one gateway, started once per run, serving tiny-a and tiny-b side by
+side on real vLLM, for the engine tier's tests that need healthy engines and neither kill,
+time nor count their starts. Each engine start costs 30-50 s on this machine; a test that
+started its own would pay that again.
+
+A test that uses them leaves them as it found them (both resident and ready); one that
+loads or unloads a model puts it back, and pays for that start in the budget of starts
+(tests/support/engine_starts.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from animllm_cli.runfile import GatewayState, write_state
+from tests.fakes.nvml import FakeGpu, FakeNvml
+from tests.support.gateways import RunningGateway, start_bound_s, start_gateway
+from tests.support.helpers import free_port, tiny_config, write
+from tests.support import engine_starts
+from tests.support.environment import isolate
+from tests.support.waiting import wait_until
+
+MODELS = ("tiny-a", "tiny-b")
+SHARE = 0.45  # of a fake 16 GiB card: the two fit together, and a third would not
+
+
+def shared_config(path: Path, tiny_models: dict[str, Path]) -> Path:
+    """The tiny config, each model at SHARE of the card, so that both stay resident."""
+    config = tiny_config(path, {name: tiny_models[name] for name in MODELS}, port=free_port())
+    text = config.read_text()
+    for name in MODELS:
+        text = text.replace(f"{{source: {tiny_models[name]}, ", f"{{source: {tiny_models[name]}, share: {SHARE}, ")
+    return write(config, text)
+
+
+@contextlib.contextmanager
+def shared_gateway(tiny_models: dict[str, Path], home: Path) -> Iterator[RunningGateway]:
+    """Start the shared gateway: tiny-a, then tiny-b preloaded beside it, in the environment
+    a test gets (its own dirs under `home`, no developer overrides); the engines it launches
+    meanwhile carry the shared mark."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate(monkeypatch, home)
+        monkeypatch.setenv(engine_starts.SHARED_MARK, "1")
+        config = shared_config(home / "animllm.yaml", tiny_models)
+        gw = start_gateway(home, config, model=MODELS[0], nvml=FakeNvml([FakeGpu(engine_bytes="share")]),
+                           preload=list(MODELS[1:]), state_file=False)
+        try:
+            notes = wait_until(lambda: [text for kind, text in gw.events if kind == "note"],
+                               start_bound_s(gw.gateway.loaded), "the shared gateway's preload of tiny-b")
+            assert resident(gw) == set(MODELS), f"the shared engines did not start: {gw.events}"
+            assert notes[0].startswith("preload: tiny-b ready"), notes
+        except BaseException:
+            gw.stop()
+            raise
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def resident(gw: RunningGateway) -> set[str]:
+    """The models with a ready engine."""
+    return {model for model in gw.gateway.pool.models if gw.gateway.pool.engine_for(model)}
+
+
+def use_shared_gateway(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the CLI at the shared gateway from this test: its config, and a state file in
+    this test's state dir that names it (and no engines, so that nothing here stops them)."""
+    config = gw.gateway.loaded.files[-1]
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
+    port = int(gw.url.rsplit(":", 1)[1])
+    write_state(GatewayState(os.getpid(), gw.url, "127.0.0.1", port, time.time(), None, [str(config)]))
+
+
+def assert_left_as_found(gw: RunningGateway) -> None:
+    assert resident(gw) == set(MODELS), (
+        f"this test left the shared engines as {sorted(resident(gw))}: put back what it unloaded")
