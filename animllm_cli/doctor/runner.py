@@ -8,7 +8,9 @@ from types import ModuleType
 from typing import Any
 
 from animllm_cli.config import LoadedConfig
-from animllm_cli.doctor import checks
+from animllm_cli.doctor import registry
+# The rows register themselves on import, in the order the checklist shows them.
+from animllm_cli.doctor import gpu_rows, software_rows, sleep_rows, host_rows  # noqa: F401,E402
 from animllm_cli.errors import UsageError
 from animllm_cli.gpu.nvml import GpuReport
 
@@ -38,11 +40,11 @@ class DoctorReport:
     @property
     def exit_code(self) -> int:
         statuses = {c.status for c in self.checks}
-        return 1 if checks.FAIL in statuses or (self.strict and checks.WARN in statuses) else 0
+        return 1 if registry.FAIL in statuses or (self.strict and registry.WARN in statuses) else 0
 
     def to_json(self) -> dict[str, Any]:
         counts = {s.lower(): sum(c.status == s for c in self.checks)
-                  for s in (checks.PASS, checks.WARN, checks.FAIL, checks.SKIP)}
+                  for s in (registry.PASS, registry.WARN, registry.FAIL, registry.SKIP)}
         return {"schema_version": SCHEMA_VERSION,
                 "summary": {**counts, "strict": self.strict, "exit_code": self.exit_code,
                             "elapsed_s": round(self.elapsed_s, 3)},
@@ -52,15 +54,15 @@ class DoctorReport:
 
 
 def check_ids() -> list[str]:
-    return [c.id for c in checks.REGISTRY]
+    return [c.id for c in registry.REGISTRY]
 
 
-def select(only: list[str], skip: list[str]) -> list[checks.Check]:
+def select(only: list[str], skip: list[str]) -> list[registry.Check]:
     known = check_ids()
     unknown = [i for i in [*only, *skip] if i not in known]
     if unknown:
         raise UsageError(f"unknown check id: {', '.join(unknown)}", hint=f"check ids: {', '.join(known)}")
-    return [c for c in checks.REGISTRY if (not only or c.id in only) and c.id not in skip]
+    return [c for c in registry.REGISTRY if (not only or c.id in only) and c.id not in skip]
 
 
 def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = (), deep: bool = False,
@@ -75,15 +77,15 @@ def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = 
     gpus = probe(nvml)
     vram, basis = vram_basis(loaded, gpus, None)
     names = [loaded.catalogue.resolve(model)] if model else loaded.model_names()
-    context = checks.DoctorContext(
+    context = registry.DoctorContext(
         loaded=loaded, gpus=gpus, env=probe_python(engine_python(loaded), loaded.config.runtime.forbid_packages),
         plan=plan_models(loaded, names, vram, basis), model=names[0] if model else None, deep=deep)
     outcomes = []
     for item in selected:
         if item.gpu and gpus.error:
-            result = checks.Result(checks.FAIL, gpus.error, "install the NVIDIA driver, then check `nvidia-smi`")
+            result = registry.Result(registry.FAIL, gpus.error, "install the NVIDIA driver, then check `nvidia-smi`")
         else:
             result = item.run(context)
         outcomes.append(CheckOutcome(item.id, item.title, result.status, result.detail,
-                                     None if result.status == checks.PASS else result.fix))
+                                     None if result.status == registry.PASS else result.fix))
     return DoctorReport(outcomes, gpus, context.plan, time.perf_counter() - started, strict)

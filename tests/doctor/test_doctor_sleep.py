@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from animllm_cli.doctor import checks
+from animllm_cli.doctor import registry
 from animllm_cli.units import GIB
 from tests.doctor.test_doctor import doctor, status
 from tests.support.helpers import write
@@ -16,7 +16,7 @@ from tests.support.helpers import write
 @pytest.fixture
 def host_ram(monkeypatch: pytest.MonkeyPatch):
     def set_free(gib: float) -> None:
-        monkeypatch.setattr(checks, "_host_available", lambda: int(gib * GIB))
+        monkeypatch.setattr(registry, "_host_available", lambda: int(gib * GIB))
     set_free(48)
     return set_free
 

@@ -12,7 +12,8 @@ import pytest
 
 from animllm_cli.client.upstream import Probe, sends_key_in_clear
 from animllm_cli.config.schema import UpstreamSpec
-from animllm_cli.doctor.checks import FAIL, PASS, WARN, _judge_remote
+from animllm_cli.doctor.host_rows import _judge_remote
+from animllm_cli.doctor.registry import FAIL, PASS, WARN
 from tests.fakes.upstream import FakeUpstream
 from tests.support.helpers import free_port, run_cli, write
 
