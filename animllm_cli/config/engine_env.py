@@ -5,7 +5,7 @@ the `.env` beside the config, each with where it was set. Data only: the engine 
 from __future__ import annotations
 
 from animllm_cli.config import schema
-from animllm_cli.config.loader import LoadedConfig
+from animllm_cli.config.loaded import LoadedConfig
 from animllm_cli.config.provenance import Source
 from animllm_cli.credentials import is_secret_name
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from animllm_cli.config import schema
 from animllm_cli.config.engine_env import engine_environment, withheld_from_engine
 from animllm_cli.engine import vllm_releases
-from animllm_cli.config.loader import LoadedConfig, ModelView
+from animllm_cli.config.loaded import LoadedConfig, ModelView
 from animllm_cli.config.provenance import Source
 from animllm_cli.credentials import is_secret_name, masked
 from animllm_cli.errors import ConfigError

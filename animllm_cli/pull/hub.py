@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from animllm_cli.config.loader import LoadedConfig, ModelView
+from animllm_cli.config.loaded import LoadedConfig, ModelView
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")

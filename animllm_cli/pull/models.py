@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from animllm_cli.config.loader import LoadedConfig, ModelView
+from animllm_cli.config.loaded import LoadedConfig, ModelView
 from animllm_cli.errors import AnimllmError
 from animllm_cli.pull.hub import COMMIT_HASH, HubSettings, cached_snapshot, complete_snapshot, hub_settings, model_revision
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from animllm_cli.credentials import masked
 from animllm_cli.config import schema
 from animllm_cli.engine.command import EngineCommand, build_engine_command
-from animllm_cli.config.loader import LoadedConfig, ModelView
+from animllm_cli.config.loaded import LoadedConfig, ModelView
 from animllm_cli.config.provenance import KeyPath, Source
 from animllm_cli.errors import UsageError
 
