@@ -8,8 +8,12 @@ setup:
 run: setup
 	.venv/bin/animllm demo
 
+# The fast tiers on both cores (pytest-xdist), then the real-engine tier alone and in
+# order; both run whatever the first gives, and either failing fails the target.
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -m "not engine and not vllm" -n 2; fast=$$?; \
+	.venv/bin/python -m pytest -m "engine or vllm"; engine=$$?; \
+	test $$fast -eq 0 && test $$engine -eq 0
 
 bench-startup: setup
 	.venv/bin/python benchmarks/startup.py

@@ -169,12 +169,14 @@ class Soak:
         self.events.append(f"{time.strftime('%X')} gateway started again, tiny-a ready in {took:.1f}s")
 
     def model_processes(self) -> list[int]:
-        """Every live process that runs one of the soak's models: ours or left by us."""
+        """Every live process that runs one of the soak's models: ours or left by us (started
+        under this soak's state dir: other gateways may serve the same tiny models)."""
         found = []
         for proc in psutil.process_iter(["pid", "cmdline", "status"]):
             try:
                 line = " ".join(proc.info["cmdline"] or [])
-                if proc.info["status"] != psutil.STATUS_ZOMBIE and any(str(p) in line for p in self.models.values()):
+                if proc.info["status"] != psutil.STATUS_ZOMBIE and any(str(p) in line for p in self.models.values()) \
+                        and proc.environ().get("ANIMLLM_STATE_DIR") == self.env()["ANIMLLM_STATE_DIR"]:
                     found.append(proc.info["pid"])
             except psutil.Error:
                 continue

@@ -3,6 +3,7 @@ directory, with no animllm overrides from the developer's shell, NO_COLOR and a 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 import uuid
@@ -45,7 +46,11 @@ def three_tiny_models() -> dict[str, Path]:
     """Three distinct tiny Qwen2 models (tiny-a, tiny-b, tiny-c), for the engine pool."""
     from animllm_cli.demo.tiny_models import build_tiny_models
 
-    return build_tiny_models(REPO_ROOT / ".pytest_cache" / "animllm-tiny-models")
+    root = REPO_ROOT / ".pytest_cache" / "animllm-tiny-models"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers: one builds them, the others then reuse them
+        return build_tiny_models(root)
 
 
 @pytest.fixture

@@ -36,6 +36,10 @@ class FakeGpu:
     # holds, as a real card shows it: a number of bytes, or "share": its
     # --gpu-memory-utilization of this card, on the GPUs its CUDA_VISIBLE_DEVICES names.
     engine_bytes: int | str = 0
+    # Which engines are on this card: those whose environment names it (FAKE_NVML_CARD, from
+    # their config's env), or, for None, those that name no card. So a gateway's fake card
+    # never counts the engines another gateway in the same test process runs.
+    card: str | None = None
     lists_processes: bool = True  # False: a driver that names no process (a container, Windows/WSL)
     asleep_bytes: int = 512 * 1024 * 1024  # what a sleeping fake engine keeps (see FAKE_VLLM_STATE_DIR)
     utilization: tuple[int, int] | None = (0, 0)  # (gpu %, memory %); None: the driver says NOT_SUPPORTED
@@ -54,6 +58,8 @@ class FakeGpu:
                     continue
                 environ = proc.environ()
             except psutil.Error:
+                continue
+            if environ.get("FAKE_NVML_CARD") != self.card:
                 continue
             if str(self.index) in environ.get("CUDA_VISIBLE_DEVICES", "0").split(","):
                 found.append((proc.pid, self.asleep_bytes if asleep(proc.pid, environ) else self._held(argv)))

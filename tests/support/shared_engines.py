@@ -27,12 +27,13 @@ from tests.support.waiting import wait_until
 
 MODELS = ("tiny-a", "tiny-b")
 SHARE = 0.45  # of a fake 16 GiB card: the two fit together, and a third would not
+CARD = "shared-engines"  # the fake card they hold their share of, and no other gateway's card
 
 
 def shared_config(path: Path, tiny_models: dict[str, Path]) -> Path:
-    """The tiny config, each model at SHARE of the card, so that both stay resident."""
+    """The tiny config, each model at SHARE of its own fake card, so that both stay resident."""
     config = tiny_config(path, {name: tiny_models[name] for name in MODELS}, port=free_port())
-    text = config.read_text()
+    text = config.read_text().replace("env:\n", f"env:\n  FAKE_NVML_CARD: {CARD}\n", 1)
     for name in MODELS:
         text = text.replace(f"{{source: {tiny_models[name]}, ", f"{{source: {tiny_models[name]}, share: {SHARE}, ")
     return write(config, text)
@@ -47,7 +48,7 @@ def shared_gateway(tiny_models: dict[str, Path], home: Path) -> Iterator[Running
         isolate(monkeypatch, home)
         monkeypatch.setenv(engine_starts.SHARED_MARK, "1")
         config = shared_config(home / "animllm.yaml", tiny_models)
-        gw = start_gateway(home, config, model=MODELS[0], nvml=FakeNvml([FakeGpu(engine_bytes="share")]),
+        gw = start_gateway(home, config, model=MODELS[0], nvml=FakeNvml([FakeGpu(engine_bytes="share", card=CARD)]),
                            preload=list(MODELS[1:]), state_file=False)
         try:
             notes = wait_until(lambda: [text for kind, text in gw.events if kind == "note"],
