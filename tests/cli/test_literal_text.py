@@ -93,8 +93,7 @@ def marked_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
     url = f"http://127.0.0.1:{free_port()}/{MARK}"
     upstream = {"urls": [url], "model": MARK, "health_interval_s": 0.2}
-    # Its engines' ports free ones, not engine.port: tests running beside this one take that.
-    config = fake_gateway_config(tmp_path, engine={"port": free_port()},
+    config = fake_gateway_config(tmp_path,
                                  extra_models={"r": {"upstream": upstream, "tasks": ["remote"]}})
     monkeypatch.setenv("ANIMLLM_CONFIG", str(config))
     running = start_gateway(tmp_path, config, nvml=FakeNvml([FakeGpu(name=f"NVIDIA {MARK}")]))

@@ -10,14 +10,15 @@ from animllm_cli.config import load_config
 from animllm_cli.engine import processes
 from animllm_cli.engine.supervisor import Engine, launch
 from tests.fakes.nvml import FakeNvml
-from tests.support.helpers import REPO_ROOT, write
+from tests.support.helpers import REPO_ROOT, free_port, write
 
 FAST = {"stall_timeout_s": 3, "start_timeout_s": 30, "stop_grace_s": 2, "health_interval_s": 0.2,
         "health_failures": 3}
 
 
 def fake_config(tmp_path: Path, mode: str, after: float = 1, **engine: object) -> Path:
-    settings = {**FAST, **engine, "module": "tests.fakes.fake_vllm"}
+    # A free port of its own, as in gateways.fake_gateway_config: xdist's workers run at once.
+    settings = {**FAST, "port": free_port(), **engine, "module": "tests.fakes.fake_vllm"}
     return write(tmp_path / "fake.yaml", f"""
         inherit_defaults: false
         engine: {json.dumps(settings)}

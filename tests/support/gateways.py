@@ -33,8 +33,10 @@ def fake_gateway_config(tmp_path: Path, *, mode: str = "ok", after: float = 1, c
     """Three fake models a, b, v; `models` adds keys to them (share, pin, keep_alive, gpus),
     `extra_models` adds whole model entries (a remote one: `{"upstream": {...}}`),
     `sections` adds top-level sections (pool, gpu, scheduler), `env` more FAKE_VLLM_* knobs."""
-    settings = {"module": "tests.fakes.fake_vllm", "stall_timeout_s": 5, "start_timeout_s": 30, "stop_grace_s": 2,
-                "health_interval_s": 0.2, "health_failures": 3, **(engine or {})}
+    # A free port of its own rather than engine.port's 8100: gateways of tests running at
+    # once (pytest-xdist's workers) would race for that one.
+    settings = {"module": "tests.fakes.fake_vllm", "port": free_port(), "stall_timeout_s": 5, "start_timeout_s": 30,
+                "stop_grace_s": 2, "health_interval_s": 0.2, "health_failures": 3, **(engine or {})}
     base = {"a": {"source": "org/model-a", "profile": "p", "tasks": ["chat"], "aliases": ["alpha"]},
             "b": {"source": "org/model-b", "profile": "p", "tasks": ["code"]},
             "v": {"source": "org/model-v", "profile": "p", "tasks": ["vision"]}}
