@@ -12,7 +12,7 @@ run: setup
 # order; both run whatever the first gives, and either failing fails the target.
 test: setup
 	.venv/bin/python -m pytest -m "not engine and not vllm" -n 2; fast=$$?; \
-	.venv/bin/python -m pytest -m "engine or vllm"; engine=$$?; \
+	.venv/bin/python -m pytest -m "engine or vllm" --durations=5; engine=$$?; \
 	test $$fast -eq 0 && test $$engine -eq 0
 
 bench-startup: setup
