@@ -117,21 +117,16 @@ def test_grandchild_holding_the_pipe_neither_hides_the_crash_nor_survives(tmp_pa
     assert_nothing_left(engine)
 
 
-def test_exit_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
-    engine = fake_engine(tmp_path, "die-after-ready", after=0.5)
+@pytest.mark.parametrize("mode, after, death", [
+    ("die-after-ready", 0.5, "the engine process exited with code 3"),
+    ("sick-after-ready", 0.3, "/health failed 3 times in a row"),
+], ids=["exit", "failing-health"])
+def test_a_death_after_ready_marks_the_engine_dead(tmp_path: Path, mode: str, after: float, death: str) -> None:
+    engine = fake_engine(tmp_path, mode, after=after)
     engine.start()
     wait_until(lambda: engine.state is State.DEAD, DEATH_BOUND_S, "the engine to be seen dead")
-    assert engine.deaths == ["the engine process exited with code 3"]
+    assert engine.deaths == [death]
     assert engine.stop().left == []
-    assert_nothing_left(engine)
-
-
-def test_failing_health_after_ready_marks_the_engine_dead(tmp_path: Path) -> None:
-    engine = fake_engine(tmp_path, "sick-after-ready", after=0.3)
-    engine.start()
-    wait_until(lambda: engine.state is State.DEAD, DEATH_BOUND_S, "the engine to be seen dead")
-    assert engine.deaths == ["/health failed 3 times in a row"]
-    engine.stop()
     assert_nothing_left(engine)
 
 
