@@ -2,7 +2,8 @@
 things die, and what became of every request.
 
 Clients send streamed and non-streamed chat requests, alternating between tiny-a and
-tiny-b at random, for a bounded time. Meanwhile the engine's API server is killed with
+tiny-b at random, for a bounded time (longer when the kills, each on a ready engine, and
+the restarts after them take longer). Meanwhile the engine's API server is killed with
 SIGKILL at random moments, and once the gateway itself (`animllm serve`) is killed with
 SIGKILL and started again. Every request ends in exactly one of:
 
@@ -14,6 +15,8 @@ SIGKILL and started again. Every request ends in exactly one of:
 - lost: no answer within the gateway's own bounds (a hang), a [DONE] after an error, a
   stream cut without an error event, or an answer from the wrong model.
 
+When the gateway is killed, its engines must end by themselves (their launcher's watchdog
+sees its owner gone) within the stop grace period, before the gateway starts again.
 Afterwards: the gateway's `in_flight` and queue, `animllm stop`, and every process left
 that runs one of the soak's models. Target: 0 lost, 0 left, in_flight back to 0.
 
@@ -48,6 +51,7 @@ QUEUE_S = 300    # its queue_timeout_s: a slot, model loads included, within thi
 # A client waits as long as the gateway's own bounds allow, and a little more: past that,
 # no answer is the gateway's fault (lost), never this machine's speed.
 CLIENT_TIMEOUT_S = QUEUE_S + QUIET_S + 30
+AFTER_CHAOS_S = 5  # of load on the engine and gateway that came back, however late the last kill
 
 CONFIG = """inherit_defaults: false
 env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
@@ -71,8 +75,10 @@ class Soak:
     outcomes: Counter = field(default_factory=Counter)
     lost_examples: list[str] = field(default_factory=list)
     gateway_down: threading.Event = field(default_factory=threading.Event)
+    chaos_done: threading.Event = field(default_factory=threading.Event)
     events: list[str] = field(default_factory=list)
     serve: subprocess.Popen | None = None
+    left_after_gateway_kill: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -111,8 +117,8 @@ class Soak:
         rng = random.Random(seed * 100 + index)
         with httpx.Client(base_url=self.url, timeout=httpx.Timeout(CLIENT_TIMEOUT_S, connect=5)) as http:
             count = 0
-            while time.monotonic() < until:
-                model, stream = rng.choice(MODELS), rng.random() < 0.5
+            while time.monotonic() < until or not self.chaos_done.is_set():
+                model, stream = rng.choice(list(self.models)), rng.random() < 0.5
                 outcome, detail = self.one(http, model, stream, f"client {index} request {count}")
                 with self.lock:
                     self.outcomes[outcome] += 1
@@ -138,18 +144,33 @@ class Soak:
 
     # ------------------------------------------------------------------ chaos
     def chaos(self, until: float, engine_kills: int, seed: int) -> None:
+        """Each kill at its moment, or once the engine is ready again if it is still coming
+        back from the last one (a kill during a start is another story); then a few more
+        seconds of load on what came back."""
         rng = random.Random(seed)
         span = until - time.monotonic()
         moments = sorted(rng.uniform(0.1, 0.9) * span for _ in range(engine_kills))
         gateway_kill = rng.uniform(0.4, 0.6) * span
         plan = sorted([(m, "engine") for m in moments] + [(gateway_kill, "gateway")])
         start = time.monotonic()
-        for moment, what in plan:
-            time.sleep(max(0.0, start + moment - time.monotonic()))
-            if what == "engine":
-                self.kill_engine()
-            else:
-                self.kill_gateway()
+        try:
+            for moment, what in plan:
+                time.sleep(max(0.0, start + moment - time.monotonic()))
+                self.wait_engine_ready()
+                if what == "engine":
+                    self.kill_engine()
+                else:
+                    self.kill_gateway()
+            self.wait_engine_ready()
+            time.sleep(AFTER_CHAOS_S)
+        finally:
+            self.chaos_done.set()
+
+    def wait_engine_ready(self) -> None:
+        """Until the gateway's engine is ready, bounded by the gateway's own queue bound."""
+        deadline = time.monotonic() + QUEUE_S
+        while ((self.status() or {}).get("engine") or {}).get("state") != "ready" and time.monotonic() < deadline:
+            time.sleep(0.25)
 
     def kill_engine(self) -> None:
         pid = ((self.status() or {}).get("engine") or {}).get("engine_pid")
@@ -162,11 +183,24 @@ class Soak:
         self.serve.send_signal(signal.SIGKILL)
         self.serve.wait()
         self.events.append(f"{time.strftime('%X')} SIGKILL the gateway (pid {self.serve.pid})")
-        time.sleep(1.0)
-        left = self.model_processes()
-        self.events.append(f"          engine processes 1 s later: {len(left)}")
+        gone_s = self.wait_engines_gone()
+        self.left_after_gateway_kill = self.model_processes()
+        self.events.append(f"          its engines ended by themselves in {gone_s:.1f}s" if not self.left_after_gateway_kill
+                           else f"          its engine processes still running {gone_s:.0f}s later: "
+                                f"{self.left_after_gateway_kill}")
         took = self.start_gateway()
         self.events.append(f"{time.strftime('%X')} gateway started again, tiny-a ready in {took:.1f}s")
+
+    def wait_engines_gone(self) -> float:
+        """Until the killed gateway's engine processes have ended, bounded by what their
+        watchdog may take: SIGTERM, the stop grace, SIGKILL and its wait. The seconds it took."""
+        from animllm_cli.config import load_config
+
+        grace_s = load_config(self.root / "animllm.yaml").config.engine.stop_grace_s
+        started = time.monotonic()
+        while self.model_processes() and time.monotonic() - started < grace_s + 6:
+            time.sleep(0.25)
+        return time.monotonic() - started
 
     def model_processes(self) -> list[int]:
         """Every live process that runs one of the soak's models: ours or left by us (started
@@ -205,15 +239,16 @@ def judge(reply: httpx.Response, model: str, stream: bool) -> tuple[str, str]:
 
 
 def run_soak(duration_s: float, clients: int = 4, engine_kills: int = 3, seed: int = 1,
-             root: Path | None = None) -> dict:
+             root: Path | None = None, models: tuple[str, ...] = MODELS) -> dict:
+    """`models`: the ones the clients ask for (one alone: no switches, only deaths)."""
     from animllm_cli.demo.tiny_models import build_tiny_models
     from animllm_cli.engine.supervisor import free_port
 
     root = root or Path(tempfile.mkdtemp(prefix="animllm-soak-"))
-    models = build_tiny_models(REPO / ".pytest_cache" / "animllm-tiny-models")
-    (root / "animllm.yaml").write_text(CONFIG.format(a=models["tiny-a"], b=models["tiny-b"], quiet=QUIET_S,
+    built = build_tiny_models(REPO / ".pytest_cache" / "animllm-tiny-models")
+    (root / "animllm.yaml").write_text(CONFIG.format(a=built["tiny-a"], b=built["tiny-b"], quiet=QUIET_S,
                                                      queue=QUEUE_S))
-    soak = Soak(root, free_port(), models)
+    soak = Soak(root, free_port(), {name: built[name] for name in models})
     first = soak.start_gateway()
     soak.events.append(f"{time.strftime('%X')} gateway up, tiny-a ready in {first:.1f}s")
     until = time.monotonic() + duration_s
@@ -233,7 +268,8 @@ def run_soak(duration_s: float, clients: int = 4, engine_kills: int = 3, seed: i
             ("answered", "failed clean", "gateway down", "lost")},
             "in_flight_after": status.get("in_flight"), "queue_after": status.get("queue_depth"),
             "stop_exit": stopped.returncode, "stop_output": stopped.stdout.strip() or stopped.stderr.strip(),
-            "engine_processes_left": soak.model_processes(), "lost_examples": soak.lost_examples,
+            "engine_processes_left": soak.model_processes(),
+            "left_after_gateway_kill": soak.left_after_gateway_kill, "lost_examples": soak.lost_examples,
             "events": soak.events}
 
 

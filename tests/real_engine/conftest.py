@@ -14,9 +14,9 @@ from tests.support.environment import require_vllm
 
 
 @pytest.fixture(scope="session")
-def shared_engines(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+def shared_engines(three_tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     require_vllm()
-    with shared.shared_gateway(tiny_models, tmp_path_factory.mktemp("shared-engines")) as gw:
+    with shared.shared_gateway(three_tiny_models, tmp_path_factory.mktemp("shared-engines")) as gw:
         yield gw
 
 

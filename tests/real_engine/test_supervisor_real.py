@@ -1,10 +1,9 @@
-"""The supervisor with real vLLM (CPU build) on the tiny models: start, chat, stop with
-nothing left; the API server SIGKILLed under it; a setting vLLM rejects at start."""
+"""The supervisor with real vLLM (CPU build) on the tiny models: a shared engine's process
+tree, key and log phases; a setting vLLM rejects at start, diagnosed. A SIGKILLed engine is
+tests/real_engine/test_restart_real.py's; a killed owner, the soak's (test_soak_real.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,56 +12,40 @@ import psutil
 import pytest
 
 from animllm_cli.config import Overrides, load_config
-from animllm_cli.engine import processes
-from animllm_cli.engine.supervisor import EngineStartError, State, launch
+from animllm_cli.engine import phases, processes
+from animllm_cli.engine.supervisor import EngineStartError, launch
+from tests.support.gateways import RunningGateway
 from tests.support.helpers import tiny_config
-from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 
 
-def tiny_engine(tiny_models: dict[str, Path], tmp_path: Path, overrides: Overrides | None = None, **kwargs):
+def tiny_engine(tiny_models: dict[str, Path], tmp_path: Path, overrides: Overrides):
     loaded = load_config(tiny_config(tmp_path / "animllm.yaml", tiny_models), overrides=overrides)
-    return launch(loaded, "tiny-a", log_dir=tmp_path / "logs", **kwargs)
+    return launch(loaded, "tiny-a", log_dir=tmp_path / "logs")
 
 
-def test_start_chat_stop_leaves_no_process(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    phases = []
-    engine = tiny_engine(tiny_models, tmp_path, on_progress=lambda p: phases.append(p.phase))
-    report = engine.start()
-    try:
-        names = {p.name() for p in map(psutil.Process, engine.pids())}
-        assert any("EngineCore" in n for n in names), names
-        reply = httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=60, headers=engine.headers, json={
-            "model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
-        no_key = httpx.get(f"{engine.base_url}/v1/models", timeout=30)
-        assert no_key.status_code == 401  # the per-launch key reached real vLLM through its environment
-        known = dict(engine._known)
-    finally:
-        stop = engine.stop()
-    print(f"\ntiny-a: start-to-ready {report.ready_s:.1f}s, phases {report.phases}; "
-          f"stop {stop.stop_s:.2f}s (forced={stop.forced}), VRAM: {stop.vram_note}")
-    assert stop.left == [] and not stop.forced
-    assert processes.group_members(engine.pid) == set()          # by process group
-    assert processes.living(known) == set()                      # by process tree
-    assert {"loading weights", "starting server"} <= {name for name, _ in report.phases}
-
-
-def test_sigkill_of_the_api_server_is_noticed_and_stop_removes_the_orphans(tiny_models, tmp_path: Path) -> None:
-    deaths: list[str] = []
-    engine = tiny_engine(tiny_models, tmp_path, on_dead=lambda e, reason: deaths.append(reason))
-    engine.start()
-    engine.settings = engine.settings.model_copy(update={"health_interval_s": 0.5})
-    others = engine.pids() - {engine.pid}
-    assert others, "expected EngineCore and workers beside the API server"
-    os.kill(engine.pid, signal.SIGKILL)
-    wait_until(lambda: engine.state is State.DEAD, 30, "the supervisor to see its engine dead")
-    assert deaths and "exited with code -9" in deaths[0]
-    stop = engine.stop()
-    assert stop.left == []
-    assert processes.group_members(engine.pid) == set()
-    assert processes.living({pid: psutil.Process(pid) for pid in others if psutil.pid_exists(pid)}) == set()
+def test_a_supervised_engine_runs_its_tree_and_wants_its_key(shared_gateway: RunningGateway) -> None:
+    """On a shared engine (started by the supervisor under the pool): its processes, an
+    answer, the per-launch key, animllm's middleware, the phases its real log passed
+    through. That its stop leaves nothing is checked when the shared gateway stops."""
+    engine = shared_gateway.gateway.pool.engine_for("tiny-a")
+    names = {p.name() for p in map(psutil.Process, engine.pids())}
+    assert any("EngineCore" in n for n in names), names
+    reply = httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=60, headers=engine.headers, json={
+        "model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+    assert httpx.get(f"{engine.base_url}/v1/models", timeout=30).status_code == 401  # the key reached vLLM
+    # animllm's --middleware: /tokenize (which vLLM's own key leaves open) wants the key too
+    body = {"model": "tiny-a", "prompt": "hi"}
+    assert httpx.post(f"{engine.base_url}/tokenize", json=body, timeout=30).status_code == 401
+    assert httpx.post(f"{engine.base_url}/tokenize", json=body, headers=engine.headers, timeout=30).status_code == 200
+    assert httpx.get(f"{engine.base_url}/health", timeout=30).status_code == 200
+    passed, phase = [], "starting"
+    for line in engine.log_path.read_text(errors="replace").splitlines():
+        if (phase := phases.advance(phase, line)) not in passed:
+            passed.append(phase)
+    assert {"loading weights", "starting server"} <= set(passed), passed
 
 
 def test_a_setting_vllm_rejects_is_diagnosed_not_timed_out(tiny_models, tmp_path: Path) -> None:

@@ -35,14 +35,12 @@ POLL_S = 0.25
 # engine starts, which a shared engine cannot give. Any other test uses the shared one.
 OWN_STARTS_ALLOWED = frozenset({
     "test_demo.py",                     # the whole flow: three models, an eviction
-    "test_pool_real.py",                # residents, eviction, keep-alive: loads are the subject
-    "test_supervisor_real.py",          # start/stop, SIGKILL, a start vLLM rejects
-    "test_owner_death_real.py",         # the owner SIGKILLed under its engine
+    "test_pool_real.py",                # eviction and keep-alive on the shared engines: loads are the subject
+    "test_supervisor_real.py",          # a start vLLM rejects
     "test_soak_real.py",                # engines and the gateway SIGKILLed under load
-    "test_engine_from_config_show.py",  # vLLM run from the printed line, then stopped
-    "test_upstream_real.py",            # remote servers, one SIGKILLed mid-stream
-    "test_gateway_real.py",             # switches counted; serve --detach, switch, stop
-    "test_bench_real.py",               # switch times measured
+    "test_upstream_real.py",            # its own gateway's local model beside remote ones
+    "test_gateway_real.py",             # switches counted; serve --detach, unload, stop
+    "test_bench_real.py",               # a load measured inside a mix
 })
 
 

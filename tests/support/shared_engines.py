@@ -1,11 +1,13 @@
 """The shared engines: one gateway, started once per run, serving tiny-a and tiny-b side by
 side on real vLLM, for the engine tier's tests that need healthy engines and neither kill,
 time nor count their starts. Each engine start costs 30-50 s on this machine; a test that
-started its own would pay that again.
+started its own would pay that again. Its config also names tiny-c, which does not fit
+beside the two (each holds SHARE of the card): loading it evicts one.
 
 A test that uses them leaves them as it found them (both resident and ready); one that
 loads or unloads a model puts it back, and pays for that start in the budget of starts
-(tests/support/engine_starts.py)."""
+(tests/support/engine_starts.py). When the run ends, the gateway's stop must leave none of
+their processes, without SIGKILL."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import pytest
 
+from animllm_cli.engine import processes
 from animllm_cli.runfile import GatewayState, write_state
 from tests.fakes.nvml import FakeGpu, FakeNvml
 from tests.support.gateways import RunningGateway, start_bound_s, start_gateway
@@ -25,16 +29,17 @@ from tests.support import engine_starts
 from tests.support.environment import isolate
 from tests.support.waiting import wait_until
 
-MODELS = ("tiny-a", "tiny-b")
+MODELS = ("tiny-a", "tiny-b")   # resident from the start to the end of the run
+OTHER = "tiny-c"                # configured, not loaded
 SHARE = 0.45  # of a fake 16 GiB card: the two fit together, and a third would not
 CARD = "shared-engines"  # the fake card they hold their share of, and no other gateway's card
 
 
 def shared_config(path: Path, tiny_models: dict[str, Path]) -> Path:
-    """The tiny config, each model at SHARE of its own fake card, so that both stay resident."""
-    config = tiny_config(path, {name: tiny_models[name] for name in MODELS}, port=free_port())
+    """The tiny config, each model at SHARE of its own fake card, so that two stay resident."""
+    config = tiny_config(path, {name: tiny_models[name] for name in (*MODELS, OTHER)}, port=free_port())
     text = config.read_text().replace("env:\n", f"env:\n  FAKE_NVML_CARD: {CARD}\n", 1)
-    for name in MODELS:
+    for name in (*MODELS, OTHER):
         text = text.replace(f"{{source: {tiny_models[name]}, ", f"{{source: {tiny_models[name]}, share: {SHARE}, ")
     return write(config, text)
 
@@ -61,7 +66,18 @@ def shared_gateway(tiny_models: dict[str, Path], home: Path) -> Iterator[Running
     try:
         yield gw
     finally:
+        known = {pid: psutil.Process(pid) for pid in gw.gateway.pool.all_pids() if psutil.pid_exists(pid)}
         gw.stop()
+    assert_stopped_clean(gw, known)
+
+
+def assert_stopped_clean(gw: RunningGateway, known: dict[int, psutil.Process]) -> None:
+    """The gateway's stop ended every engine it held within the grace period (no SIGKILL),
+    and none of their processes (API servers, EngineCores, workers) is left."""
+    stopped = [report for kind, report in gw.events if kind == "stopped"]
+    assert stopped and stopped[0] is not None, f"the shared gateway reported no stop: {gw.events}"
+    assert not stopped[0].forced and stopped[0].left == [], stopped[0]
+    assert processes.living(known) == set(), f"left running after the shared gateway's stop: {processes.living(known)}"
 
 
 def resident(gw: RunningGateway) -> set[str]:
