@@ -237,23 +237,31 @@ def joined(*parts: Message) -> Text:
 
 
 def table(title: Message | None, columns: list[Message], rows: list[list[Any]], *, no_wrap: tuple[str, ...] = (),
-          caption: Message | None = None) -> Any:
-    """A table for people; every cell, header, title and caption literal (a `Text` keeps
-    its styles). Columns named in `no_wrap` stay on one line; the rest fold."""
-    from rich import box
-    from rich.table import Table
+          below: tuple[str, ...] = (), whole: int = 16, caption: Message | None = None) -> Any:
+    """A table for people that fits the terminal it is printed in (animllm_cli.fit): every
+    cell, header, title and caption literal (a `Text` keeps its styles). A column named in
+    `no_wrap` keeps each value on one line, cut in the middle when there is no room; the
+    others wrap between words. A key/value table (empty column names) keeps its keys on one
+    line. The columns named in `below` leave the table, in that order, for a line under it
+    per row while the terminal is too narrow for every value up to `whole` cells to stay
+    whole. Never a word folded, never a line wider than the terminal."""
+    from animllm_cli.fit import Column, FittedTable
 
-    # Light borders and word wrapping: it stays readable at 80 columns and in a pipe.
     headed = any(columns)  # a key/value table passes empty column names: no header row
-    result = Table(title=_annotation(title, "table.title"), caption=_annotation(caption, "table.caption"),
-                   title_justify="left", caption_justify="left", header_style="bold",
-                   box=box.SIMPLE_HEAD if headed else None, pad_edge=False, show_header=headed)
-    for column in columns:
-        # fold, never truncate: every character is data
-        result.add_column(joined(column), overflow="fold", no_wrap=str(column) in no_wrap)
-    for row in rows:
-        result.add_row(*(_cell(value) for value in row))
-    return result
+    cells = [[_cell(value) for value in row] for row in rows]
+    return FittedTable(_annotation(title, "table.title"), _annotation(caption, "table.caption"),
+                       [Column(joined(column), [row[index] for row in cells],
+                               str(column) in no_wrap if headed else index == 0)
+                        for index, column in enumerate(columns)], headed, below, whole)
+
+
+def lines_below(*lines: Message, indent: int = 0, hang: int = 2) -> Any:
+    """Text under a table (notes, fixes, hints) that fits the terminal: each line `indent`
+    cells in, wrapped between words onto lines `hang` cells further in; a word wider than
+    the terminal is cut in the middle."""
+    from animllm_cli.fit import FittedText
+
+    return stacked(*(FittedText(joined(line), indent, hang) for line in lines))
 
 
 def _cell(value: Any) -> Text:

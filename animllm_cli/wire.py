@@ -1,6 +1,6 @@
 """The admin API's wire schema: one typed form for each answer, written by the gateway and
 read by the commands, and the vocabularies of engine states, switch reasons and choices,
-each spelt once here. Their JSON is the README's documented schema (`status --json`,
+each spelt once here. Their JSON is the schema docs/json.md documents (`status --json`,
 `switch --json`). A leaf: pydantic only."""
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ EngineState = Literal["none", "starting", "ready", "draining", "sleeping", "waki
                       "dead", "stopped"]
 
 # Why a switch happened (the scheduler's Decision.reason, a label of animllm_switches_total).
-SwitchReason = Literal["cold", "beside", "idle", "max_wait", "admin", "arrival_order", "keep_alive", "unload",
-                       "sleep"]
+SwitchReason = Literal["cold", "restart", "beside", "idle", "max_wait", "admin", "arrival_order", "keep_alive",
+                       "unload", "sleep"]
 SWITCH_REASONS: dict[str, str] = {
     "cold": "nothing was loaded",
+    "restart": "its engine died",
     "beside": "it fit beside the resident models",
     "idle": "the evicted model had no work left",
     "max_wait": "a request waited scheduler.max_wait_s",
@@ -38,6 +39,11 @@ SWITCH_REASONS: dict[str, str] = {
 ChosenBy = Literal["only", "oldest", "priority", "more_work", "overdue", "explicit", "arrival_order", "idle"]
 SwitchOutcome = Literal["ok", "failed", "already loaded", "remote"]
 LoadKind = Literal["wake", "cold"]
+# How an engine was found dead after ready (EngineDeath.kind, a label of animllm_engine_deaths_total):
+# its API server killed by a signal, or exited; its log names an out-of-memory failure; a process
+# it ran with is gone (vLLM's EngineCore), its API server running still or ended over it; /health
+# failed (answered an error, or failed engine.health_failures times); its port no longer its own.
+DeathKind = Literal["signal", "exit", "out-of-memory", "process-gone", "unhealthy", "unreachable"]
 
 assert set(SWITCH_REASONS) == set(get_args(SwitchReason)), "every switch reason has its words"
 
@@ -61,6 +67,23 @@ def read(kind: type[R], data: Any, sender: str) -> R:
         raise AnimllmError(f"{sender} answered in a form this animllm does not read: {where}: {first['msg']}",
                            hint="the gateway runs another animllm version: run the same version on both sides "
                                 "(`animllm --version`)") from None
+
+
+class EngineDeath(Report):
+    """How an engine died after ready, as its supervisor found it: what a restart carries."""
+    kind: DeathKind
+    cause: str                        # in words: "the engine process was killed by SIGKILL"
+    signal: str | None = None         # the signal that ended its API server
+    exit_code: int | None = None      # the code its API server exited with
+    gone: list[str] = []              # its other processes already gone then ("VLLM::EngineCore (pid 4251)")
+    log_line: str | None = None       # the line of its log since ready that names a known failure
+    at: float | None = None           # wall clock
+
+    def summary(self) -> str:
+        """In one line: the cause, the processes gone with it, what its log says."""
+        gone = [f"already gone: {', '.join(self.gone)}"] if self.gone else []
+        said = [f"its log: {self.log_line}"] if self.log_line else []
+        return "; ".join([self.cause, *gone, *said])
 
 
 class SwitchReport(Report):
@@ -88,7 +111,8 @@ class SwitchReport(Report):
     wake_s: float | None = None
     wake_level: int | None = None
     wake_error: str | None = None     # a wake that failed (then it started cold), with its diagnosis
-    notes: list[str] = []             # why a model was stopped rather than sent to sleep
+    notes: list[str] = []             # why a model was stopped rather than sent to sleep; a download before the start
+    death: EngineDeath | None = None  # reason "restart": how the engine it replaced died
 
 
 class EngineStatus(Report):

@@ -9,7 +9,10 @@ SIGKILL and started again. Every request ends in exactly one of:
 
 - answered: a complete answer from the model that was asked;
 - failed clean: an HTTP error in OpenAI's envelope, or a stream that ends with an error
-  event (and no [DONE]);
+  event (and no [DONE]), for a request that was sent before its model's engine was killed
+  (it was, or may have been, in the engine that died);
+- refused after a crash: the same, for a request sent after its model's engine was
+  killed: it was not part of the crash and should have waited for the restart (target 0);
 - gateway down: the connection failed while the gateway itself was killed (nothing was
   there to answer; the client knows at once);
 - lost: no answer within the gateway's own bounds (a hang), a [DONE] after an error, a
@@ -18,7 +21,8 @@ SIGKILL and started again. Every request ends in exactly one of:
 When the gateway is killed, its engines must end by themselves (their launcher's watchdog
 sees its owner gone) within the stop grace period, before the gateway starts again.
 Afterwards: the gateway's `in_flight` and queue, `animllm stop`, and every process left
-that runs one of the soak's models. Target: 0 lost, 0 left, in_flight back to 0.
+that runs one of the soak's models. Target: 0 lost, 0 refused after a crash, 0 left, in_flight
+back to 0.
 
 Usage: .venv/bin/python benchmarks/soak.py [--duration 240] [--clients 4] [--engine-kills 3] [--seed 1]
 """
@@ -76,6 +80,7 @@ class Soak:
     lost_examples: list[str] = field(default_factory=list)
     gateway_down: threading.Event = field(default_factory=threading.Event)
     chaos_done: threading.Event = field(default_factory=threading.Event)
+    killed_at: dict[str, float] = field(default_factory=dict)  # model -> when its engine was last killed
     events: list[str] = field(default_factory=list)
     serve: subprocess.Popen | None = None
     left_after_gateway_kill: list[int] = field(default_factory=list)
@@ -122,7 +127,7 @@ class Soak:
                 outcome, detail = self.one(http, model, stream, f"client {index} request {count}")
                 with self.lock:
                     self.outcomes[outcome] += 1
-                    if outcome == "lost" and len(self.lost_examples) < 10:
+                    if outcome in ("lost", "refused after a crash") and len(self.lost_examples) < 10:
                         self.lost_examples.append(detail)
                 if outcome == "gateway down":
                     time.sleep(0.5)
@@ -132,6 +137,7 @@ class Soak:
         body = {"model": model, "stream": stream, "max_tokens": 16, "ignore_eos": True,
                 "messages": [{"role": "user", "content": text}]}
         down_before = self.gateway_down.is_set()
+        sent_at = time.monotonic()
         try:
             reply = http.post("/v1/chat/completions", json=body)
         except httpx.TimeoutException as exc:
@@ -140,7 +146,10 @@ class Soak:
             if down_before or self.gateway_down.is_set():
                 return "gateway down", ""
             return "lost", f"{model}: connection failed with the gateway up ({exc!r})"
-        return judge(reply, model, stream)
+        outcome, detail = judge(reply, model, stream)
+        if outcome == "failed clean" and sent_at > self.killed_at.get(model, float("inf")):
+            return "refused after a crash", f"{model}: {detail}"
+        return outcome, detail
 
     # ------------------------------------------------------------------ chaos
     def chaos(self, until: float, engine_kills: int, seed: int) -> None:
@@ -173,9 +182,11 @@ class Soak:
             time.sleep(0.25)
 
     def kill_engine(self) -> None:
-        pid = ((self.status() or {}).get("engine") or {}).get("engine_pid")
+        engine = (self.status() or {}).get("engine") or {}
+        pid = engine.get("engine_pid")
         if pid and not any(f"(pid {pid})" in event for event in self.events):  # one death per engine
             os.kill(pid, signal.SIGKILL)
+            self.killed_at[engine["model"]] = time.monotonic()
             self.events.append(f"{time.strftime('%X')} SIGKILL the engine's API server (pid {pid})")
 
     def kill_gateway(self) -> None:
@@ -217,21 +228,33 @@ class Soak:
         return found
 
 
+def is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def judge(reply: httpx.Response, model: str, stream: bool) -> tuple[str, str]:
     if reply.status_code >= 400:
         try:
             reply.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             return "lost", f"{model}: HTTP {reply.status_code} without an error envelope: {reply.text[:120]}"
-        return "failed clean", ""
+        return "failed clean", f"HTTP {reply.status_code}: {reply.json()['error']['message']}"
     if not stream:
         answered_by = reply.json().get("model")
         return ("answered", "") if answered_by == model else ("lost", f"asked {model}, answered by {answered_by}")
     events = [line[6:] for line in reply.text.splitlines() if line.startswith("data: ")]
+    unreadable = [e for e in events if e != "[DONE]" and not is_json(e)]
+    if unreadable:
+        return "lost", f"{model}: an event that is not JSON (half an event?): {unreadable[0][:80]}"
     errors = [e for e in events if e != "[DONE]" and "error" in json.loads(e)]
     done = bool(events) and events[-1] == "[DONE]"
     if errors:
-        return ("lost", f"{model}: [DONE] after an error event") if done else ("failed clean", "")
+        return ("lost", f"{model}: [DONE] after an error event") if done else \
+            ("failed clean", f"error event: {json.loads(errors[0])['error'].get('message')}")
     if not done:
         return "lost", f"{model}: stream cut without an error event"
     answered_by = {json.loads(e).get("model") for e in events[:-1]}
@@ -265,7 +288,7 @@ def run_soak(duration_s: float, clients: int = 4, engine_kills: int = 3, seed: i
         soak.serve.wait()
     time.sleep(0.5)
     return {"sent": sum(soak.outcomes.values()), **{k: soak.outcomes.get(k, 0) for k in
-            ("answered", "failed clean", "gateway down", "lost")},
+            ("answered", "failed clean", "refused after a crash", "gateway down", "lost")},
             "in_flight_after": status.get("in_flight"), "queue_after": status.get("queue_depth"),
             "stop_exit": stopped.returncode, "stop_output": stopped.stdout.strip() or stopped.stderr.strip(),
             "engine_processes_left": soak.model_processes(),
@@ -284,14 +307,16 @@ def main() -> None:
     for line in result["events"]:
         print(line)
     print(f"\nsoak: {args.duration:g}s, {args.clients} clients, {args.engine_kills} engine kills, 1 gateway kill")
-    for key in ("sent", "answered", "failed clean", "gateway down", "lost", "in_flight_after", "queue_after"):
+    for key in ("sent", "answered", "failed clean", "refused after a crash", "gateway down", "lost", "in_flight_after",
+                "queue_after"):
         print(f"  {key:<24}{result[key]}")
     print(f"  {'engine processes left':<24}{len(result['engine_processes_left'])} {result['engine_processes_left']}")
     print(f"  {'stop':<24}exit {result['stop_exit']}: {result['stop_output'][:200]}")
     for example in result["lost_examples"]:
-        print(f"  lost: {example}")
-    ok = result["lost"] == 0 and not result["engine_processes_left"] and result["in_flight_after"] == 0
-    print("target (0 lost, 0 left, in_flight 0):", "met" if ok else "MISSED")
+        print(f"  lost or refused: {example}")
+    ok = result["lost"] == 0 and result["refused after a crash"] == 0 and not result["engine_processes_left"] \
+        and result["in_flight_after"] == 0
+    print("target (0 lost, 0 refused after a crash, 0 left, in_flight 0):", "met" if ok else "MISSED")
 
 
 if __name__ == "__main__":

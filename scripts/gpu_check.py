@@ -73,7 +73,7 @@ def serving(workdir: Path, config_text: str, nvml_module: Any = None, **build: A
                                            hooks=gateway_server.Hooks(on_ready=lambda r: events.append(("ready", r)),
                                                                       on_failed=lambda e: events.append(("failed", e))),
                                            nvml_module=nvml_module, log_dir=workdir / "logs", write_state_file=False,
-                                           exit_on_failed_load=False, **build)
+                                           exit_on_failed_load=False, pull=False, **build)  # stand-ins: no repos
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()

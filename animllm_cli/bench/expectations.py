@@ -6,7 +6,10 @@
 - good_share_min   vs the share of the level's requests that met the SLOs (--goodput or slo)
 
 In `bench-mix`, each model against its own profile's: TTFT including any wait for a switch,
-and the median of the switches into it.
+and the median of the switches into it (failed switches are no switch time).
+
+A level (or a mix's model) where no request completed fails, whatever the targets: its
+medians are of nothing, and a 0 there would pass any `ttft_s_max`.
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ def check(expectation: Expectation | None, levels: list[LevelResult], switch: Sw
     rows: list[CheckRow] = []
     if expectation is None:
         return rows
-    if levels:
-        rows += level_rows(expectation, min(levels, key=lambda level: level.concurrency or 1e9).summary)
+    rows += [nothing_completed(level.summary, f"{level.label}: ") for level in levels if not level.summary.completed]
+    lowest = min(levels, key=lambda level: level.concurrency or 1e9) if levels else None
+    if lowest is not None and lowest.summary.completed:
+        rows += level_rows(expectation, lowest.summary)
     if switch and switch.summary.total_s:
         rows += switch_rows(expectation, switch.summary.total_s.median)
     return rows
@@ -80,6 +85,12 @@ def level_rows(expectation: Expectation, summary: LevelSummary, prefix: str = ""
     return rows
 
 
+def nothing_completed(summary: LevelSummary, prefix: str = "") -> CheckRow:
+    """The row of a level or model whose requests all failed (the level's errors say why)."""
+    sent = summary.completed + summary.failed
+    return _row(f"{prefix}requests completed", 0, f">= 1 of {sent}", False)
+
+
 def switch_rows(expectation: Expectation, median_s: float, prefix: str = "") -> list[CheckRow]:
     if expectation.switch_s_max is None:
         return []
@@ -99,8 +110,11 @@ def check_mix(expectations: dict[str, Expectation], models: list, switches: list
         expectation = expectations.get(model.model)
         if expectation is None or model.summary.completed + model.summary.failed == 0:
             continue  # a model the draw sent nothing to has nothing to judge
-        rows += level_rows(expectation, model.summary, prefix=f"{model.model}: ")
-        totals = [s["total_s"] for s in switches if s["to_model"] == model.model and s.get("total_s") is not None]
+        prefix = f"{model.model}: "
+        rows += level_rows(expectation, model.summary, prefix) if model.summary.completed else \
+            [nothing_completed(model.summary, prefix)]
+        totals = [s["total_s"] for s in switches
+                  if s["to_model"] == model.model and s.get("outcome") == "ok" and s.get("total_s") is not None]
         if totals:
             rows += switch_rows(expectation, percentile(totals, 50), prefix=f"{model.model}: ")
     return rows

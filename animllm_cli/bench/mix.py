@@ -16,7 +16,7 @@ import aiohttp
 from animllm_cli.bench import loadgen
 from animllm_cli.bench.arrivals import RampUp, send_offsets
 from animllm_cli.bench.metrics import LevelSummary, Sample, summarize
-from animllm_cli.bench.results import SCHEMA_VERSION, CheckRow, SwitchRun
+from animllm_cli.bench.results import SCHEMA_VERSION, CheckRow, SwitchRun, standard_json
 from animllm_cli.bench.runner import session
 from animllm_cli.bench.slo import Slo
 from animllm_cli.bench.switching import summarize as summarize_switches
@@ -73,6 +73,7 @@ class MixModel:
     summary: LevelSummary              # its requests, over the run's wall time
     behind_switch: int                 # requests in flight when a switch into this model ended: they waited
     switches_in: int                   # switches that loaded or woke it during the run
+    switches_failed: int = 0           # switches into it that failed: no load, and no switch time
     goodput_slo: dict[str, float | None] | None = None
 
 
@@ -95,6 +96,7 @@ class MixResult:
     switching_s: float | None           # wall time with a switch under way (overlaps counted once)
     switching_share: float | None       # of the run's wall time
     switches_lost: int = 0              # made during the run, but no longer in the gateway's history
+    switch_error: str | None = None     # why the history could not be read after the run (the run stands)
     samples: list[Sample] | None = None
     check: list[CheckRow] | None = None
     kind: str = "mix"
@@ -106,7 +108,8 @@ class MixResult:
     def to_json(self) -> dict[str, Any]:
         data = {f: getattr(self, f) for f in ("schema_version", "kind", "url", "request_rate", "burstiness", "ramp_up",
                                               "requests", "input_len", "output_len", "endpoint", "prompts", "seed",
-                                              "duration_s", "switching_s", "switching_share", "switches_lost")}
+                                              "duration_s", "switching_s", "switching_share", "switches_lost",
+                                              "switch_error")}
         data["models"] = [asdict(m) for m in self.models]
         data["overall"] = asdict(self.overall)
         data["switch"] = asdict(self.switch) if self.switch else None
@@ -114,7 +117,7 @@ class MixResult:
             data["samples"] = [s.to_json() for s in self.samples]
         if self.check is not None:
             data["check"] = [asdict(row) for row in self.check]
-        return data
+        return standard_json(data)
 
 
 async def run_mix(plan: MixPlan, out: Output) -> MixResult:
@@ -131,7 +134,7 @@ async def run_mix(plan: MixPlan, out: Output) -> MixResult:
             task = progress.add_task(f"mix of {len(names)} models", total=len(requests))
             samples, duration = await loadgen.run_level(http, plan.url, requests, offsets=offsets,
                                                         on_done=lambda _s: progress.advance(task))
-        history = await _history(http, plan.url, since=wall_start)
+        history, unread = await _history_after(http, plan.url, since=wall_start)
     to_wall = lambda clock: wall_start + clock - clock_start  # noqa: E731
     switches = [s for s in history["switches"] if s.get("to_model")] if history else None
     window = (wall_start, wall_start + duration)
@@ -139,7 +142,10 @@ async def run_mix(plan: MixPlan, out: Output) -> MixResult:
               for name, weight in plan.shares]
     switching = _union_s([_interval(s) for s in switches], window) if switches is not None else None
     lost = max(0, history["recorded"] - recorded_before - len(history["switches"])) if history else 0
-    if switches is None:
+    if unread is not None:
+        out.warn(f"the switches could not be read after the run ({unread}): the latencies stand, "
+                 "the switches are not reported")
+    elif switches is None:
         out.warn(f"{plan.url} keeps no switch history (/admin/switches): switches are not reported")
     workload = plan.workload
     return MixResult(url=plan.url, request_rate=plan.request_rate, burstiness=plan.burstiness,
@@ -148,13 +154,14 @@ async def run_mix(plan: MixPlan, out: Output) -> MixResult:
                      prompts=plan.prompts_label, seed=plan.seed, duration_s=duration, models=models,
                      overall=summarize(samples, duration), switch=_switch_run(switches), switching_s=switching,
                      switching_share=None if switching is None else switching / max(duration, 1e-9),
-                     switches_lost=lost, samples=samples)
+                     switches_lost=lost, switch_error=unread, samples=samples)
 
 
 def _per_model(name: str, weight: float, samples: list[Sample], switches: list[dict] | None, duration: float,
                slo: Slo | None, to_wall: Callable[[float], float]) -> MixModel:
     mine = [s for s in samples if s.model == name]
-    ends = [s["finished_at"] for s in switches or [] if s["to_model"] == name and s.get("finished_at")]
+    into = [s for s in switches or [] if s["to_model"] == name and s.get("finished_at")]
+    ends = [s["finished_at"] for s in into]  # a failed switch kept its requests waiting too
 
     def waited(sample: Sample) -> bool:
         sent = to_wall(sample.start)
@@ -162,16 +169,20 @@ def _per_model(name: str, weight: float, samples: list[Sample], switches: list[d
         return any(sent <= end <= answered for end in ends)
 
     return MixModel(model=name, weight=weight, summary=summarize(mine, duration, slo),
-                    behind_switch=sum(waited(s) for s in mine), switches_in=len(ends),
+                    behind_switch=sum(waited(s) for s in mine), switches_in=sum(s.get("outcome") == "ok" for s in into),
+                    switches_failed=sum(s.get("outcome") == "failed" for s in into),
                     goodput_slo=asdict(slo) if slo else None)
 
 
 def _switch_run(switches: list[dict[str, Any]] | None) -> SwitchRun | None:
+    """Every report, as the gateway sent it; the spreads and kinds of the switches that
+    happened (a failed one loaded nothing: its seconds are no switch time)."""
     if switches is None:
         return None
-    return SwitchRun(count=len(switches), switches=switches, summary=summarize_switches(switches),
-                     wakes=sum(s.get("load_kind") == "wake" for s in switches),
-                     cold_loads=sum(s.get("load_kind") == "cold" for s in switches))
+    done = [s for s in switches if s.get("outcome") == "ok"]
+    return SwitchRun(count=len(switches), switches=switches, summary=summarize_switches(done),
+                     wakes=sum(s.get("load_kind") == "wake" for s in done),
+                     cold_loads=sum(s.get("load_kind") == "cold" for s in done))
 
 
 def _interval(report: dict[str, Any]) -> tuple[float, float]:
@@ -195,6 +206,15 @@ async def _recorded(http: aiohttp.ClientSession, url: str) -> int:
     return history["recorded"] if history else 0
 
 
+async def _history_after(http: aiohttp.ClientSession, url: str, since: float) -> tuple[dict[str, Any] | None, str | None]:
+    """The switch history after the run, and why it could not be read (None: it was): the
+    run is measured by then, and a failed read must not throw it away."""
+    try:
+        return await _history(http, url, since), None
+    except AnimllmError as exc:
+        return None, exc.message
+
+
 async def _history(http: aiohttp.ClientSession, url: str, since: float) -> dict[str, Any] | None:
     try:
         async with http.get(f"{url}/admin/switches", params={"since": repr(since)}) as resp:
@@ -205,3 +225,5 @@ async def _history(http: aiohttp.ClientSession, url: str, since: float) -> dict[
             return await resp.json()
     except aiohttp.ClientConnectionError:
         raise ServerNotRunning(url) from None
+    except (aiohttp.ContentTypeError, ValueError):
+        raise AnimllmError(f"{url}/admin/switches answered something other than a switch history") from None

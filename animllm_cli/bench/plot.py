@@ -3,11 +3,13 @@
 `bench-compare` draws two runs on the same axes.
 
 Panels: TTFT and TPOT (median, p90, p99) and output tokens/s against concurrency or
-request rate; with --switch, one bar per switch, its phases laid end to end.
+request rate, ticked at the levels measured (on a log scale when each level at least
+doubles the one before); with --switch, one bar per switch, its phases laid end to end.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,13 @@ def _pyplot() -> Any:
 
 def write_plot(path: Path, runs: list[tuple[str, dict[str, Any]]]) -> None:
     """Draw `runs` (a label and bench's JSON for each) into `path`; PNG or SVG by extension."""
+    figure = draw(runs)
+    figure.savefig(path, format=path.suffix.lower().lstrip("."), dpi=100)
+    _pyplot().close(figure)
+
+
+def draw(runs: list[tuple[str, dict[str, Any]]]) -> Any:
+    """The figure of `runs` (a label and bench's JSON for each)."""
     plt = _pyplot()
     with_switches = [(label, run) for label, run in runs if (run.get("switch") or {}).get("switches")]
     rows = 2 + bool(with_switches)
@@ -63,6 +72,7 @@ def write_plot(path: Path, runs: list[tuple[str, dict[str, Any]]]) -> None:
     tpot.set(title="Time per output token", ylabel="ms")
     throughput.set(title="Output throughput", ylabel="tokens/s")
     for axes in (ttft, tpot, throughput):
+        _level_ticks(axes, runs)
         axes.set_xlabel(_x_label(runs))
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
@@ -70,8 +80,7 @@ def write_plot(path: Path, runs: list[tuple[str, dict[str, Any]]]) -> None:
     if with_switches:
         _switch_timeline(figure.add_subplot(grid[2, :]), with_switches)
     figure.suptitle(_title(runs))
-    figure.savefig(path, format=path.suffix.lower().lstrip("."), dpi=100)
-    plt.close(figure)
+    return figure
 
 
 def _points(run: dict[str, Any]) -> list[tuple[float, dict[str, Any]]]:
@@ -91,6 +100,16 @@ def _throughput(axes: Any, run: dict[str, Any], label: str, colour: str) -> None
     points = _points(run)
     axes.plot([x for x, _ in points], [s["output_throughput"] for _, s in points], "-", marker="o", color=colour,
               label=label)
+
+
+def _level_ticks(axes: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
+    """A tick at each level measured and none between (a sweep of 1 and 4 has no level 2.5);
+    a log scale when each level at least doubles the one before, as in 1, 2, 4, 8."""
+    levels = sorted({x for _, run in runs for x, _ in _points(run) if math.isfinite(x)})
+    if len(levels) > 1 and all(high >= 2 * low for low, high in zip(levels, levels[1:])):
+        axes.set_xscale("log", base=2)
+    axes.set_xticks(levels, [f"{level:g}" for level in levels])
+    axes.set_xticks([], minor=True)
 
 
 def _switch_timeline(axes: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:

@@ -1,14 +1,39 @@
 """The results of one `animllm bench` run, typed, with their one JSON form: the keys the
-README documents for `bench --json` (schema_version 1)."""
+docs/json.md documents for `bench --json` (schema_version 1)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from animllm_cli.bench.metrics import LevelSummary, Sample
 
 SCHEMA_VERSION = 1
+# JSON has no infinity (Python would write `Infinity`, which other readers refuse): an
+# infinite burstiness, request rate or SLO is written as the string "inf", and read back.
+INFINITE_KEYS = frozenset({"burstiness", "request_rate", "ttft_ms", "tpot_ms", "e2el_ms"})
+
+
+def standard_json(data: Any) -> Any:
+    """`data` with every infinite number written as the string "inf" (or "-inf")."""
+    if isinstance(data, float) and math.isinf(data):
+        return repr(data)
+    if isinstance(data, dict):
+        return {key: standard_json(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [standard_json(value) for value in data]
+    return data
+
+
+def read_infinities(data: Any) -> Any:
+    """Back from `standard_json`: "inf" is a number again where a number is meant."""
+    if isinstance(data, dict):
+        return {key: float(value) if key in INFINITE_KEYS and value in ("inf", "-inf") else read_infinities(value)
+                for key, value in data.items()}
+    if isinstance(data, list):
+        return [read_infinities(value) for value in data]
+    return data
 
 
 def level_label(concurrency: int | None, request_rate: float | None, ramp_up: str | None = None,
@@ -115,4 +140,4 @@ class BenchResult:
             data["switch"] = asdict(self.switch)
         if self.check is not None:
             data["check"] = [asdict(row) for row in self.check]
-        return data
+        return standard_json(data)

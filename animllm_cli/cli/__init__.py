@@ -50,7 +50,7 @@ class AnimllmGroup(TyperGroup):
 
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         """`bench`'s spellings from before bench-mix and bench-compare, turned into today's
-        for one release, each with a warning (README: bench)."""
+        for one release, each with a warning (docs/benchmarks.md)."""
         name, command, rest = super().resolve_command(ctx, args)
         if name == "bench" and not ctx.resilient_parsing:
             from animllm_cli.cli.bench_old_spellings import old_spellings
@@ -67,6 +67,7 @@ app = typer.Typer(
     cls=AnimllmGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # Click's plain help: Typer's Rich help imports Markdown and tracebacks (~0.1 s)
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Run a single-GPU, multi-model LLM backend on vLLM: what fits in VRAM, safe model switches, measured serving.",
 )
@@ -94,25 +95,18 @@ def root(
 
 def _register() -> None:
     from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, models, plan, pull, serve, top
+    from animllm_cli.cli.help import Command
 
-    app.command("doctor")(doctor.doctor)
-    app.command("plan")(plan.plan)
-    app.command("serve")(serve.serve)
-    app.command("switch")(admin.switch)
-    app.command("status")(admin.status)
-    app.command("ps")(admin.ps)
-    app.command("unload")(admin.unload)
-    app.command("stop")(admin.stop)
-    app.command("logs")(admin.logs)
-    app.command("chat")(chat.chat)
+    commands = {"doctor": doctor.doctor, "plan": plan.plan, "serve": serve.serve, "switch": admin.switch,
+                "status": admin.status, "ps": admin.ps, "unload": admin.unload, "stop": admin.stop,
+                "logs": admin.logs, "chat": chat.chat, "bench": bench.bench, "bench-mix": bench.bench_mix,
+                "bench-compare": bench.bench_compare, "demo": demo.demo, "models": models.models, "pull": pull.pull,
+                "top": top.top}
     # Extra arguments: vLLM's spelling `--goodput ttft:500 tpot:50` (bench takes them back).
-    app.command("bench", context_settings={"allow_extra_args": True})(bench.bench)
-    app.command("bench-mix", context_settings={"allow_extra_args": True})(bench.bench_mix)
-    app.command("bench-compare")(bench.bench_compare)
-    app.command("demo")(demo.demo)
-    app.command("models")(models.models)
-    app.command("pull")(pull.pull)
-    app.command("top")(top.top)
+    extra_args = {"bench", "bench-mix"}
+    for name, function in commands.items():
+        settings = {"allow_extra_args": True} if name in extra_args else None
+        app.command(name, cls=Command, context_settings=settings)(function)
     app.add_typer(config_cmd.app, name="config")
 
 

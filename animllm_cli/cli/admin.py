@@ -10,6 +10,8 @@ import typer
 
 from animllm_cli.cli import common
 
+KILLED_EXIT_S = 5.0  # a process SIGKILL cannot end in this long is stuck in the kernel (D state)
+
 
 def _client(ctx: typer.Context, config: Optional[Path]):
     return _client_of(common.load(ctx, config))
@@ -28,9 +30,29 @@ def _served_elsewhere(loaded, model: str) -> bool:
 
 
 def status(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
-    """What the gateway has loaded, its state, VRAM, queue and last switch."""
+    """What the gateway has loaded: state, VRAM, queue, switches."""
+    from animllm_cli.client.admin import NotRunning
+
     out = common.output(ctx)
-    out.result(_client(ctx, config).status(), lambda report: _show_status(out, report), json=json_output)
+    try:
+        client = _client(ctx, config)
+    except NotRunning:
+        _name_leftovers(out, json_output)
+        raise
+    out.result(client.status(), lambda report: _show_status(out, report), json=json_output)
+
+
+def _name_leftovers(out, json_output: bool) -> None:
+    """No gateway runs: say so, and name the engines a dead one left (`stop` ends them)."""
+    from animllm_cli.errors import AnimllmError
+    from animllm_cli.gateway import leftovers
+
+    left = leftovers.left_running()
+    if left is None:
+        return
+    if json_output:
+        out.json(left)
+    raise AnimllmError(left.message(), hint="`animllm stop` ends them")
 
 
 def _show_status(out, report) -> None:
@@ -42,7 +64,9 @@ def _show_status(out, report) -> None:
 
 
 def ps(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
-    """The resident models: GPU(s), state, VRAM (measured), requests, idle time and keep-alive."""
+    """The resident models: state, VRAM, requests, keep-alive.
+
+    Per model: GPU(s), state, share, VRAM measured, requests running and waiting, idle time."""
     from animllm_cli.views.gateway import PsView, engines_table
 
     out = common.output(ctx)
@@ -50,12 +74,14 @@ def ps(ctx: typer.Context, json_output: common.JsonOption = False, config: commo
     out.result(pool, lambda view: out.show(engines_table(view.engines, view.remotes)), json=json_output)
 
 
-def unload(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.",
+def unload(ctx: typer.Context, model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, alias or task.",
                                                                     autocompletion=common.complete_models)],
            asleep: Annotated[bool, typer.Option("--sleep", help="Send it to sleep (vLLM sleep mode: it wakes in "
                                                                  "seconds) where it can, rather than stop it.")] = False,
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
-    """Free one model's engine (after its in-flight requests finish)."""
+    """Free one model's engine: stop it, or put it to sleep.
+
+    Its in-flight requests finish first; requests that come for it later load it again."""
     from animllm_cli.views.gateway import unloaded
 
     out = common.output(ctx)
@@ -68,11 +94,14 @@ def unload(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model 
     out.result(report, lambda r: out.info(unloaded(r, model)), json=json_output)
 
 
-def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or task.", autocompletion=common.complete_models)],
+def switch(ctx: typer.Context, model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name, alias or task.",
+                                                                    autocompletion=common.complete_models)],
            no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not first download the model when the "
                                                                  "Hugging Face cache lacks it (the engine then fetches it).")] = False,
            json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
-    """Load a model now, evicting only what it must (after their in-flight requests finish); report the timings."""
+    """Load a model now, evicting only what it must.
+
+    The evicted models' in-flight requests finish first; then the timings are reported."""
     out = common.output(ctx)
     loaded = common.load(ctx, config)
     client = _client_of(loaded)
@@ -100,11 +129,10 @@ def _show_switch(out, report) -> None:
 
 
 def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: common.ConfigOption = None) -> None:
-    """Stop the gateway and its engine, and confirm that nothing is left."""
+    """Stop the gateway and its engines; confirm nothing is left."""
     import psutil
 
-    from animllm_cli.client.admin import NotRunning
-    from animllm_cli.errors import AnimllmError
+    from animllm_cli.client.admin import GatewayUnreachable, NotRunning
     from animllm_cli.views.gateway import StopResult
 
     out = common.output(ctx)
@@ -113,43 +141,74 @@ def stop(ctx: typer.Context, json_output: common.JsonOption = False, config: com
     except NotRunning:
         _stop_leftovers(ctx, out, config, json_output)
         return
-    from animllm_cli.client.admin import GatewayUnreachable
-
+    engine = common.load(ctx, config).config.engine
     pid = client.state.pid
     groups = [group.pgid for group in client.state.engines]  # what the state file says it runs
+    started = time.monotonic()
     try:
         engine_pids = client.stop().engine_pids
-    except GatewayUnreachable:  # it does not answer: our gateway (the state file proved it), so end it by signal
-        engine_pids = []
-        psutil.Process(pid).terminate()
-    started = time.monotonic()
-    engine = common.load(ctx, config).config.engine
-    bound = engine.stop_grace_s + engine.vram_release_timeout_s + 60  # the gateway stops its engine first
+        bound = engine.stop_grace_s + engine.vram_release_timeout_s + 60  # the gateway stops its engines first
+    except GatewayUnreachable as unanswered:  # our gateway (the state file proved it): wedged, or on its way out
+        out.warn(f"the gateway (pid {pid}) did not answer its stop request ({unanswered.reason})")
+        engine_pids, bound = [], engine.stop_grace_s
+    forced, ended = None, []
     if not _exited(pid, bound):
-        raise AnimllmError(f"the gateway (pid {pid}) did not exit within {bound:g}s")
+        forced = _force_end(out, pid, bound, engine.stop_grace_s)
+        ended = _clean_leftovers(out, engine.stop_grace_s, "")  # its engines, as for a dead gateway
     from animllm_cli.engine import processes
 
     left = sorted({p for p in engine_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
                   | {p for pgid in groups for p in processes.group_members(pgid)})
-    _report_stop(out, StopResult(True, pid, round(time.monotonic() - started, 2), left), json_output)
+    _report_stop(out, StopResult(True, pid, round(time.monotonic() - started, 2), left,
+                                 [item.pgid for item in ended], forced), json_output)
+
+
+def _force_end(out, pid: int, waited_s: float, grace_s: float) -> str | None:
+    """End a gateway that did not exit by itself: SIGTERM, then SIGKILL after `grace_s`.
+    Returns the signal that ended it (None: it exited just before)."""
+    import psutil
+
+    from animllm_cli.errors import AnimllmError
+
+    said = f"the gateway (pid {pid}) did not exit within {waited_s:g}s: sent SIGTERM"
+    try:
+        gateway = psutil.Process(pid)
+        gateway.terminate()
+    except psutil.NoSuchProcess:
+        return None
+    if _exited(pid, grace_s):
+        out.warn(said)
+        return "SIGTERM"
+    gateway.kill()
+    out.warn(f"{said}; it did not exit within {grace_s:g}s: sent SIGKILL")
+    if not _exited(pid, KILLED_EXIT_S):
+        raise AnimllmError(f"the gateway (pid {pid}) is still there {KILLED_EXIT_S:g}s after SIGKILL")
+    return "SIGKILL"
 
 
 def _stop_leftovers(ctx: typer.Context, out, config: Optional[Path], json_output: bool) -> None:
     """No gateway runs, but one that died without its cleanup may have left its engines
     (only those provably ours are stopped). Nothing at all: "no gateway is running"."""
     from animllm_cli.client.admin import NotRunning
-    from animllm_cli.gateway import leftovers
     from animllm_cli.views.gateway import StopResult
 
     started = time.monotonic()
-    stopped = leftovers.clean(common.load(ctx, config).config.engine.stop_grace_s)
+    stopped = _clean_leftovers(out, common.load(ctx, config).config.engine.stop_grace_s, "no gateway is running; ")
     if not stopped:
         raise NotRunning()
-    for item in stopped:
-        out.info(f"no gateway is running; stopped {item.describe()}")
     left = sorted(pid for item in stopped for pid in item.left)
     _report_stop(out, StopResult(True, stopped[0].gateway_pid, round(time.monotonic() - started, 2), left,
                                  [item.pgid for item in stopped]), json_output)
+
+
+def _clean_leftovers(out, grace_s: float, said: str) -> list:
+    """Stop the engines a dead gateway left (gateway/leftovers.py), naming each."""
+    from animllm_cli.gateway import leftovers
+
+    stopped = leftovers.clean(grace_s)
+    for item in stopped:
+        out.info(f"{said}stopped {item.describe()}")
+    return stopped
 
 
 def _report_stop(out, result, json_output: bool) -> None:
@@ -178,10 +237,10 @@ def _exited(pid: int, timeout_s: float) -> bool:
 
 def logs(ctx: typer.Context,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-         lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines to show first.")] = 50,
-         model: Annotated[Optional[str], typer.Option("--model", "-m", help="This model's engine log (default: the loaded one).")] = None,
+         lines: Annotated[int, typer.Option("--lines", "-n", metavar="N", min=0, help="How many lines to show first.")] = 50,
+         model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="This model's engine log (default: the loaded one).")] = None,
          config: common.ConfigOption = None) -> None:
-    """Print the engine log of the loaded model (or of --model)."""
+    """Print (-f: follow) the engine log of a model."""
     from animllm_cli import paths
     from animllm_cli.errors import AnimllmError
 

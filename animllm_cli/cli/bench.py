@@ -16,9 +16,9 @@ from animllm_cli.cli import common
 
 def bench(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Argument(help="Model to measure (default: default_model).", show_default=False,
-                                                   autocompletion=common.complete_models)] = None,
-    concurrency: Annotated[str, typer.Option("--concurrency", help="Levels to sweep, e.g. 1,4,10,32.")] = "1",
+    model: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Model to measure (default: default_model).",
+                                                   show_default=False, autocompletion=common.complete_models)] = None,
+    concurrency: Annotated[str, typer.Option("--concurrency", metavar="N[,N…]", help="Levels to sweep, e.g. 1,4,10,32.")] = "1",
     request_rate: Annotated[Optional[str], typer.Option("--request-rate", metavar="R[,R…]", show_default=False,
                                                         help="Arrivals per second instead of fixed concurrency "
                                                              "(Poisson; see --burstiness); a list sweeps them, "
@@ -33,10 +33,10 @@ def bench(
     endpoint: common.EndpointOption = None,
     goodput: common.GoodputOption = None,
     seed: common.SeedOption = 0,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Requests sent first and not counted.")] = 2,
+    warmup: Annotated[int, typer.Option("--warmup", metavar="N", min=0, help="Requests sent first and not counted.")] = 2,
     switch: Annotated[Optional[str], typer.Option("--switch", metavar="A,B[,C]",
                                                   help="Also time switches between these models.")] = None,
-    switch_rounds: Annotated[int, typer.Option("--switch-rounds", min=1,
+    switch_rounds: Annotated[int, typer.Option("--switch-rounds", metavar="N", min=1,
                                                help="Times to go round the --switch models.")] = 2,
     json_output: common.JsonOption = False,
     save: common.SaveOption = None,
@@ -46,9 +46,9 @@ def bench(
     plot: common.PlotOption = None,
     config: common.ConfigOption = None,
 ) -> None:
-    """Measure one model, the way vLLM's serving benchmark measures it.
+    """Measure one model as vLLM's serving benchmark does.
 
-    Several models at once: bench-mix. Two saved runs side by side: bench-compare.
+    For several models at once see bench-mix; for two saved runs, bench-compare.
     """
     import asyncio
 
@@ -60,13 +60,13 @@ def bench(
     _check_plot(plot)
     model, slo = _goodput_pairs(ctx, model, goodput)
     loaded = common.load(ctx, config)
-    resolve = common.model_resolver(loaded, url=url)
+    resolve = _model_names(loaded, url)
     workload = _workload(ctx, prompts, endpoint, input_len, output_len, ignore_eos, no_tokenizer=False)
     levels, rates, ramp = arrivals.sweep(concurrency, request_rate, burstiness, ramp_up, plotting=plot is not None,
                                          concurrency_given=_given(ctx, "concurrency"),
                                          burstiness_given=_given(ctx, "burstiness"))
-    name = resolve(model)[0]
-    switching = switch_models(switch, lambda word: resolve(word)[0], loaded.config, our_gateway=not url)
+    name = resolve(model)
+    switching = switch_models(switch, resolve, loaded.config, our_gateway=not url)
     expectation = expectations.required_expectation(loaded.config, name) if check else None
     plan = BenchPlan(url=url or common.gateway_url(loaded), model=name, levels=levels, request_rates=rates,
                      requests=_count(requests, workload), workload=workload, warmup=warmup, switch_models=switching,
@@ -107,9 +107,9 @@ def bench_mix(
     url: common.UrlOption = None,
     config: common.ConfigOption = None,
 ) -> None:
-    """Several models at once through the gateway: per-model latency with the switch waits.
+    """Measure several models at once through the gateway.
 
-    And the switches the gateway made meanwhile. No warm-up: it measures from the state the gateway is in.
+    Per-model latency with the switch waits, and the switches the gateway made meanwhile. No warm-up: it measures from the state the gateway is in.
     """
     import asyncio
 
@@ -123,10 +123,10 @@ def bench_mix(
 
         raise UsageError("bench-mix: name the models, e.g. animllm bench-mix coder:3,vision:1")
     loaded = common.load(ctx, config)
-    resolve = common.model_resolver(loaded, url=url)
+    resolve = _model_names(loaded, url)
     workload = _workload(ctx, prompts, endpoint, input_len, output_len, ignore_eos, no_tokenizer=True)
     rate, ramp = arrivals.one_rate(request_rate, burstiness, ramp_up, rate_given=_given(ctx, "request_rate"))
-    shares = parse_mix(mix, lambda word: resolve(word)[0])
+    shares = parse_mix(mix, resolve)
     wanted = {name: expectations.required_expectation(loaded.config, name) for name, _ in shares} if check else {}
     slos = {name: expectations.slo_for(slo, wanted.get(name), loaded.config, name) for name, _ in shares}
     plan = MixPlan(url=url or common.gateway_url(loaded), shares=shares, requests=_count(requests, workload),
@@ -150,15 +150,36 @@ def bench_compare(
     plot: common.PlotOption = None,
     config: common.ConfigOption = None,  # accepted after the command as everywhere; two files need no config
 ) -> None:
-    """Two saved runs side by side, level by level, with B/A; runs nothing."""
-    from animllm_cli.bench.compare import compare, read_saved
+    """Compare two saved bench runs side by side (runs nothing).
+
+    Level by level, with B/A."""
+    from animllm_cli.bench.compare import compare, kind, read_saved
 
     out = common.output(ctx)
     _check_plot(plot)
     a_run, b_run = read_saved(a), read_saved(b)
-    _emit(out, compare(a, a_run, b, b_run), _show_comparison, json_output, save, "comparison")
+    comparison = compare(a, a_run, b, b_run)  # two bench runs, or two bench-mix results (model by model)
+    if plot is not None and kind(a_run) == "mix":
+        from animllm_cli.errors import UsageError
+
+        raise UsageError("--plot draws a sweep's levels; a bench-mix result has none: drop --plot")
+    _emit(out, comparison, _show_comparison, json_output, save, "comparison")
     if plot is not None:
         _plot(out, plot, [(a.stem, a_run), (b.stem if b.stem != a.stem else str(b), b_run)])
+
+
+def _model_names(loaded, url: str | None):
+    """The gateway's name for a word (a task word picks a loaded model first). A word the
+    config does not know is refused before any request, naming the models it knows; with
+    --url the server is another's, whose names are its own: passed as typed."""
+    resolve = common.model_resolver(loaded, url=url)
+
+    def name(word: str | None) -> str:
+        if url is None:
+            loaded.catalogue.resolve(word)  # raises for an unknown word, with the configured models
+        return resolve(word)[0]
+
+    return name
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

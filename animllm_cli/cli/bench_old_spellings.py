@@ -1,5 +1,5 @@
 """`animllm bench`'s spellings from before `bench-mix`, `bench-compare` and `--save`, kept
-for one release (README: bench): the group turns them into today's before bench parses
+for one release (docs/benchmarks.md): the group turns them into today's before bench parses
 its arguments, with a warning each. Next release: delete this module and its hook in
 cli/__init__.py."""
 

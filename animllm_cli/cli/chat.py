@@ -16,22 +16,26 @@ if TYPE_CHECKING:
 
 def chat(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Argument(help="Model name, alias or task (default: default_model).", autocompletion=common.complete_models,
-                                                   show_default=False)] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Ask once, print the answer, exit.")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
+    model: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Model name, alias or task (default: default_model).",
+                                                   autocompletion=common.complete_models, show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", metavar="PROMPT", help="Ask once, print the answer, exit.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", metavar="PROMPT", help="System prompt.")] = None,
     images: Annotated[Optional[list[str]], typer.Option("--image", metavar="PATH", help="Attach an image (repeatable).")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, max=2.0)] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    url: Annotated[Optional[str], typer.Option("--url", help="Any OpenAI-compatible server instead of the gateway.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", min=0.0, max=2.0,
+                                                         help="Sampling temperature (default: the server's).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", metavar="N", min=1,
+                                                     help="Longest answer in tokens (default: the server's).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Sampling seed, for a repeatable answer.")] = None,
+    url: common.UrlOption = None,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", metavar="NAME",
                                                        help="Environment variable holding the API key.")] = None,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="A REPL even when stdin is not a terminal.")] = False,
     json_output: common.JsonOption = False,
     config: common.ConfigOption = None,
 ) -> None:
-    """Talk to a model: a REPL in a terminal; one answer with -p or a prompt on stdin."""
+    """Talk to a model: a REPL, or one answer for a script.
+
+    In a terminal a REPL; with -p or a prompt on stdin, only the answer on stdout."""
     import os
 
     from animllm_cli.chat.conversation import Conversation

@@ -34,32 +34,38 @@ SetOption = Annotated[
 ]
 GpuUtilOption = Annotated[
     Optional[float],
-    typer.Option("--gpu-memory-utilization", show_default=False, help="Override the model's gpu_memory_utilization."),
+    typer.Option("--gpu-memory-utilization", metavar="F", show_default=False, help="Override the model's gpu_memory_utilization."),
 ]
 MaxModelLenOption = Annotated[
     Optional[int],
-    typer.Option("--max-model-len", show_default=False, help="Override the model's max_model_len."),
+    typer.Option("--max-model-len", metavar="N", show_default=False, help="Override the model's max_model_len."),
 ]
 
 # The bench family (`bench`, `bench-mix`, `bench-compare`): each option spelt once.
-SaveOption = Annotated[Optional[Path], typer.Option("--save", metavar="FILE", show_default=False,
+def _save_file(path: Optional[Path]) -> Optional[Path]:
+    if path is not None and str(path) == "-":  # else a file named "-"; the JSON on stdout is --json
+        raise typer.BadParameter("'-' is not a file: --save writes one; for the JSON on stdout, use --json")
+    return path
+
+
+SaveOption = Annotated[Optional[Path], typer.Option("--save", metavar="FILE", show_default=False, callback=_save_file,
                                                     help="Also write the JSON to FILE (what bench-compare reads).")]
 PlotOption = Annotated[Optional[Path], typer.Option(
     "--plot", metavar="FILE", show_default=False,
-    help="Draw the results into FILE.png or FILE.svg (needs the extra animllm-cli\\[plot]).")]
+    help="Draw the results into FILE.png or FILE.svg (needs the extra animllm-cli[plot]).")]
 BurstinessOption = Annotated[float, typer.Option(
-    "--burstiness", min=0.0, help="Gamma shape of the gaps between arrivals, as vLLM's: 1 Poisson, below 1 "
+    "--burstiness", metavar="B", min=0.0, help="Gamma shape of the gaps between arrivals, as vLLM's: 1 Poisson, below 1 "
                                   "burstier, above 1 steadier.")]
 RampUpOption = Annotated[Optional[str], typer.Option(
     "--ramp-up", metavar="linear|exponential:START:END", show_default=False,
     help="One level whose rate climbs from START to END req/s over the requests, e.g. linear:1:10.")]
 RequestsOption = Annotated[Optional[int], typer.Option(
-    "--requests", "-n", min=1, show_default=False,
+    "--requests", "-n", metavar="N", min=1, show_default=False,
     help="Requests per level (bench-mix: in all; default 20; with --prompts: the file's count).")]
 InputLenOption = Annotated[int, typer.Option(
-    "--input-len", min=1, help="Prompt length in the model's tokens (random prompts; words in bench-mix).")]
+    "--input-len", metavar="N", min=1, help="Prompt length in the model's tokens (random prompts; words in bench-mix).")]
 OutputLenOption = Annotated[int, typer.Option(
-    "--output-len", min=1, help="Tokens generated per request; given, it beats the lengths in a --prompts file.")]
+    "--output-len", metavar="N", min=1, help="Tokens generated per request; given, it beats the lengths in a --prompts file.")]
 IgnoreEosOption = Annotated[bool, typer.Option("--ignore-eos/--no-ignore-eos",
                                                help="Generate every requested token (vLLM's ignore_eos).")]
 PromptsOption = Annotated[Optional[Path], typer.Option(
@@ -71,10 +77,10 @@ EndpointOption = Annotated[Optional[str], typer.Option(
 GoodputOption = Annotated[Optional[list[str]], typer.Option(
     "--goodput", metavar="ttft:MS tpot:MS e2el:MS", show_default=False,
     help="SLOs, as vLLM's: report the requests that met them all (goodput).")]
-SeedOption = Annotated[int, typer.Option("--seed", help="Seed of prompts, arrivals and bench-mix's choice of model.")]
+SeedOption = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of prompts, arrivals and bench-mix's choice of model.")]
 SamplesOption = Annotated[bool, typer.Option("--samples", help="Include every request's timings in the JSON.")]
 CheckOption = Annotated[bool, typer.Option("--check", help="Exit 1 when a result misses the config's expectations.")]
-UrlOption = Annotated[Optional[str], typer.Option("--url", help="Any OpenAI-compatible server instead of the gateway.")]
+UrlOption = Annotated[Optional[str], typer.Option("--url", metavar="URL", help="Any OpenAI-compatible server instead of the gateway.")]
 
 
 def state(ctx: typer.Context) -> AppState:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from animllm_cli.cli import common
+from animllm_cli.cli.help import Command
 
 app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
 
@@ -20,16 +21,16 @@ class Format(str, Enum):
     env = "env"
 
 
-@app.command("show")
+@app.command("show", cls=Command)
 def show(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(
-        help="Model name, alias or source; without it, the whole config (args/env: the default model).",
+        metavar="MODEL", help="Model name, alias or source; without it, the whole config (args/env: the default model).",
         show_default=False, autocompletion=common.complete_models)] = None,
-    fmt: Annotated[Format, typer.Option("--format", help="yaml | json | args (engine command) | env.")] = Format.yaml,
+    fmt: Annotated[Format, typer.Option("--format", metavar="FORMAT", help="yaml | json | args (engine command) | env.")] = Format.yaml,
     json_output: common.JsonOption = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show where each value came from.")] = False,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, show_default=False,
+    port: Annotated[Optional[int], typer.Option("--port", metavar="PORT", min=1, max=65535, show_default=False,
                                                 help="Engine port for the command (default: engine.port).")] = None,
     vllm_version: Annotated[Optional[str], typer.Option(
         "--vllm-version", show_default=False, metavar="X.Y.Z",
@@ -40,9 +41,11 @@ def show(
     max_model_len: common.MaxModelLenOption = None,
     config: common.ConfigOption = None,
 ) -> None:
-    """Print the effective config, or one model's engine settings, command line and environment.
+    """Print the effective config, or one model's engine settings.
 
-    --format args prints one shell line that runs the engine as it is; secrets appear as "$NAME" references, never as values.
+    MODEL: its merged settings, the engine's command line and environment.
+
+    --format args prints the shell line the gateway runs for the engine; secrets (its per-launch key too) appear as "$NAME" references, never as values.
     The flags are spelt as the engine's vLLM release takes them (--vllm-version: another release's); a setting that
     release does not have is an error (exit 2) naming the first release that has it.
     """
@@ -72,6 +75,7 @@ def show(
             data = config_views.explain_model(loaded, view, command)
         elif fmt is Format.args:
             out.text(command.shell_line())
+            out.info(config_views.PER_LAUNCH_KEY_NOTE)
             return
         elif fmt is Format.env:
             out.text(_env_lines(command))

@@ -22,11 +22,13 @@ def doctor(
     deep: Annotated[bool, typer.Option("--deep", help="Also import torch and vLLM (seconds) for the checks that need it.")] = False,
     only: Annotated[Optional[list[str]], typer.Option("--only", metavar="ID[,ID]", help="Run only these checks.")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", metavar="ID[,ID]", help="Skip these checks.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Check VRAM for this model (default: the most demanding).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="Check VRAM for this model (default: the most demanding).")] = None,
     config: common.ConfigOption = None,
 ) -> None:
-    """Run the checklist: driver, CUDA, GPU, VRAM, torch, vLLM, xformers, env, paths, models, upstreams, port.
+    """The preflight checklist: GPU, software, sleep mode, host.
 
+    Each row is PASS, WARN, FAIL or SKIP, with a fix unless it passes; a row that needs
+    another (the GPU rows the driver) is SKIP, naming it, when that one FAILs.
     Exit 0 when nothing FAILs (WARN too with --strict), 1 when something does, 2 for usage or config errors.
     """
     from animllm_cli.doctor.runner import run_doctor
@@ -43,8 +45,9 @@ def _render(out, report) -> None:
     from animllm_cli.output import styled, table
     from animllm_cli.units import MIB, gib_figure
 
-    rows = [[c.id, styled(c.status, STYLE[c.status]), _detail(c)] for c in report.checks]
+    rows = [[c.id, styled(c.status, STYLE[c.status]), c.detail] for c in report.checks]
     out.show(table("Checks", ["check", "status", "detail"], rows, no_wrap=("check", "status")))
+    out.show(_fixes(report.checks))  # under the table: a fix in the detail column would narrow it
     if report.gpus.gpus:
         gpu_rows = [[g.index, g.name, f"{g.compute_capability} ({g.architecture})", gib_figure(g.total_bytes),
                      gib_figure(g.used_bytes), gib_figure(g.free_bytes)] for g in report.gpus.gpus]
@@ -61,8 +64,8 @@ def _render(out, report) -> None:
              f"{summary['skip']} skipped in {summary['elapsed_s']:.2f}s")
 
 
-def _detail(check):
-    """A check's detail, and the fix (dim) under it."""
-    from animllm_cli.output import joined, styled
+def _fixes(checks):
+    """The fix of each check that has one, a line each."""
+    from animllm_cli.output import joined, lines_below, styled
 
-    return joined(check.detail, "\n", styled(f"fix: {check.fix}", "dim")) if check.fix else check.detail
+    return lines_below(*(joined(styled(f"fix {c.id}:", "bold"), f" {c.fix}") for c in checks if c.fix))

@@ -13,7 +13,7 @@ VERDICT_STYLE = {"fits": "green", "fits-partially": "yellow", "does-not-fit": "b
 
 def plan(
     ctx: typer.Context,
-    models: Annotated[Optional[list[str]], typer.Argument(help="Models to plan (default: all).", show_default=False,
+    models: Annotated[Optional[list[str]], typer.Argument(metavar="MODEL", help="Models to plan (default: all).", show_default=False,
                                                         autocompletion=common.complete_models)] = None,
     vram: Annotated[Optional[float], typer.Option("--vram", min=0.5, metavar="GiB",
                                                   help="Plan for a card of this size (default: the detected GPU, else gpu.vram_gib).")] = None,
@@ -25,7 +25,9 @@ def plan(
     json_output: common.JsonOption = False,
     config: common.ConfigOption = None,
 ) -> None:
-    """VRAM fit per model: weights, KV bytes per token, the KV tokens that fit, a verdict and a fix.
+    """Whether each model fits in VRAM, and how to make it fit.
+
+    Per model: weights, KV bytes per token, the KV tokens that fit, a verdict and a fix.
 
     Exit 0 when every planned model fits at its max_model_len (with --together: when the
     set fits at once), 1 otherwise.
@@ -69,7 +71,7 @@ def _no_remote(loaded, names: list[str]) -> None:
 def show_plan(out, report) -> None:
     """The fit table, then for each model what does not fit and how to fix it; the models
     served elsewhere get a line each instead of a row."""
-    from animllm_cli.output import joined, styled
+    from animllm_cli.output import joined, lines_below, styled
 
     if report.models or not report.remote:
         out.show(plan_table(report))
@@ -78,13 +80,15 @@ def show_plan(out, report) -> None:
         lines += [joined(styled("fix:", "bold"), f" {m.suggestion}")] if m.suggestion else []
         lines += [joined(styled("or:", "dim"), f" {alt}") for alt in m.alternatives]
         if lines:  # the model's name, then each line indented under it
-            out.show(joined(styled(m.model, "bold"), *(part for line in lines for part in ("\n  ", line))))
+            out.show(lines_below(styled(m.model, "bold")))
+            out.show(lines_below(*lines, indent=2))
     if report.co_resident:
         shares = report.shares
-        out.show("could stay loaded together (each at its share of the card): " + "; ".join(
-            " + ".join(f"{m} ({shares[m].utilization:g})" for m in g) for g in report.co_resident))
+        out.show(lines_below("could stay loaded together (each at its share of the card): " + "; ".join(
+            " + ".join(f"{m} ({shares[m].utilization:g})" for m in g) for g in report.co_resident)))
     for r in report.remote:
-        out.show(joined(styled(r.model, "bold"), f"\n  remote: served by {', '.join(r.urls)}, no VRAM here"))
+        out.show(lines_below(styled(r.model, "bold")))
+        out.show(lines_below(f"remote: served by {', '.join(r.urls)}, no VRAM here", indent=2))
 
 
 def together_table(report):
@@ -120,4 +124,5 @@ def plan_table(report):
                      styled(verdict, VERDICT_STYLE[m.verdict])])
     title = f"VRAM plan for {gib(report.vram_bytes)} ({report.vram_basis})"
     columns = ["model", "util", "weights GiB", "KV KiB/tok", "KV pool GiB", "KV tokens", "max len", "verdict"]
-    return table(title, columns, rows, no_wrap=("model", "util", "KV tokens", "max len", "verdict"))
+    return table(title, columns, rows, no_wrap=("model", "util", "KV tokens", "max len"),
+                 below=("KV KiB/tok", "KV pool GiB", "weights GiB"))

@@ -22,7 +22,9 @@ def pull(
     json_output: common.JsonOption = False,
     config: common.ConfigOption = None,
 ) -> None:
-    """Download models into the Hugging Face cache, with a progress bar per file and an overall one.
+    """Download models into the Hugging Face cache, with progress.
+
+    A progress bar per file and an overall one.
 
     Resumable: after Ctrl-C (exit 130) the next pull goes on where it stopped. Honours the
     model's revision, HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE as the engine would. Exit 0

@@ -13,30 +13,33 @@ import typer
 
 from animllm_cli.cli import common
 
-HostOption = Annotated[Optional[str], typer.Option("--host", show_default=False,
+HostOption = Annotated[Optional[str], typer.Option("--host", metavar="HOST", show_default=False,
                                                    help="Bind address (default: server.host, 127.0.0.1).")]
-PortOption = Annotated[Optional[int], typer.Option("--port", min=1, max=65535, show_default=False,
+PortOption = Annotated[Optional[int], typer.Option("--port", metavar="PORT", min=1, max=65535, show_default=False,
                                                    help="Gateway port (default: server.port, 8000).")]
 
 
 def serve(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Argument(help="Model to load first (default: default_model).", autocompletion=common.complete_models,
-                                                   show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(metavar="MODEL", help="Model to load first (default: default_model).",
+                                                   autocompletion=common.complete_models, show_default=False)] = None,
     host: HostOption = None,
     port: PortOption = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the model is ready; run in the background.")] = False,
     preload: Annotated[Optional[str], typer.Option("--preload", metavar="A,B", show_default=False,
                                                    help="Load these too, in order, beside each other where they fit "
                                                         "(default: pool.preload).")] = None,
-    no_pull: Annotated[bool, typer.Option("--no-pull", help="Start without first downloading models missing from "
-                                                          "the Hugging Face cache (the engine then fetches them).")] = False,
+    no_pull: Annotated[bool, typer.Option("--no-pull", help="Never download models missing from the Hugging Face "
+                                                          "cache, at the start or for a request (the engine then "
+                                                          "fetches them).")] = False,
     sets: common.SetOption = None,
     gpu_memory_utilization: common.GpuUtilOption = None,
     max_model_len: common.MaxModelLenOption = None,
     config: common.ConfigOption = None,
 ) -> None:
-    """Start the OpenAI-compatible gateway and load a model (and the preloads); Ctrl-C stops everything."""
+    """Start the gateway and load a model and the preloads.
+
+    One OpenAI-compatible port for every configured model; Ctrl-C stops everything."""
     from animllm_cli import bind, runfile
 
     out = common.output(ctx)
@@ -59,11 +62,12 @@ def serve(
         pull_missing(out, loaded, [name, *preloads])
     if detach:
         argv = _child_argv(ctx, config, name, host, port, sets, gpu_memory_utilization, max_model_len)
-        argv.append("--no-pull")  # pulled here, in the foreground, with its progress in this terminal
+        if no_pull:  # else pulled here, with its progress in this terminal: the gateway finds them in the cache
+            argv.append("--no-pull")
         if preload is not None:
             argv += ["--preload", ",".join(preloads)]
         raise typer.Exit(_detach(out, loaded, argv, name, host, port))
-    raise typer.Exit(_foreground(out, loaded, name, host, port, key, preloads))
+    raise typer.Exit(_foreground(out, loaded, name, host, port, key, preloads, pull=not no_pull))
 
 
 def _stop_leftovers(out, loaded) -> None:
@@ -118,7 +122,8 @@ def endpoints_table(url: str):
     return table("Endpoints", ["what", "where"], rows)
 
 
-def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, preloads: list[str]) -> int:
+def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, preloads: list[str], *,
+                pull: bool) -> int:
     from animllm_cli.gateway import server as gateway_server
 
     from animllm_cli.output import phase_printer
@@ -153,7 +158,7 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, p
     out.info(f"gateway on {url}, {'relaying' if remote else 'loading'} {name}")
     server, gateway = gateway_server.build(loaded, model=name, host=host, port=port, key=key, preload=preloads,
                                            hooks=gateway_server.Hooks(ready, failed, stopped, out.info),
-                                           on_progress=progress)
+                                           on_progress=progress, pull=pull)
     _run_until_signalled(server)
     return 1 if gateway.failed else 0
 

@@ -17,7 +17,9 @@ def top(ctx: typer.Context,
         interval: Annotated[float, typer.Option("--interval", min=0.1, metavar="S",
                                                 help="Seconds between refreshes.")] = 1.0,
         config: common.ConfigOption = None) -> None:
-    """A live view: each GPU (VRAM, use), each engine (state, requests, KV cache, tokens/s), the queue and
+    """A live view of the GPUs, engines and the gateway's queue.
+
+    Each GPU (VRAM, use), each engine (state, requests, KV cache, tokens/s), the queue and
     recent switches. `q` or Ctrl-C leaves."""
     from animllm_cli.top.snapshot import Reader
 

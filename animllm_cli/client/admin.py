@@ -14,13 +14,23 @@ from animllm_cli.runfile import GatewayState, read_state
 from animllm_cli.wire import StatusReport, StopAnswer, SwitchReport, read
 
 
+# /admin/stop answers at once and stops the engines after: a gateway that has not
+# answered in this long is wedged (`stop` then signals it).
+STOP_ANSWER_S = 10.0
+
+
 class NotRunning(AnimllmError):
     def __init__(self) -> None:
         super().__init__("no gateway is running", hint="start one with `animllm serve` (or `animllm serve --detach`)")
 
 
 class GatewayUnreachable(AnimllmError):
-    """Nothing answers at the gateway's address."""
+    """Nothing answers at the gateway's address (in time)."""
+
+    def __init__(self, state: GatewayState, reason: str) -> None:
+        super().__init__(f"the gateway at {state.url} (pid {state.pid}) does not answer: {reason}",
+                         hint="`animllm stop` ends it; its log is " + (state.log or "on its terminal"))
+        self.reason = reason
 
 
 class GatewayRefused(AnimllmError):
@@ -55,8 +65,7 @@ class AdminClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise GatewayUnreachable(f"the gateway at {self.state.url} (pid {self.state.pid}) does not answer: {exc}",
-                                     hint="`animllm stop` ends it; its log is " + (self.state.log or "on its terminal")) from None
+            raise GatewayUnreachable(self.state, str(exc)) from None
         if response.status_code >= 400:
             hint = (f"this gateway needs its API key: export {self.key_env}=<the key it was started with> "
                     "in this shell" if response.status_code == 401 else None)
@@ -86,4 +95,5 @@ class AdminClient:
         return self._read(SwitchReport, self._call("POST", "/admin/unload", json=body))
 
     def stop(self) -> StopAnswer:
-        return self._read(StopAnswer, self._call("POST", "/admin/stop", json={}))
+        """Ask it to stop; GatewayUnreachable when it does not answer within STOP_ANSWER_S."""
+        return self._read(StopAnswer, self._call("POST", "/admin/stop", json={}, timeout=STOP_ANSWER_S))

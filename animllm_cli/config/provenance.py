@@ -26,7 +26,7 @@ class Source:
     def __str__(self) -> str:
         where = f"{self.origin}:{self.line}" if self.line else self.origin
         return {
-            "builtin": "built-in default",
+            "builtin": f"built-in: {self.origin}" if self.origin else "built-in default",
             "default": f"shipped default {Path(self.origin).name}:{self.line}" if self.line else "shipped default",
             "file": where,
             "dotenv": where,

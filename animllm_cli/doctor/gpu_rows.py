@@ -6,15 +6,17 @@ from animllm_cli.units import MIB, gib
 from animllm_cli.doctor.registry import FAIL, PASS, SKIP, WARN, DoctorContext, Result, check, version
 
 
-@check("driver", "NVIDIA driver reachable (NVML)", gpu=True)
+@check("driver", "NVIDIA driver reachable (NVML)")
 def driver(ctx: DoctorContext) -> Result:
     report = ctx.gpus
+    if report.error:
+        return Result(FAIL, report.error, "install the NVIDIA driver, then check `nvidia-smi`")
     if not report.gpus:
         return Result(FAIL, "the driver answers but lists no GPU", "check `nvidia-smi`; in a container pass --gpus")
     return Result(PASS, f"driver {report.driver_version}, {len(report.gpus)} GPU(s)")
 
 
-@check("cuda", "driver's CUDA version vs the CUDA pin", gpu=True)
+@check("cuda", "driver's CUDA version vs the CUDA pin", needs=("driver",))
 def cuda(ctx: DoctorContext) -> Result:
     pin = ctx.loaded.config.runtime.cuda
     have = ctx.gpus.cuda_driver_version
@@ -26,7 +28,7 @@ def cuda(ctx: DoctorContext) -> Result:
     return Result(PASS, f"driver supports CUDA {have} >= pinned {pin}")
 
 
-@check("gpu", "GPU model and compute capability", gpu=True)
+@check("gpu", "GPU model and compute capability", needs=("driver",))
 def gpu_identity(ctx: DoctorContext) -> Result:
     """Compares GPU 0, the one vLLM uses (it is what CUDA_VISIBLE_DEVICES leaves first)."""
     expected = ctx.loaded.config.gpu
@@ -48,7 +50,7 @@ def gpu_identity(ctx: DoctorContext) -> Result:
     return Result(PASS, found)
 
 
-@check("vram", "free VRAM for the model vLLM will load", gpu=True)
+@check("vram", "free VRAM for the model vLLM will load", needs=("driver",))
 def vram(ctx: DoctorContext) -> Result:
     if ctx.model in ctx.loaded.remote_model_names():
         return Result(SKIP, f"{ctx.model} is served elsewhere (upstream): it takes no VRAM here")

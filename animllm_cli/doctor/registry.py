@@ -1,6 +1,8 @@
 """The doctor's frame: a check is one small function that reads a `DoctorContext` and returns
 a `Result`; the `@check` decorator registers it in the order the checklist shows (the row
-modules are imported in that order by doctor/runner.py)."""
+modules are imported in that order by doctor/runner.py), with the checks it needs: where
+one of those FAILs or is SKIPped, the runner SKIPs it, naming that one (one cause, one
+failure)."""
 
 from __future__ import annotations
 
@@ -61,15 +63,19 @@ class Check:
     id: str
     title: str
     run: Callable[[DoctorContext], Result]
-    gpu: bool = False   # needs the NVIDIA driver: FAILs plainly without one
+    needs: tuple[str, ...] = ()   # checks registered before it whose FAIL or SKIP leaves it nothing to check
 
 
 REGISTRY: list[Check] = []
 
 
-def check(check_id: str, title: str, *, gpu: bool = False):
+def check(check_id: str, title: str, *, needs: tuple[str, ...] = ()):
     def register(function: Callable[[DoctorContext], Result]) -> Callable[[DoctorContext], Result]:
-        REGISTRY.append(Check(check_id, title, function, gpu))
+        registered = {c.id for c in REGISTRY}
+        missing = set(needs) - registered   # the runner decides in registration order
+        if missing:
+            raise ValueError(f"check {check_id} needs {', '.join(sorted(missing))}, not registered before it")
+        REGISTRY.append(Check(check_id, title, function, needs))
         return function
     return register
 

@@ -65,6 +65,30 @@ def select(only: list[str], skip: list[str]) -> list[registry.Check]:
     return [c for c in registry.REGISTRY if (not only or c.id in only) and c.id not in skip]
 
 
+def with_prerequisites(asked: list[registry.Check], skip: list[str]) -> list[registry.Check]:
+    """The checks asked for and those they need (unless --skip names them), in registration order."""
+    wanted = {c.id for c in asked}
+    for item in reversed(registry.REGISTRY):  # a check needs only earlier ones: one pass backwards is closed
+        if item.id in wanted:
+            wanted.update(need for need in item.needs if need not in skip)
+    return [c for c in registry.REGISTRY if c.id in wanted]
+
+
+def _stops_dependents(result: registry.Result) -> bool:
+    return result.status in (registry.FAIL, registry.SKIP)
+
+
+def unmet_need(item: registry.Check, results: dict[str, registry.Result]) -> registry.Result | None:
+    """SKIP when a check this one needs was skipped by --skip, FAILed or was SKIPped itself:
+    its cause is reported once, on that row."""
+    for need in item.needs:
+        if need not in results:
+            return registry.Result(registry.SKIP, f"needs {need} (left out by --skip)")
+        if _stops_dependents(results[need]):
+            return registry.Result(registry.SKIP, f"needs {need} ({results[need].status} above)")
+    return None
+
+
 def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = (), deep: bool = False,
                strict: bool = False, model: str | None = None, nvml: ModuleType | None = None) -> DoctorReport:
     from animllm_cli.engine.command import engine_python
@@ -73,7 +97,7 @@ def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = 
     from animllm_cli.gpu.planner import plan_models, vram_basis
 
     started = time.perf_counter()
-    selected = select(list(only), list(skip))
+    asked = select(list(only), list(skip))
     gpus = probe(nvml)
     vram, basis = vram_basis(loaded, gpus, None)
     names = [loaded.catalogue.resolve(model)] if model else loaded.model_names()
@@ -81,11 +105,11 @@ def run_doctor(loaded: LoadedConfig, *, only: list[str] = (), skip: list[str] = 
         loaded=loaded, gpus=gpus, env=probe_python(engine_python(loaded), loaded.config.runtime.forbid_packages),
         plan=plan_models(loaded, names, vram, basis), model=names[0] if model else None, deep=deep)
     outcomes = []
-    for item in selected:
-        if item.gpu and gpus.error:
-            result = registry.Result(registry.FAIL, gpus.error, "install the NVIDIA driver, then check `nvidia-smi`")
-        else:
-            result = item.run(context)
-        outcomes.append(CheckOutcome(item.id, item.title, result.status, result.detail,
-                                     None if result.status == registry.PASS else result.fix))
+    results: dict[str, registry.Result] = {}
+    for item in with_prerequisites(asked, list(skip)):
+        result = results[item.id] = unmet_need(item, results) or item.run(context)
+        # A check run only because another needs it is shown where it stopped that one: its FAIL sets the exit code.
+        if item in asked or _stops_dependents(result):
+            outcomes.append(CheckOutcome(item.id, item.title, result.status, result.detail,
+                                         None if result.status == registry.PASS else result.fix))
     return DoctorReport(outcomes, gpus, context.plan, time.perf_counter() - started, strict)

@@ -15,7 +15,7 @@ def _sleepy(ctx: DoctorContext) -> list[str]:
     return [n for n in checked_models(ctx) if n in local and ctx.loaded.config.models[n].sleep != "off"]
 
 
-@check("sleep", "vLLM sleep mode on this platform and vLLM version (evictions in seconds)")
+@check("sleep", "vLLM sleep mode on this platform and vLLM version (evictions in seconds)", needs=("python",))
 def sleep_mode(ctx: DoctorContext) -> Result:
     from animllm_cli.engine import sleep
 
@@ -42,7 +42,7 @@ def sleep_mode(ctx: DoctorContext) -> Result:
                            f"; level 2 needs vLLM {sleep.LEVEL_2_VERSION}+"))
 
 
-@check("sleep-ram", "host RAM for the models that may sleep at level 1")
+@check("sleep-ram", "host RAM for the models that may sleep at level 1", needs=("sleep",))
 def sleep_ram(ctx: DoctorContext) -> Result:
     support = ctx.sleep_support
     plans = {p.model: p for p in ctx.plan.models}
@@ -66,7 +66,7 @@ def sleep_ram(ctx: DoctorContext) -> Result:
     return Result(PASS, detail)
 
 
-@check("sleep-known-bad", "sleep mode: combinations vLLM's issue tracker reports broken")
+@check("sleep-known-bad", "sleep mode: combinations vLLM's issue tracker reports broken", needs=("sleep",))
 def sleep_known_bad(ctx: DoctorContext) -> Result:
     from animllm_cli.engine import sleep
 

@@ -21,7 +21,7 @@ def python_version(ctx: DoctorContext) -> Result:
     return Result(PASS, detail)
 
 
-@check("torch", "PyTorch version and CUDA build vs the pins")
+@check("torch", "PyTorch version and CUDA build vs the pins", needs=("python",))
 def torch(ctx: DoctorContext) -> Result:
     runtime = ctx.loaded.config.runtime
     installed = ctx.env.packages.get("torch")
@@ -46,7 +46,7 @@ def torch(ctx: DoctorContext) -> Result:
     return Result(PASS, f"torch {installed}")
 
 
-@check("torch-cuda", "torch sees the GPU (--deep)")
+@check("torch-cuda", "torch sees the GPU (--deep)", needs=("driver", "torch"))
 def torch_cuda(ctx: DoctorContext) -> Result:
     if not ctx.deep:
         return Result(SKIP, "imports torch: run with --deep")
@@ -74,7 +74,7 @@ def _torch_requirement(env: PythonEnv, distribution: str):
     return None
 
 
-@check("vllm", "vLLM installed, and its torch requirement vs the installed and pinned torch")
+@check("vllm", "vLLM installed, and its torch requirement vs the installed and pinned torch", needs=("python",))
 def vllm(ctx: DoctorContext) -> Result:
     name = ctx.env.vllm_distribution
     pin = ctx.loaded.config.runtime.torch
@@ -96,7 +96,8 @@ def vllm(ctx: DoctorContext) -> Result:
     return Result(PASS, detail)
 
 
-@check("engine-flags", "every model's engine command valid for the installed vLLM (its release's flag table)")
+@check("engine-flags", "every model's engine command valid for the installed vLLM (its release's flag table)",
+       needs=("python",))
 def engine_flags(ctx: DoctorContext) -> Result:
     from animllm_cli.engine import vllm_releases
     from animllm_cli.engine.command import build_each
@@ -130,7 +131,7 @@ def engine_flags(ctx: DoctorContext) -> Result:
     return Result(PASS, "; ".join([detail, *notes]))
 
 
-@check("forbidden", "forbidden packages absent")
+@check("forbidden", "forbidden packages absent", needs=("python",))
 def forbidden(ctx: DoctorContext) -> Result:
     names = ctx.loaded.config.runtime.forbid_packages
     installed = [n for n in names if n in ctx.env.packages]  # the probe was asked for each of them
@@ -163,7 +164,7 @@ def environment(ctx: DoctorContext) -> Result:
     return Result(PASS, detail)
 
 
-@check("attention-backend", "attention backend valid for the installed vLLM (--deep)")
+@check("attention-backend", "attention backend valid for the installed vLLM (--deep)", needs=("vllm",))
 def attention_backend(ctx: DoctorContext) -> Result:
     value = ctx.loaded.config.env.get("VLLM_ATTENTION_BACKEND") or \
         next((str(v) for m in ctx.loaded.config.models.values() for k, v in m.extra_args.items()

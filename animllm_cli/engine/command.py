@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from animllm_cli.config import schema
 from animllm_cli.config.engine_env import engine_environment, withheld_from_engine
-from animllm_cli.engine import vllm_releases
+from animllm_cli.engine import sleep, vllm_releases
 from animllm_cli.config.loaded import LoadedConfig, ModelView
 from animllm_cli.config.provenance import Source
 from animllm_cli.credentials import is_secret_name, masked
@@ -151,6 +152,51 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
         env_sources["PYTHONPATH"] = Source("builtin", "where the engine finds animllm_engine_guard")
     return EngineCommand(argv, port, env, env_sources, flag_sources, gateway_key_env=config.server.api_key_env,
                          vllm=coverage)
+
+
+@dataclass(frozen=True)
+class PerLaunch:
+    """What the gateway adds to a model's configured command at each launch."""
+    # A fresh key per launch: only the gateway that launched the engine can use it.
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    gpus: tuple[int, ...] | None = None   # the GPUs it goes on (NVML indices); None: no device variables
+    utilization: float | None = None      # the pool's share of each GPU, in place of gpu_memory_utilization
+    sleep_mode: bool = False              # launched able to sleep (engine/sleep.py)
+    sources: dict[str, Source] = field(default_factory=dict)  # of "gpus", "utilization", "sleep_mode"
+
+    def view_of(self, view: ModelView) -> ModelView:
+        """`view` as launched: the pool's share in place of its gpu_memory_utilization."""
+        if self.utilization is None:
+            return view
+        return replace(view, settings={**view.settings, "gpu_memory_utilization": self.utilization},
+                       sources={**view.sources, "gpu_memory_utilization": _why(self, "utilization")})
+
+
+def launch_command(loaded: LoadedConfig, model: str, per_launch: PerLaunch, *, port: int | None = None,
+                   vllm_version: str | None = None) -> EngineCommand:
+    """The command the gateway runs for `model` (engine/supervisor.launch), and the line
+    `config show --format args` prints: the configured command with the per-launch
+    additions, each with its source for --explain."""
+    command = build_engine_command(loaded, per_launch.view_of(loaded.model(model)), port=port,
+                                   api_key=per_launch.api_key, vllm_version=vllm_version)
+    if per_launch.sleep_mode:
+        command.argv.append(sleep.SLEEP_FLAG)
+        command.flag_sources.append(([sleep.SLEEP_FLAG], _why(per_launch, "sleep_mode")))
+    # vLLM's development mode (the sleep routes) only where it is needed: never inherited
+    # from the shell, though the config's env: may set it.
+    if per_launch.sleep_mode or sleep.DEV_MODE_VAR not in command.env:
+        command.env[sleep.DEV_MODE_VAR] = "1" if per_launch.sleep_mode else "0"
+        command.env_sources[sleep.DEV_MODE_VAR] = _why(per_launch, "sleep_mode")
+    if per_launch.gpus is not None:
+        # PCI bus order is NVML's order: CUDA's default ("fastest first") may number them differently.
+        devices = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, per_launch.gpus))}
+        command.env.update(devices)
+        command.env_sources.update(dict.fromkeys(devices, _why(per_launch, "gpus")))
+    return command
+
+
+def _why(per_launch: PerLaunch, what: str) -> Source:
+    return per_launch.sources.get(what, Source("builtin", "the pool's choice at launch"))
 
 
 def build_each(loaded: LoadedConfig, models: list[str], *,

@@ -105,3 +105,13 @@ def diagnose(lines: list[str], ctx: Context) -> Diagnosis | None:
             if match:
                 return rule.explain(match, ctx)
     return None
+
+
+def failure_line(lines: list[str]) -> tuple[str, str] | None:
+    """The latest line that names a known failure, with its rule's kind: what an engine
+    that died after ready last said about it (an out-of-memory, say)."""
+    for line in reversed(lines):
+        rule = next((r for r in RULES if r.pattern.search(line)), None)
+        if rule is not None:
+            return rule.kind, line.strip()[:300]
+    return None

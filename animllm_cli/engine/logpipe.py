@@ -45,6 +45,7 @@ class OutputPump:
         self._stop = threading.Event()
         self.log_path = log_path
         self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.seen = 0                          # lines read so far (the tail keeps the latest)
         self.phase = phases.ORDER[0]
         self.last_output = time.monotonic()
         self.closed = threading.Event()
@@ -83,6 +84,7 @@ class OutputPump:
     def _line(self, line: str) -> None:
         with self._lock:
             self.tail.append(line)
+            self.seen += 1
             self.phase = phases.advance(self.phase, line)
             self._log.info(line)
 
@@ -90,6 +92,12 @@ class OutputPump:
         with self._lock:
             items = list(self.tail)
         return items[-count:] if count else items
+
+    def lines_after(self, seen: int) -> list[str]:
+        """The lines kept that came after the first `seen` (what it said since ready, say)."""
+        with self._lock:
+            items, total = list(self.tail), self.seen
+        return items[-(total - seen):] if total > seen else []
 
     def close(self, wait_s: float = 2.0) -> None:
         """Stop reading: wait briefly for EOF, then stop even if a stray process still

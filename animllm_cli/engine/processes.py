@@ -33,6 +33,18 @@ def tree(pid: int) -> dict[int, psutil.Process]:
         return {}
 
 
+def names(found: dict[int, psutil.Process]) -> dict[int, str]:
+    """Each process's name now ("VLLM::EngineCore"), for those still running: psutil keeps
+    no name of a process that is gone."""
+    named = {}
+    for pid, proc in found.items():
+        try:
+            named[pid] = proc.name()
+        except psutil.Error:
+            continue
+    return named
+
+
 def living(known: dict[int, psutil.Process]) -> set[int]:
     left = set()
     for pid, proc in known.items():

@@ -25,11 +25,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from animllm_cli.config.loaded import LoadedConfig
 from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.gpu.nvml import GpuReport
 from animllm_cli.units import GIB, gib
 
-Engine = Any  # engine/supervisor.py's Engine (which imports this module): base_url, headers, model
+Engine = Any  # engine/supervisor.py's Engine (whose command builder imports this module): base_url, headers, model
 
 DEV_MODE_VAR = "VLLM_SERVER_DEV_MODE"
 SLEEP_FLAG = "--enable-sleep-mode"
@@ -129,6 +130,19 @@ def avoided(version: str | None, level: int | None, quantization: str | None) ->
     """The known-bad entry that keeps `sleep: auto` off `level` (None: off sleep mode), if any."""
     return next((bad for bad in known_bad(version, level, quantization)
                  if bad.avoid and (bad.level == level or bad.level is None)), None)
+
+
+def launch_able(loaded: LoadedConfig, model: str, support: Support) -> bool:
+    """Whether `model`'s engine is launched able to sleep: not `off`, a platform that
+    can, and under `auto` no known-bad entry against sleep mode for it. The gateway asks
+    at each launch; `config show` asks for the line it prints."""
+    from animllm_cli.gpu.planner import model_quantization
+
+    setting = loaded.config.models[model].sleep
+    if setting == "off" or not support.available:
+        return False
+    # The checkpoint's own quantization too: NVFP4 says modelopt.
+    return setting != "auto" or avoided(support.vllm_version, None, model_quantization(loaded, model)) is None
 
 
 def level_2_wakes(version: str | None) -> bool:

@@ -29,13 +29,20 @@ import psutil
 from animllm_cli.engine.command import ENGINE_HOST, EngineCommand
 from animllm_cli.config.schema import EngineSection
 from animllm_cli.credentials import bearer
-from animllm_cli.engine import diagnosis, launcher, processes, sleep
+from animllm_cli.engine import deaths, diagnosis, launcher, processes
 from animllm_cli.engine.logpipe import OutputPump
 from animllm_cli.errors import AnimllmError
 from animllm_cli.gpu import nvml
 from animllm_cli.units import MIB
+from animllm_cli.wire import DeathKind, EngineDeath
 
 TAIL_LINES = 30
+CHECK_HEALTH_TIMEOUT_S = 2.0   # check(): a /health slower than this decides nothing (the watcher judges)
+EXIT_WAIT_S = 1.0              # check(): how long an API server found dead may take to exit
+# The processes an API server cannot serve without, by a part of their names (vLLM's
+# setproctitle: VLLM::EngineCore, VLLM::EngineCore_DP0, VLLM::Worker_TP0): one of these
+# gone is a death. Others of its tree (the multiprocessing resource tracker) may exit on their own.
+NEEDED = ("EngineCore", "Worker")
 LAUNCHER = Path(__file__).with_name("launcher.py")
 
 
@@ -122,14 +129,20 @@ class Engine:
     def __post_init__(self) -> None:
         self.port = self.command.port
         self.state = State.NEW
-        self.death_reason: str | None = None
+        self.death: EngineDeath | None = None
         self.created_at: float | None = None    # the engine process's creation time (tells a reused pid apart)
         self.watchdog_pid: int | None = None
         self._proc: subprocess.Popen | None = None
         self._watchdog_fd: int | None = None    # our end of the watchdog's pipe: it closes when we go
         self._stop_requested = threading.Event()
         self._pump: OutputPump | None = None
+        # Every process of it seen so far. Read on several threads (the watcher, a request's
+        # check, the teardown of a dead engine, NVML sampling) while others add to it: replaced
+        # under the lock, never changed in place, so a reader iterates the dict it took.
         self._known: dict[int, psutil.Process] = {}
+        self._known_lock = threading.Lock()
+        self._needed: dict[int, str] = {}        # the NEEDED processes at ready, by name (a death says which are gone)
+        self._lines_at_ready = 0
         self._started_at = 0.0
         self._stop_lock = threading.Lock()
         self._watch_stop = threading.Event()
@@ -148,6 +161,10 @@ class Engine:
         """The engine module its command line runs (`-m MODULE`)."""
         argv = self.command.argv
         return argv[argv.index("-m") + 1] if "-m" in argv else argv[0]
+
+    @property
+    def death_reason(self) -> str | None:
+        return self.death.summary() if self.death else None
 
     @property
     def phase(self) -> str:
@@ -180,6 +197,7 @@ class Engine:
                 if self._stop_requested.is_set():  # ready just as a stop came: the stop wins
                     raise self._stopped_error("stopped while starting")
                 self.state = State.READY
+                self._took_ready()
         except BaseException:  # a failed start, a stop and Ctrl-C all leave nothing behind
             self.stop()
             raise
@@ -229,6 +247,16 @@ class Engine:
         self._proc = None
         os.close(out_r)
         self._release_watchdog(quietly=True)
+
+    def _took_ready(self) -> None:
+        """From ready on, a death is told from what happened since: which of the processes
+        it cannot serve without are gone (vLLM's EngineCore and workers, named by then),
+        what its log said after this."""
+        self._lines_at_ready = self._pump.seen
+        found = processes.tree(self._proc.pid)
+        self._add_known(found)
+        self._needed = {pid: name for pid, name in processes.names(found).items()
+                        if pid != self._proc.pid and any(part in name for part in NEEDED)}
 
     def _wait_ready(self) -> list[tuple[str, float]]:
         seen: list[tuple[str, float]] = []
@@ -353,7 +381,11 @@ class Engine:
 
     def _remember_tree(self) -> None:
         if self._proc and self._proc.poll() is None:
-            self._known.update(processes.tree(self._proc.pid))
+            self._add_known(processes.tree(self._proc.pid))
+
+    def _add_known(self, found: dict[int, psutil.Process]) -> None:
+        with self._known_lock:
+            self._known = {**self._known, **found}
 
     # ------------------------------------------------------------------ liveness
     def _watch(self) -> None:
@@ -363,24 +395,89 @@ class Engine:
                 self._remember_tree()
                 code = self._proc.poll()
                 if code is not None:
-                    return self._died(f"the engine process exited with code {code}")
+                    return self._died(*deaths.exit_cause(code), status=code)
                 failures = 0 if self._healthy(client) else failures + 1
                 if failures >= self.settings.health_failures:
-                    return self._died(f"/health failed {failures} times in a row")
+                    return self._died("unhealthy", f"/health failed {failures} times in a row")
 
-    def _died(self, reason: str) -> None:
-        if self.state is not State.READY:
-            return
-        self.state, self.death_reason = State.DEAD, reason
+    def check(self) -> EngineDeath | None:
+        """Asked when a request to it failed: its death if it is dead, else None. Dead: its
+        process exited, none of its processes holds its port any more, one of the processes
+        it cannot serve without is gone (vLLM's EngineCore: its API server answers 500 then,
+        and /health 200 for a while yet), or /health is refused or answers an error. A
+        /health that does not answer in time decides nothing here: the watcher judges that
+        over engine.health_failures probes. A death found here is taken as the watcher's is."""
+        if self.state is State.READY:
+            fault = self._fault()
+            if fault is not None:
+                self._died(*fault)
+        return self.death
+
+    def _fault(self) -> tuple[DeathKind, str, int | None] | None:
+        """Why it is dead (what `check` finds), or None."""
+        code = self._proc.poll()
+        if code is None:
+            wrong = self._wrong_while_running()
+            if wrong is None:
+                return None
+            code = self._exit_status_soon()
+            if code is None:
+                return wrong
+        return *deaths.exit_cause(code), code
+
+    def _wrong_while_running(self) -> tuple[DeathKind, str, None] | None:
+        """Why its API server, though it runs (or is still being torn down), is dead: its port
+        not its own, a process it cannot serve without gone, /health refused or answering an error."""
+        ours = self.pids()
+        if not self._listeners(ours) & ours:
+            return "unreachable", f"none of its processes listens on 127.0.0.1:{self.port} any more", None
+        if self._gone():
+            return "process-gone", "a process it ran with is gone", None
+        try:
+            status = httpx.get(f"{self.base_url}/health", timeout=CHECK_HEALTH_TIMEOUT_S).status_code
+        except httpx.ConnectError:
+            return "unreachable", f"127.0.0.1:{self.port} refuses connections", None
+        except httpx.HTTPError:  # no answer in time: the watcher's to judge
+            return None
+        return ("unhealthy", f"/health answered {status}", None) if status != 200 else None
+
+    def _exit_status_soon(self) -> int | None:
+        """Its exit status, if it exits within EXIT_WAIT_S: a process being killed loses its
+        sockets a moment before it can be reaped, and vLLM's API server exits soon after its
+        EngineCore died; the exit is the better diagnosis."""
+        try:
+            return self._proc.wait(timeout=EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _died(self, kind: DeathKind, cause: str, status: int | None = None) -> None:
+        """Dead after ready: say how (before its other processes are ended), tell the owner,
+        then end what is left of it."""
+        found = deaths.described(kind, cause, status=status, gone=self._gone(),
+                                log=self._pump.lines_after(self._lines_at_ready))
+        with self._stop_lock:  # one death, though the watcher and a request's check may find it at once
+            if self.state is not State.READY:
+                return
+            self.state, self.death = State.DEAD, found
         if self.on_dead:
-            self.on_dead(self, reason)
+            self.on_dead(self, cause)
         # A hung engine would keep its connections (and so the gateway's slots) until their
-        # timeouts, and its VRAM until the next switch: end its processes now. The engine
-        # stays DEAD, with its reason, until stop() finishes the teardown.
+        # timeouts, and its VRAM until the next switch: end its processes now, in a thread
+        # of their own, so that a request's check has its answer at once. The engine stays
+        # DEAD, with its death, until stop() finishes the teardown.
+        threading.Thread(target=self._end_dead, name=f"engine-end-{self.model}", daemon=True).start()
+
+    def _end_dead(self) -> None:
         with self._stop_lock:
             if self.state is State.DEAD:
                 self._remember_tree()
                 processes.end_group(self._proc.pid, self._known, self.settings.stop_grace_s)
+
+    def _gone(self) -> list[str]:
+        """The processes it cannot serve without (NEEDED, as at ready) that are gone now."""
+        known = self._known
+        living = processes.living({pid: known[pid] for pid in self._needed})
+        return [f"{name} (pid {pid})" for pid, name in sorted(self._needed.items()) if pid not in living]
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> StopReport:
@@ -459,25 +556,11 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
     the pool's placement: the engine sees only those GPUs and takes that share of each.
     `sleep_mode`: it can be put to sleep (engine/sleep.py), so its server opens the
     development routes, on loopback only."""
-    from dataclasses import replace
-
     from animllm_cli import paths
-    from animllm_cli.engine.command import build_engine_command
-    from animllm_cli.config.provenance import Source
+    from animllm_cli.engine.command import PerLaunch, launch_command
 
-    view = loaded.model(model)
-    if utilization is not None:
-        view = replace(view, settings={**view.settings, "gpu_memory_utilization": utilization},
-                       sources={**view.sources, "gpu_memory_utilization": Source("builtin", "the pool's share")})
-    # A fresh key per launch: only the gateway that launched the engine can use it.
-    command = build_engine_command(loaded, view, port=port or free_port(loaded.config.engine.port),
-                                   api_key=secrets.token_urlsafe(32))
-    if sleep_mode:
-        command.argv.append(sleep.SLEEP_FLAG)
-    # Development mode only where it is needed: not inherited from the shell (the config's env: may set it).
-    command.env[sleep.DEV_MODE_VAR] = "1" if sleep_mode else command.env.get(sleep.DEV_MODE_VAR, "0")
-    if gpus is not None:
-        # PCI bus order is NVML's order: CUDA's default ("fastest first") may number them differently.
-        command.env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)))
-    return Engine(view.name, command, paths.engine_log(view.name, log_dir), loaded.config.engine, on_progress,
-                  on_dead, nvml_module, on_launched)
+    command = launch_command(loaded, model, PerLaunch(gpus=gpus, utilization=utilization, sleep_mode=sleep_mode),
+                             port=port or free_port(loaded.config.engine.port))
+    name = loaded.model(model).name
+    return Engine(name, command, paths.engine_log(name, log_dir), loaded.config.engine, on_progress, on_dead,
+                  nvml_module, on_launched)

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from animllm_cli.config import LoadedConfig
+from animllm_cli.engine.supervisor import Engine
 from animllm_cli.gateway import guard
 from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
 from animllm_cli.gateway.deadlines import Bounds, Expired
@@ -32,7 +33,7 @@ from animllm_cli.gateway.pool import EnginePool
 from animllm_cli.gateway.relay import ClientGone, Target
 from animllm_cli.gateway.scheduler import Decision, QueueFull, Scheduler, SwitchFailed
 from animllm_cli.gateway.upstreams import Upstreams
-from animllm_cli.wire import SwitchReport
+from animllm_cli.wire import EngineDeath, SwitchReport
 
 log = logging.getLogger(__name__)
 PRIORITY_LIMIT = 1000                 # a client's priority lies within +-this
@@ -64,6 +65,7 @@ class Gateway:
         self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.pool.models,
                                    remote=frozenset(self.upstreams.models), place=self.pool.fits,
                                    pinned=self.pool.pinned, asleep=lambda: self.pool.asleep,
+                                   restarting=lambda: self.pool.restarting,
                                    queue_max=limits.queue_max, backoff_s=backoff_s, policy=rule.policy,
                                    max_wait_s=rule.max_wait_s, batch_factor=rule.batch_factor)
         self.admission = Admission(limits.vram_threshold)
@@ -109,13 +111,20 @@ class Gateway:
         if remote is None:
             engine = self.pool.engine_for(model)
             if engine is not None:
-                yield Target(engine.base_url, engine.headers, f"the engine for '{model}'")
+                yield Target(engine.base_url, engine.headers, f"the engine for '{model}'", engine=engine)
             return
         spec = remote.spec
         for upstream in remote.candidates():
             yield Target(upstream.url, remote.headers, f"upstream {upstream.url} of '{model}'", remote.tls,
                          spec.connect_timeout_s, spec.first_byte_timeout_s, spec.idle_timeout_s, upstream,
                          spec.api_key_env)
+
+    def waiting_for(self, model: str) -> str:
+        """What a request for `model` waits for now, in words (the loading comments): the
+        download of its files, else what the scheduler says."""
+        download = self.pool.downloads.get(model)
+        done = download.done if download is not None else None
+        return f"downloading {model}, {done}" if done is not None else self.scheduler.waiting_for(model)
 
     def request_name(self, requested: str, model: str) -> str | None:
         """What the request's `model` must become for its target: None when it may stay."""
@@ -144,9 +153,13 @@ class Gateway:
         if decision.model is not None:
             self.metrics.switch_seconds.observe(report.total_s or 0)
 
-    def _engine_died(self, model: str, reason: str) -> None:
-        self.metrics.engine_deaths.labels(model).inc()
+    def _engine_died(self, model: str, death: EngineDeath) -> None:
+        self.metrics.engine_deaths.labels(model, death.kind).inc()
         self.scheduler.engine_lost()
+
+    async def engine_death(self, engine: Engine) -> EngineDeath | None:
+        """Whether a local engine a request just failed on is dead (gateway/pool.py, `check`)."""
+        return await self.pool.check(engine)
 
     async def unload(self, model: str, *, sleep: bool = False) -> SwitchReport | None:
         """Evict `model` once its requests have finished (a sleeper at once): stop it, or

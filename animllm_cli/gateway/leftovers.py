@@ -1,7 +1,8 @@
 """What a gateway that died without its cleanup left running: the engine groups its state
 file names. Each engine has a watchdog that ends it once the gateway is gone, so this is
 the second line: for a watchdog that died too (the OOM killer, a `kill -9` of both), or a
-gateway from before watchdogs. `serve` and `stop` call `clean()`.
+gateway from before watchdogs. `serve` and `stop` call `clean()`; `status` names them
+(`left_running()`).
 
 Only processes provably ours are stopped: the group's leader is alive, leads the recorded
 group, was created when the recorded one was (a pid the kernel reused was created later),
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import psutil
 
 from animllm_cli.engine import processes
-from animllm_cli.runfile import EngineGroup, read_dead_state, remove_state
+from animllm_cli.runfile import EngineGroup, GatewayState, read_dead_state, remove_state
 
 # psutil derives creation times from the boot time, which the kernel reports to the
 # second and which clock adjustments can move: a match within this is the same process.
@@ -47,6 +48,37 @@ def is_ours(group: EngineGroup) -> bool:
         return False
 
 
+@dataclass
+class LeftRunning:
+    """`status` with no gateway: the engines a dead one left, which `stop` ends."""
+    dead_gateway_pid: int
+    engines: list[tuple[EngineGroup, list[int]]]   # each group, and its processes
+
+    def message(self) -> str:
+        named = ", ".join(f"'{group.model}' ({'pid' if len(pids) == 1 else 'pids'} {', '.join(map(str, pids))})"
+                          for group, pids in self.engines)
+        return f"no gateway is running, but a dead gateway (pid {self.dead_gateway_pid}) left engines running: {named}"
+
+    def to_json(self) -> dict:
+        return {"running": False, "dead_gateway_pid": self.dead_gateway_pid,
+                "leftover_engines": [{"model": group.model, "process_group": group.pgid, "pids": pids}
+                                     for group, pids in self.engines]}
+
+
+def ours_running(dead: GatewayState) -> list[EngineGroup]:
+    """The engine groups the dead gateway's state file names that still run and are ours."""
+    return [group for group in dead.engines if is_ours(group)]
+
+
+def left_running() -> LeftRunning | None:
+    """What a dead gateway left running, without stopping it; None when nothing of ours runs."""
+    dead = read_dead_state()
+    groups = ours_running(dead) if dead else []
+    if not groups:
+        return None
+    return LeftRunning(dead.pid, [(group, sorted(processes.group_members(group.pgid))) for group in groups])
+
+
 def clean(grace_s: float) -> list[Leftover]:
     """Stop the engines a dead gateway left (SIGTERM to each group, SIGKILL after
     `grace_s`), then forget its state file. Empty when there was nothing of ours."""
@@ -54,10 +86,9 @@ def clean(grace_s: float) -> list[Leftover]:
     if dead is None:
         return []
     stopped = []
-    for group in dead.engines:
-        if is_ours(group):
-            forced, left = processes.end_group(group.pgid, {}, grace_s)
-            stopped.append(Leftover(group.model, group.pgid, dead.pid, forced, sorted(left)))
+    for group in ours_running(dead):
+        forced, left = processes.end_group(group.pgid, {}, grace_s)
+        stopped.append(Leftover(group.model, group.pgid, dead.pid, forced, sorted(left)))
     if not any(item.left for item in stopped):  # else the record stays, for another try
         remove_state(dead.pid)
     return stopped

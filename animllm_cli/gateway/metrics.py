@@ -34,8 +34,9 @@ class GatewayMetrics:
                                  "its URLs after one failed", ["model"], registry=self.registry)
         self.upstream_up = Gauge("animllm_upstream_up", "1 while a remote model's URL is in rotation",
                                  ["model", "url"], registry=self.registry)
-        self.engine_deaths = Counter("animllm_engine_deaths", "Engines that died after ready", ["model"],
-                                     registry=self.registry)
+        # kind: how it was found dead (wire.DeathKind); a restart is a switch of reason "restart".
+        self.engine_deaths = Counter("animllm_engine_deaths", "Engines that died after ready, by how",
+                                     ["model", "kind"], registry=self.registry)
 
     def record_vram(self, residents: Iterable[Resident]) -> None:
         """Each resident's measured VRAM and peak; gone ones drop out."""

@@ -35,8 +35,9 @@ class PoolView:
 def cards(view: PoolView, evicting: frozenset[str] = NOTHING, sleeping: frozenset[str] = NOTHING) -> list[Card] | None:
     """Each GPU with the room left on it below the threshold once `evicting` is gone and
     `sleeping` asleep: NVML's free memory (every process counted) plus what those give
-    back, or, without NVML, `gpu.vram_gib` less what the residents will hold. None: no
-    size known at all (one engine at a time, as before the pool)."""
+    back, and what dead engines still hold (the next switch stops them first), or,
+    without NVML, `gpu.vram_gib` less what the residents will hold. None: no size known
+    at all (one engine at a time, as before the pool)."""
     threshold = view.config.limits.vram_threshold
     holding = [r for r in view.residents.values() if r.holds()]
 
@@ -45,7 +46,8 @@ def cards(view: PoolView, evicting: frozenset[str] = NOTHING, sleeping: frozense
 
     if view.report.gpus:
         return [Card(g.index, g.total_bytes, int(g.total_bytes * threshold) - g.used_bytes
-                     + sum(r.holding(g.index) - after(r, g.index) for r in holding))
+                     + sum(r.holding(g.index) - after(r, g.index) for r in holding)
+                     + sum(r.left_on(g.index) for r in view.residents.values()))
                 for g in view.report.gpus]
     size = view.config.gpu.vram_gib
     if not size:

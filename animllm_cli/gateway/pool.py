@@ -3,10 +3,13 @@
 The pool carries out what the scheduler decides (gateway/scheduler.py): a switch sends the
 residents it evicts to sleep where they may (gateway/sleep_policy.py) or stops them, waits
 for their VRAM, wakes the model where it sleeps or starts it where placement puts it
-(gateway/placement.py), and waits for ready. Each engine is a Resident with one state
-(gateway/resident.py). The pool restarts a dead engine only within a budget
-(gateway/restarts.py), measures its engines with NVML, reports timings, and names the
-engine processes it runs (for the state file). A closing pool starts nothing.
+(gateway/placement.py), and waits for ready; a model a request loads is first pulled into
+the Hugging Face cache if it lacks it (gateway/downloads.py), before anything is evicted.
+Each engine is a Resident with one state (gateway/resident.py). An engine's death is seen
+by its supervisor's watcher, or by the check a failed request asks for (`check`); the next
+switch to its model is a restart, which carries how it died, and happens only within a
+budget (gateway/restarts.py). The pool measures its engines with NVML, reports timings,
+and names the engine processes it runs (for the state file). A closing pool starts nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +30,7 @@ from animllm_cli.engine import sleep
 from animllm_cli.engine.python_env import PythonEnv
 from animllm_cli.engine.supervisor import Engine, Progress, State, StopReport, launch
 from animllm_cli.gateway import placement
+from animllm_cli.gateway.downloads import Download
 from animllm_cli.gateway.launched import Launched
 from animllm_cli.gateway.placement import PoolView
 from animllm_cli.gateway.resident import Resident, ResidentState, reserved, sleepers
@@ -36,7 +41,7 @@ from animllm_cli.gpu import nvml
 from animllm_cli.gpu.planner import Card, Share, card_shares
 from animllm_cli.runfile import EngineGroup
 from animllm_cli.units import gib
-from animllm_cli.wire import SleepModeStatus, SwitchReport
+from animllm_cli.wire import EngineDeath, SleepModeStatus, SwitchReport
 
 SWITCH_HISTORY = 100
 log = logging.getLogger(__name__)
@@ -54,12 +59,15 @@ class NoRoom(Exception):
 class EnginePool:
     def __init__(self, loaded: LoadedConfig, *, log_dir: Path | None = None, nvml_module: object | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
-                 on_death: Callable[[str, str], None] | None = None,
+                 on_death: Callable[[str, EngineDeath], None] | None = None,
                  on_engines_changed: Callable[[], None] | None = None,
                  max_restarts: int = 3, restart_window_s: float = 600.0,
-                 engine_env: PythonEnv | None = None, host_available: Callable[[], int] | None = None) -> None:
+                 engine_env: PythonEnv | None = None, host_available: Callable[[], int] | None = None,
+                 pull: bool = True) -> None:
         """`engine_env`: what the engine's Python has installed (whether its vLLM can sleep);
-        `host_available`: the host RAM free now (psutil's `available`; tests pass their own)."""
+        `host_available`: the host RAM free now (psutil's `available`; tests pass their own);
+        `pull`: download a model a request loads when the cache lacks it (off: `serve
+        --no-pull`, and the engine fetches it)."""
         self.loaded = loaded
         self.sleep_policy = SleepPolicy(loaded, engine_env,
                                         host_available or (lambda: psutil.virtual_memory().available))
@@ -74,6 +82,11 @@ class EnginePool:
         self.switches_recorded = 0                  # ever: says how many fell out of `switches`
         self.report = nvml.GpuReport(error="not read yet")  # NVML's latest answer (refresh())
         self.restarts = RestartBudget(max_restarts, restart_window_s)
+        self.deaths: dict[str, EngineDeath] = {}    # model -> how its engine died, until it runs again or is stopped
+        self._taken: weakref.WeakSet[Engine] = weakref.WeakSet()  # the engines whose death the pool has taken
+        self.pull = pull
+        self.downloads: dict[str, Download] = {}    # model -> its pull under way (a switch's first phase)
+        self._checks: dict[Engine, asyncio.Future] = {}  # the check under way of each engine a request found failing
         self._shares: dict[int, dict[str, Share]] = {}  # card size -> each model's share of it
         self._loop: asyncio.AbstractEventLoop | None = None
         self.launched = Launched(self._engines_changed)
@@ -111,6 +124,11 @@ class EnginePool:
     def asleep(self) -> list[str]:
         """The models asleep or waking up (a request for one waits for its wake)."""
         return [m for m, r in self.residents.items() if r.state in (ResidentState.SLEEPING, ResidentState.WAKING)]
+
+    @property
+    def restarting(self) -> list[str]:
+        """The models whose engine died and has not run since: loading one is a restart."""
+        return list(self.deaths)
 
     @property
     def support(self) -> sleep.Support:
@@ -176,14 +194,18 @@ class EnginePool:
         started = time.monotonic()
         report = SwitchReport(from_model=decision.evict[0] if decision.evict else None, to_model=model,
                               evicted=list(decision.evict), outcome="failed", reason=decision.reason,
-                              chosen_by=decision.chosen_by)
+                              chosen_by=decision.chosen_by,
+                              death=self.deaths.get(model) if model and decision.reason == "restart" else None)
         try:
             if model is not None:
                 self._refuse_if_closing(model)
                 self.restarts.check(model)
+                if self.pull and not decision.explicit and model not in self.sleepers:
+                    await self._download(model, report)
             await self._make_room(model, decision, report)
             if model is not None:
                 await self._load(model, report)
+                self.deaths.pop(model, None)
             report.outcome = "ok"
             return report
         except Exception as exc:
@@ -195,6 +217,19 @@ class EnginePool:
             self.last_switch = report
             self.switches = [*self.switches[-SWITCH_HISTORY + 1:], report]
             self.switches_recorded += 1
+
+    async def _download(self, model: str, report: SwitchReport) -> None:
+        """Pull `model` into the Hugging Face cache if it lacks it, in a thread, before anything
+        is evicted (a failed download leaves the pool as it was). An explicit load is not
+        pulled here: its command (`serve`, `switch`) pulled it, with progress in its terminal,
+        unless told not to."""
+        download = self.downloads[model] = Download(model, self.on_progress, lambda: self._refuse_if_closing(model))
+        try:
+            note = await asyncio.to_thread(download.run, self.loaded)
+        finally:
+            del self.downloads[model]
+        if note:
+            report.notes.append(note)
 
     async def _make_room(self, model: str | None, decision: Decision, report: SwitchReport) -> None:
         """Send the residents `decision.evict` names to sleep where they may and the card
@@ -211,6 +246,9 @@ class EnginePool:
         if failures:
             raise failures[0]
         self._note_stops(stopped, report)
+        for gone in dead:
+            if gone != model:  # stopped for good, not restarted: its next load is no restart
+                self.deaths.pop(gone, None)
         await asyncio.to_thread(self.refresh)
         if model is not None:
             await self._stop_sleepers_short_of(model, report)
@@ -381,20 +419,41 @@ class EnginePool:
         return [s for s in stopped if s.stop_s or s.left]
 
     def _engine_died(self, engine: Engine, reason: str) -> None:
-        """Called from the engine's watcher thread: the loop makes the transition (resident.py)."""
+        """Called from the thread that found the engine dead (its watcher, or a request's check):
+        the loop makes the transition (resident.py)."""
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway is gone
-                self._loop.call_soon_threadsafe(self._on_death, engine, reason)
+                self._loop.call_soon_threadsafe(self._on_death, engine)
 
-    def _on_death(self, engine: Engine, reason: str) -> None:
-        """On the loop: the death counts against the model's restart budget, and its
-        resident (if it is still this engine's) becomes dead."""
+    def _on_death(self, engine: Engine) -> None:
+        """On the loop, once per engine (its supervisor hands the death over, and a check may
+        take it first): the death counts against the model's restart budget, and its
+        resident (if it is still this engine's) becomes dead, to be restarted."""
+        if engine in self._taken:
+            return
+        self._taken.add(engine)
         self.restarts.died(engine.model)
         resident = self.residents.get(engine.model)
-        if resident is not None and resident.engine is engine:
-            resident.died()
-        if self.on_death:
-            self.on_death(engine.model, reason)
+        if resident is not None and resident.engine is engine and resident.died() and engine.death:
+            self.deaths[engine.model] = engine.death
+        if self.on_death and engine.death:
+            self.on_death(engine.model, engine.death)
+
+    async def check(self, engine: Engine) -> EngineDeath | None:
+        """Whether `engine` is dead, asked when a request to it failed: its death, else None.
+        Requests that fail together share one check. A death, found by this check or by
+        the watcher, is taken here if the supervisor's hand-over has not reached the loop
+        yet: the resident is dead when this returns, so that a request that goes to wait for
+        the restart is never sent to the dead engine again."""
+        if engine.death is None:
+            checking = self._checks.get(engine)
+            if checking is None:
+                checking = self._checks[engine] = asyncio.ensure_future(asyncio.to_thread(engine.check))
+                checking.add_done_callback(lambda _: self._checks.pop(engine, None))
+            await asyncio.shield(checking)
+        if engine.death is not None:
+            self._on_death(engine)
+        return engine.death
 
     def _refuse_if_closing(self, model: str) -> None:
         if self._closing:
@@ -417,6 +476,7 @@ class EnginePool:
         Returns the slowest stop (the one the user waited for)."""
         self._closing = True
         stopped = await self._evict(list(self.residents))
+        self.deaths.clear()  # nothing is restarted any more
         left = sorted(pid for s in stopped for pid in s.left)
         if not stopped:
             return None

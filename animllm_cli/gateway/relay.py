@@ -3,6 +3,13 @@ chunk as they arrive, errors as error events, never a fake [DONE].
 
 Every wait has its own bound (gateway/deadlines.py). A client that goes away, queued or mid-answer, streamed or not, closes the upstream
 connection, so that vLLM stops generating and the slot is freed.
+
+A local engine that fails a request before the client got a byte (no connection, a
+connection closed, a 5xx) is checked at once (gateway/pool.py, `check`). Dead, it either
+had the request (`_had`: it read it all), and the client gets a 502 naming the crash; or
+it may never have had it, and the request waits for the restart (EngineRestarting) as one
+that arrives during a switch does, once: a request whose second try fails on a dead engine
+too gets the 502. A stream that had begun ends with an error event naming the crash.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from animllm_cli.gateway.guard import error
 from animllm_cli.gateway.scheduler import Lease
 
 if TYPE_CHECKING:
+    from animllm_cli.engine.supervisor import Engine
     from animllm_cli.gateway.metrics import GatewayMetrics
     from animllm_cli.gateway.upstreams import Upstream
+    from animllm_cli.wire import EngineDeath
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +49,31 @@ class RelayHost(Protocol):
 
     def queue_failure(self, model: str, exc: Exception) -> Response: ...
 
+    async def engine_death(self, engine: Engine) -> EngineDeath | None: ...
+
 
 def sse_error(message: str, kind: str) -> bytes:
     # A blank line first ends any event the upstream left half-written.
     return b"\n\ndata: " + json.dumps({"error": {"message": message, "type": kind}}).encode() + b"\n\n"
 
 
+EVENT_ENDS = (b"\n\n", b"\r\n\r\n")  # the blank line that ends a server-sent event
+
+
+def split_at_event_end(data: bytes) -> tuple[bytes, bytes]:
+    """`data` cut after its last complete event: (the whole events, the rest)."""
+    end = max(data.rfind(mark) + len(mark) if mark in data else 0 for mark in EVENT_ENDS)
+    return data[:end], data[end:]
+
+
 class ClientGone(Exception):
     pass
+
+
+class EngineRestarting(Exception):
+    """The request's engine was found dead, and the request may never have reached it: it
+    waits for the restart, as one that arrives during a switch does, then is sent again
+    with `rejoined` (it never waits for a second restart)."""
 
 
 async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
@@ -91,6 +117,7 @@ class Target:
     idle_s: float | None = None
     upstream: Upstream | None = None          # a remote URL: its outstanding count and health
     key_env: str | None = None                # the variable its key came from (for messages)
+    engine: Engine | None = None              # a local engine: asked whether it died when it fails
 
     def mark_out(self, problem: str) -> None:
         """A remote URL that failed leaves rotation until its health check passes (a local
@@ -98,14 +125,21 @@ class Target:
         if self.upstream is not None:
             self.upstream.mark_failed(problem)
 
-    def failed(self, problem: str) -> "Failover":
+    def failed(self, problem: str, cause: aiohttp.ClientError | None = None, *, mid_answer: bool = False) -> "Failover":
         """This try failed before the client got a byte: out of rotation, and the next URL's turn."""
         self.mark_out(problem)
-        return Failover(f"{self.who}: {problem}" if self.upstream else f"{self.who} failed while answering: {problem}")
+        return Failover(f"{self.who}: {problem}" if self.upstream else f"{self.who} failed while answering: {problem}",
+                        cause, mid_answer)
 
 
 class Failover(Exception):
-    """A try that failed before anything reached the client: another URL may answer."""
+    """A try that failed before anything reached the client: another URL may answer.
+    `cause`: the connection's error (None: an error answer); `mid_answer`: it failed within
+    the body of its answer."""
+
+    def __init__(self, message: str, cause: aiohttp.ClientError | None, mid_answer: bool) -> None:
+        super().__init__(message)
+        self.cause, self.mid_answer = cause, mid_answer
 
 
 # An upstream answering these is overloaded, restarting or a proxy without a backend. Not
@@ -117,10 +151,11 @@ KEY_REFUSED_STATUSES = frozenset({401, 403, 407})
 
 
 async def forward(gw: RelayHost, request: Request, model: str, lease: Lease, raw: bytes, stream: bool,
-                  deadlines: Deadlines) -> Response:
+                  deadlines: Deadlines, *, rejoined: bool = False) -> Response:
     """Send the request to the model's engine, or to its upstream URLs one after another
     until one answers (a failover only while nothing has reached the client); the lease
-    is released when the answer ends."""
+    is released when the answer ends. `rejoined`: it waited for a restart already, so a
+    dead engine gives it the crash, never EngineRestarting."""
     gw.metrics.in_flight.inc()
     handed_over = False
     failures: list[str] = []
@@ -131,8 +166,10 @@ async def forward(gw: RelayHost, request: Request, model: str, lease: Lease, raw
             try:
                 answer = await _attempt(gw, request, model, target, lease, raw, stream, deadlines)
             except Failover as exc:
-                failures.append(str(exc))
                 log.warning("%s", exc)
+                if target.engine is not None:  # the model's one engine: did it die?
+                    return await _engine_failed(gw, model, target, exc, rejoined)
+                failures.append(str(exc))
                 continue
             handed_over = isinstance(answer, RelayResponse)
             return answer
@@ -149,6 +186,37 @@ async def forward(gw: RelayHost, request: Request, model: str, lease: Lease, raw
         if not handed_over:
             gw.metrics.in_flight.dec()
             lease.release()
+
+
+async def _engine_failed(gw: RelayHost, model: str, target: Target, failure: Failover, rejoined: bool) -> Response:
+    """A local engine failed the request before the client got a byte. Alive after all: a
+    503, as ever. Dead: a 502 naming the crash if it had the request (`_had`), or if the
+    request waited for a restart already; else EngineRestarting, and the request waits
+    for the restart."""
+    assert target.engine is not None
+    death = await gw.engine_death(target.engine)
+    if death is None:
+        gw.metrics.requests.labels(model, "engine_error").inc()
+        return error(503, str(failure), "engine_unavailable", retry_after=5)
+    had = _had(failure)
+    if not had and not rejoined:
+        raise EngineRestarting()
+    gw.metrics.requests.labels(model, "engine_died").inc()
+    when = "while answering" if had else "again, after the restart this request waited for"
+    return error(502, f"{target.who} died {when}: {death.summary()}", "engine_error")
+
+
+def _had(failure: Failover) -> bool:
+    """Whether an engine found dead had the request when it died: whether it had read it all.
+    An engine that dies closes each connection it holds: cleanly where it had read what was
+    sent (aiohttp's ServerDisconnectedError), with a reset where the request lay unread (the
+    kernel resets a connection closed with data unread: a request sent while the engine was
+    being killed, or into its listening socket's backlog). A connection refused never
+    reached it; an answer that broke off had begun. An error answer says nothing of when it
+    died: vLLM answers 500 to every request once its EngineCore is gone, those sent after the
+    death too (a request that killed it, an out-of-memory on its prompt, is failed again by
+    the restarted engine, and gets the crash then)."""
+    return failure.mid_answer or isinstance(failure.cause, aiohttp.ServerDisconnectedError)
 
 
 async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, lease: Lease, raw: bytes,
@@ -172,7 +240,7 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
                                                                       f"first_byte_timeout_s"),
                 discard=lambda response: response.close())
         except aiohttp.ClientError as exc:
-            raise target.failed(_cause(exc)) from None
+            raise target.failed(_cause(exc), exc) from None
         if remote is not None and upstream.status in KEY_REFUSED_STATUSES:
             upstream.close()  # every URL of the model has the same key: no failover
             target.mark_out(f"refused the key (HTTP {upstream.status})")
@@ -192,10 +260,13 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
                                                                             f"{target.who}'s answer stalled"))
         except aiohttp.ClientError as exc:
             upstream.close()
-            raise target.failed(f"stopped mid-answer: {_cause(exc)}") from None
+            raise target.failed(f"stopped mid-answer: {_cause(exc)}", exc, mid_answer=True) from None
         except BaseException:
             upstream.close()  # unread: drop the connection rather than return it to the pool
             raise
+        if target.engine is not None and upstream.status >= 500 \
+                and await gw.engine_death(target.engine) is not None:  # vLLM's answer once its EngineCore died
+            raise target.failed(f"HTTP {upstream.status}")
         gw.metrics.requests.labels(model, "ok" if upstream.status < 400 else f"http_{upstream.status}").inc()
         retry = upstream.headers.get("retry-after")
         return Response(body, status_code=upstream.status, headers={"retry-after": retry} if retry else None,
@@ -225,6 +296,7 @@ class RelayResponse(Response):
         self.target, self.idle_s = target, idle_s
         self.status_code = upstream.status
         self.background = None
+        self.given_back = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.stream(receive, send, started=False)
@@ -256,8 +328,9 @@ class RelayResponse(Response):
                 outcome = "client_gone" if gone else "engine_died"
                 if not gone:
                     self.target.mark_out("stopped mid-answer")
+                    self._give_back()  # before the check of its engine, which may take seconds
                     await send({"type": "http.response.body", "more_body": True,
-                                "body": sse_error(f"{self.target.who} stopped mid-answer", "engine_error")})
+                                "body": sse_error(await self._cut_short(), "engine_error")})
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -265,14 +338,30 @@ class RelayResponse(Response):
             upstream.close()
             if self.target.upstream is not None:
                 self.target.upstream.outstanding -= 1
-            self.gw.metrics.in_flight.dec()
             self.gw.metrics.requests.labels(self.model, "client_gone" if gone else outcome).inc()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Its slot and its place in the in-flight count, given back once."""
+        if not self.given_back:
+            self.given_back = True
+            self.gw.metrics.in_flight.dec()
             self.lease.release()
 
+    async def _cut_short(self) -> str:
+        """Why the stream ended early, for its error event: the crash, where its engine died."""
+        engine = self.target.engine
+        death = await self.gw.engine_death(engine) if engine is not None else None
+        return f"{self.target.who} stopped mid-answer" + (f": it died ({death.summary()})" if death else "")
+
     async def _pump(self, send: Any) -> None:
+        """Relay whole events only: what follows the last event boundary waits for the rest of
+        its event, so that an engine dying inside a write never hands the client half an event
+        (an SDK fails on one it cannot parse before it reaches the error event)."""
         content = self.upstream.content
         watch = IdleWatch(self.deadlines, self.idle_s, f"no output from {self.target.who} within idle_timeout_s")
         time = watch.loop.time
+        pending = b""
         try:
             while True:
                 watch.reading_since = time()
@@ -287,48 +376,67 @@ class RelayResponse(Response):
                 watch.reading_since = None
                 if not chunk:
                     break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                whole, pending = split_at_event_end(pending + chunk)
+                if whole:
+                    await send({"type": "http.response.body", "body": whole, "more_body": True})
         finally:
             watch.close()
         if not content.is_eof():
             raise aiohttp.ClientPayloadError("upstream closed early")
+        if pending:  # a complete answer whose last event lacks its blank line: passed on as it is
+            await send({"type": "http.response.body", "body": pending, "more_body": True})
 
 
 class WaitingStream(Response):
-    """A streamed request whose model must be loaded first. The answer starts at once
-    (200, an event stream), and while the request waits a comment line says what for,
-    every `every_s` (`: loading coder, evicting vision… 12 s`): OpenAI clients skip
-    comments, proxies see bytes flow instead of timing out, `chat` shows them. Then the
-    engine's stream follows; a failure on the way is an error event, as mid-stream."""
+    """A streamed request whose model must be loaded (or restarted) first. The answer
+    starts at once (200, an event stream), and while the request waits a comment line says
+    what for, every `every_s` (`: loading coder, evicting vision… 12 s`): OpenAI clients
+    skip comments, proxies see bytes flow instead of timing out, `chat` shows them. Then
+    the engine's stream follows; a failure on the way is an error event, as mid-stream.
+    `acquire` waits for the slot; it is asked again, once, when the engine turns out to have
+    died before the request reached it (EngineRestarting). `rejoined`: it waits for a
+    restart already."""
 
-    def __init__(self, gw: RelayHost, request: Request, model: str, waiting: Awaitable[Lease], raw: bytes,
-                 deadlines: Deadlines, describe: Callable[[], str], every_s: float) -> None:
+    def __init__(self, gw: RelayHost, request: Request, model: str, acquire: Callable[[], Awaitable[Lease]],
+                 raw: bytes, deadlines: Deadlines, describe: Callable[[], str], every_s: float,
+                 rejoined: bool = False) -> None:
         self.gw, self.request, self.model, self.raw, self.deadlines = gw, request, model, raw, deadlines
-        self.waiting, self.describe, self.every_s = asyncio.ensure_future(waiting), describe, every_s
+        self.acquire, self.describe, self.every_s, self.rejoined = acquire, describe, every_s, rejoined
+        self.waiting = asyncio.ensure_future(acquire())  # in the queue from now on
         self.status_code = 200
         self.background = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        while (lease := await self._lease(receive, send)) is not None:
+            try:
+                answer = await forward(self.gw, self.request, self.model, lease, self.raw, True, self.deadlines,
+                                       rejoined=self.rejoined)
+            except EngineRestarting:  # it waits for the restart, hearing what it waits for
+                self.rejoined = True
+                self.waiting = asyncio.ensure_future(self.acquire())
+                continue
+            if isinstance(answer, RelayResponse):
+                await answer.stream(receive, send, started=True)
+            else:  # the engine refused it (4xx/5xx): its error as an event
+                await self._end(send, _error_message(answer.body), "engine_error")
+            return
+
+    async def _lease(self, receive: Any, send: Any) -> Lease | None:
+        """The slot; None when the wait ended otherwise (the client left, or its error event is sent)."""
         try:
             try:
-                lease = await self._wait(receive, send)
+                return await self._wait(receive, send)
             finally:
                 if not self.waiting.done():  # left some other way (send failed, cancelled): leave the queue
                     self.waiting.cancel()
         except ClientGone:
             self.gw.metrics.requests.labels(self.model, "client_gone").inc()
-            return
         except Exception as exc:
             failed = self.gw.queue_failure(self.model, exc)
             await self._end(send, _error_message(failed.body), "engine_unavailable")
-            return
-        answer = await forward(self.gw, self.request, self.model, lease, self.raw, True, self.deadlines)
-        if isinstance(answer, RelayResponse):
-            await answer.stream(receive, send, started=True)
-        else:  # the engine refused it (4xx/5xx): its error as an event
-            await self._end(send, _error_message(answer.body), "engine_error")
+        return None
 
     async def _wait(self, receive: Any, send: Any) -> Lease:
         """The lease, saying what it waits for every `every_s`; ClientGone if the client leaves."""

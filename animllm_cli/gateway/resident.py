@@ -6,10 +6,12 @@ way: proxy/process.go, swapState). Its sleep level, what NVML measured of it and
 RAM it holds are data beside the state.
 
 Every transition runs on the gateway's event loop, so no lock guards the state. An
-engine's death is seen on its supervisor's watcher thread (engine/supervisor.py, `on_dead`):
-the pool hands it to the loop, where `died()` makes the transition, so the state keeps one
-writer on one thread. For the turn of the loop in between the resident still says ready:
-a request sent to it then fails as one sent a moment before the death would.
+engine's death is seen on a thread of its supervisor (engine/supervisor.py, `on_dead`): its
+watcher's, or that of the check a failed request asked for. The pool hands it to the loop,
+where `died()` makes the transition, so the state keeps one writer on one thread. For the
+turn of the loop in between the resident still says ready: a request sent to it then fails
+as one sent a moment before the death would. A dead resident's model is restarted by the
+next switch to it (a switch of reason `restart`).
 
 A transition the table does not allow raises TransitionError. It is a bug in the pool, whose
 bookkeeping would then disagree with its engines (room counted for a stopped engine,
@@ -76,6 +78,9 @@ class Resident:
     planned_bytes: dict[int, int]              # GPU -> the plan's footprint
     measured_bytes: dict[int, int] = field(default_factory=dict)  # GPU -> NVML's, once ready
     peak_bytes: dict[int, int] = field(default_factory=dict)      # GPU -> the most NVML showed
+    # GPU -> what NVML's latest reading (the one the pool's report holds) shows its processes
+    # hold, 0 included: dead, what they leave until its stop, never more than that report counts.
+    seen_bytes: dict[int, int] = field(default_factory=dict)
     ready_bytes: dict[int, int] | None = None  # GPU -> what it held when it became ready (admission)
     loaded_at: float | None = None             # wall clock, when it became ready
     sleep_mode: bool = False                   # launched able to sleep
@@ -158,18 +163,30 @@ class Resident:
     def holds(self) -> bool:
         return self._state in HOLDS_MEMORY
 
+    def left_on(self, gpu: int) -> int:
+        """Dead: what its processes still hold on `gpu` until its stop (an orphaned EngineCore,
+        say), as NVML's latest report shows them: its footprint if that was read while it ran,
+        0 if read once they were gone (not its footprint of before: the report's used memory
+        no longer holds it); alive: nothing left over."""
+        return self.seen_bytes.get(gpu, 0) if self._state is S.DEAD else 0
+
     def vram_now(self) -> dict[int, int]:
-        """GPU -> what NVML last showed it hold (asleep: what it keeps)."""
+        """GPU -> what NVML last showed it hold (asleep: what it keeps; dead: what it leaves)."""
+        if self._state is S.DEAD:
+            return self.seen_bytes
         return self.asleep_bytes if self.sleep_level else self.measured_bytes
 
     def measure(self, gpus: list[nvml.Gpu]) -> None:
         """Take its footprint from NVML's reading (blocking: its processes are listed): awake,
-        what it holds and the most it ever held; asleep, what it keeps."""
-        if self._state not in (S.READY, S.SLEEPING):
+        what it holds and the most it ever held; asleep, what it keeps; dead, what is left."""
+        if self._state not in (S.READY, S.SLEEPING, S.DEAD):
             return
         pids = self.engine.pids()
+        self.seen_bytes = {gpu.index: engine_bytes(gpu, pids) for gpu in gpus}
+        if self._state is S.DEAD:
+            return
         for gpu in gpus:
-            held = engine_bytes(gpu, pids)
+            held = self.seen_bytes[gpu.index]
             if held and self._state is S.SLEEPING:
                 self.asleep_bytes[gpu.index] = held
             elif held:

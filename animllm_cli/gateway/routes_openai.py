@@ -1,7 +1,9 @@
 """The routes clients call: the OpenAI API, relayed to the model's engine or upstream
 (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/tokenize`, `/detokenize`),
 and `/v1/models`. A request is refused before it waits where it must be (no model, a
-switch that switch_on_demand forbids, VRAM or KV pressure), else queued for a slot.
+switch that switch_on_demand forbids, VRAM or KV pressure), else queued for a slot. One
+whose engine turns out to have died before the request reached it queues again, once, for
+the restart (gateway/relay.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from animllm_cli.gateway import guard
 from animllm_cli.gateway.app import PRIORITY_LIMIT, Gateway, guarded
 from animllm_cli.gateway.deadlines import Deadlines, Expired
 from animllm_cli.gateway.guard import Refused, error
-from animllm_cli.gateway.relay import ClientGone, WaitingStream, forward, race_disconnect
+from animllm_cli.gateway.relay import ClientGone, EngineRestarting, WaitingStream, forward, race_disconnect
 from animllm_cli.gateway.scheduler import Lease, QueueFull, SwitchFailed
 
 RELAYED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize")
@@ -70,17 +72,40 @@ async def proxy(request: Request, gw: Gateway) -> Response:
     lease = gw.scheduler.try_acquire(model)
     loading = remote is None and (model not in gw.pool.models or model in gw.scheduler.draining)
     if lease is None and stream and loading:
-        refused = _refusal(gw, model)
-        if refused is not None:
-            return refused
-        # A load ahead: answer now, and say what it waits for while it waits.
-        return WaitingStream(gw, request, model, _acquire(gw, model, priority, deadlines), raw, deadlines,
-                             lambda: gw.scheduler.waiting_for(model), gw.loading_comment_s)
+        return _waiting_stream(gw, request, model, raw, priority, deadlines)
     if lease is None:
         lease = await _queue(gw, request, model, priority, deadlines)
         if isinstance(lease, Response):
             return lease
-    return await forward(gw, request, model, lease, raw, stream, deadlines)
+    return await _answer(gw, request, model, lease, raw, stream, priority, deadlines)
+
+
+async def _answer(gw: Gateway, request: Request, model: str, lease: Lease, raw: bytes, stream: bool,
+                  priority: float, deadlines: Deadlines) -> Response:
+    """Relay the request on its slot. Should its engine turn out to have died before the
+    request reached it, the request waits for the restart as one that arrives during a
+    switch does (a stream hears what it waits for), and is sent again, once."""
+    try:
+        return await forward(gw, request, model, lease, raw, stream, deadlines)
+    except EngineRestarting:
+        if stream:
+            return _waiting_stream(gw, request, model, raw, priority, deadlines, rejoined=True)
+        queued = await _queue(gw, request, model, priority, deadlines)
+        if isinstance(queued, Response):
+            return queued
+        return await forward(gw, request, model, queued, raw, stream, deadlines, rejoined=True)
+
+
+def _waiting_stream(gw: Gateway, request: Request, model: str, raw: bytes, priority: float,
+                    deadlines: Deadlines, *, rejoined: bool = False) -> Response:
+    """A stream with a load (or a restart) ahead: answered now, saying what it waits for
+    while it waits; or refused at once where its wait would fail at once. `rejoined`: it
+    waits for a restart already."""
+    refused = _refusal(gw, model)
+    if refused is not None:
+        return refused
+    return WaitingStream(gw, request, model, lambda: _acquire(gw, model, priority, deadlines), raw, deadlines,
+                         lambda: gw.waiting_for(model), gw.loading_comment_s, rejoined)
 
 
 def _admit_remote(model: str, key_problem: str | None) -> None:
@@ -93,7 +118,7 @@ def _admit_remote(model: str, key_problem: str | None) -> None:
 def _admit_local(gw: Gateway, model: str) -> None:
     """Refused before it waits: a switch that switch_on_demand forbids, or VRAM/KV pressure."""
     residents = gw.pool.models
-    if not gw.switch_on_demand and residents and model not in residents:
+    if not gw.switch_on_demand and residents and model not in residents and model not in gw.pool.restarting:
         raise Refused(error(409, f"model '{model}' is not loaded ({', '.join(residents)} is) and switch_on_demand "
                                  f"is off", "model_not_loaded", param="model", code="model_not_loaded"), "not_loaded")
     busy = gw.verdict.reason(model, resident=model in residents)

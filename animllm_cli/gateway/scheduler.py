@@ -87,7 +87,7 @@ class Ticket:
 class Decision:
     """Why a switch happened and why to this model: the labels of the switch metric.
 
-    reason: cold (nothing was loaded: the first load, or after an engine died) | beside
+    reason: restart (its engine died since it last ran) | cold (nothing was loaded) | beside
     (loaded next to the residents, nothing evicted) | idle (the evicted models had no work
     left, even if a request elsewhere had just become overdue) | max_wait (they still had
     work, but a request elsewhere waited max_wait_s) | admin (`animllm switch`) |
@@ -98,12 +98,16 @@ class Decision:
     (`animllm switch`, `unload`, preload, or the model `serve` starts with) | arrival_order
     | idle (keep_alive).
     `evict`: the residents it stops first, least recently used first (not a label).
+    `explicit`: an explicit load of the model waits for it (`animllm switch`, a preload, the
+    model `serve` starts with), whose command pulled the model first: the pool pulls only
+    for requests (not a label).
     """
 
     model: str | None
     reason: SwitchReason
     chosen_by: ChosenBy
     evict: tuple[str, ...] = field(default=(), compare=False)
+    explicit: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -125,6 +129,7 @@ class Scheduler:
                  place: Callable[[str, frozenset[str]], bool] | None = None,
                  pinned: Callable[[str], bool] = lambda model: False,
                  asleep: Callable[[], Collection[str]] = lambda: (),
+                 restarting: Callable[[], Collection[str]] = lambda: (),
                  policy: Policy = "batch", max_wait_s: float = 60.0, batch_factor: float = 4.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._switch = switch
@@ -137,6 +142,7 @@ class Scheduler:
         self._place = place or (lambda model, evicting: not set(self._residents()) - evicting)
         self._pinned = pinned
         self._asleep = asleep  # the pool's sleepers: a request for one wakes it; an unload stops it
+        self._restarting = restarting  # the models whose engine died: loading one is a restart
         self.queue_max = queue_max
         self.backoff_s = backoff_s
         self.policy, self.max_wait_s, self.batch_factor = policy, max_wait_s, batch_factor
@@ -266,7 +272,7 @@ class Scheduler:
         operation = self.operation
         if operation is not None and operation.model == model:
             evicting = f", evicting {', '.join(operation.evict)}" if operation.evict else ""
-            return f"{'waking' if model in self._asleep() else 'loading'} {model}{evicting}"
+            return f"{self._loading(model)} {model}{evicting}"
         if model in self.draining:
             return f"waiting for {model}: it is draining (to be unloaded or evicted), then it loads again"
         if self._serves(model):
@@ -277,6 +283,10 @@ class Scheduler:
         return f"waiting for {model}: its turn to be {'woken' if model in self._asleep() else 'loaded'}"
 
     # --------------------------------------------------------------------- internals
+    def _loading(self, model: str) -> str:
+        """What a switch to `model` does, in a word."""
+        return "waking" if model in self._asleep() else "restarting" if model in self._restarting() else "loading"
+
     def _serves(self, model: str) -> bool:
         """Requests for `model` start without a switch: it is resident, or served elsewhere."""
         return model in self.remote or model in self._residents()
@@ -336,9 +346,12 @@ class Scheduler:
                               f"({', '.join(sorted(m for m in residents if self._pinned(m)))}) and nothing else "
                               f"can be evicted; see `animllm plan --together`", backoff=False)
             return None
-        if not residents:
+        explicit = any(t.urgent and t.model == model for t in foreign)
+        if model in self._restarting():
+            reason = "restart"
+        elif not residents:
             reason = "cold"
-        elif any(t.urgent and t.model == model for t in foreign):
+        elif explicit:
             reason = "admin"
         elif not evict:
             reason = "beside"
@@ -346,7 +359,7 @@ class Scheduler:
             reason = "arrival_order" if self.policy == "fifo" else "max_wait"
         else:
             reason = "idle"
-        return Decision(model, reason, chosen_by, tuple(evict))
+        return Decision(model, reason, chosen_by, tuple(evict), explicit)
 
     def _victims(self, model: str, residents: set[str]) -> list[str] | None:
         """The residents to evict so that `model` fits: none if it fits beside them; else

@@ -28,11 +28,11 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
           preload: list[str] | None = None,
           log_path: str | None = None, nvml_module: object | None = None, log_dir: Path | None = None,
           on_progress: Callable | None = None, write_state_file: bool = True, exit_on_failed_load: bool = True,
-          engine_env: Any = None, host_available: Callable[[], int] | None = None):
+          engine_env: Any = None, host_available: Callable[[], int] | None = None, pull: bool = True):
     """A uvicorn.Server for the gateway, and the Gateway itself. It loads `model`, then
     each of `preload` in turn (beside the others where the plan has room). `engine_env`:
     what the engine's Python has installed (read from it when not given): whether its
-    vLLM can sleep."""
+    vLLM can sleep. `pull`: download a model a request loads when the cache lacks it."""
     import uvicorn
 
     from animllm_cli.engine.command import engine_python
@@ -44,7 +44,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     if engine_env is None and any(loaded.config.models[m].sleep != "off" for m in loaded.local_model_names()):
         engine_env = probe_python_cached(engine_python(loaded))  # can its vLLM sleep (the command builder reads it too)
     pool = EnginePool(loaded, log_dir=log_dir, nvml_module=nvml_module, on_progress=on_progress,
-                      engine_env=engine_env, host_available=host_available)
+                      engine_env=engine_env, host_available=host_available, pull=pull)
     state_file = _StateFile() if write_state_file else None
     if state_file:
         pool.on_engines_changed = lambda: state_file.record_engines(pool)

@@ -44,11 +44,7 @@ class SleepPolicy:
     def launch_able(self, model: str, report: GpuReport) -> bool:
         """Whether `model`'s engine is launched able to sleep: not `off`, a platform that
         can, and under `auto` no known-bad entry against sleep mode for it."""
-        setting, support = self.loaded.config.models[model].sleep, self.support(report)
-        if setting == "off" or not support.available:
-            return False
-        quantization = model_quantization(self.loaded, model)  # the checkpoint's own too: NVFP4 says modelopt
-        return setting != "auto" or sleep.avoided(support.vllm_version, None, quantization) is None
+        return sleep.launch_able(self.loaded, model, self.support(report))
 
     def host_room(self, residents: Iterable[Resident]) -> int:
         """Host RAM a level-1 sleeper may take now: what is available less the margin, less

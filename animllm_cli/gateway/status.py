@@ -61,10 +61,14 @@ def _rounded(value: float | None) -> float | None:
 
 
 def newest_engine(gw: Gateway, statuses: list[EngineStatus] | None = None) -> EngineStatus:
-    """The single-slot view: the model loaded last (or being loaded), and the last switch."""
+    """The single-slot view: the model loaded last (or being loaded, its download first),
+    and the last switch."""
     switching_to = gw.scheduler.switching_to
+    download = gw.pool.downloads.get(switching_to or "")
     newest = next((s for s in statuses or engine_statuses(gw) if s.model == gw.pool.newest), None)
-    if newest is None:
+    if download is not None:  # no engine yet: the switch's phase is its download's
+        newest = EngineStatus(model=switching_to, state="switching", phase=download.phase)
+    elif newest is None:
         newest = EngineStatus(model=None, state="none")
     return newest.model_copy(update={"switching_to": switching_to, "last_switch": gw.pool.last_switch,
                                      "state": "switching" if switching_to else newest.state})

@@ -195,6 +195,7 @@ def _switch(report: Any) -> str:
     else:
         what = f"{report.from_model or '-'} -> {report.to_model}"
     took = f" {report.total_s:.1f}s" if report.total_s is not None else ""
-    why = f" ({report.reason})" if report.reason else ""
+    died = f": {report.death.summary()}" if report.death else ""  # a restart: how the engine it replaced died
+    why = f" ({report.reason}{died})" if report.reason else ""
     error = f": {report.error}" if report.error else ""
     return f"{when} {what} {report.outcome}{took}{why}{error}"

@@ -160,7 +160,7 @@ def snapshot(current: Scrape, previous: Scrape | None = None) -> Snapshot:
         return shot
     before = previous.metrics if previous is not None and previous.status is not None else {}
     shot.engines = [_engine_row(engine, current.metrics.get(engine.model or ""), before.get(engine.model or ""),
-                                seconds) for engine in status.engines]
+                                seconds) for engine in status.engines] + _downloading(status)
     shot.remotes, shot.queues, shot.busy = status.remotes, status.queues, status.busy
     shot.queue_depth, shot.in_flight = status.queue_depth, status.in_flight
     shot.recent_switches = status.recent_switches
@@ -173,6 +173,18 @@ def _engine_row(engine: Any, now: EngineMetrics | None, before: EngineMetrics | 
     return EngineRow(engine.model, engine.state, phase, list(engine.gpus), engine.vram_bytes, engine.in_flight,
                      engine.waiting, figures.requests_running, figures.requests_waiting, figures.kv_cache_usage,
                      tokens_per_s(before, now, seconds))
+
+
+def _downloading(status: Any) -> list[EngineRow]:
+    """The model a switch downloads before its engine starts: no engine of its own yet, so
+    a row from the single-slot view, its phase the download's."""
+    engine = status.engine
+    if engine.switching_to is None or engine.model != engine.switching_to or \
+            any(e.model == engine.model for e in status.engines):
+        return []
+    queue = status.queues.get(engine.model)
+    return [EngineRow(engine.model, engine.state, engine.phase, [], None, 0, queue.waiting if queue else 0,
+                      None, None, None, None)]
 
 
 def once(reader: Reader, interval_s: float) -> Snapshot:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from animllm_cli.credentials import masked
 from animllm_cli.config import schema
-from animllm_cli.engine.command import EngineCommand, build_engine_command
+from animllm_cli.engine.command import ENGINE_KEY_VAR, EngineCommand, PerLaunch, launch_command
 from animllm_cli.config.loaded import LoadedConfig, ModelView
 from animllm_cli.config.provenance import KeyPath, Source
 from animllm_cli.errors import UsageError
@@ -164,6 +164,11 @@ def explain_model(loaded: LoadedConfig, view: ModelView, command: EngineCommand)
              for name, value in view.spec.extra_args.items()]
     masked = command.display_env()
     rows += [_row(f"env.{var}", masked[var], source) for var, source in command.env_sources.items()]
+    # The flags the gateway adds at each launch (the key's guard, sleep mode), and what the pool decides then.
+    rows += [_row(args[0], " ".join(args[1:]) or True, source) for args, source in command.flag_sources
+             if source.kind == "builtin" and source.origin]
+    rows += [_row(key, None, source) for setting, (key, source) in POOL_DECIDES.items()
+             if getattr(view.spec, setting) is None]
     return rows
 
 
@@ -173,7 +178,9 @@ def _row(key: str, value: Any, source: Source) -> dict[str, Any]:
 
 def engine_command_for(loaded: LoadedConfig, wanted: str | None, port: int | None = None,
                        vllm_version: str | None = None) -> tuple[ModelView, EngineCommand]:
-    """`vllm_version`: spell the command for that release (default: the installed one)."""
+    """The command the gateway runs for a model, as far as the config decides it (see
+    configured_launch), and the model as launched. `vllm_version`: spell the command for
+    that release (default: the installed one)."""
     if vllm_version is not None:
         _require_version(vllm_version)
     view = loaded.model(wanted)
@@ -181,7 +188,40 @@ def engine_command_for(loaded: LoadedConfig, wanted: str | None, port: int | Non
         raise UsageError(f"'{view.name}' is served elsewhere (upstream: {', '.join(view.spec.upstream.urls)}): "
                          f"it has no engine here, so no engine command or environment",
                          hint=f"see its upstream with: animllm config show {view.name}")
-    return view, build_engine_command(loaded, view, port=port, vllm_version=vllm_version)
+    per_launch = configured_launch(loaded, view)
+    return per_launch.view_of(view), launch_command(loaded, view.name, per_launch, port=port, vllm_version=vllm_version)
+
+
+def configured_launch(loaded: LoadedConfig, view: ModelView) -> PerLaunch:
+    """What the config decides of the gateway's per-launch additions: the GPUs of a model
+    pinned to some (`gpus:`), the share it sets (`share:`), and sleep mode (its `sleep:`
+    and whether engines can sleep on this machine). The key is made anew at each launch
+    (never printed: "$VLLM_API_KEY")."""
+    from animllm_cli.engine import sleep
+    from animllm_cli.engine.command import engine_python
+    from animllm_cli.engine.python_env import probe_python_cached
+    from animllm_cli.gpu import nvml
+
+    key = ("models", view.name)
+    support = sleep.platform_support(probe_python_cached(engine_python(loaded)), nvml.probe())
+    able = sleep.launch_able(loaded, view.name, support)
+    slept = Source("builtin", f"sleep: {view.spec.sleep}; engines {'can' if support.available else 'cannot'} sleep "
+                              f"here ({support.reason})")
+    return PerLaunch(gpus=tuple(view.spec.gpus) if view.spec.gpus else None, utilization=view.spec.share,
+                     sleep_mode=able, sources={"gpus": loaded.source_of((*key, "gpus")),
+                                               "utilization": loaded.source_of((*key, "share")), "sleep_mode": slept})
+
+
+# What only the pool decides, at launch: --explain's rows for a model that leaves it to the pool.
+POOL_DECIDES = {
+    "gpus": ("env.CUDA_VISIBLE_DEVICES", Source("builtin", "the pool's at launch: the GPU it places the model on "
+                                                           "(gpus: pins it)")),
+    "share": ("share", Source("builtin", "the pool's at launch: the planner's smallest share, in place of "
+                                         "gpu_memory_utilization, where the model can stay beside others "
+                                         "(share: sets it)")),
+}
+PER_LAUNCH_KEY_NOTE = (f"{ENGINE_KEY_VAR}: the gateway makes a new key for each launch; "
+                       f"set {ENGINE_KEY_VAR} to run the line by hand")
 
 
 def _require_version(text: str) -> None:

@@ -23,6 +23,7 @@ def status_table(report) -> Any:
     rows = [*_load_rows(report), *_vram_rows(report.vram)]
     if report.engine.last_switch:
         rows.append(["last switch", last_switch(report.engine.last_switch)])
+        rows += _death_rows(report.engine.last_switch)
     if report.sleep_mode:
         rows.append(["sleep mode", ("on: " if report.sleep_mode.available else "off: ") + report.sleep_mode.reason])
     if report.busy:
@@ -38,7 +39,7 @@ def _load_rows(report) -> list[list[str]]:
             ["model", f"{engine.model or '-'} ({engine.state}{phase})"],
             ["loaded for", f"{time.time() - engine.loaded_since:.0f}s" if engine.loaded_since else "-"],
             ["queue / in flight", f"{report.queue_depth} / {report.in_flight}"]]
-    rows += [[f"waiting for {model}", f"{queue.waiting} (oldest {queue.oldest_wait_s:.0f}s)"]
+    rows += [["waiting for", f"{model}: {queue.waiting} (oldest {queue.oldest_wait_s:.0f}s)"]
              for model, queue in sorted(report.queues.items())]
     return rows + ([["engine died", engine.death_reason]] if engine.death_reason else [])
 
@@ -47,6 +48,11 @@ def _vram_rows(vram) -> list[list[str]]:
     rows = [[f"GPU {gpu.index}", f"{gpu.name}: {gib(gpu.used_bytes)} used of {gib(gpu.total_bytes)}"]
             for gpu in vram.gpus]
     return rows + ([["VRAM", vram.error]] if vram.error else [])
+
+
+def _death_rows(switch) -> list[list[str]]:
+    """A restart's diagnosis: how the engine it replaced died."""
+    return [["restarted after", switch.death.summary()]] if switch.death else []
 
 
 def last_switch(switch) -> str:
@@ -101,7 +107,8 @@ def engines_table(engines, remotes=()) -> Any:
     # below the table: a state cell this long would not fit 80 columns
     return table(f"{title} (VRAM GiB: NVML per process; ~ the plan's estimate)",
                  ["model", "state", "GPU", "share", "VRAM", "peak", "run/wait", "idle", "unload"], rows,
-                 no_wrap=("model", "state", "VRAM", "unload"), caption="\n".join(below) or None)
+                 no_wrap=("model", "state", "VRAM", "unload"), below=("peak", "share", "idle", "GPU"),
+                 caption="\n".join(below) or None)
 
 
 def _engine_row(engine) -> list[str]:
@@ -166,7 +173,7 @@ def switch_table(report) -> Any:
             *([["sleep", seconds(report.sleep_s)]] if report.slept else []),
             ["stop", seconds(report.stop_s)], ["VRAM released", vram_released(report)],
             *([["wake failed", report.wake_error]] if report.wake_error else []),
-            _load_row(report), ["total", seconds(report.total_s)],
+            *_death_rows(report), _load_row(report), ["total", seconds(report.total_s)],
             ["VRAM free before / after", f"{_gib_or_dash(report.vram_free_before)} / "
                                          f"{_gib_or_dash(report.vram_free_after)}"],
             *(["note", note] for note in report.notes)]
@@ -206,12 +213,13 @@ class StopResult:
     seconds: float
     engine_processes_left: list[int]
     leftovers_stopped: list[int] = field(default_factory=list)  # engine groups a dead gateway left
+    forced: str | None = None  # SIGTERM | SIGKILL: what ended a gateway that did not stop itself
 
 
 def stopped(result: StopResult) -> str:
     """`stop`: how long it took, or which engine processes outlived the gateway."""
     left = result.engine_processes_left
-    if result.leftovers_stopped:  # no gateway ran: the engines a dead one left
+    if result.leftovers_stopped and not result.forced:  # no gateway ran: the engines a dead one left
         return f"engine processes are still alive: {left}" if left else \
             f"stopped in {result.seconds:.2f}s; no engine process left"
     return f"gateway stopped, but engine processes are still alive: {left}" if left else \

@@ -86,3 +86,56 @@ def test_the_demo_benchmark_step(gateway) -> None:
     served.state, served.key, served.out = SimpleNamespace(url=gateway.url), None, Output(quiet=True)
     levels = served.bench("a")
     assert set(levels) == {1, 4} and all(summary.completed == 8 for summary in levels.values())
+
+
+def _standard_json(text: str):
+    """JSON as the standard has it: Infinity and NaN are not JSON."""
+    def refuse(constant: str):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_check_fails_a_level_where_no_request_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gateway cuts every request at 0.2 s, long before its 400 tokens: nothing completes,
+    # and a median of nothing (0) would pass a TTFT target.
+    with bench_gateway(tmp_path, monkeypatch, "{ttft_s_max: 5}", limits={"total_timeout_s": 0.2}):
+        result = run_cli("bench", "--concurrency", "1,2", "-n", "2", "--input-len", "8", "--output-len", "400",
+                         "--warmup", "0", "--check")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "concurrency 1: requests completed" in result.stdout and "concurrency 2: requests completed" in result.stdout
+    assert "TTFT median (s)" not in result.stdout        # no 0 median judged as if measured
+    assert "0.00 / 0.00" not in result.stdout and "no request completed" in result.stdout
+    assert "total_timeout_s" in result.stdout            # why: the level's errors
+
+
+def test_infinite_burstiness_and_slo_are_standard_json_and_read_back(gateway, tmp_path: Path) -> None:
+    saved = tmp_path / "inf.json"
+    result = run_cli("bench", "--request-rate", "50", "--burstiness", "inf", "--goodput", "ttft:inf", "-n", "3",
+                     "--input-len", "8", "--output-len", "4", "--save", str(saved))
+    assert result.exit_code == 0, result.stderr
+    data = _standard_json(saved.read_text())
+    assert data["levels"][0]["burstiness"] == "inf" and data["goodput_slo"]["ttft_ms"] == "inf"
+    assert data["levels"][0]["summary"]["good_requests"] == 3   # every request meets an infinite SLO
+    compared = run_cli("bench-compare", str(saved), str(saved), "--json", "--plot", str(tmp_path / "inf.svg"))
+    assert compared.exit_code == 0, compared.stderr
+    assert _standard_json(compared.stdout)["notes"] == []
+
+
+@pytest.mark.parametrize("command", [["bench"], ["bench-mix", "a,b"], ["bench-compare", "a.json", "b.json"]])
+def test_save_to_dash_is_refused_with_json_named(command: list[str]) -> None:
+    result = run_cli(*command, "--save", "-")
+    assert result.exit_code == 2 and "--json" in result.stderr, result.stderr
+    assert not Path("-").exists()
+
+
+@pytest.mark.parametrize("args", [["nosuchmodel"], ["a", "--switch", "a,nosuchmodel"]])
+def test_an_unknown_model_is_refused_before_any_request(args: list[str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.gateways import fake_gateway_config
+
+    # No gateway runs: a refusal that came from a request would say nothing answers.
+    monkeypatch.setenv("ANIMLLM_CONFIG", str(fake_gateway_config(tmp_path)))
+    result = run_cli("bench", *args, "-n", "1")
+    assert result.exit_code == 2, result.stderr
+    assert "unknown model 'nosuchmodel'" in result.stderr and "a (alpha); b; v" in result.stderr

@@ -4,6 +4,8 @@ includes the waits for switches, and the switches the gateway made meanwhile."""
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 import httpx
@@ -95,3 +97,60 @@ def test_check_leaves_out_a_model_the_draw_sent_nothing() -> None:
     rows = check_mix({"a": expectation, "b": expectation}, models, [])
     assert [row.metric for row in rows] == ["a: TTFT median (s)", "a: tokens/s per stream"]
     assert all(row.ok for row in rows)
+
+
+def test_a_model_that_never_loads_fails_the_check_and_its_failed_switches_stand_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # b's engine exits while starting: every switch into b fails, and so does every request for it.
+    with bench_gateway(tmp_path, monkeypatch, "{ttft_s_max: 60, switch_s_max: 60}", crash_models="org/model-b",
+                       sections={"pool": {"max_engines": 1}, "scheduler": {"max_wait_s": 0.5}}):
+        result = run_cli("bench-mix", "a,b", "--request-rate", "20", "-n", "6", "--output-len", "2", "--check",
+                         "--json")
+    assert result.exit_code == 1, result.stderr
+    data = json.loads(result.stdout)
+    b = {m["model"]: m for m in data["models"]}["b"]
+    failed_into_b = [s for s in data["switch"]["switches"] if s["to_model"] == "b" and s["outcome"] == "failed"]
+    assert b["summary"]["completed"] == 0 and b["summary"]["failed"] > 0 and failed_into_b
+    assert b["switches_in"] == 0 and b["switches_failed"] == len(failed_into_b)
+    rows = {row["metric"]: row for row in data["check"]}
+    assert not rows["b: requests completed"]["ok"]
+    assert "b: TTFT median (s)" not in rows and "b: switch median (s)" not in rows
+    ok_totals = sorted(s["total_s"] for s in data["switch"]["switches"] if s["outcome"] == "ok")
+    # The run's switch median is of the switches that happened: a failed one is no switch time.
+    assert data["switch"]["summary"]["total_s"]["median"] == pytest.approx(statistics.median(ok_totals))
+
+
+def test_a_failed_switch_history_read_keeps_the_measured_run(gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    from animllm_cli.gateway import routes_admin
+
+    history, reads = routes_admin.SwitchHistory, []
+
+    def answered_once(**fields):  # the read before the run answers; the one after it fails (HTTP 500)
+        reads.append(fields)
+        if len(reads) > 1:
+            raise RuntimeError("the switch history is gone")
+        return history(**fields)
+
+    monkeypatch.setattr(routes_admin, "SwitchHistory", answered_once)
+    result = run_cli("bench-mix", "a,b", "--request-rate", "20", "-n", "6", "--output-len", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["overall"]["completed"] == 6 and data["switch"] is None and data["switching_s"] is None
+    assert "500" in data["switch_error"] and "could not be read" in result.stderr
+    reads.clear()
+    human = run_cli("bench-mix", "a,b", "--request-rate", "20", "-n", "4", "--output-len", "2")
+    assert human.exit_code == 0 and "done/failed" in human.stdout and "could not be read" in human.stderr
+
+
+def test_a_mix_with_infinite_burstiness_and_slo_is_standard_json(tmp_path: Path) -> None:
+    import math
+
+    from animllm_cli.bench.compare import read_saved
+    from tests.support.saved_runs import saved_mix
+
+    path = saved_mix(tmp_path / "mix.json", burstiness=math.inf, goodput_slo={"ttft_ms": math.inf, "tpot_ms": 50,
+                                                                              "e2el_ms": None})
+    text = path.read_text()
+    assert "Infinity" not in text and json.loads(text)["burstiness"] == "inf"
+    data = read_saved(path)
+    assert data["burstiness"] == math.inf and data["models"][0]["goodput_slo"]["ttft_ms"] == math.inf

@@ -1,5 +1,5 @@
 """bench's spellings from before bench-mix, bench-compare and `--save`, kept for one release
-(README: bench): each is turned into today's with a warning on stderr; `-c`, which is the
+(docs/benchmarks.md): each is turned into today's with a warning on stderr; `-c`, which is the
 root's --config alone now, and a word after `--json` that may be a file or a model are
 refused (exit 2) with the new spelling named."""
 

@@ -100,3 +100,55 @@ def test_without_matplotlib_the_extra_is_named(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 1
     assert "matplotlib" in result.stderr and "animllm-cli[plot]" in result.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_compare_notes_every_difference_in_the_run_conditions(tmp_path: Path) -> None:
+    a = saved_run(tmp_path / "a.json", rate=True, levels=(1, 2))
+    b = saved_run(tmp_path / "b.json", rate=True, levels=(1, 2), burstiness=0.5, requests=8,
+                  endpoint="/v1/chat/completions", prompts="studio.jsonl",
+                  goodput_slo={"ttft_ms": 500.0, "tpot_ms": None, "e2el_ms": None})
+    data = json.loads(run_cli("bench-compare", str(a), str(b), "--json").stdout)
+    assert [level["level"] for level in data["levels"]] == ["1 req/s", "2 req/s"]  # matched by rate all the same
+    assert data["notes"] == ["endpoint differs: /v1/completions vs /v1/chat/completions",
+                             "prompts differs: random vs studio.jsonl",
+                             "goodput SLO differs: none vs TTFT <= 500 ms",
+                             "burstiness differs: 1 vs 0.5",
+                             "requests per level differ: 12 vs 8"]
+
+
+def test_compare_two_mixes_model_by_model(tmp_path: Path) -> None:
+    from tests.support.saved_runs import saved_mix
+
+    a, b = saved_mix(tmp_path / "a.json"), saved_mix(tmp_path / "b.json", slower=2.0, request_rate=4.0)
+    result = run_cli("bench-compare", str(a), str(b), "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [level["level"] for level in data["levels"]] == ["model a", "model b", "all models"]
+    assert data["a_model"] == data["b_model"] == "a:3,b:1"
+    rows = {row["metric"]: row for row in data["levels"][0]["metrics"]}
+    assert rows["TTFT median ms"]["ratio"] == pytest.approx(2.0, rel=0.3)
+    assert {row["metric"]: row for row in data["switch"]}["switch load_s median"]["ratio"] == pytest.approx(2.0)
+    assert data["notes"] == ["request_rate differs: 2 vs 4"]
+    human = run_cli("bench-compare", str(a), str(b))
+    assert "model a" in human.stdout and "note: request_rate differs" in human.stderr
+
+
+def test_compare_refuses_a_mix_against_a_run_and_a_plot_of_mixes(tmp_path: Path) -> None:
+    from tests.support.saved_runs import saved_mix
+
+    mix, run = saved_mix(tmp_path / "mix.json"), saved_run(tmp_path / "run.json")
+    result = run_cli("bench-compare", str(mix), str(run))
+    assert result.exit_code == 2 and "a bench-mix result" in result.stderr and "a bench run" in result.stderr
+    plotted = run_cli("bench-compare", str(mix), str(mix), "--plot", str(tmp_path / "mix.svg"))
+    assert plotted.exit_code == 2 and "--plot" in plotted.stderr and not (tmp_path / "mix.svg").exists()
+
+
+@pytest.mark.parametrize("levels, scale", [((1, 4), "log"), ((1, 2, 4, 8), "log"), ((1, 2, 3), "linear")])
+def test_plot_ticks_sit_at_the_measured_levels(tmp_path: Path, levels: tuple[int, ...], scale: str) -> None:
+    from animllm_cli.bench.plot import draw
+
+    figure = draw([("run", json.loads(saved_run(tmp_path / "run.json", levels=levels, switches=False).read_text()))])
+    for axes in figure.axes:
+        assert list(axes.get_xticks()) == list(levels) and axes.get_xscale() == scale
+        assert [label.get_text() for label in axes.get_xticklabels()] == [str(level) for level in levels]
+        assert len(axes.get_xticks(minor=True)) == 0

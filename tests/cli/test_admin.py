@@ -54,7 +54,7 @@ def test_status_table_names_the_loaded_model_who_waits_and_why_it_was_loaded(gat
         result = run_cli("status")
     assert result.exit_code == 0, result.stderr
     assert gateway.url in result.stdout and "a (ready)" in result.stdout
-    assert "waiting for b" in result.stdout and "1 (oldest 0s)" in result.stdout
+    assert "waiting for        b: 1 (oldest 0s)" in result.stdout
     assert "-> a: ok in" in result.stdout and "(nothing was loaded)" in result.stdout
 
 

@@ -1,5 +1,5 @@
-"""Every `--json` output has exactly the keys, at every level, of the example the README
-documents for it (its "## JSON output" section), so the README and the code cannot drift.
+"""Every `--json` output has exactly the keys, at every level, of the example docs/json.md
+documents for it, so the docs and the code cannot drift.
 
 The examples' conventions: `{"...": "as plan --json"}` stands for another command's
 documented object (`, plus first_token_s` adds keys to it); `{"<model>": 42.0}` is a map
@@ -21,14 +21,13 @@ from tests.support.gateways import fake_gateway_config, remote_fake_vllm, start_
 from tests.support.helpers import REPO_ROOT, free_port, run_cli, write
 from tests.support.waiting import wait_until
 
+JSON_DOC = REPO_ROOT / "docs" / "json.md"
 REFERENCE = re.compile(r"as (?P<name>[a-z ]+?) --json(?: (?P<key>[\w.]+))?(?:, plus (?P<extra>[\w, ]+))?$")
 
 
 def documented_schemas() -> dict[str, Any]:
-    """Command name -> the JSON example the README gives for it."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("\n## JSON output\n", 1)[1].split("\n## ", 1)[0]
-    pieces = re.split(r"```json\n(.*?)\n```", section, flags=re.S)
+    """Command name -> the JSON example docs/json.md gives for it."""
+    pieces = re.split(r"```json\n(.*?)\n```", JSON_DOC.read_text(), flags=re.S)
     schemas = {}
     for prose, example in zip(pieces[0::2], pieces[1::2]):
         # the command named last before an example is the one it documents
@@ -43,7 +42,7 @@ def _expand(documented: Any) -> Any:
     """A reference to another command's example, replaced by that example."""
     if isinstance(documented, dict) and set(documented) == {"..."}:
         match = REFERENCE.match(documented["..."])
-        assert match, f"unreadable reference in the README: {documented}"
+        assert match, f"unreadable reference in docs/json.md: {documented}"
         extra = [key.strip() for key in (match["extra"] or "").split(",") if key.strip()]
         target = SCHEMAS[match["name"]]
         for key in (match["key"] or "").split(".") if match["key"] else []:
@@ -89,17 +88,17 @@ def _object_paths(documented: Any, path: str = "$") -> set[str]:
     return set()
 
 
-def assert_matches_readme(command: str, output: Any, *, not_exercised: set[str] = frozenset()) -> None:
-    """The keys of `output` at every level equal the README's; and the output reached
+def assert_matches_docs(command: str, output: Any, *, not_exercised: set[str] = frozenset()) -> None:
+    """The keys of `output` at every level equal docs/json.md's; and the output reached
     every documented object (but `not_exercised`), so no part passes by being absent."""
     problems: list[str] = []
     seen: set[str] = set()
     _compare(output, SCHEMAS[command], "$", problems, seen)
-    assert problems == [], f"`{command} --json` and the README differ:\n" + "\n".join(problems)
+    assert problems == [], f"`{command} --json` and docs/json.md differ:\n" + "\n".join(problems)
     assert _object_paths(SCHEMAS[command]) - seen - set(not_exercised) == set()
 
 
-def test_the_readme_documents_each_json_output() -> None:
+def test_the_docs_document_each_json_output() -> None:
     assert {"models", "doctor", "plan", "plan --together A,B", "status", "ps", "switch", "stop", "bench",
             "pull"} <= set(SCHEMAS)
 
@@ -107,7 +106,7 @@ def test_the_readme_documents_each_json_output() -> None:
 @pytest.fixture
 def with_remote(isolated_env: Path) -> None:
     """The shipped models plus one served elsewhere (nothing listens there), so that every
-    object the README documents is output."""
+    object docs/json.md documents is output."""
     write(isolated_env / "animllm.yaml", f"models: {{far: {{upstream: {{urls: 'http://127.0.0.1:{free_port()}', "
                                          f"api_key_env: FAR_KEY}}}}}}\n")
 
@@ -115,7 +114,7 @@ def with_remote(isolated_env: Path) -> None:
 def test_models_json(with_remote) -> None:
     result = run_cli("models", "--json")
     assert result.exit_code == 0, result.stderr
-    assert_matches_readme("models", json.loads(result.stdout))
+    assert_matches_docs("models", json.loads(result.stdout))
 
 
 @pytest.fixture
@@ -132,17 +131,17 @@ def test_doctor_json(one_busy_gpu, with_remote, monkeypatch: pytest.MonkeyPatch)
                                      requires={"vllm": ["torch==2.7.0"], "torch": []})
     monkeypatch.setattr(python_env, "probe_python", lambda executable, extra=None: installed)
     result = run_cli("doctor", "--json", "--skip", "port")
-    assert_matches_readme("doctor", json.loads(result.stdout))
+    assert_matches_docs("doctor", json.loads(result.stdout))
 
 
 def test_plan_json(with_remote) -> None:
     result = run_cli("plan", "--json", "--vram", "16")
-    assert_matches_readme("plan", json.loads(result.stdout))
+    assert_matches_docs("plan", json.loads(result.stdout))
 
 
 def test_plan_together_json() -> None:
     result = run_cli("plan", "--together", "coder,vision", "--vram", "16", "--max-model-len", "4096", "--json")
-    assert_matches_readme("plan --together A,B", json.loads(result.stdout))
+    assert_matches_docs("plan --together A,B", json.loads(result.stdout))
 
 
 def _gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra_models: dict | None = None):
@@ -175,23 +174,23 @@ def test_switch_and_status_json(gateway_with_remote) -> None:
     gateway = gateway_with_remote
     switched = run_cli("switch", "b", "--json")
     assert switched.exit_code == 0, switched.stderr
-    assert_matches_readme("switch", json.loads(switched.stdout))
+    assert_matches_docs("switch", json.loads(switched.stdout))
     with gateway.one_waiting(busy="b", waiting="a"):  # so that `queues` has an entry
         status = run_cli("status", "--json")
     assert status.exit_code == 0, status.stderr
     # last_switch is the single-slot view's (the `engine` object), never an entry of `engines`
-    assert_matches_readme("status", json.loads(status.stdout), not_exercised={"$.engines[].last_switch"})
+    assert_matches_docs("status", json.loads(status.stdout), not_exercised={"$.engines[].last_switch"})
     assert json.loads(status.stdout)["queues"]["a"]["waiting"] == 1
     with gateway.one_waiting(busy="b", waiting="a"):
         ps = run_cli("ps", "--json")
     assert ps.exit_code == 0, ps.stderr
-    assert_matches_readme("ps", json.loads(ps.stdout), not_exercised={"$.engines[].last_switch"})
+    assert_matches_docs("ps", json.loads(ps.stdout), not_exercised={"$.engines[].last_switch"})
     unloaded = run_cli("unload", "b", "--json")
     assert unloaded.exit_code == 0, unloaded.stderr
-    assert_matches_readme("switch", json.loads(unloaded.stdout))
+    assert_matches_docs("switch", json.loads(unloaded.stdout))
     remote = run_cli("switch", "r", "--json")
     assert remote.exit_code == 0, remote.stderr
-    assert_matches_readme("switch", json.loads(remote.stdout))
+    assert_matches_docs("switch", json.loads(remote.stdout))
 
 
 def test_bench_json_with_samples_switch_and_check(gateway) -> None:
@@ -200,7 +199,7 @@ def test_bench_json_with_samples_switch_and_check(gateway) -> None:
     assert result.exit_code == 0, result.stderr
     # these engines cannot sleep (a CPU build of vLLM): tests/gateway/test_sleep_with_fake.py has the wakes
     asleep = {f"$.switch.summary.{name}" for name in ("sleep_s", "wake_s", "first_token_after_wake_s")}
-    assert_matches_readme("bench", json.loads(result.stdout), not_exercised=asleep)
+    assert_matches_docs("bench", json.loads(result.stdout), not_exercised=asleep)
 
 
 def test_bench_json_leaves_out_what_was_not_asked_for(gateway) -> None:
@@ -218,7 +217,7 @@ def test_bench_mix_json(gateway) -> None:
     asleep = {f"$.switch.summary.{name}" for name in ("sleep_s", "wake_s", "first_token_after_wake_s",
                                                         "first_token_s", "first_token_after_cold_s",
                                                         "vram_release_s")}
-    assert_matches_readme("bench-mix", json.loads(result.stdout), not_exercised=asleep)
+    assert_matches_docs("bench-mix", json.loads(result.stdout), not_exercised=asleep)
 
 
 def test_bench_compare_json(tmp_path: Path) -> None:
@@ -227,7 +226,7 @@ def test_bench_compare_json(tmp_path: Path) -> None:
     a, b = saved_run(tmp_path / "a.json"), saved_run(tmp_path / "b.json", slower=2.0, levels=(1, 4, 16))
     result = run_cli("bench-compare", str(a), str(b), "--json")
     assert result.exit_code == 0, result.stderr
-    assert_matches_readme("bench-compare", json.loads(result.stdout))
+    assert_matches_docs("bench-compare", json.loads(result.stdout))
 
 
 def test_stop_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,7 +236,7 @@ def test_stop_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert started.exit_code == 0, started.stderr
     stopped = run_cli("stop", "--json")
     assert stopped.exit_code == 0, stopped.stderr
-    assert_matches_readme("stop", json.loads(stopped.stdout))
+    assert_matches_docs("stop", json.loads(stopped.stdout))
 
 
 def test_pull_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,7 +261,7 @@ def test_pull_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """)
         result = run_cli("pull", "m", "--json")
         assert result.exit_code == 0, result.stderr
-        assert_matches_readme("pull", json.loads(result.stdout))
+        assert_matches_docs("pull", json.loads(result.stdout))
     finally:
         hub.stop()
 
@@ -272,4 +271,4 @@ def test_top_json(gateway_with_remote, monkeypatch: pytest.MonkeyPatch) -> None:
     with gateway_with_remote.one_waiting(busy="a", waiting="b"):  # so that `queues` has an entry
         result = run_cli("top", "--once", "--json", "--interval", "0.2")
     assert result.exit_code == 0, result.stderr
-    assert_matches_readme("top --once", json.loads(result.stdout))
+    assert_matches_docs("top --once", json.loads(result.stdout))

@@ -43,6 +43,12 @@ def test_help_does_not_even_load_the_config_stack(tmp_path: Path) -> None:
     assert not loaded & {"pydantic", "yaml", "dotenv", "psutil", "pynvml", "huggingface_hub", "filelock"}
 
 
+@pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["config", "show", "--help"]])
+def test_help_loads_no_rich(args: list[str], tmp_path: Path) -> None:
+    """Click's plain help: Typer's Rich help would import Markdown, Pygments and tracebacks."""
+    assert not _imported(args, tmp_path) & {"rich", "markdown_it", "pygments", "attr"}
+
+
 def test_probe_can_see_an_import(tmp_path: Path) -> None:
     """The probe itself works: a command that does load pydantic shows it."""
     assert "pydantic" in _imported(["models", "--json"], tmp_path)

@@ -31,11 +31,12 @@ def remote(isolated_env: Path) -> Path:
 def test_models_table_says_where_each_model_runs(remote) -> None:
     result = run_cli("models")
     assert result.exit_code == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[4:] if line.strip()}
-    assert result.stdout.splitlines()[2].split()[:3] == ["name", "where", "tasks"]
-    assert rows["vision"][1] == "local" and rows["*"][1:3] == ["coder", "local"]
-    assert rows["far"][1:4] == ["gpu-box.example:8443,", "10.0.0.5:80", "chat"]  # http's port when none is given
-    assert rows["far"][-4:] == ["-", "-", "-", "-"]  # source, profile, quant, context
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[3:] if line.strip()}
+    assert result.stdout.splitlines()[1].split() == ["name", "tasks", "aliases", "source", "profile", "quant",
+                                                     "context"]
+    assert rows["vision"][5:7] == ["Qwen2.5-VL-7B-Instruct-AWQ", "small"] and rows["*"][1:3] == ["coder", "code"]
+    # the servers in place of a source (http's port when none is given); no profile, quant or context
+    assert rows["far"][1:] == ["chat", "faraway", "remote:", "gpu-box.example:8443,", "10.0.0.5:80", "-", "-", "-"]
 
 
 def test_models_json_has_the_upstream(remote) -> None:

@@ -12,12 +12,19 @@ vLLM's arguments and behaves as FAKE_VLLM_MODE says:
   ignore-term      like ok, but ignore SIGTERM
   grandchild       fork a grandchild that keeps the output pipe open, then crash
   die-after-ready  become ready, then exit after FAKE_VLLM_AFTER seconds
-  sick-after-ready become ready, then answer /health with 503 after FAKE_VLLM_AFTER seconds
+  sick-after-ready become ready, then answer /health with 503 after FAKE_VLLM_AFTER seconds, and
+                   completions with vLLM's 500 for a dead EngineCore
   hang-after-ready become ready, then hang after FAKE_VLLM_AFTER seconds: nothing answers
                    (not /health, not a stream) and SIGTERM is never handled
   slow             like ok, but take FAKE_VLLM_AFTER seconds to get ready
-  fork-ready       like ok, with a worker child process (as EngineCore) in the same group
+  fork-ready       like ok, with a worker child process in the same group, named as vLLM names
+                   its EngineCore (EngineCore), before ready
+  helper-ready     like fork-ready, with also a helper child that is neither an EngineCore nor a
+                   worker (as vLLM's multiprocessing resource tracker, which may exit on its own)
   die-mid-stream   like ok, but exit after FAKE_VLLM_AFTER streamed chunks
+  die-mid-event    like die-mid-stream, but write half an event first (a crash inside a write)
+  hold-mid-stream  like ok, but a stream sends FAKE_VLLM_AFTER chunks, then nothing more and
+                   never ends: the answer is open, unfinished, until the process is killed
   ignores-key      like ok, but answers /v1 without checking VLLM_API_KEY (an impostor on the port)
 
 Sleep mode, as the installed vLLM defines it (tests/real_engine/test_fake_sleep_routes.py reads
@@ -33,7 +40,10 @@ Other knobs: FAKE_VLLM_ALLOCATE=torch (hold --gpu-memory-utilization of the visi
 for scripts/gpu_check.py), FAKE_VLLM_CRASH_MODELS (the --model values that crash whatever the mode),
 FAKE_VLLM_CHUNK_DELAY (seconds between streamed chunks), FAKE_VLLM_KV
 (the KV cache usage reported on /metrics), FAKE_VLLM_LOG (a file that records each
-request's model and whether the client went away).
+request's model and whether the client went away). Whatever the mode, a completion whose body
+carries `"fake_lose_core": true` makes the engine sick from then on, as sick-after-ready
+(its EngineCore lost, as vLLM's to an out-of-memory on a big prompt), that request's answer
+included.
 """
 
 from __future__ import annotations
@@ -76,9 +86,14 @@ def make_app(names: list[str], mode: str, after: float):
     delay = float(os.environ.get("FAKE_VLLM_CHUNK_DELAY", "0"))
     kv = os.environ.get("FAKE_VLLM_KV", "0.1")
 
+    core_lost: list[bool] = []  # a request carried "fake_lose_core"
+
+    def sick() -> bool:
+        expired = mode == "sick-after-ready" and bool(ready_at) and time.monotonic() >= ready_at[0] + after
+        return expired or bool(core_lost)
+
     async def health(request):
-        sick = mode == "sick-after-ready" and ready_at and time.monotonic() >= ready_at[0] + after
-        return web.Response(status=503 if sick else 200)
+        return web.Response(status=503 if sick() else 200)
 
     async def models(request):
         if not ready_at:
@@ -131,8 +146,12 @@ def make_app(names: list[str], mode: str, after: float):
         sent = 0
         try:
             for i in range(tokens):
-                if mode == "die-mid-stream" and sent >= after:
+                if mode in ("die-mid-stream", "die-mid-event") and sent >= after:
+                    if mode == "die-mid-event":
+                        await response.write(b'data: {"id": "x", "object": "chat.completion.ch')
                     os._exit(7)
+                if mode == "hold-mid-stream" and sent >= after:
+                    await asyncio.Event().wait()  # never set
                 delta = {"delta": {"content": f"t{i} "}} if chat else {"text": f"t{i} "}
                 event = {"id": "x", "object": "chat.completion.chunk", "model": names[0], "choices": [{"index": 0, **delta}]}
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
@@ -171,6 +190,10 @@ def make_app(names: list[str], mode: str, after: float):
     sleeper = Sleeper("--enable-sleep-mode" in sys.argv)
 
     async def complete_awake(request):
+        if (await request.json()).get("fake_lose_core"):
+            core_lost.append(True)
+        if sick():
+            return web.json_response({"error": {"message": "EngineCore encountered an issue."}}, status=500)
         if sleeper.level is not None:
             return web.json_response({"error": {"message": "the engine is sleeping"}}, status=503)
         if sleeper.weights_lost:  # woken from level 2 without reload_weights: vLLM would answer garbage
@@ -312,6 +335,16 @@ class Sleeper:
 HELD: list = []
 
 
+def child(name: str | None) -> None:
+    """A child process that sleeps, in the group; `name`: the name it takes (as vLLM's
+    setproctitle names its processes), taken before this returns."""
+    named = f"import ctypes; ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0); " if name else ""  # PR_SET_NAME
+    started = subprocess.Popen([sys.executable, "-c", f"import time; {named}print(flush=True); time.sleep(3600)"],
+                               stdout=subprocess.PIPE)
+    started.stdout.readline()
+    HELD.append(started)
+
+
 def allocate(parser: argparse.ArgumentParser):
     """A stand-in engine on a real GPU (scripts/gpu_check.py): hold --gpu-memory-utilization
     of the card that CUDA_VISIBLE_DEVICES leaves visible, with torch, as vLLM reserves it."""
@@ -367,8 +400,10 @@ def main() -> None:
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])  # inherits stdout
         print("RuntimeError: lost the grandchild", flush=True)
         sys.exit(1)
-    if mode == "fork-ready":
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    if mode in ("fork-ready", "helper-ready"):
+        child("EngineCore")
+    if mode == "helper-ready":
+        child(None)
     time.sleep(after if mode == "slow" else 0.3)
     if os.environ.get("FAKE_VLLM_ALLOCATE") == "torch":
         HELD.append(allocate(parser))  # kept for the life of the process, as vLLM keeps its reservation

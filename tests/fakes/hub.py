@@ -7,7 +7,8 @@ headers the client reads (X-Repo-Commit, ETag, Content-Length; `Range` honoured)
 as the hub gives them: 404 with `X-Error-Code: RepoNotFound | RevisionNotFound |
 EntryNotFound`, 401 `GatedRepo` without the token. Never `X-Xet-Hash`: the plain HTTP path.
 Every request is recorded (method, path, headers). `cut_after` drops the connection after
-that many bytes of the first GET of a file; `interrupt_after` simulates Ctrl-C there."""
+that many bytes of the first GET of a file; `interrupt_after` simulates Ctrl-C there;
+`hold_after` sends that many, then the rest once `release` is set."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from aiohttp import web
 
 from tests.support.helpers import free_port
 
+HOLD_BOUND_S = 60  # a held file is sent in full after this long, released or not: no test hangs on it
+
 
 @dataclass
 class Revision:
@@ -39,6 +42,8 @@ class FakeHub:
     cut_after: int | None = None
     interrupt_after: int | None = None
     redirect_to: str | None = None   # a CDN's base URL: files answer 302 there, as the hub's LFS files do
+    hold_after: int | None = None
+    release: threading.Event = field(default_factory=threading.Event)
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
@@ -127,6 +132,10 @@ class FakeHub:
                 await response.write(body[offset:offset + 4096])
                 await asyncio.sleep(0.05)
             return response
+        if first_get and self.hold_after is not None and len(body) > self.hold_after:
+            await response.write(body[:self.hold_after])
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, HOLD_BOUND_S)
+            body = body[self.hold_after:]
         await response.write(body)
         await response.write_eof()
         return response

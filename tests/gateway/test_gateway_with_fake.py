@@ -122,6 +122,19 @@ def test_crash_mid_stream_ends_with_an_error_event_and_the_next_request_restarts
         assert client.get("/admin/status").json()["engine"]["state"] == "ready"
 
 
+def test_a_crash_inside_an_event_never_reaches_the_client_half_written(gateway_factory) -> None:
+    """vLLM killed in the middle of writing an event: the client gets whole events and the
+    error event, never the half one (an SDK fails on an event it cannot parse before it
+    reaches the error). The whole events before it arrive as far as the connection gave
+    them up (aiohttp may raise the cut before the bytes it holds)."""
+    gw = gateway_factory(mode="die-mid-event", after=2)
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", json={"model": "a", "stream": True, **{**CHAT, "max_tokens": 10}})
+    events = [json.loads(event) for event in sse_events(reply.text)]  # each one parses
+    assert all(e.get("choices") for e in events[:-1]) and len(events) <= 3, events
+    assert "stopped mid-answer" in events[-1]["error"]["message"]
+
+
 def test_slow_start_holds_requests_until_ready(gateway_factory) -> None:
     gw = gateway_factory(mode="slow", after=1.5, wait=False)
     with gw.client() as client:

@@ -105,3 +105,33 @@ def test_a_dead_victim_is_stopped_not_sent_to_sleep() -> None:
         view, Decision(None, "sleep", "explicit", ("a",)), notes)
     assert (levels, stop) == ({}, ["a"])
     assert notes == ["a: stopped, not sent to sleep: it is dead"]
+
+
+def test_a_dead_engine_leaves_what_the_latest_nvml_reading_shows_of_its_processes() -> None:
+    """Room counts what a dead engine's processes still hold as coming back (its stop frees
+    it), as the reading that NVML's used memory comes from shows them: taken while it ran,
+    its footprint; taken once its processes were gone (before the loop took the death), nothing:
+    NVML's used memory no longer holds it, and counting its footprint again would be room
+    that is not there."""
+    from animllm_cli.gpu.nvml import Gpu, GpuProcess
+
+    def reading(held: dict[int, int]) -> list[Gpu]:
+        return [Gpu(0, "fake", "GPU-0", "12.0", "blackwell", 2**34, sum(held.values()), 2**34 - sum(held.values()),
+                    [GpuProcess(pid, "python", used) for pid, used in held.items()])]
+
+    pids = {7}
+    engine = SimpleNamespace(state=EngineLifecycle.READY, pids=lambda: set(pids))
+    seen_alive = Resident("a", engine, (0,), Share("a", 0.5, 0, "share"), {0: 2**33})  # type: ignore[arg-type]
+    seen_alive.ready()
+    seen_alive.measure(reading({7: 6 * 2**30}))
+    assert seen_alive.left_on(0) == 0                   # alive: nothing left over
+    seen_alive.died()
+    assert seen_alive.left_on(0) == 6 * 2**30
+
+    seen_gone = Resident("a", engine, (0,), Share("a", 0.5, 0, "share"), {0: 2**33})  # type: ignore[arg-type]
+    seen_gone.ready()
+    seen_gone.measure(reading({7: 6 * 2**30}))
+    pids.clear()                                        # its processes are gone; still ready on the loop
+    seen_gone.measure(reading({}))
+    seen_gone.died()
+    assert seen_gone.left_on(0) == 0

@@ -250,6 +250,24 @@ def test_engine_lost_restarts_through_a_switch() -> None:
     run(scenario())
 
 
+def test_loading_a_model_whose_engine_died_is_a_restart_and_says_so() -> None:
+    async def scenario():
+        died: set[str] = set()
+        scheduler, switcher = make(restarting=lambda: died)
+        (await loaded(scheduler, switcher)).result().release()
+        assert switcher.decisions[-1].reason == "cold"
+        switcher.loaded, died = None, {"a"}   # its engine died: nothing ready, a restarting
+        scheduler.engine_lost()
+        again = asyncio.create_task(scheduler.acquire("a"))
+        await settle()
+        assert switcher.decisions[-1] == Decision("a", "restart", "only")
+        assert scheduler.waiting_for("a") == "restarting a"
+        switcher.finish()
+        await settle()
+        assert again.done()
+    run(scenario())
+
+
 def test_fifo_policy_higher_priority_latecomers_cannot_starve_a_pending_switch() -> None:
     async def scenario():
         scheduler, switcher = make(limit=1, policy="fifo")

@@ -53,7 +53,7 @@ def foreground(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from animllm_cli.cli import serve
 
     started: list[str] = []
-    monkeypatch.setattr(serve, "_foreground", lambda out, loaded, name, *rest: started.append(name) or 0)
+    monkeypatch.setattr(serve, "_foreground", lambda out, loaded, name, *rest, **options: started.append(name) or 0)
     return started
 
 

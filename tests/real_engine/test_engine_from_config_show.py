@@ -1,8 +1,9 @@
 """The line `animllm config show --format args` prints is the one a real vLLM (CPU build)
-runs: on the shared gateway, tiny-a's API server runs that command line in that
-environment, and serves what it says (an alias of the config among its served names).
-What the pool decides per launch is not in the printed line: the share of the card it
-placed the engine with (--gpu-memory-utilization) and the key guard for its per-launch key."""
+runs: on the shared gateway, tiny-a's API server runs exactly that command line (the
+config's `share:` as --gpu-memory-utilization and the guard of its per-launch key
+included) in that environment (the key a "$VLLM_API_KEY" reference to the variable it
+reads), and serves what it says (an alias of the config among its served names). What
+only the pool decides at launch, the GPU it placed the engine on, is not in the line."""
 
 from __future__ import annotations
 
@@ -15,12 +16,10 @@ import httpx
 import psutil
 import pytest
 
-from animllm_cli.engine.command import ENGINE_GUARD
 from tests.support.gateways import RunningGateway
+from tests.support.shared_engines import SHARE
 
 pytestmark = pytest.mark.engine
-
-KEY_GUARD = ["--middleware", ENGINE_GUARD]  # the gateway's, never in a printed line
 
 
 def printed_command(config: Path, model: str, port: int) -> list[str]:
@@ -38,14 +37,17 @@ def test_the_printed_line_is_what_the_engine_runs(shared_gateway: RunningGateway
     assignments, argv = words[:python_at], words[python_at:]
     assert argv[argv.index("--port") + 1] == str(engine.port) and argv[argv.index("--host") + 1] == "127.0.0.1"
 
-    share = shared_gateway.gateway.pool.residents["tiny-a"].share.utilization
-    at = argv.index("--gpu-memory-utilization") + 1
     running = psutil.Process(engine.pid)
-    cmdline = running.cmdline()
-    assert float(cmdline[at]) == share
-    assert cmdline == [*argv[:at], cmdline[at], *argv[at + 1:], *KEY_GUARD]
+    assert running.cmdline() == argv
+    assert float(argv[argv.index("--gpu-memory-utilization") + 1]) == SHARE
+    assert shared_gateway.gateway.pool.residents["tiny-a"].share.utilization == SHARE
     environ = running.environ()
-    assert assignments and all(environ.get(name) == value for name, _, value in (a.partition("=") for a in assignments))
+    printed_env = dict(a.split("=", 1) for a in assignments)
+    assert printed_env["VLLM_API_KEY"] == "$VLLM_API_KEY"  # a reference to the variable the engine reads
+    assert environ["VLLM_API_KEY"] == engine.command.api_key
+    assert {name: environ.get(name) for name in printed_env if name != "VLLM_API_KEY"} == \
+        {name: value for name, value in printed_env.items() if name != "VLLM_API_KEY"}
+    assert "CUDA_VISIBLE_DEVICES" not in printed_env and environ["CUDA_VISIBLE_DEVICES"] == "0"  # the pool's, at launch
 
     reply = httpx.post(f"{engine.base_url}/v1/chat/completions", timeout=60, headers=engine.headers, json={
         "model": "tiny-a-alias",  # an alias from the config: served names were passed through

@@ -1,8 +1,10 @@
 """The gateway over real vLLM (CPU build) and two tiny models, one at a time, run as a user
-runs it: `serve --detach`, `status`, `unload`; then concurrent clients of the openai SDK
-that alternate models get complete answers from the right model in few switches; `logs`;
-and `stop` leaves no process behind. Three engine starts: tiny-a at serve, then tiny-a and
-tiny-b for the clients."""
+runs it: `serve --detach` and `status`; then tiny-a's API server is SIGKILLed while idle,
+and a request sent right after it is answered by the restarted engine, while concurrent
+clients of the openai SDK that alternate models arrive during the restart and get complete
+answers from the right model in few switches; `status` names the restart and the death;
+`logs`; `stop` leaves no process behind. Three engine starts: tiny-a at serve, its restart,
+tiny-b."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 
 from animllm_cli.config import load_config
 from animllm_cli.engine import processes
+from tests.support.crashes import asked_right_after_killing, restarts_in
 from tests.support.gateways import start_bound_s
 from tests.support.helpers import free_port, tiny_config
 
@@ -64,13 +67,13 @@ def interleaved_clients(url: str, timeout_s: float) -> list[tuple[str, str, int]
 
 def switches_between_models(metrics: str) -> float:
     """Switches that replaced one model by another: not the first load of an empty gateway
-    (`cold`), not an unload."""
+    (`cold`), not an unload, not the restart of a model that died."""
     return sum(float(line.split()[-1]) for line in metrics.splitlines()
                if line.startswith("animllm_switches_total{") and 'outcome="ok"' in line
-               and 'reason="cold"' not in line and 'reason="unload"' not in line)
+               and not any(f'reason="{reason}"' in line for reason in ("cold", "unload", "restart")))
 
 
-def test_detached_serve_interleaved_clients_and_stop(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+def test_detached_serve_a_crash_interleaved_clients_and_stop(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "animllm.yaml", tiny_models)
     env = {**os.environ, "ANIMLLM_CONFIG": str(config)}
     port = str(free_port())
@@ -86,13 +89,23 @@ def test_detached_serve_interleaved_clients_and_stop(tiny_models: dict[str, Path
         status = json.loads(_cli("status", "--json", env=env).stdout)
         assert status["engine"]["model"] == "tiny-a" and status["engine"]["state"] == "ready"
         gateway_pid = status["gateway"]["pid"]
-        engine_pids.add(status["engine"]["engine_pid"])
-        unloaded = json.loads(_cli("unload", "tiny-a", "--json", env=env).stdout)
-        assert unloaded["outcome"] == "ok" and unloaded["to_model"] is None
+        victim = status["engine"]["engine_pid"]
+        engine_pids.add(victim)
+        dead_engine = processes.tree(victim)
 
-        # The issue's case: with nothing loaded, 8 interleaved requests arrive during the
-        # first load; strict arrival order would cost 7 switches.
-        results = interleaved_clients(url, start_bound_s(load_config(config)) + 300)
+        # The crash while idle: the first request leaves within 50 ms of the SIGKILL, and the
+        # issue's 8 interleaved requests arrive during the restart (strict arrival order
+        # would cost 7 switches).
+        timeout_s = start_bound_s(load_config(config)) + 300
+        first: list[httpx.Response] = []
+        killed = threading.Event()
+        asking = threading.Thread(target=lambda: first.append(
+            asked_right_after_killing(url, "tiny-a", victim, timeout_s, killed)))
+        asking.start()
+        assert killed.wait(timeout=60), "the kill was not sent"
+        results = interleaved_clients(url, timeout_s)
+        asking.join()
+        assert first and first[0].status_code == 200 and first[0].json()["model"] == "tiny-a", first
         switches = switches_between_models(httpx.get(f"{url}/metrics").text)
         print(f"\n8 interleaved requests over 2 models from the openai SDK: {switches:.0f} switches")
         assert len(results) == 8, results                                         # none lost
@@ -100,6 +113,11 @@ def test_detached_serve_interleaved_clients_and_stop(tiny_models: dict[str, Path
         assert all(tokens >= 1 for *_, tokens in results), results
         assert 1 <= switches <= 2
 
+        restarted = json.loads(_cli("status", "--json", env=env).stdout)
+        restart, = restarts_in(restarted["recent_switches"], "tiny-a")
+        assert restart["outcome"] == "ok" and restart["death"]["kind"] == "signal"
+        assert restart["death"]["signal"] == "SIGKILL", restart
+        assert processes.living(dead_engine) == set()
         engine_pids.add(json.loads(_cli("status", "--json", env=env).stdout)["engine"]["engine_pid"])
         logs = _cli("logs", "-n", "5", env=env)
         assert logs.returncode == 0 and logs.stdout.strip()

@@ -20,12 +20,14 @@ pytestmark = pytest.mark.engine
 def test_short_soak_loses_nothing_and_leaves_nothing(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     result = run_soak(duration_s=60, clients=3, engine_kills=1, seed=7, root=tmp_path, models=("tiny-a",))
     print("\n" + "\n".join(result["events"]))
-    print({k: result[k] for k in ("sent", "answered", "failed clean", "gateway down", "lost", "in_flight_after")})
-    assert result["lost"] == 0, result["lost_examples"]
+    print({k: result[k] for k in ("sent", "answered", "failed clean", "refused after a crash", "gateway down", "lost",
+                                  "in_flight_after")})
+    assert result["lost"] == 0 and result["refused after a crash"] == 0, result["lost_examples"]
     assert result["engine_processes_left"] == []
     assert result["left_after_gateway_kill"] == []
     assert result["in_flight_after"] == 0 and result["queue_after"] == 0
     assert result["stop_exit"] == 0
     assert result["answered"] >= 1 and result["sent"] == (result["answered"] + result["failed clean"]
+                                                          + result["refused after a crash"]
                                                           + result["gateway down"] + result["lost"])
     assert any("SIGKILL the gateway" in event for event in result["events"])

@@ -162,11 +162,13 @@ class RunningGateway:
 
 def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | None = None, host: str = "127.0.0.1",
                   nvml: Any = None, wait: bool = True, preload: list[str] | None = None,
-                  engine_env: Any = None, host_available: Any = None, state_file: bool = True) -> RunningGateway:
+                  engine_env: Any = None, host_available: Any = None, state_file: bool = True,
+                  pull: bool = False) -> RunningGateway:
     """`engine_env` (a PythonEnv): what the engine's Python is said to have (a CUDA build
     of vLLM lets the fake engines sleep); `host_available`: the host RAM free, in bytes;
     `state_file`: write the state file in the state dir of the moment (a gateway that
-    outlives one test writes none: each test that uses it writes its own)."""
+    outlives one test writes none: each test that uses it writes its own); `pull`: as
+    `serve` without --no-pull (the fake models' sources are no repos: off unless asked)."""
     from tests.fakes.nvml import FakeNvml
 
     loaded = load_config(config)
@@ -179,7 +181,7 @@ def start_gateway(tmp_path: Path, config: Path, *, model: str = "a", key: str | 
     server, gateway = gateway_server.build(loaded, model=model, host=host, port=port, key=key, hooks=hooks,
                                            preload=preload, engine_env=engine_env, host_available=host_available,
                                            nvml_module=nvml or FakeNvml(missing=True), log_dir=tmp_path / "logs",
-                                           exit_on_failed_load=False, write_state_file=state_file)
+                                           exit_on_failed_load=False, write_state_file=state_file, pull=pull)
     gateway.admission_interval_s = 0.1
     loop = asyncio.new_event_loop()  # kept, so that tests can run coroutines on the gateway's loop
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)

@@ -8,7 +8,7 @@ import time
 import pytest
 from rich.console import Console
 
-from animllm_cli.wire import ModelQueue, RemoteStatus, SwitchReport, UpstreamStatus
+from animllm_cli.wire import EngineDeath, ModelQueue, RemoteStatus, SwitchReport, UpstreamStatus
 from animllm_cli.top.render import render
 from animllm_cli.top.snapshot import EngineRow, GatewayInfo, GpuRow, Snapshot
 
@@ -85,3 +85,11 @@ def test_names_from_the_server_are_never_markup() -> None:
     shot = busy_box()
     shot.engines[0].model = "[bold]odd[/bold]"
     assert "[bold]odd[/bold]" in "\n".join(drawn(shot, 80))
+
+
+def test_a_restart_says_how_the_engine_it_replaced_died() -> None:
+    shot = busy_box()
+    died = EngineDeath(kind="signal", cause="the engine process was killed by SIGKILL", signal="SIGKILL")
+    shot.recent_switches = [SwitchReport(from_model=None, to_model="a", outcome="ok", total_s=31.0, reason="restart",
+                                         death=died, finished_at=time.time())]
+    assert "- -> a ok 31.0s (restart: the engine process was killed by SIGKILL)" in "\n".join(drawn(shot, 120))
