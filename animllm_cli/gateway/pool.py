@@ -246,9 +246,11 @@ class EnginePool:
         if failures:
             raise failures[0]
         self._note_stops(stopped, report)
-        for gone in dead:
-            if gone != model:  # stopped for good, not restarted: its next load is no restart
-                self.deaths.pop(gone, None)
+        if decision.explicit or model is None:  # `switch` elsewhere or `unload`: its next load is no restart
+            for gone in dead:
+                if gone != model:
+                    self.deaths.pop(gone, None)
+        # a request's load of another model keeps the death: requests may be waiting for its restart
         await asyncio.to_thread(self.refresh)
         if model is not None:
             await self._stop_sleepers_short_of(model, report)

@@ -209,6 +209,24 @@ def test_a_dead_engine_stopped_to_load_another_model_leaves_no_restart_behind(ga
         assert the_restarts(client) == []
 
 
+def test_a_dead_engine_stopped_for_a_request_to_another_model_is_still_restarted(gateways, tmp_path: Path) -> None:
+    """A request's load of b stops a's dead engine, but requests may be waiting for a's
+    restart (they found it dead, and b's request came first): a's next load is the restart,
+    carrying how its engine died."""
+    gw = gateways(fake_gateway_config(tmp_path))  # its watcher finds the death
+    bound_s = start_bound_s(gw.gateway.loaded)
+    with gw.client() as client:
+        os.kill(client.get("/admin/status").json()["engine"]["engine_pid"], signal.SIGKILL)
+        wait_until(lambda: client.get("/admin/status").json()["engine"]["state"] == "dead", BOUND_S,
+                   "the watcher to find a's engine dead")
+        for model in ("b", "a"):
+            reply = client.post("/v1/chat/completions", json={"model": model, **CHAT}, timeout=bound_s)
+            assert reply.status_code == 200 and reply.json()["model"] == model, reply.text
+        (restart,) = the_restarts(client)
+        assert restart["death"]["signal"] == "SIGKILL" and restart["outcome"] == "ok"
+        assert client.get("/admin/status").json()["recent_switches"][-1] == restart
+
+
 def test_a_restart_beside_another_resident_evicts_nothing(gateways, tmp_path: Path) -> None:
     """Two engines share a card (each holds 0.4 of it, as NVML shows). What the dead one
     held is given back by its stop, which the restart makes first: the restart fits
