@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -153,6 +154,7 @@ def test_config_explain(studio) -> None:
 
 @pytest.mark.parametrize("driver", [False, True], ids=["no-driver", "two-gpus"])
 def test_doctor(studio, monkeypatch: pytest.MonkeyPatch, driver: bool) -> None:
+    from animllm_cli.doctor import host_rows, registry
     from animllm_cli.engine import python_env
     from animllm_cli.engine.python_env import PythonEnv
     from tests.doctor.conftest import GOOD_ENV
@@ -162,6 +164,9 @@ def test_doctor(studio, monkeypatch: pytest.MonkeyPatch, driver: bool) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(gpus, missing=not driver))
     monkeypatch.setattr(python_env, "probe_python", lambda executable, extra=None: PythonEnv(sys.executable,
                                                                                              **GOOD_ENV))
+    # The host's free RAM and disk, fixed: the renders at each width must show the same figures
+    monkeypatch.setattr(registry, "_host_available", lambda: 22 * GIB)
+    monkeypatch.setattr(host_rows.shutil, "disk_usage", lambda path: SimpleNamespace(total=512 * GIB, used=448 * GIB, free=64 * GIB))
     assert_fits(cli("doctor", "--skip", "port"), "doctor")
 
 
