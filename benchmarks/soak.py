@@ -81,6 +81,7 @@ class Soak:
     gateway_down: threading.Event = field(default_factory=threading.Event)
     chaos_done: threading.Event = field(default_factory=threading.Event)
     killed_at: dict[str, float] = field(default_factory=dict)  # model -> when its engine was last killed
+    killed_pids: set[int] = field(default_factory=set)         # the engines killed so far
     events: list[str] = field(default_factory=list)
     serve: subprocess.Popen | None = None
     left_after_gateway_kill: list[int] = field(default_factory=list)
@@ -176,16 +177,23 @@ class Soak:
             self.chaos_done.set()
 
     def wait_engine_ready(self) -> None:
-        """Until the gateway's engine is ready, bounded by the gateway's own queue bound."""
+        """Until the gateway's engine is ready, and is not one killed already (right after a
+        kill, the gateway may not have seen the death yet), bounded by the gateway's own
+        queue bound."""
         deadline = time.monotonic() + QUEUE_S
-        while ((self.status() or {}).get("engine") or {}).get("state") != "ready" and time.monotonic() < deadline:
+        while not self.engine_ready() and time.monotonic() < deadline:
             time.sleep(0.25)
+
+    def engine_ready(self) -> bool:
+        engine = (self.status() or {}).get("engine") or {}
+        return engine.get("state") == "ready" and engine.get("engine_pid") not in self.killed_pids
 
     def kill_engine(self) -> None:
         engine = (self.status() or {}).get("engine") or {}
         pid = engine.get("engine_pid")
-        if pid and not any(f"(pid {pid})" in event for event in self.events):  # one death per engine
+        if pid and pid not in self.killed_pids:  # one death per engine
             os.kill(pid, signal.SIGKILL)
+            self.killed_pids.add(pid)
             self.killed_at[engine["model"]] = time.monotonic()
             self.events.append(f"{time.strftime('%X')} SIGKILL the engine's API server (pid {pid})")
 
