@@ -254,7 +254,9 @@ def judge(reply: httpx.Response, model: str, stream: bool) -> tuple[str, str]:
     if not stream:
         answered_by = reply.json().get("model")
         return ("answered", "") if answered_by == model else ("lost", f"asked {model}, answered by {answered_by}")
-    events = [line[6:] for line in reply.text.splitlines() if line.startswith("data: ")]
+    from animllm_cli.client.openai import sse_lines  # at CR/LF only: a token may hold U+2028
+
+    events = [line[6:] for line in sse_lines([reply.text]) if line.startswith("data: ")]
     unreadable = [e for e in events if e != "[DONE]" and not is_json(e)]
     if unreadable:
         return "lost", f"{model}: an event that is not JSON (half an event?): {unreadable[0][:80]}"

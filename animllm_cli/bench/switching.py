@@ -10,7 +10,7 @@ import httpx
 
 from animllm_cli.bench.metrics import percentile
 from animllm_cli.bench.results import Spread, SwitchRun, SwitchSummary
-from animllm_cli.client.openai import server_message
+from animllm_cli.client.openai import server_message, sse_lines
 from animllm_cli.config.schema import AnimllmConfig
 from animllm_cli.errors import AnimllmError, UsageError
 from animllm_cli.wire import SwitchReport, read
@@ -41,7 +41,7 @@ def first_token_s(http: httpx.Client, model: str) -> float:
         if resp.status_code != 200:
             resp.read()
             raise AnimllmError(f"first request to '{model}' after the switch failed ({resp.status_code}): {resp.text[:200]}")
-        for line in resp.iter_lines():
+        for line in sse_lines(resp.iter_text()):
             if line.startswith("data:") and '"text"' in line:
                 return time.perf_counter() - started
     return time.perf_counter() - started

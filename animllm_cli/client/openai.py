@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import httpx
 
@@ -131,13 +131,25 @@ class OpenAIClient:
                 result.completion_tokens = chunks
 
 
+def sse_lines(texts: Iterable[str]) -> Iterator[str]:
+    """The lines of an event stream as the SSE spec splits them: at CR, LF or CRLF only.
+    (str.splitlines, and so httpx's iter_lines, also splits at U+2028, U+0085 and others,
+    which vLLM leaves raw in its JSON when a token holds one: that cuts an event in two.)"""
+    from httpx_sse._decoders import SSELineDecoder  # httpx-sse 0.4: EventSource.iter_sse splits with it
+
+    splitter = SSELineDecoder()
+    for text in texts:
+        yield from splitter.decode(text)
+    yield from splitter.flush()
+
+
 def _events_and_comments(response: httpx.Response, on_wait: Callable[[str], None] | None) -> Iterator[Any]:
     """The stream's events, as httpx-sse decodes them, with each comment line handed to
     `on_wait` (its public iterator drops comments, which the gateway's waits are)."""
     from httpx_sse._decoders import SSEDecoder  # httpx-sse 0.4: EventSource.iter_sse uses this decoder
 
     decoder = SSEDecoder()
-    for line in response.iter_lines():
+    for line in sse_lines(response.iter_text()):
         if line.startswith(":"):
             if on_wait and line[1:].strip():
                 on_wait(line[1:].strip())
