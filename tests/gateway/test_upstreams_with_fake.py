@@ -68,7 +68,7 @@ def test_local_and_remote_models_through_one_gateway(tmp_path, upstream_servers,
         listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert plain.status_code == 200 and plain.json()["upstream"] == "one"
     assert sse_data(streamed.text)[-1] == "[DONE]" and len(sse_data(streamed.text)) == 4
-    assert local.status_code == 200 and "upstream" not in local.json()
+    assert local.status_code == 200 and "upstream" not in local.json(), local.text
     # The request's model becomes the name there; the upstream's own key went, the gateway's never.
     chats = [s for s in remote.seen if s["path"] == "/v1/chat/completions"]
     assert [c["body"]["model"] for c in chats] == ["there", "there"]
