@@ -191,15 +191,20 @@ def test_a_request_that_kills_every_engine_it_reaches_waits_for_one_restart_only
         assert client.get("/admin/status").json()["in_flight"] == 0
 
 
+def kill_and_wait_for_the_watcher(client: httpx.Client) -> None:
+    """SIGKILL a's engine, then wait until its watcher has found it dead."""
+    os.kill(client.get("/admin/status").json()["engine"]["engine_pid"], signal.SIGKILL)
+    wait_until(lambda: client.get("/admin/status").json()["engine"]["state"] == "dead", BOUND_S,
+               "the watcher to find a's engine dead")
+
+
 def test_a_dead_engine_stopped_to_load_another_model_leaves_no_restart_behind(gateways, tmp_path: Path) -> None:
     """`switch b` while a's engine is dead stops it for good: a's next load is a load like any
     other, not a restart carrying a death that the switch to b already dealt with."""
     gw = gateways(fake_gateway_config(tmp_path))  # its watcher finds the death
     bound_s = start_bound_s(gw.gateway.loaded)
     with gw.client() as client:
-        os.kill(client.get("/admin/status").json()["engine"]["engine_pid"], signal.SIGKILL)
-        wait_until(lambda: client.get("/admin/status").json()["engine"]["state"] == "dead", BOUND_S,
-                   "the watcher to find a's engine dead")
+        kill_and_wait_for_the_watcher(client)
         switched = client.post("/admin/switch", json={"model": "b"}, timeout=bound_s).json()
         assert (switched["to_model"], switched["outcome"], switched["reason"]) == ("b", "ok", "cold"), switched
         reply = client.post("/v1/chat/completions", json={"model": "a", **CHAT}, timeout=bound_s)
@@ -216,9 +221,7 @@ def test_a_dead_engine_stopped_for_a_request_to_another_model_is_still_restarted
     gw = gateways(fake_gateway_config(tmp_path))  # its watcher finds the death
     bound_s = start_bound_s(gw.gateway.loaded)
     with gw.client() as client:
-        os.kill(client.get("/admin/status").json()["engine"]["engine_pid"], signal.SIGKILL)
-        wait_until(lambda: client.get("/admin/status").json()["engine"]["state"] == "dead", BOUND_S,
-                   "the watcher to find a's engine dead")
+        kill_and_wait_for_the_watcher(client)
         for model in ("b", "a"):
             reply = client.post("/v1/chat/completions", json={"model": model, **CHAT}, timeout=bound_s)
             assert reply.status_code == 200 and reply.json()["model"] == model, reply.text
