@@ -177,6 +177,15 @@ class Engine:
         self._remember_tree()
         return processes.group_members(self._proc.pid) | processes.living(self._known)
 
+    def pids_ever(self) -> set[int]:
+        """Every process this engine has had, living or not: to pick its own out of an NVML
+        reading taken a moment ago (one that ended since is still its own in that reading;
+        asked for its living ones only, an engine whose processes are ending would leave
+        their memory to "another process")."""
+        if not self._proc:
+            return set()
+        return self.pids() | set(self._known) | {self._proc.pid}
+
     # ------------------------------------------------------------------ start
     def start(self) -> StartReport:
         """Launch and wait for /health 200. Raises EngineStartError with a diagnosis, and

@@ -196,7 +196,7 @@ class Gateway:
     async def _judge(self) -> Verdict:
         """Read NVML once (each engine's VRAM, its peak) and each ready engine's KV cache."""
         ready = [m for m in self.pool.models if self.pool.engine_for(m)]
-        gpus, pids = await asyncio.to_thread(lambda: (self.pool.refresh(), self.pool.all_pids()))
+        gpus, pids = await asyncio.to_thread(self.pool.reading)
         self.metrics.record_vram(self.pool.residents.values())
         usage = await asyncio.gather(*(self._kv_usage(m) for m in ready))
         kv = {m: u for m, u in zip(ready, usage) if u is not None}

@@ -174,12 +174,20 @@ class EnginePool:
     def refresh(self) -> nvml.GpuReport:
         """Read NVML (blocking: call it in a thread) and take each ready or sleeping
         engine's footprint from it."""
+        return self.reading()[0]
+
+    def reading(self) -> tuple[nvml.GpuReport, set[int]]:
+        """`refresh()`, and every process the engines had while it read: the engines' own in
+        that reading, even one that ended since (admission counts the rest as another
+        program's memory)."""
         with self._refreshing:
+            before = list(self.residents.values())
             report = nvml.probe(self.nvml_module)
-            for resident in list(self.residents.values()):
+            residents = {*before, *self.residents.values()}  # one launched meanwhile may be in the reading
+            for resident in residents:
                 resident.measure(report.gpus)
             self.report = report
-            return report
+            return report, {pid for r in residents for pid in r.engine.pids_ever()}
 
     def reserved(self) -> dict[int, int] | None:
         """GPU -> what the engines hold for admission; None while a ready one is unmeasured."""

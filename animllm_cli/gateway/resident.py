@@ -181,7 +181,7 @@ class Resident:
         what it holds and the most it ever held; asleep, what it keeps; dead, what is left."""
         if self._state not in (S.READY, S.SLEEPING, S.DEAD):
             return
-        pids = self.engine.pids()
+        pids = self.engine.pids_ever()
         self.seen_bytes = {gpu.index: engine_bytes(gpu, pids) for gpu in gpus}
         if self._state is S.DEAD:
             return
@@ -197,7 +197,7 @@ class Resident:
         """What it holds at ready, for admission. Where the driver names no process of it
         (containers see host pids, Windows/WSL show no per-process memory), what its start
         took from free memory on its first GPU stands in."""
-        pids = self.engine.pids()
+        pids = self.engine.pids_ever()
         self.ready_bytes = {g.index: engine_bytes(g, pids) for g in gpus}
         if free_before is not None and free_after is not None and not any(self.ready_bytes.values()):
             self.ready_bytes[self.gpus[0]] = max(0, free_before - free_after)

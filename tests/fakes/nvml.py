@@ -97,14 +97,27 @@ class FakeNvml:
             gpu.index = index
         self.driver, self.cuda, self.missing = driver, cuda, missing
         self.initialised = False
+        # Each GPU's engines, listed once per reading (init to shutdown): a real driver's memory
+        # figure and process list agree, read microseconds apart; listing the processes for each
+        # call took long enough here for an engine that was ending to be in one and not the other.
+        self._engines: dict[int, list[tuple[int, int]]] = {}
 
     def nvmlInit(self) -> None:
         if self.missing:
             raise NVMLError_LibraryNotFound()
+        self._engines = {}
         self.initialised = True
 
     def nvmlShutdown(self) -> None:
         self.initialised = False
+        self._engines = {}
+
+    def engines(self, gpu: FakeGpu) -> list[tuple[int, int]]:
+        if not self.initialised:
+            return gpu.engines()
+        if gpu.index not in self._engines:
+            self._engines[gpu.index] = gpu.engines()
+        return self._engines[gpu.index]
 
     def nvmlSystemGetDriverVersion(self) -> str:
         return self.driver
@@ -128,7 +141,7 @@ class FakeNvml:
         return gpu.capability
 
     def nvmlDeviceGetMemoryInfo(self, gpu: FakeGpu) -> SimpleNamespace:
-        used = gpu.used + sum(held for _, held in gpu.engines())
+        used = gpu.used + sum(held for _, held in self.engines(gpu))
         return SimpleNamespace(total=gpu.total, used=used, free=gpu.total - used)
 
     def nvmlDeviceGetUtilizationRates(self, gpu: FakeGpu) -> SimpleNamespace:
@@ -139,7 +152,7 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
         if not gpu.lists_processes:
             return []
-        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in [*gpu.compute, *gpu.engines()]]
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in [*gpu.compute, *self.engines(gpu)]]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, gpu: FakeGpu) -> list[SimpleNamespace]:
         if not gpu.lists_processes:

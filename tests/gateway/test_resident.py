@@ -112,26 +112,37 @@ def test_a_dead_engine_leaves_what_the_latest_nvml_reading_shows_of_its_processe
     it), as the reading that NVML's used memory comes from shows them: taken while it ran,
     its footprint; taken once its processes were gone (before the loop took the death), nothing:
     NVML's used memory no longer holds it, and counting its footprint again would be room
-    that is not there."""
+    that is not there. A process in the reading is the engine's even if it ended the moment
+    after: else its memory, in the reading's used memory, would be nobody's room."""
     from animllm_cli.gpu.nvml import Gpu, GpuProcess
 
     def reading(held: dict[int, int]) -> list[Gpu]:
         return [Gpu(0, "fake", "GPU-0", "12.0", "blackwell", 2**34, sum(held.values()), 2**34 - sum(held.values()),
                     [GpuProcess(pid, "python", used) for pid, used in held.items()])]
 
-    pids = {7}
-    engine = SimpleNamespace(state=EngineLifecycle.READY, pids=lambda: set(pids))
-    seen_alive = Resident("a", engine, (0,), Share("a", 0.5, 0, "share"), {0: 2**33})  # type: ignore[arg-type]
-    seen_alive.ready()
+    def resident(living: set[int]) -> Resident:
+        engine = SimpleNamespace(state=EngineLifecycle.READY, pids=lambda: set(living),
+                                 pids_ever=lambda: {7} | living)
+        each = Resident("a", engine, (0,), Share("a", 0.5, 0, "share"), {0: 2**33})  # type: ignore[arg-type]
+        each.ready()
+        return each
+
+    seen_alive = resident(living := {7})
     seen_alive.measure(reading({7: 6 * 2**30}))
     assert seen_alive.left_on(0) == 0                   # alive: nothing left over
     seen_alive.died()
     assert seen_alive.left_on(0) == 6 * 2**30
 
-    seen_gone = Resident("a", engine, (0,), Share("a", 0.5, 0, "share"), {0: 2**33})  # type: ignore[arg-type]
-    seen_gone.ready()
+    seen_gone = resident(living := {7})
     seen_gone.measure(reading({7: 6 * 2**30}))
-    pids.clear()                                        # its processes are gone; still ready on the loop
+    living.clear()                                      # its processes are gone; still ready on the loop
     seen_gone.measure(reading({}))
     seen_gone.died()
     assert seen_gone.left_on(0) == 0
+
+    gone_after_the_reading = resident(living := {7})
+    gone_after_the_reading.died()
+    taken_while_it_ran = reading({7: 6 * 2**30})
+    living.clear()                                      # it ended between NVML's reading and its measure
+    gone_after_the_reading.measure(taken_while_it_ran)
+    assert gone_after_the_reading.left_on(0) == 6 * 2**30

@@ -24,7 +24,7 @@ from animllm_cli.engine import processes
 from animllm_cli.runfile import GatewayState, write_state
 from tests.fakes.nvml import FakeGpu, FakeNvml
 from tests.support.gateways import RunningGateway, start_bound_s, start_gateway
-from tests.support.helpers import free_port, tiny_config, write
+from tests.support.helpers import free_port, run_cli, tiny_config, write
 from tests.support import engine_starts
 from tests.support.environment import isolate
 from tests.support.waiting import wait_until
@@ -95,5 +95,12 @@ def use_shared_gateway(gw: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def assert_left_as_found(gw: RunningGateway) -> None:
-    assert resident(gw) == set(MODELS), (
-        f"this test left the shared engines as {sorted(resident(gw))}: put back what it unloaded")
+    """Fail a test that did not leave both shared engines ready, after putting back what it
+    left missing (the next tests would otherwise fail with it, or start engines of their own)."""
+    found = resident(gw)
+    missing = [model for model in MODELS if model not in found]
+    for model in missing:
+        switched = run_cli("switch", model, "--json")
+        assert switched.exit_code == 0, f"putting back {model}: {switched.stdout} {switched.stderr}"
+    assert not missing, (f"this test left the shared engines as {sorted(found)}: put back what it unloaded "
+                         f"(the fixture put back {', '.join(missing)})")
