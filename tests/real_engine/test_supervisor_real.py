@@ -1,6 +1,6 @@
 """The supervisor with real vLLM (CPU build) on the tiny models: a shared engine's process
 tree, key and log phases; a setting vLLM rejects at start, diagnosed. A SIGKILLed engine is
-tests/real_engine/test_restart_real.py's; a killed owner, the soak's (test_soak_real.py)."""
+test_gateway_real.py's (its EngineCore) and the soak's (its API server, and its owner)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import httpx
+import psutil
 
 SENT_WITHIN_S = 0.05  # the request leaves this soon after the kill: before any watcher could see the death
 
@@ -36,3 +37,10 @@ def asked_right_after_killing(url: str, model: str, pid: int, timeout_s: float,
 def restarts_in(recent_switches: list[dict], model: str) -> list[dict]:
     """The restarts of `model` among a status's recent switches."""
     return [s for s in recent_switches if s["reason"] == "restart" and s["to_model"] == model]
+
+
+def engine_core_of(api_server: int) -> int:
+    """A real vLLM API server's EngineCore process, found by its name (vLLM names it VLLM::EngineCore)."""
+    cores = [p.pid for p in psutil.Process(api_server).children() if "EngineCore" in p.name()]
+    assert len(cores) == 1, [(p.pid, p.name()) for p in psutil.Process(api_server).children()]
+    return cores[0]

@@ -38,9 +38,8 @@ OWN_STARTS_ALLOWED = frozenset({
     "test_pool_real.py",                # eviction and keep-alive on the shared engines: loads are the subject
     "test_supervisor_real.py",          # a start vLLM rejects
     "test_soak_real.py",                # engines and the gateway SIGKILLed under load
-    "test_restart_real.py",             # shared engines SIGKILLed (API server, EngineCore), restarted
     "test_upstream_real.py",            # its own gateway's local model beside remote ones
-    "test_gateway_real.py",             # switches counted; serve --detach, unload, stop
+    "test_gateway_real.py",             # an EngineCore SIGKILLed and restarted; switches counted; serve --detach, stop
     "test_bench_real.py",               # a load measured inside a mix
 })
 
