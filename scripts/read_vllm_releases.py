@@ -167,8 +167,9 @@ def compact(tables: dict[str, dict]) -> dict:
 
 
 def dump(table: dict) -> str:
-    """JSON with one line per fact (an option with all its forms, a method, a variable),
-    so that a regeneration's diff reads as what changed between releases."""
+    """JSON with one line per fact (an option with all its forms, a method, a variable; an
+    item of a list of objects, such as a route), so that a regeneration's diff reads as what
+    changed between releases."""
     def line(value) -> str:
         return json.dumps(value, separators=(",", ":"))
 
@@ -177,6 +178,9 @@ def dump(table: dict) -> str:
         if isinstance(value, dict) and value:
             rows = ",\n".join(f"  {line(k)}: {line(v)}" for k, v in value.items())
             parts.append(f" {line(key)}: {{\n{rows}\n }}")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            rows = ",\n".join(f"  {line(v)}" for v in value)
+            parts.append(f" {line(key)}: [\n{rows}\n ]")
         else:
             parts.append(f" {line(key)}: {line(value)}")
     return "{\n" + ",\n".join(parts) + "\n}\n"

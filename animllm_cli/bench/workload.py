@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from animllm_cli.bench import loadgen
-from animllm_cli.bench.loadgen import CHAT, COMPLETIONS, Request
+from animllm_cli.bench.loadgen import CHAT, COMPLETIONS, MESSAGES, RESPONSES, Request
 from animllm_cli.bench.prompts_file import PromptEntry, has_messages, read_prompts
 from animllm_cli.errors import AnimllmError, UsageError
 
@@ -23,7 +23,7 @@ WORDS = loadgen.PROMPT_SEED.split()
 class Workload:
     input_len: int                         # random prompts: tokens (words for text prompts)
     output_len: int
-    endpoint: str = COMPLETIONS            # or loadgen.CHAT
+    endpoint: str = COMPLETIONS            # or another of loadgen.ENDPOINTS' paths
     output_len_given: bool = False         # --output-len on the command line beats the file's lengths
     ignore_eos: bool = True
     entries: list[PromptEntry] | None = None  # --prompts FILE
@@ -60,7 +60,7 @@ class Workload:
         ids = rng.choices(self._vocabulary[model], k=self.input_len)
         if self.endpoint == COMPLETIONS:  # token ids: no re-tokenizing changes the length
             return self._request(model, ids, None, self.output_len)
-        # Chat takes text: the ids as text, as vLLM's random dataset sends them.
+        # A conversation takes text: the ids as text, as vLLM's random dataset sends them.
         return self._request(model, await detokenize(session, url, model, ids), None, self.output_len)
 
     async def _from_entry(self, session: aiohttp.ClientSession, url: str, model: str, entry: PromptEntry) -> Request:
@@ -79,8 +79,13 @@ class Workload:
         return self._reference_lengths[key]
 
     def _request(self, model: str, prompt: Any, messages: list[dict] | None, output_len: int) -> Request:
-        if self.endpoint == CHAT:
+        if self.endpoint in loadgen.TAKES_MESSAGES:
             messages = messages or [{"role": "user", "content": prompt}]
+            if self.endpoint == MESSAGES:
+                return Request(MESSAGES, loadgen.messages_body(model, messages, output_len), model)
+            if self.endpoint == RESPONSES:
+                return Request(RESPONSES, loadgen.responses_body(model, messages, output_len,
+                                                                 ignore_eos=self.ignore_eos), model)
             return Request(CHAT, loadgen.chat_body(model, messages, output_len, ignore_eos=self.ignore_eos), model)
         if messages is not None:
             raise AnimllmError("a prompt given as chat messages cannot go to /v1/completions",

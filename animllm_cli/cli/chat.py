@@ -29,6 +29,9 @@ def chat(
     url: common.UrlOption = None,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", metavar="NAME",
                                                        help="Environment variable holding the API key.")] = None,
+    endpoint: Annotated[str, typer.Option("--endpoint", metavar="chat|messages|responses",
+                                          help="The API to speak: chat (chat completions), messages (Anthropic's "
+                                               "Messages API) or responses (OpenAI's Responses API).")] = "chat",
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="A REPL even when stdin is not a terminal.")] = False,
     json_output: common.JsonOption = False,
     config: common.ConfigOption = None,
@@ -39,14 +42,19 @@ def chat(
     import os
 
     from animllm_cli.chat.conversation import Conversation
+    from animllm_cli.client.chat_apis import CHAT_APIS
     from animllm_cli.client.openai import OpenAIClient
     from animllm_cli.errors import UsageError
+
+    if endpoint not in CHAT_APIS:
+        raise UsageError(f"--endpoint {endpoint!r}: expected one of {', '.join(CHAT_APIS)}")
 
     out = common.output(ctx)
     loaded = common.load(ctx, config)
     base_url = url or common.gateway_url(loaded)
     key = os.environ.get(api_key_env or loaded.config.server.api_key_env)
-    client = OpenAIClient(base_url, key, timeout_s=loaded.config.limits.request_timeout_s + 30)
+    client = OpenAIClient(base_url, key, timeout_s=loaded.config.limits.request_timeout_s + 30,
+                          api=CHAT_APIS[endpoint])
     resolve = common.model_resolver(loaded, url=url)
     name, vision = resolve(model)
     conversation = Conversation(name, system=system, vision=vision,

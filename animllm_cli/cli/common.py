@@ -72,8 +72,9 @@ PromptsOption = Annotated[Optional[Path], typer.Option(
     "--prompts", metavar="FILE", show_default=False,
     help="Your own prompts: JSONL of {\"prompt\"} or {\"messages\"} (with optional output_tokens), or ShareGPT JSON.")]
 EndpointOption = Annotated[Optional[str], typer.Option(
-    "--endpoint", metavar="completions|chat", show_default=False,
-    help="Where requests go (default: chat for a file of chat messages, else completions).")]
+    "--endpoint", metavar="completions|chat|messages|responses", show_default=False,
+    help="Where requests go: completions, chat, messages (Anthropic's Messages API) or responses (OpenAI's "
+         "Responses API). Default: chat for a file of chat messages, else completions.")]
 GoodputOption = Annotated[Optional[list[str]], typer.Option(
     "--goodput", metavar="ttft:MS tpot:MS e2el:MS", show_default=False,
     help="SLOs, as vLLM's: report the requests that met them all (goodput).")]

@@ -1,5 +1,6 @@
 """A small client for OpenAI-compatible servers (the gateway, vLLM, others): chat
-completions, streamed or not, with the timings a person wants to see."""
+completions (or Anthropic's Messages API, or the Responses API: client/chat_apis.py),
+streamed or not, with the timings a person wants to see."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import httpx
 
+from animllm_cli.client.chat_apis import CHAT, ChatApi
 from animllm_cli.credentials import bearer
 from animllm_cli.errors import AnimllmError
 
@@ -58,6 +60,7 @@ class OpenAIClient:
     base_url: str
     api_key: str | None = None
     timeout_s: float = 300.0
+    api: ChatApi = CHAT   # which API `chat` speaks (client/chat_apis.py)
     _http: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,12 +83,10 @@ class OpenAIClient:
 
     def chat(self, payload: dict[str, Any]) -> ChatResult:
         started = time.perf_counter()
-        data = self._post("/v1/chat/completions", {**payload, "stream": False}).json()
-        choice = (data.get("choices") or [{}])[0]
-        return ChatResult(text=(choice.get("message") or {}).get("content") or "", model=data.get("model"),
-                          elapsed_s=time.perf_counter() - started,
-                          completion_tokens=(data.get("usage") or {}).get("completion_tokens"),
-                          finish_reason=choice.get("finish_reason"), response=data)
+        data = self._post(self.api.path, self.api.body(payload, False)).json()
+        text, tokens, finish = self.api.answer(data)
+        return ChatResult(text=text, model=data.get("model"), elapsed_s=time.perf_counter() - started,
+                          completion_tokens=tokens, finish_reason=finish, response=data)
 
     def chat_stream(self, payload: dict[str, Any], result: ChatResult,
                     on_wait: Callable[[str], None] | None = None) -> Iterator[str]:
@@ -95,10 +96,9 @@ class OpenAIClient:
         from httpx_sse import SSEError, connect_sse
 
         started = time.perf_counter()
-        body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
         chunks = 0
         try:
-            with connect_sse(self._http, "POST", "/v1/chat/completions", json=body) as source:
+            with connect_sse(self._http, "POST", self.api.path, json=self.api.body(payload, True)) as source:
                 if source.response.status_code >= 400:
                     source.response.read()
                     raise AnimllmError(f"the server answered {source.response.status_code}: "
@@ -107,20 +107,20 @@ class OpenAIClient:
                     if event.data.strip() == "[DONE]":
                         break
                     data = json.loads(event.data)
-                    if "error" in data:
+                    if "error" in data and "type" not in data:  # the gateway's, or an engine's, in OpenAI's shape
                         raise AnimllmError(f"the answer broke off: {data['error'].get('message')}")
-                    result.model = data.get("model") or result.model
-                    if data.get("usage"):
-                        result.completion_tokens = data["usage"].get("completion_tokens")
-                    for choice in data.get("choices") or []:
-                        delta = (choice.get("delta") or {}).get("content")
-                        result.finish_reason = choice.get("finish_reason") or result.finish_reason
-                        if delta:
-                            if result.ttft_s is None:
-                                result.ttft_s = time.perf_counter() - started
-                            chunks += 1
-                            result.text += delta
-                            yield delta
+                    delta = self.api.event(data)
+                    result.model = delta.model or result.model
+                    result.completion_tokens = delta.tokens if delta.tokens is not None else result.completion_tokens
+                    result.finish_reason = delta.finish or result.finish_reason
+                    if delta.text:
+                        if result.ttft_s is None:
+                            result.ttft_s = time.perf_counter() - started
+                        chunks += 1
+                        result.text += delta.text
+                        yield delta.text
+                    if delta.done:
+                        break
         except httpx.ConnectError:
             raise ServerNotRunning(self.base_url) from None
         except (httpx.HTTPError, SSEError) as exc:

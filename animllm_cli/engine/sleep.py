@@ -5,7 +5,8 @@ Level 1 copies the weights to host RAM and drops the KV cache; level 2 drops bot
 wake reloads the weights from disk. The routes exist only in vLLM's development mode
 (`VLLM_SERVER_DEV_MODE=1`), which also opens `/collective_rpc` and vLLM's key does not
 guard them (it guards /v1 only): the engine listens on loopback, and the gateway relays
-none of them (gateway/routes_openai.py relays a fixed list of /v1 routes).
+none of them (gateway/routes_clients.py relays the model-addressed routes only, and names these
+its NOT_MODEL_ROUTES).
 
   POST /sleep?level=1|2            empty 200 up to 0.22, {"status": "sleeping", "level": N} since;
                                    0.18+ also take mode=abort|wait|keep

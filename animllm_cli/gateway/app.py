@@ -1,7 +1,7 @@
 """The OpenAI-compatible gateway: one port for every configured model.
 
 `Gateway` is what every route shares: the pool, the scheduler, the upstreams, admission
-and metrics, and the glue between them. The routes live by concern (routes_openai.py:
+and metrics, and the glue between them. The routes live by concern (routes_clients.py:
 what clients call; routes_admin.py: what `animllm` and monitoring call) and are handed to
 `create_app`. Requests are relayed as raw bytes (parsed once, for routing), streams chunk
 by chunk as they arrive. The hot path avoids per-request work: a relay that parses every
@@ -23,15 +23,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from animllm_cli.config import LoadedConfig
+from animllm_cli.engine import vllm_routes
+from animllm_cli.engine.command import installed_vllm_version
+from animllm_cli.engine.model_kind import model_serves
 from animllm_cli.engine.supervisor import Engine
 from animllm_cli.gateway import guard
 from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
 from animllm_cli.gateway.deadlines import Bounds, Expired
+from animllm_cli.gateway.dialects import dialect_of
 from animllm_cli.gateway.guard import Refused, error
 from animllm_cli.gateway.metrics import GatewayMetrics
 from animllm_cli.gateway.pool import EnginePool
 from animllm_cli.gateway.relay import ClientGone, Target
 from animllm_cli.gateway.scheduler import Decision, QueueFull, Scheduler, SwitchFailed
+from animllm_cli.gateway.stored_responses import StoredResponses
 from animllm_cli.gateway.upstreams import Upstreams
 from animllm_cli.wire import EngineDeath, SwitchReport
 
@@ -73,6 +78,9 @@ class Gateway:
         self.keep_alive_interval_s = 1.0
         self.loading_comment_s = LOADING_COMMENT_S
         self.verdict = Verdict()
+        self.stored_responses = StoredResponses()  # which engine keeps each stored response (Responses API)
+        self.vllm_version: str | None = None      # the engines' vLLM: which routes it has (read at start)
+        self._serves: dict[str, list[str] | None] = {}
         self.session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
         self.shutdown_hook: Callable[[], None] | None = None
@@ -84,9 +92,21 @@ class Gateway:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
                                              auto_decompress=False, skip_auto_headers=("User-Agent",))
+        self.vllm_version = await asyncio.to_thread(self._engine_vllm_version)
         self._tasks.append(asyncio.create_task(self._watch_admission()))
         self._tasks.append(asyncio.create_task(self.upstreams.watch()))
         self._tasks.append(asyncio.create_task(self._watch_keep_alive()))
+
+    def _engine_vllm_version(self) -> str | None:
+        """The vLLM the engines run, from the engine Python's package metadata; None when it
+        cannot be read (or no model is local): routes are then left to vLLM to judge."""
+        if not self.loaded.local_model_names():
+            return None
+        try:
+            return installed_vllm_version(self.loaded)
+        except Exception:  # noqa: BLE001 - a probe that fails must not stop the gateway
+            log.warning("could not read the engine's vLLM version", exc_info=True)
+            return None
 
     async def close(self) -> Any:
         for task in self._tasks:
@@ -244,6 +264,24 @@ class Gateway:
         return self.catalogue.find(requested, loaded=(*self.pool.models, *self.upstreams.models,
                                                       self.scheduler.switching_to))
 
+    def serves(self, model: str) -> list[str] | None:
+        """What `model` serves (engine/model_kind.py), read once: its files do not change
+        under a running gateway, short of a pull, which only adds them."""
+        if self._serves.get(model) is None:
+            self._serves[model] = model_serves(self.loaded, model)
+        return self._serves[model]
+
+    def why_not_served(self, path: str) -> str:
+        """Why an engine answered FastAPI's bare 404 on a route its release has: what vLLM
+        registers it for, from the table of its routes."""
+        spec = (vllm_routes.routes_of(self.vllm_version) or {}).get(path) if self.vllm_version else None
+        if spec is not None and spec.tasks:
+            return f"vLLM {self.vllm_version} registers it only for models that serve {' or '.join(spec.tasks)} " \
+                   f"(see `serves` in /v1/models)"
+        if spec is not None and spec.when:
+            return f"vLLM {self.vllm_version} registers it only when {spec.when}"
+        return "its vLLM registers that route only for models of the kind that use it (see `serves` in /v1/models)"
+
     def not_found(self, requested: str) -> Refused:
         return Refused(error(404, f"model '{requested}' not found; available: {', '.join(self.catalogue.available())}",
                              param="model", code="model_not_found"), "unknown_model")
@@ -252,24 +290,26 @@ class Gateway:
 Handler = Callable[[Request, Gateway], Awaitable[Response]]
 
 
-def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """A route handler that runs only past the guard (key, Host, Origin, JSON bodies) and
-    gets the Gateway; a Refused anywhere in it becomes its response and a metric."""
+def guarded(handler: Handler, media: tuple[str, ...] = guard.JSON_ONLY) -> Callable[[Request], Awaitable[Response]]:
+    """A route handler that runs only past the guard (key, Host, Origin, the body's content
+    type: `media`) and gets the Gateway; a Refused anywhere in it becomes its response and a
+    metric. The gateway's own errors leave in the shape of the route's API (dialects.py)."""
     async def route(request: Request) -> Response:
         gw: Gateway = request.app.state.gateway
         try:
-            guard.check(request, gw.api_key)
-            return await handler(request, gw)
+            guard.check(request, gw.api_key, media)
+            response = await handler(request, gw)
         except Refused as refused:
             gw.metrics.rejections.labels(refused.label).inc()
-            return refused.response
+            response = refused.response
+        return dialect_of(request.url.path).reshape(response)
     route.__name__ = handler.__name__
     return route
 
 
 def create_app(gateway: Gateway, routes: list[Route], *, on_startup: Callable[[], Awaitable[None]] | None = None,
                on_shutdown: Callable[[Any], Awaitable[None]] | None = None) -> Starlette:
-    """The ASGI app serving `routes` (routes_openai.ROUTES and routes_admin.ROUTES) for `gateway`."""
+    """The ASGI app serving `routes` (routes_clients.ROUTES and routes_admin.ROUTES) for `gateway`."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         await gateway.start()

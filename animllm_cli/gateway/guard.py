@@ -7,6 +7,8 @@
   unless it carries the key: a web page cannot drive the gateway behind the user's back.
 - POST bodies must be JSON (`Content-Type: application/json`), which a cross-site "simple"
   request cannot send, and at most `limits.max_body_bytes` long (413 before reading more).
+  The audio routes take multipart forms, which a page can post: there a browser always
+  sends its `Origin`, and the Origin rule above refuses a foreign one without the key.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from animllm_cli.bind import LOOPBACK
+from animllm_cli.gateway.dialects import GatewayError
 
 def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
-          code: str | None = None, retry_after: float | None = None) -> JSONResponse:
-    """OpenAI's error envelope."""
+          code: str | None = None, retry_after: float | None = None) -> GatewayError:
+    """OpenAI's error envelope (the route reshapes it for another API: gateway/dialects.py)."""
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+    return GatewayError(status, message, kind, param, code, headers)
 
 
 class Refused(Exception):
@@ -46,26 +48,33 @@ def loopback_origin(origin: str) -> bool:
     return parts.scheme in ("http", "https") and (parts.hostname or "").lower() in LOOPBACK
 
 
-def _bearer(request: Request) -> str:
-    return request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+def _presented_key(request: Request) -> str:
+    """The key a client sent: `Authorization: Bearer` (OpenAI's SDK), else `x-api-key`
+    (Anthropic's)."""
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return bearer or request.headers.get("x-api-key", "").strip()
 
 
-def check(request: Request, api_key: str | None) -> None:
-    """Raise Refused unless the request may go on (headers only; the body is read later)."""
-    keyed = api_key is not None and hmac.compare_digest(_bearer(request).encode(), api_key.encode())
+JSON_ONLY = ("application/json",)
+
+
+def check(request: Request, api_key: str | None, media: tuple[str, ...] = JSON_ONLY) -> None:
+    """Raise Refused unless the request may go on (headers only; the body is read later).
+    `media`: the content types the route's POST bodies may have."""
+    keyed = api_key is not None and hmac.compare_digest(_presented_key(request).encode(), api_key.encode())
     if api_key is None and _host(request.headers.get("host", "")) not in LOOPBACK:
         raise Refused(error(403, "non-local Host header refused (no API key is set)", "permission_error"), "host")
     origin = request.headers.get("origin")
     if origin is not None and not loopback_origin(origin) and not keyed:
         raise Refused(error(403, f"cross-site request from {origin} refused", "permission_error"), "origin")
     if api_key is not None and not keyed:
-        raise Refused(error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error"),
-                      "auth")
+        raise Refused(error(401, "missing or wrong API key (Authorization: Bearer ..., or x-api-key)",
+                            "authentication_error"), "auth")
     if request.method == "POST":
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise Refused(error(415, f"POST bodies must be application/json (got {media or 'no content type'})"),
-                          "content_type")
+        given = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if given not in media:
+            raise Refused(error(415, f"POST bodies here must be {' or '.join(media)} "
+                                     f"(got {given or 'no content type'})"), "content_type")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Protocol
 
 import aiohttp
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from animllm_cli.gateway.deadlines import Deadlines, Expired, IdleWatch
+from animllm_cli.gateway import guard
+from animllm_cli.gateway.dialects import OPENAI, Dialect, dialect_of
 from animllm_cli.gateway.guard import error
 from animllm_cli.gateway.scheduler import Lease
 
@@ -51,10 +53,7 @@ class RelayHost(Protocol):
 
     async def engine_death(self, engine: Engine) -> EngineDeath | None: ...
 
-
-def sse_error(message: str, kind: str) -> bytes:
-    # A blank line first ends any event the upstream left half-written.
-    return b"\n\ndata: " + json.dumps({"error": {"message": message, "type": kind}}).encode() + b"\n\n"
+    def why_not_served(self, path: str) -> str: ...
 
 
 EVENT_ENDS = (b"\n\n", b"\r\n\r\n")  # the blank line that ends a server-sent event
@@ -142,6 +141,9 @@ class Failover(Exception):
         self.cause, self.mid_answer = cause, mid_answer
 
 
+# What vLLM's FastAPI answers for a route it has not registered (from 0.16 it registers each
+# API only for the models that serve it: /pooling for a chat model, say).
+ROUTE_NOT_FOUND = b'{"detail":"Not Found"}'
 # An upstream answering these is overloaded, restarting or a proxy without a backend. Not
 # 504: a proxy's timeout on a long generation says nothing about the server, and running
 # the whole generation again elsewhere would double it.
@@ -231,8 +233,10 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
     try:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=target.connect_s) if target.connect_s else None
         # Never a redirect: the target's key must not follow it to another host.
+        # The client's content type: JSON, or a multipart form with its boundary.
+        media = request.headers.get("content-type", "application/json")
         send = gw.session.post(f"{target.base_url}{request.url.path}", data=raw, allow_redirects=False,
-                               headers={"content-type": "application/json", **target.headers}, ssl=target.tls,
+                               headers={"content-type": media, **target.headers}, ssl=target.tls,
                                **({"timeout": timeout} if timeout else {}))
         try:
             upstream = await race_disconnect(
@@ -252,9 +256,11 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
             where = f" to {upstream.headers.get('location')}; animllm never follows a redirect" \
                 if upstream.status < 400 else ""
             raise target.failed(f"HTTP {upstream.status}{where}")
+        watch = _answer_watch(request, model, target) if upstream.status == 200 else None
         if stream and upstream.status == 200:
             handed_over = True  # the streaming response owns the lease and the upstream from here
-            return RelayResponse(gw, model, lease, upstream, deadlines, target, idle_s)
+            return RelayResponse(gw, model, lease, upstream, deadlines, target, idle_s, dialect_of(request.url.path),
+                                 watch)
         try:
             body = await race_disconnect(request.receive, deadlines.within(upstream.read(), idle_s,
                                                                             f"{target.who}'s answer stalled"))
@@ -264,9 +270,15 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
         except BaseException:
             upstream.close()  # unread: drop the connection rather than return it to the pool
             raise
+        if target.engine is not None and upstream.status == 404 and body.strip() == ROUTE_NOT_FOUND:
+            gw.metrics.requests.labels(model, "http_404").inc()
+            return error(404, f"{target.who} does not serve {request.url.path}: {gw.why_not_served(request.url.path)}",
+                         code="route_not_served")
         if target.engine is not None and upstream.status >= 500 \
                 and await gw.engine_death(target.engine) is not None:  # vLLM's answer once its EngineCore died
             raise target.failed(f"HTTP {upstream.status}")
+        if watch is not None:
+            watch(body)
         gw.metrics.requests.labels(model, "ok" if upstream.status < 400 else f"http_{upstream.status}").inc()
         retry = upstream.headers.get("retry-after")
         return Response(body, status_code=upstream.status, headers={"retry-after": retry} if retry else None,
@@ -274,6 +286,43 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
     finally:
         if remote is not None and not handed_over:
             remote.outstanding -= 1
+
+
+async def relay_by_id(gw: Any, request: Request, model: str, engine: Engine) -> Response:
+    """A request that names no model but an object one engine holds (a stored response: its
+    GET, its cancel), sent to that engine as it came, outside the scheduler: it generates
+    nothing (a streamed GET replays what the engine generates for the original request,
+    whose own slot counts it)."""
+    body = await guard.read_body(request, gw.max_body_bytes)
+    url = f"{engine.base_url}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
+    headers = {**engine.headers, **({"content-type": "application/json"} if body else {})}
+    try:
+        upstream = await asyncio.wait_for(gw.session.request(request.method, url, data=body or None, headers=headers,
+                                                             allow_redirects=False), gw.bounds.first_byte_s)
+    except aiohttp.ClientError as exc:
+        return error(503, f"the engine for '{model}' failed: {_cause(exc)}", "engine_unavailable", retry_after=5)
+    except asyncio.TimeoutError:
+        return error(504, f"no answer from the engine for '{model}' within first_byte_timeout_s", "timeout")
+    media = upstream.headers.get("content-type", "application/json")
+    if media.startswith("text/event-stream"):
+        async def events() -> Any:
+            try:
+                async for chunk in upstream.content.iter_any():
+                    yield chunk
+            finally:
+                upstream.close()
+        return StreamingResponse(events(), status_code=upstream.status, media_type=media)
+    try:
+        return Response(await upstream.read(), status_code=upstream.status, media_type=media)
+    finally:
+        upstream.release()
+
+
+def _answer_watch(request: Request, model: str, target: Target) -> Callable[[bytes], bool] | None:
+    """What reads a local engine's answer on its way (the route sets `request.state.answer_watch`:
+    the Responses API's ids, gateway/stored_responses.py); None for most routes."""
+    watcher = getattr(request.state, "answer_watch", None)
+    return watcher(model, target.engine) if watcher is not None and target.engine is not None else None
 
 
 def _cause(exc: aiohttp.ClientError) -> str:
@@ -291,9 +340,11 @@ class RelayResponse(Response):
     client goes away, so that vLLM stops generating."""
 
     def __init__(self, gw: RelayHost, model: str, lease: Lease, upstream: aiohttp.ClientResponse,
-                 deadlines: Deadlines, target: Target, idle_s: float) -> None:
+                 deadlines: Deadlines, target: Target, idle_s: float, dialect: Dialect = OPENAI,
+                 watch: Callable[[bytes], bool] | None = None) -> None:
+        """`watch`: called with each run of whole events until it returns True (_answer_watch)."""
         self.gw, self.model, self.lease, self.upstream, self.deadlines = gw, model, lease, upstream, deadlines
-        self.target, self.idle_s = target, idle_s
+        self.target, self.idle_s, self.dialect, self.watch = target, idle_s, dialect, watch
         self.status_code = upstream.status
         self.background = None
         self.given_back = False
@@ -323,14 +374,15 @@ class RelayResponse(Response):
                 await self._pump(send)
             except Expired as exc:
                 outcome = "timeout"
-                await send({"type": "http.response.body", "more_body": True, "body": sse_error(str(exc), "timeout")})
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": self.dialect.stream_error(str(exc), "timeout")})
             except (aiohttp.ClientError, asyncio.IncompleteReadError):
                 outcome = "client_gone" if gone else "engine_died"
                 if not gone:
                     self.target.mark_out("stopped mid-answer")
                     self._give_back()  # before the check of its engine, which may take seconds
                     await send({"type": "http.response.body", "more_body": True,
-                                "body": sse_error(await self._cut_short(), "engine_error")})
+                                "body": self.dialect.stream_error(await self._cut_short(), "engine_error")})
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -378,6 +430,8 @@ class RelayResponse(Response):
                     break
                 whole, pending = split_at_event_end(pending + chunk)
                 if whole:
+                    if self.watch is not None and self.watch(whole):
+                        self.watch = None
                     await send({"type": "http.response.body", "body": whole, "more_body": True})
         finally:
             watch.close()
@@ -461,7 +515,8 @@ class WaitingStream(Response):
 
     async def _end(self, send: Any, message: str, kind: str) -> None:
         with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": sse_error(message, kind)[2:], "more_body": True})
+            await send({"type": "http.response.body", "body": dialect_of(self.request.url.path).stream_error(message, kind)[2:],
+                        "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

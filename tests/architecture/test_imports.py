@@ -15,7 +15,7 @@ from tests.architecture.floors import breach, home
 from tests.support.helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "animllm_cli"
-SERVER_MODULES = {f"animllm_cli.gateway.{name}" for name in ("server", "app", "routes_openai", "routes_admin", "status")}
+SERVER_MODULES = {f"animllm_cli.gateway.{name}" for name in ("server", "app", "routes_clients", "routes_admin", "status")}
 # Only the `serve` command starts a gateway from outside the gateway package.
 MAY_IMPORT_SERVER = {"animllm_cli.cli.serve"}
 

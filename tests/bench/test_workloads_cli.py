@@ -71,6 +71,20 @@ def test_random_prompts_to_chat_are_the_model_tokens_as_text(gateway, tmp_path: 
     assert all(entry["ignore_eos"] is None for entry in sent)
 
 
+@pytest.mark.parametrize("endpoint, path", [("messages", "/v1/messages"), ("responses", "/v1/responses")])
+def test_the_messages_and_responses_apis_are_measured_on_their_own_events(gateway, tmp_path: Path, endpoint: str,
+                                                                         path: str) -> None:
+    """TTFT at the first content event of Anthropic's stream (content_block_delta) or of the
+    Responses API's (response.output_text.delta); token counts from their usage events."""
+    data = run_json("bench", "--endpoint", endpoint, "-n", "3", "--warmup", "0", "--input-len", "5",
+                    "--output-len", "4", "--json")
+    summary = data["levels"][0]["summary"]
+    assert data["endpoint"] == path and summary["completed"] == 3 and summary["failed"] == 0
+    assert summary["output_tokens"] == 12 and summary["input_tokens"] == 9
+    assert summary["ttft_ms"]["mean"] > 0
+    assert [entry["path"] for entry in received(tmp_path)] == [path] * 3
+
+
 def test_goodput_as_vllm_spells_it(gateway) -> None:
     # `--goodput ttft:MS tpot:MS`: vLLM's spelling, the second pair in MODEL's place.
     data = run_json("bench", "--goodput", "ttft:60000", "tpot:60000", "-n", "4", "--warmup", "0", "--output-len", "3",
@@ -116,7 +130,7 @@ def test_burstiness_and_ramp_up_levels(gateway) -> None:
     (["--concurrency", "4", "--request-rate", "1"], "give one"),
     (["--ramp-up", "linear:1:5", "--request-rate", "2"], "give one"),
     (["--ramp-up", "linear:1:5", "--plot", "r.svg"], "drop --plot"),
-    (["--endpoint", "responses"], "expected one of completions, chat"),
+    (["--endpoint", "speech"], "expected one of completions, chat, messages, responses"),
 ])
 def test_refusals_before_anything_is_sent(args: list[str], words: str) -> None:
     result = run_cli("bench", *args)

@@ -76,6 +76,23 @@ def test_one_shot_json(gateway) -> None:
     assert {"temperature", "seed", "max_tokens"} <= set(gateway.requests_seen()[-1]["keys"])
 
 
+@pytest.mark.parametrize("endpoint", ["messages", "responses"])
+def test_the_other_apis_streamed_and_as_json_with_a_system_prompt(gateway, endpoint: str) -> None:
+    result = run_cli("chat", "b", "--endpoint", endpoint, "-p", "hi", "--system", "be terse", "--max-tokens", "3")
+    assert result.exit_code == 0 and result.stdout == "t0 t1 t2 \n", result.stderr
+    assert "3 tokens" in result.stderr
+    sent = gateway.requests_seen()[-1]
+    assert sent["path"] == f"/v1/{endpoint}" and sent["model"] == "b" and sent["stream"] is True
+    if endpoint == "messages":  # Anthropic's API takes the system prompt beside the messages
+        assert sent["system"] == "be terse" and sent["anthropic_messages"] == [{"role": "user", "content": "hi"}]
+    else:
+        assert sent["input"] == [{"role": "system", "content": "be terse"}, {"role": "user", "content": "hi"}]
+    answered = json.loads(run_cli("chat", "b", "--endpoint", endpoint, "-p", "hi", "--json", "--max-tokens", "2").stdout)
+    assert answered["usage"]["output_tokens"] == 2 and answered["model"] == "b"
+    wrong = run_cli("chat", "--endpoint", "completions", "-p", "hi")
+    assert wrong.exit_code == 2 and "expected one of chat, messages, responses" in wrong.stderr
+
+
 def test_system_option(gateway) -> None:
     run_cli("chat", "-p", "hi", "--system", "you are terse", "--max-tokens", "1")
     assert gateway.requests_seen()[-1]["messages"][0] == {"role": "system", "content": "you are terse"}

@@ -73,6 +73,8 @@ def record(entry: dict) -> None:
 def make_app(names: list[str], mode: str, after: float):
     from aiohttp import web
 
+    from tests.fakes.fake_apis import api_routes
+
     # "After ready" counts from the supervisor's last readiness step (its keyed /v1/models),
     # not from start-up, so that a slow machine cannot make the engine fail before it is ready.
     ready_at: list[float] = []
@@ -189,9 +191,8 @@ def make_app(names: list[str], mode: str, after: float):
 
     sleeper = Sleeper("--enable-sleep-mode" in sys.argv)
 
-    async def complete_awake(request):
-        if (await request.json()).get("fake_lose_core"):
-            core_lost.append(True)
+    def refusal(request):
+        """What the engine answers instead of an answer: sick, asleep, weights lost; None: it answers."""
         if sick():
             return web.json_response({"error": {"message": "EngineCore encountered an issue."}}, status=500)
         if sleeper.level is not None:
@@ -199,7 +200,12 @@ def make_app(names: list[str], mode: str, after: float):
         if sleeper.weights_lost:  # woken from level 2 without reload_weights: vLLM would answer garbage
             return web.json_response({"error": {"message": "weights were not reloaded after a level-2 sleep"}},
                                      status=500)
-        return await complete(request)
+        return None
+
+    async def complete_awake(request):
+        if (await request.json()).get("fake_lose_core"):
+            core_lost.append(True)
+        return refusal(request) or await complete(request)
 
     key = None if mode == "ignores-key" else os.environ.get("VLLM_API_KEY")
 
@@ -217,7 +223,7 @@ def make_app(names: list[str], mode: str, after: float):
     app.add_routes([web.get("/health", health), web.get("/v1/models", models), web.get("/metrics", metrics),
                     web.post("/v1/chat/completions", complete_awake), web.post("/v1/completions", complete_awake),
                     web.post("/v1/embeddings", embed), web.post("/tokenize", tokenize),
-                    web.post("/detokenize", detokenize)])
+                    web.post("/detokenize", detokenize), *api_routes(names, record, refusal)])
     if os.environ.get("VLLM_SERVER_DEV_MODE", "0") not in ("", "0"):  # as vLLM: bool(int(...))
         app.add_routes([web.route(method, path, getattr(sleeper, handler)) for method, path, handler in DEV_ROUTES])
     return app

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from tests.fakes.upstream import FakeUpstream
-from tests.support.helpers import REPO_ROOT, write
+from tests.support.helpers import REPO_ROOT, free_port, write
 from tests.support.waiting import wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -23,14 +23,17 @@ CHECK_BOUND_S = 10  # a health check or a dispatch to a fake that answers in mil
 
 def upstream_config(tmp_path: Path, remotes: dict[str, dict[str, Any]], *, local: bool = True,
                     limits: dict | None = None) -> Path:
-    """A gateway config: the fake local engine `a` (when `local`) and these remote models."""
+    """A gateway config: the fake local engine `a` (when `local`) and these remote models.
+    The engine's port is a free one, not engine.port's 8100: two xdist workers' gateways
+    that both found 8100 free started their engines on it, and one failed (a 503 for `a`)."""
     models: dict[str, Any] = {name: {"upstream": {"health_interval_s": 0.2, **spec.pop("upstream")}, **spec}
                               for name, spec in remotes.items()}
     if local:
         models["a"] = {"source": "org/model-a", "profile": "p", "tasks": ["chat"]}
     return write(tmp_path / "gateway.yaml", f"""
         inherit_defaults: false
-        engine: {{module: tests.fakes.fake_vllm, stall_timeout_s: 5, start_timeout_s: 30, stop_grace_s: 2}}
+        engine: {{module: tests.fakes.fake_vllm, port: {free_port()}, stall_timeout_s: 5, start_timeout_s: 30,
+                 stop_grace_s: 2}}
         env: {{PYTHONPATH: "{REPO_ROOT}", FAKE_VLLM_LOG: "{tmp_path / 'requests.jsonl'}"}}
         limits: {json.dumps({"request_timeout_s": 30, **(limits or {})})}
         profiles: {{p: {{max_model_len: 1024, concurrency: 4}}}}

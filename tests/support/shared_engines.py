@@ -31,16 +31,21 @@ from tests.support.waiting import wait_until
 
 MODELS = ("tiny-a", "tiny-b")   # resident from the start to the end of the run
 OTHER = "tiny-c"                # configured, not loaded
+POOLING = "tiny-p"              # configured, not loaded: tiny-a's files run as a pooling model (embeddings, score)
 SHARE = 0.45  # of a fake 16 GiB card: the two fit together, and a third would not
 CARD = "shared-engines"  # the fake card they hold their share of, and no other gateway's card
 
 
 def shared_config(path: Path, tiny_models: dict[str, Path]) -> Path:
-    """The tiny config, each model at SHARE of its own fake card, so that two stay resident."""
+    """The tiny config, each model at SHARE of its own fake card, so that two stay resident;
+    the engines keep stored responses (the Responses API's `store`, vLLM's env switch)."""
     config = tiny_config(path, {name: tiny_models[name] for name in (*MODELS, OTHER)}, port=free_port())
-    text = config.read_text().replace("env:\n", f"env:\n  FAKE_NVML_CARD: {CARD}\n", 1)
+    text = config.read_text().replace("env:\n", f"env:\n  FAKE_NVML_CARD: {CARD}\n"
+                                                 f"  VLLM_ENABLE_RESPONSES_API_STORE: \"1\"\n", 1)
     for name in (*MODELS, OTHER):
         text = text.replace(f"{{source: {tiny_models[name]}, ", f"{{source: {tiny_models[name]}, share: {SHARE}, ")
+    text += (f"  {POOLING}: {{source: {tiny_models['tiny-a']}, share: {SHARE}, profile: tiny, "
+             f"extra_args: {{runner: pooling}}}}\n")
     return write(config, text)
 
 
@@ -99,6 +104,9 @@ def assert_left_as_found(gw: RunningGateway) -> None:
     left missing (the next tests would otherwise fail with it, or start engines of their own)."""
     found = resident(gw)
     missing = [model for model in MODELS if model not in found]
+    for model in found - set(MODELS) if missing else ():
+        unloaded = run_cli("unload", model)
+        assert unloaded.exit_code == 0, f"unloading {model}: {unloaded.stdout} {unloaded.stderr}"
     for model in missing:
         switched = run_cli("switch", model, "--json")
         assert switched.exit_code == 0, f"putting back {model}: {switched.stdout} {switched.stderr}"
