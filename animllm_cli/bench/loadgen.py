@@ -15,6 +15,7 @@ from typing import Any, Callable
 import aiohttp
 
 from animllm_cli.bench.metrics import Sample
+from animllm_cli.client.chat_apis import MESSAGES as MESSAGES_API
 
 # The text whose tokens random prompts are drawn from (and whose words bench-mix's prompts are).
 PROMPT_SEED = ("The studio renders every frame twice: once for the animators and once for the "
@@ -52,8 +53,10 @@ def chat_body(model: str, messages: list[dict[str, Any]], output_len: int, *, ig
 
 
 def messages_body(model: str, messages: list[dict[str, Any]], output_len: int) -> bytes:
-    # Anthropic's request; vLLM's has no ignore_eos here, so answers may end early.
-    return json.dumps({"model": model, "messages": messages, "max_tokens": output_len, "stream": True}).encode()
+    # Anthropic's request (a system message goes beside the others, as that API takes it);
+    # vLLM's has no ignore_eos here, so answers may end early.
+    return json.dumps(MESSAGES_API.body({"model": model, "messages": messages, "max_tokens": output_len},
+                                        True)).encode()
 
 
 def responses_body(model: str, messages: list[dict[str, Any]], output_len: int, *, ignore_eos: bool = True) -> bytes:

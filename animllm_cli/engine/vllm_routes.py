@@ -41,9 +41,11 @@ def table_releases() -> list[str]:
 
 
 def _release_index(version: str) -> int | None:
-    """The release a version's routes are read from: itself (a `+cpu` build of it too), or
-    for a build between two releases the one before it (a pre-release or dev build of
-    0.12.0 is older than 0.12.0); None outside the table."""
+    """The release a version's routes are read from: itself, or a local build of it (`+cpu`);
+    None for any other version. A nightly or release candidate between two releases may
+    already serve the next release's routes (a 0.11.1 dev build has /v1/messages): reading
+    it as the release before would refuse them, so it is left to vLLM, as a version outside
+    the table is."""
     from packaging.version import InvalidVersion, Version
 
     releases = table_releases()
@@ -51,10 +53,7 @@ def _release_index(version: str) -> int | None:
         wanted = Version(version)
     except InvalidVersion:
         return None
-    if wanted.public in releases:
-        return releases.index(wanted.public)
-    before = [i for i, release in enumerate(releases) if Version(release) <= wanted]
-    return before[-1] if before and wanted <= Version(releases[-1]) else None
+    return releases.index(wanted.public) if wanted.public in releases else None
 
 
 @cache

@@ -46,6 +46,7 @@ ADMIN_PRIORITY = PRIORITY_LIMIT + 1   # `animllm switch` and the first load go b
 ENGINE_PROBE_TIMEOUT_S = 2.0          # the admission probe of the engine's /metrics
 LOADING_COMMENT_S = 5.0               # a stream waiting for a load hears what it waits for this often
 REMOTE_CONCURRENCY_PER_URL = 16       # a remote model's default concurrency, per upstream URL
+SERVES_TTL_S = 30.0                   # how long /v1/models keeps what it read of a model's kind
 
 
 class Gateway:
@@ -79,8 +80,8 @@ class Gateway:
         self.loading_comment_s = LOADING_COMMENT_S
         self.verdict = Verdict()
         self.stored_responses = StoredResponses()  # which engine keeps each stored response (Responses API)
-        self.vllm_version: str | None = None      # the engines' vLLM: which routes it has (read at start)
-        self._serves: dict[str, list[str] | None] = {}
+        self.vllm_version = None                  # the engines' vLLM: which routes it has (read at start)
+        self._serves: dict[str, tuple[float, list[str] | None]] = {}  # model -> (when read, what it serves)
         self.session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
         self.shutdown_hook: Callable[[], None] | None = None
@@ -96,6 +97,18 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._watch_admission()))
         self._tasks.append(asyncio.create_task(self.upstreams.watch()))
         self._tasks.append(asyncio.create_task(self._watch_keep_alive()))
+
+    @property
+    def vllm_version(self) -> str | None:
+        return self._vllm_version
+
+    @vllm_version.setter
+    def vllm_version(self, version: str | None) -> None:
+        """The engines' vLLM, and with it `served_paths`: the routes it has, a set looked up on
+        every request (None: not known, left to vLLM)."""
+        self._vllm_version = version
+        served = vllm_routes.routes_of(version) if version else None
+        self.served_paths: frozenset[str] | None = frozenset(served) if served is not None else None
 
     def _engine_vllm_version(self) -> str | None:
         """The vLLM the engines run, from the engine Python's package metadata; None when it
@@ -135,9 +148,18 @@ class Gateway:
             return
         spec = remote.spec
         for upstream in remote.candidates():
-            yield Target(upstream.url, remote.headers, f"upstream {upstream.url} of '{model}'", remote.tls,
-                         spec.connect_timeout_s, spec.first_byte_timeout_s, spec.idle_timeout_s, upstream,
-                         spec.api_key_env)
+            yield self.target_at(model, upstream.url)
+
+    def target_at(self, model: str, url: str) -> Target | None:
+        """The target of one URL of a model served elsewhere, in rotation or not (a response
+        stored there is asked for there)."""
+        remote = self.upstreams.get(model)
+        found = next((u for u in remote.upstreams if u.url == url), None) if remote else None
+        if found is None:
+            return None
+        spec = remote.spec
+        return Target(found.url, remote.headers, f"upstream {found.url} of '{model}'", remote.tls,
+                      spec.connect_timeout_s, spec.first_byte_timeout_s, spec.idle_timeout_s, found, spec.api_key_env)
 
     def waiting_for(self, model: str) -> str:
         """What a request for `model` waits for now, in words (the loading comments): the
@@ -265,11 +287,12 @@ class Gateway:
                                                       self.scheduler.switching_to))
 
     def serves(self, model: str) -> list[str] | None:
-        """What `model` serves (engine/model_kind.py), read once: its files do not change
-        under a running gateway, short of a pull, which only adds them."""
-        if self._serves.get(model) is None:
-            self._serves[model] = model_serves(self.loaded, model)
-        return self._serves[model]
+        """What `model` serves (engine/model_kind.py), read again after SERVES_TTL_S: a pull
+        brings the config.json that says it (clients may poll /v1/models often)."""
+        known = self._serves.get(model)
+        if known is None or time.monotonic() - known[0] > SERVES_TTL_S:
+            known = self._serves[model] = (time.monotonic(), model_serves(self.loaded, model))
+        return known[1]
 
     def why_not_served(self, path: str) -> str:
         """Why an engine answered FastAPI's bare 404 on a route its release has: what vLLM

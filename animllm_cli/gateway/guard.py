@@ -7,8 +7,9 @@
   unless it carries the key: a web page cannot drive the gateway behind the user's back.
 - POST bodies must be JSON (`Content-Type: application/json`), which a cross-site "simple"
   request cannot send, and at most `limits.max_body_bytes` long (413 before reading more).
-  The audio routes take multipart forms, which a page can post: there a browser always
-  sends its `Origin`, and the Origin rule above refuses a foreign one without the key.
+  The audio routes take multipart forms, which a page can post without asking: there a
+  browser always sends its `Origin`, and any but the gateway's own is refused without the
+  key (a page another local server serves is another origin too).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _presented_key(request: Request) -> str:
 
 
 JSON_ONLY = ("application/json",)
+# What a web page may send cross-site without a preflight (the CORS "simple" requests).
+SIMPLE_MEDIA = frozenset({"multipart/form-data", "application/x-www-form-urlencoded", "text/plain", ""})
+
+
+def _own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
 def check(request: Request, api_key: str | None, media: tuple[str, ...] = JSON_ONLY) -> None:
@@ -67,6 +74,11 @@ def check(request: Request, api_key: str | None, media: tuple[str, ...] = JSON_O
     origin = request.headers.get("origin")
     if origin is not None and not loopback_origin(origin) and not keyed:
         raise Refused(error(403, f"cross-site request from {origin} refused", "permission_error"), "origin")
+    # A body a page may post without asking first (a form, none at all) from another page on
+    # this machine (another port: another origin) would not be stopped by a preflight.
+    if origin is not None and not keyed and SIMPLE_MEDIA & set(media) and origin != _own_origin(request):
+        raise Refused(error(403, f"a form from {origin} refused: only the gateway's own pages, or a request with "
+                                 f"the key, may post one", "permission_error"), "origin")
     if api_key is not None and not keyed:
         raise Refused(error(401, "missing or wrong API key (Authorization: Bearer ..., or x-api-key)",
                             "authentication_error"), "auth")

@@ -144,6 +144,13 @@ class EnginePool:
         resident = self.residents.get(model)
         return resident.engine if resident and resident.state is ResidentState.READY else None
 
+    def live_engine(self, model: str) -> Engine | None:
+        """The model's engine while it runs, awake or asleep (its memory, stored responses
+        included, is intact); None once it stopped or died."""
+        resident = self.residents.get(model)
+        live = (ResidentState.READY, ResidentState.SLEEPING, ResidentState.WAKING)
+        return resident.engine if resident and resident.state in live else None
+
     def pinned(self, model: str) -> bool:
         return self.loaded.config.models[model].pin
 

@@ -288,41 +288,52 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
             remote.outstanding -= 1
 
 
-async def relay_by_id(gw: Any, request: Request, model: str, engine: Engine) -> Response:
+async def relay_by_id(gw: Any, request: Request, target: Target) -> Response:
     """A request that names no model but an object one engine holds (a stored response: its
-    GET, its cancel), sent to that engine as it came, outside the scheduler: it generates
-    nothing (a streamed GET replays what the engine generates for the original request,
-    whose own slot counts it)."""
+    GET, its cancel), sent to that engine (or upstream URL) as it came, outside the
+    scheduler: it generates nothing (a streamed GET replays what the engine generates for
+    the original request, whose own slot counts it)."""
     body = await guard.read_body(request, gw.max_body_bytes)
-    url = f"{engine.base_url}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
-    headers = {**engine.headers, **({"content-type": "application/json"} if body else {})}
+    url = f"{target.base_url}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
+    headers = {**target.headers, **({"content-type": "application/json"} if body else {})}
     try:
         upstream = await asyncio.wait_for(gw.session.request(request.method, url, data=body or None, headers=headers,
-                                                             allow_redirects=False), gw.bounds.first_byte_s)
+                                                             allow_redirects=False, ssl=target.tls),
+                                          gw.bounds.first_byte_s)
     except aiohttp.ClientError as exc:
-        return error(503, f"the engine for '{model}' failed: {_cause(exc)}", "engine_unavailable", retry_after=5)
+        return error(502, f"{target.who} failed: {_cause(exc)}", "engine_error")
     except asyncio.TimeoutError:
-        return error(504, f"no answer from the engine for '{model}' within first_byte_timeout_s", "timeout")
+        return error(504, f"no answer from {target.who} within first_byte_timeout_s", "timeout")
     media = upstream.headers.get("content-type", "application/json")
     if media.startswith("text/event-stream"):
-        async def events() -> Any:
-            try:
-                async for chunk in upstream.content.iter_any():
-                    yield chunk
-            finally:
-                upstream.close()
-        return StreamingResponse(events(), status_code=upstream.status, media_type=media)
+        return StreamingResponse(_replay(upstream, target), status_code=upstream.status, media_type=media)
     try:
-        return Response(await upstream.read(), status_code=upstream.status, media_type=media)
+        return Response(await asyncio.wait_for(upstream.read(), gw.bounds.idle_s), status_code=upstream.status,
+                        media_type=media)
+    except aiohttp.ClientError as exc:
+        return error(502, f"{target.who} stopped mid-answer: {_cause(exc)}", "engine_error")
+    except asyncio.TimeoutError:
+        return error(504, f"{target.who}'s answer stalled (idle_timeout_s)", "timeout")
     finally:
-        upstream.release()
+        upstream.close()
+
+
+async def _replay(upstream: aiohttp.ClientResponse, target: Target) -> Any:
+    """A streamed GET's events as they come; an error event if the stream breaks off."""
+    try:
+        async for chunk in upstream.content.iter_any():
+            yield chunk
+    except aiohttp.ClientError as exc:
+        yield OPENAI.stream_error(f"{target.who} stopped mid-answer: {_cause(exc)}", "engine_error")
+    finally:
+        upstream.close()
 
 
 def _answer_watch(request: Request, model: str, target: Target) -> Callable[[bytes], bool] | None:
-    """What reads a local engine's answer on its way (the route sets `request.state.answer_watch`:
-    the Responses API's ids, gateway/stored_responses.py); None for most routes."""
+    """What reads an answer on its way (the route sets `request.state.answer_watch`: the
+    Responses API's ids, gateway/stored_responses.py); None for most routes."""
     watcher = getattr(request.state, "answer_watch", None)
-    return watcher(model, target.engine) if watcher is not None and target.engine is not None else None
+    return watcher(model, target) if watcher is not None else None
 
 
 def _cause(exc: aiohttp.ClientError) -> str:
@@ -488,8 +499,8 @@ class WaitingStream(Response):
         except ClientGone:
             self.gw.metrics.requests.labels(self.model, "client_gone").inc()
         except Exception as exc:
-            failed = self.gw.queue_failure(self.model, exc)
-            await self._end(send, _error_message(failed.body), "engine_unavailable")
+            failed = self.gw.queue_failure(self.model, exc)  # its kind: timeout, server_busy, engine_unavailable
+            await self._end(send, _error_message(failed.body), getattr(failed, "kind", "engine_unavailable"))
         return None
 
     async def _wait(self, receive: Any, send: Any) -> Lease:
@@ -515,8 +526,8 @@ class WaitingStream(Response):
 
     async def _end(self, send: Any, message: str, kind: str) -> None:
         with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": dialect_of(self.request.url.path).stream_error(message, kind)[2:],
-                        "more_body": True})
+            event = dialect_of(self.request.url.path).stream_error(message, kind)[2:]  # nothing half-written to end
+            await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -24,7 +24,8 @@ from animllm_cli.gateway.app import PRIORITY_LIMIT, Gateway, guarded
 from animllm_cli.gateway.deadlines import Deadlines, Expired
 from animllm_cli.gateway.forms import form_fields
 from animllm_cli.gateway.guard import Refused, error
-from animllm_cli.gateway.relay import ClientGone, EngineRestarting, WaitingStream, forward, race_disconnect, relay_by_id
+from animllm_cli.gateway.relay import (ClientGone, EngineRestarting, Target, WaitingStream, forward,
+                                      race_disconnect, relay_by_id)
 from animllm_cli.gateway.scheduler import Lease, QueueFull, SwitchFailed
 
 # vLLM's POST routes whose body names the model that answers, in any release read
@@ -62,6 +63,7 @@ class Incoming:
     priority: float
     rename: Callable[[str], bytes]       # the body naming another model (and without its priority field)
     previous_response: str | None = None  # the Responses API's previous_response_id
+    stored: bool = False                  # a Responses request that asks to store its answer (`store`, true by default)
 
 
 def request_priority(request: Request, payload: dict[str, Any]) -> tuple[float, bool]:
@@ -92,9 +94,11 @@ async def read_json(request: Request, gw: Gateway) -> Incoming:
     def rename(name: str) -> bytes:
         return json.dumps({**payload, "model": name}).encode()
 
-    previous = payload.get("previous_response_id") if request.url.path == RESPONSES else None
+    responses = request.url.path == RESPONSES
+    previous = payload.get("previous_response_id") if responses else None
     return Incoming(json.dumps(payload).encode() if changed else raw, payload.get("model"),
-                    payload.get("stream") is True, priority, rename, previous if isinstance(previous, str) else None)
+                    payload.get("stream") is True, priority, rename, previous if isinstance(previous, str) else None,
+                    stored=responses and payload.get("store") is not False)
 
 
 async def read_form(request: Request, gw: Gateway) -> Incoming:
@@ -109,12 +113,12 @@ async def read_form(request: Request, gw: Gateway) -> Incoming:
 
 def model_route(read: Callable) -> Callable:
     async def route(request: Request, gw: Gateway) -> Response:
-        return await relay(request, gw, await read(request, gw))
+        deadlines = Deadlines.from_arrival(gw.bounds)  # the upload counts against request_timeout_s
+        return await relay(request, gw, await read(request, gw), deadlines)
     return route
 
 
-async def relay(request: Request, gw: Gateway, incoming: Incoming) -> Response:
-    deadlines = Deadlines.from_arrival(gw.bounds)
+async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: Deadlines) -> Response:
     requested = incoming.requested
     if not isinstance(requested, str) or not requested:
         raise Refused(error(400, "the request needs a `model` (a model name, alias or task)", param="model"),
@@ -130,9 +134,9 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming) -> Response:
     else:
         _admit_route(gw, model, request.url.path)
         _admit_local(gw, model)
-        if request.url.path == RESPONSES:
-            _admit_previous_response(gw, model, incoming.previous_response)
-            request.state.answer_watch = gw.stored_responses.watcher
+        _admit_previous_response(gw, model, incoming.previous_response)
+    if incoming.stored:
+        request.state.answer_watch = gw.stored_responses.watcher
     stream, priority = incoming.stream, incoming.priority
     lease = gw.scheduler.try_acquire(model)
     loading = remote is None and (model not in gw.pool.models or model in gw.scheduler.draining)
@@ -183,8 +187,7 @@ def _admit_remote(model: str, key_problem: str | None) -> None:
 def _admit_route(gw: Gateway, model: str, path: str) -> None:
     """A route the engine's vLLM release does not have: a 404 naming the release that brought
     it, rather than a relay to nowhere (a version outside the table is left to vLLM)."""
-    version = gw.vllm_version
-    served = vllm_routes.routes_of(version) if version else None
+    served, version = gw.served_paths, gw.vllm_version
     if served is None or path in served:
         return
     first = vllm_routes.first_release_with(path)
@@ -203,7 +206,7 @@ def _admit_previous_response(gw: Gateway, model: str, previous: str | None) -> N
         raise Refused(error(400, f"previous_response_id {previous} was made by '{holder.model}', not '{model}': "
                                  f"a response is kept by the engine that made it", param="previous_response_id"),
                       "previous_response")
-    if holder.engine() is None or holder.engine() is not gw.pool.engine_for(model):
+    if holder.engine is not None and holder.engine() is not gw.pool.live_engine(model):
         raise Refused(_response_gone(previous, holder.model), "previous_response")
 
 
@@ -260,10 +263,17 @@ async def stored_response(request: Request, gw: Gateway) -> Response:
     if holder is None:
         return error(404, f"response {response_id} is not known to this gateway (it remembers the newest "
                           f"{gw.stored_responses.limit:,} responses stored through it)", code="response_not_found")
-    engine = holder.engine()
-    if engine is None or engine is not gw.pool.engine_for(holder.model):
+    if holder.url is not None:  # stored by a server elsewhere: asked there
+        target = gw.target_at(holder.model, holder.url)
+        if target is None:
+            return error(404, f"response {response_id} was stored at {holder.url}, which '{holder.model}' no longer "
+                              f"names (the config changed)", code="response_gone")
+        return await relay_by_id(gw, request, target)
+    engine = holder.engine() if holder.engine is not None else None
+    if engine is None or engine is not gw.pool.live_engine(holder.model):  # asleep, it keeps them
         return _response_gone(response_id, holder.model)
-    return await relay_by_id(gw, request, holder.model, engine)
+    return await relay_by_id(gw, request, Target(engine.base_url, engine.headers, f"the engine for '{holder.model}'",
+                                                 engine=engine))
 
 
 @guarded

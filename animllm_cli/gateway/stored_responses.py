@@ -4,9 +4,10 @@ vLLM keeps a stored response (`store: true`, with VLLM_ENABLE_RESPONSES_API_STOR
 engine's environment) in the memory of the engine that made it: `GET /v1/responses/{id}`,
 its cancel and a later request's `previous_response_id` work only there. The gateway reads
 each answer's id (the body's, or the first event's of a stream) and remembers the model
-and the engine, the newest LIMIT of them; an engine stopped since (unloaded, evicted,
+and the engine (or, for a model served elsewhere, the upstream URL), the newest LIMIT of
+them, of the requests that asked to store; an engine stopped since (unloaded, evicted,
 restarted) has taken its responses with it, which the client is told in so many words
-rather than with a bare 404 from another engine.
+rather than with a bare 404 from another engine. One asleep keeps them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from animllm_cli.engine.supervisor import Engine
+    from animllm_cli.gateway.relay import Target
 
 LIMIT = 10_000
 
@@ -26,7 +27,8 @@ LIMIT = 10_000
 @dataclass
 class Holder:
     model: str
-    engine: weakref.ref  # to the Engine: a stopped one may be collected, and is gone either way
+    engine: weakref.ref | None  # the local Engine that stored it (a stopped one may be collected: gone either way)
+    url: str | None = None      # or the upstream URL it was stored at (a model served elsewhere)
 
 
 class StoredResponses:
@@ -34,8 +36,9 @@ class StoredResponses:
         self.limit = limit
         self._holders: OrderedDict[str, Holder] = OrderedDict()
 
-    def remember(self, response_id: str, model: str, engine: Engine) -> None:
-        self._holders[response_id] = Holder(model, weakref.ref(engine))
+    def remember(self, response_id: str, model: str, target: Target) -> None:
+        self._holders[response_id] = Holder(model, weakref.ref(target.engine) if target.engine else None,
+                                            None if target.engine else target.base_url)
         self._holders.move_to_end(response_id)
         while len(self._holders) > self.limit:
             self._holders.popitem(last=False)
@@ -43,14 +46,14 @@ class StoredResponses:
     def holder(self, response_id: str) -> Holder | None:
         return self._holders.get(response_id)
 
-    def watcher(self, model: str, engine: Engine) -> Callable[[bytes], bool]:
-        """What reads the id out of an answer of `engine`: called with the whole body, or
-        with each run of whole events of a stream until it returns True (found, or past
-        the first event, which carries it)."""
+    def watcher(self, model: str, target: Target) -> Callable[[bytes], bool]:
+        """What reads the id out of an answer from `target` (an engine, or an upstream URL):
+        called with the whole body, or with each run of whole events of a stream until it
+        returns True (found, or past the first event, which carries it)."""
         def watch(data: bytes) -> bool:
             found = answer_id(data)
             if found:
-                self.remember(found, model, engine)
+                self.remember(found, model, target)
             return found is not None or b"data:" in data
         return watch
 

@@ -85,6 +85,16 @@ def test_the_messages_and_responses_apis_are_measured_on_their_own_events(gatewa
     assert [entry["path"] for entry in received(tmp_path)] == [path] * 3
 
 
+def test_a_system_prompt_goes_beside_the_messages_of_anthropics_api(gateway, tmp_path: Path) -> None:
+    prompts = tmp_path / "chat.jsonl"
+    messages = [{"role": "system", "content": "You are a lighting TD."}, {"role": "user", "content": "key light?"}]
+    prompts.write_text(json.dumps({"messages": messages, "max_tokens": 2}) + "\n")
+    data = run_json("bench", "--prompts", str(prompts), "--endpoint", "messages", "--warmup", "0", "-n", "1", "--json")
+    assert data["levels"][0]["summary"]["completed"] == 1
+    sent, = received(tmp_path)
+    assert sent["system"] == "You are a lighting TD." and sent["anthropic_messages"] == messages[1:]
+
+
 def test_goodput_as_vllm_spells_it(gateway) -> None:
     # `--goodput ttft:MS tpot:MS`: vLLM's spelling, the second pair in MODEL's place.
     data = run_json("bench", "--goodput", "ttft:60000", "tpot:60000", "-n", "4", "--warmup", "0", "--output-len", "3",

@@ -76,10 +76,10 @@ def test_sleep_routes_need_the_server_dev_mode_in_every_release() -> None:
             assert routes[path].when == DEV_MODE and routes[path].body == "none", (release, path)
 
 
-def test_a_local_build_reads_its_release_and_a_build_between_releases_the_one_before() -> None:
+def test_a_local_build_reads_its_release_and_a_build_between_releases_is_left_to_vllm() -> None:
     assert routes_of("0.32.0+cpu") == routes_of("0.32.0") and "/v1/chat/completions" in routes_of("0.32.0+cpu")
-    assert routes_of("0.11.1rc2.dev5+g1234abc") == routes_of("0.11.0")
-    assert "/v1/messages" not in routes_of("0.11.1rc2")
+    # a nightly of 0.11.1 may serve /v1/messages already: no table says it does not
+    assert routes_of("0.11.1rc2.dev5+g1234abc") is None and routes_of("0.11.1rc2") is None
 
 
 @pytest.mark.parametrize("version", ["0.8.5", "0.33.1", "1.0.0", "not-a-version"])

@@ -7,6 +7,7 @@ Each request's model and route go to the fake's log (FAKE_VLLM_LOG) as its chat 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ def api_routes(names: list[str], record: Callable[[dict], None], awake: Callable
     error it answers with (sick, asleep), as its chat routes do."""
     store: dict[str, dict] = {}
     keeps = os.environ.get("VLLM_ENABLE_RESPONSES_API_STORE", "0") not in ("", "0")
+    delay = float(os.environ.get("FAKE_VLLM_CHUNK_DELAY") or 0)  # generation's pace: a token each this many seconds
     ids = itertools.count(1)
 
     def unknown(model: object) -> web.Response | None:
@@ -54,6 +56,7 @@ def api_routes(names: list[str], record: Callable[[dict], None], awake: Callable
         record({"model": body["model"], "path": request.path, "stream": bool(body.get("stream")),
                 "previous_response_id": previous, "input": body.get("input")})
         if not body.get("stream"):
+            await asyncio.sleep(delay * tokens)
             return web.json_response(answer)
         events = [("response.created", {"response": {**answer, "status": "in_progress", "output": []}}),
                   *(("response.output_text.delta", {"delta": f"t{i} ", "item_id": "msg_1", "output_index": 0,
@@ -88,6 +91,7 @@ def api_routes(names: list[str], record: Callable[[dict], None], awake: Callable
                    "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": tokens},
                    "content": [{"type": "text", "text": " ".join(f"t{i}" for i in range(tokens))}]}
         if not body.get("stream"):
+            await asyncio.sleep(delay * tokens)
             return web.json_response(message)
         events = [("message_start", {"message": {**message, "content": [], "usage": {"input_tokens": 3,
                                                                                       "output_tokens": 0}}}),

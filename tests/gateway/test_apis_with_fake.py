@@ -15,7 +15,8 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateways import fake_gateway_config, start_bound_s
+from tests.support.gateways import fake_gateway_config, remote_fake_vllm, start_bound_s
+from tests.support.waiting import wait_until
 
 STORE = {"VLLM_ENABLE_RESPONSES_API_STORE": "1"}
 
@@ -72,6 +73,65 @@ def test_anthropic_errors_come_in_anthropic_shape_and_are_typed_by_its_sdk(tmp_p
     with pytest.raises(openai.NotFoundError) as openai_unknown:
         openai_sdk(gw, key="gateway-secret").chat.completions.create(model="nope", messages=ask["messages"])
     assert openai_unknown.value.body["code"] == "model_not_found"
+
+
+def test_a_stream_that_waits_for_a_load_hears_comments_that_neither_sdk_minds(tmp_path: Path, gateways) -> None:
+    gw = gateways(fake_gateway_config(tmp_path))
+    gw.gateway.loading_comment_s = 0.05
+    ask = {"model": "b", "max_tokens": 3, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.url, timeout=sdk_timeout(gw)) as client:
+        raw = client.post("/v1/messages", json=ask).text
+    assert raw.startswith(": loading b") and "event: message_stop" in raw  # the comments were there
+    sdk_gw = gateways(fake_gateway_config(tmp_path / "again"))
+    sdk_gw.gateway.loading_comment_s = 0.05
+    with anthropic_sdk(sdk_gw).messages.stream(model="b", max_tokens=3, messages=ask["messages"]) as stream:
+        assert "".join(stream.text_stream).split() == ["t0", "t1", "t2"]
+    events = list(openai_sdk(sdk_gw).responses.create(model="v", input="hi", max_output_tokens=2, stream=True))
+    assert events[-1].type == "response.completed"  # v loaded while the stream heard comments
+
+
+def test_busy_and_deadline_errors_are_typed_by_both_sdks(tmp_path: Path, gateways) -> None:
+    busy = gateways(fake_gateway_config(tmp_path, kv=0.99))  # the KV cache full: a 503 before any wait
+    wait_until(lambda: busy.gateway.verdict.kv, sdk_timeout(busy), "the admission watcher to see a's full KV cache")
+    ask = {"max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(anthropic.InternalServerError) as overloaded:
+        anthropic_sdk(busy).messages.create(model="a", **ask)
+    assert overloaded.value.status_code == 503 and overloaded.value.body["error"]["type"] == "overloaded_error"
+    with pytest.raises(openai.InternalServerError) as openai_busy:
+        openai_sdk(busy).responses.create(model="a", input="hi")
+    assert openai_busy.value.status_code == 503 and openai_busy.value.body["type"] == "server_busy"
+
+    slow = gateways(fake_gateway_config(tmp_path / "slow", chunk_delay=0.5, limits={"request_timeout_s": 1}))
+    with pytest.raises(anthropic.InternalServerError) as late:
+        anthropic_sdk(slow).messages.create(model="a", max_tokens=20, messages=ask["messages"])
+    assert late.value.status_code == 504 and late.value.body["error"]["type"] == "timeout_error"
+
+
+def test_a_form_from_another_local_page_needs_the_key(tmp_path: Path, gateways) -> None:
+    """A page may post a form without asking first; one served by another local server (another
+    port: another origin) is refused, the gateway's own origin is not."""
+    gw = gateways(fake_gateway_config(tmp_path))
+    form = {"data": {"model": "a"}, "files": {"file": ("x.wav", b"RIFF")}}
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        other_port = client.post("/v1/audio/transcriptions", headers={"origin": "http://localhost:9"}, **form)
+        own = client.post("/v1/audio/transcriptions", headers={"origin": gw.url}, **form)
+        as_json = client.post("/v1/chat/completions", headers={"origin": "http://localhost:9"},
+                              json={"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    assert other_port.status_code == 403 and "form from http://localhost:9" in other_port.json()["error"]["message"]
+    assert own.status_code == 200
+    assert as_json.status_code == 200  # JSON needs a preflight, which a page never gets: as before
+
+
+def test_a_response_stored_by_a_server_elsewhere_is_asked_for_there(tmp_path: Path, gateways) -> None:
+    with remote_fake_vllm(tmp_path, served_name="there", env=STORE) as (remote_url, _):
+        config = fake_gateway_config(tmp_path, extra_models={"r": {"upstream": {"urls": [remote_url], "model": "there"}}})
+        sdk = openai_sdk(gateways(config))
+        made = sdk.responses.create(model="r", input="hi", max_output_tokens=2)
+        assert sdk.responses.retrieve(made.id).output_text == "t0 t1"
+        unstored = sdk.responses.create(model="r", input="hi", max_output_tokens=2, store=False)
+        with pytest.raises(openai.NotFoundError) as unknown:
+            sdk.responses.retrieve(unstored.id)
+        assert unknown.value.code == "response_not_found"  # store: false: nothing to remember
 
 
 def test_an_anthropic_stream_that_fails_while_it_waits_ends_with_an_error_event(tmp_path: Path, gateways) -> None:

@@ -279,3 +279,19 @@ def test_keep_alive_sends_an_idle_model_to_sleep_and_max_engines_counts_the_awak
         assert engines(client)["b"]["state"] == "sleeping"
         assert (report.reason, report.to_model, report.slept) == ("keep_alive", None, ["b"])
         assert ask(client, "b")["model"] == "b" and gw.gateway.pool.last_switch.load_kind == "wake"
+
+
+def test_a_stored_response_is_found_on_its_engine_asleep_and_carried_on_once_it_wakes(sleepy_gateway) -> None:
+    """A sleeping engine keeps its memory, stored responses included: a GET reaches it
+    asleep, and a request that carries its previous_response_id wakes it."""
+    gw = sleepy_gateway(env={"VLLM_ENABLE_RESPONSES_API_STORE": "1"})
+    with gw.client() as client:
+        made = client.post("/v1/responses", json={"model": "a", "input": "hi", "max_output_tokens": 2}).json()
+        ask(client, "b")                                   # a sleeps
+        assert engines(client)["a"]["state"] == "sleeping"
+        found = client.get(f"/v1/responses/{made['id']}")
+        assert found.status_code == 200 and found.json()["id"] == made["id"]
+        assert engines(client)["a"]["state"] == "sleeping"  # a GET wakes nothing
+        follow = client.post("/v1/responses", json={"model": "a", "input": "more", "previous_response_id": made["id"]})
+        assert follow.status_code == 200 and follow.json()["previous_response_id"] == made["id"]
+        assert gw.gateway.pool.last_switch.load_kind == "wake"
