@@ -21,7 +21,9 @@ class FormFields:
     model_span: tuple[int, int] | None
 
     def with_model(self, body: bytes, name: str) -> bytes:
-        assert self.model_span is not None
+        if self.model_span is None:
+            raise Refused(error(400, f"the form's model field cannot be renamed: name the model as {name!r}",
+                                param="model"), "bad_form")
         start, end = self.model_span
         return body[:start] + name.encode() + body[end:]
 
@@ -54,6 +56,7 @@ def form_fields(body: bytes, content_type: str) -> FormFields:
         part = parts[-1]
         part["start"] = start if part["start"] is None else part["start"]
         part["end"] = end
+        part["value"] = part.get("value", b"") + data[start:end]  # to check the span against
 
     parser = MultipartParser(boundary, {"on_part_begin": begin, "on_header_field": header_field,
                                         "on_header_value": header_value, "on_header_end": header_end,
@@ -71,7 +74,7 @@ def form_fields(body: bytes, content_type: str) -> FormFields:
         start, end = part["start"] or 0, part["end"] or 0
         if not name or b"filename" in disposition or end - start > FIELD_LIMIT:
             continue
-        values[name] = body[start:end].decode(errors="replace")
-        if name == "model":
+        values[name] = part.get("value", b"").decode(errors="replace")
+        if name == "model" and body[start:end] == part.get("value", b""):  # else it cannot be renamed in place
             model_span = (start, end)
     return FormFields(values, model_span)
