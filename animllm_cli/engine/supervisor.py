@@ -184,7 +184,8 @@ class Engine:
         their memory to "another process")."""
         if not self._proc:
             return set()
-        return self.pids() | set(self._known) | {self._proc.pid}
+        self._remember_tree()
+        return processes.group_members(self._proc.pid) | set(self._known) | {self._proc.pid}
 
     # ------------------------------------------------------------------ start
     def start(self) -> StartReport:

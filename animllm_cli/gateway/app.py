@@ -104,11 +104,11 @@ class Gateway:
 
     @vllm_version.setter
     def vllm_version(self, version: str | None) -> None:
-        """The engines' vLLM, and with it `served_paths`: the routes it has, a set looked up on
-        every request (None: not known, left to vLLM)."""
+        """The engines' vLLM, and with it `served_routes`: the routes it has, by path, read once
+        and looked up on every request (None: not known, left to vLLM)."""
         self._vllm_version = version
-        served = vllm_routes.routes_of(version) if version else None
-        self.served_paths: frozenset[str] | None = frozenset(served) if served is not None else None
+        self.served_routes: dict[str, vllm_routes.RouteSpec] | None = \
+            vllm_routes.routes_of(version) if version else None
 
     def _engine_vllm_version(self) -> str | None:
         """The vLLM the engines run, from the engine Python's package metadata; None when it
@@ -297,7 +297,7 @@ class Gateway:
     def why_not_served(self, path: str) -> str:
         """Why an engine answered FastAPI's bare 404 on a route its release has: what vLLM
         registers it for, from the table of its routes."""
-        spec = (vllm_routes.routes_of(self.vllm_version) or {}).get(path) if self.vllm_version else None
+        spec = (self.served_routes or {}).get(path)
         if spec is not None and spec.tasks:
             return f"vLLM {self.vllm_version} registers it only for models that serve {' or '.join(spec.tasks)} " \
                    f"(see `serves` in /v1/models)"

@@ -191,10 +191,9 @@ class EnginePool:
             before = list(self.residents.values())
             report = nvml.probe(self.nvml_module)
             residents = {*before, *self.residents.values()}  # one launched meanwhile may be in the reading
-            for resident in residents:
-                resident.measure(report.gpus)
+            pids = {pid for resident in residents for pid in resident.measure(report.gpus)}
             self.report = report
-            return report, {pid for r in residents for pid in r.engine.pids_ever()}
+            return report, pids
 
     def reserved(self) -> dict[int, int] | None:
         """GPU -> what the engines hold for admission; None while a ready one is unmeasured."""

@@ -176,15 +176,17 @@ class Resident:
             return self.seen_bytes
         return self.asleep_bytes if self.sleep_level else self.measured_bytes
 
-    def measure(self, gpus: list[nvml.Gpu]) -> None:
+    def measure(self, gpus: list[nvml.Gpu]) -> set[int]:
         """Take its footprint from NVML's reading (blocking: its processes are listed): awake,
-        what it holds and the most it ever held; asleep, what it keeps; dead, what is left."""
-        if self._state not in (S.READY, S.SLEEPING, S.DEAD):
-            return
+        what it holds and the most it ever held; asleep, what it keeps; dead, what is left.
+        Returns the processes it judged the reading by, every one its engine has had (in any
+        state: admission counts a starting engine's memory as its own too)."""
         pids = self.engine.pids_ever()
+        if self._state not in (S.READY, S.SLEEPING, S.DEAD):
+            return pids
         self.seen_bytes = {gpu.index: engine_bytes(gpu, pids) for gpu in gpus}
         if self._state is S.DEAD:
-            return
+            return pids
         for gpu in gpus:
             held = self.seen_bytes[gpu.index]
             if held and self._state is S.SLEEPING:
@@ -192,6 +194,7 @@ class Resident:
             elif held:
                 self.measured_bytes[gpu.index] = held
                 self.peak_bytes[gpu.index] = max(held, self.peak_bytes.get(gpu.index, 0))
+        return pids
 
     def reserve(self, gpus: list[nvml.Gpu], free_before: int | None, free_after: int | None) -> None:
         """What it holds at ready, for admission. Where the driver names no process of it

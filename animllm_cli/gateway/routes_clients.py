@@ -187,7 +187,7 @@ def _admit_remote(model: str, key_problem: str | None) -> None:
 def _admit_route(gw: Gateway, model: str, path: str) -> None:
     """A route the engine's vLLM release does not have: a 404 naming the release that brought
     it, rather than a relay to nowhere (a version outside the table is left to vLLM)."""
-    served, version = gw.served_paths, gw.vllm_version
+    served, version = gw.served_routes, gw.vllm_version
     if served is None or path in served:
         return
     first = vllm_routes.first_release_with(path)
