@@ -2,8 +2,8 @@
 
 `Gateway` is what every route shares: the pool, the scheduler, the upstreams, admission
 and metrics, and the glue between them. The routes live by concern (routes_clients.py:
-what clients call; routes_admin.py: what `animllm` and monitoring call) and are handed to
-`create_app`. Requests are relayed as raw bytes (parsed once, for routing), streams chunk
+what clients call; ollama/: Ollama's API, translated to the same relay; routes_admin.py:
+what `animllm` and monitoring call) and are handed to `create_app`. Requests are relayed as raw bytes (parsed once, for routing), streams chunk
 by chunk as they arrive. The hot path avoids per-request work: a relay that parses every
 SSE event costs measurably more latency (benchmarks/gateway_overhead.py).
 """

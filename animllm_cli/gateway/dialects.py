@@ -2,7 +2,8 @@
 errors only on its API's shape: the `openai` SDK reads `{"error": {"message", "type", ...}}`,
 the `anthropic` SDK `{"type": "error", "error": {"type", "message"}}`, and in a stream
 an Anthropic client sees an error only as an `event: error` (it drops events without an
-`event:` line, so an OpenAI-shaped error event would end its stream in silence).
+`event:` line, so an OpenAI-shaped error event would end its stream in silence). Ollama's
+clients read `{"error": "..."}`, in a stream as its last NDJSON line.
 
 The gateway makes its errors in OpenAI's shape (guard.error) wherever it finds them; the
 route a request came in by reshapes them once, on the way out (app.guarded), and gives its
@@ -42,7 +43,7 @@ class GatewayError(JSONResponse):
 
 @dataclass(frozen=True)
 class Dialect:
-    name: str  # openai | anthropic
+    name: str  # openai | anthropic | ollama
 
     def reshape(self, response: Response) -> Response:
         """A gateway error in this API's shape; any other response as it is."""
@@ -52,6 +53,8 @@ class Dialect:
                             status_code=response.status_code, headers=response.extra_headers)
 
     def error_body(self, status: int, message: str, kind: str) -> dict:
+        if self.name == "ollama":
+            return {"error": message}
         if self.name == "anthropic":
             return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
         return {"error": {"message": message, "type": kind}}
@@ -66,8 +69,11 @@ class Dialect:
 
 OPENAI = Dialect("openai")
 ANTHROPIC = Dialect("anthropic")
+OLLAMA = Dialect("ollama")  # its streams are NDJSON: gateway/ollama/answers.py makes their errors
 
 
 def dialect_of(path: str) -> Dialect:
-    """The API a path belongs to: Anthropic's Messages API, else OpenAI's (and vLLM's own)."""
+    """The API a path belongs to: Anthropic's Messages API, Ollama's, else OpenAI's (and vLLM's own)."""
+    if path.startswith("/api/"):
+        return OLLAMA
     return ANTHROPIC if path == "/v1/messages" or path.startswith("/v1/messages/") else OPENAI

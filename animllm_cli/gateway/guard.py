@@ -9,7 +9,8 @@
   request cannot send, and at most `limits.max_body_bytes` long (413 before reading more).
   The audio routes take multipart forms, which a page can post without asking: there a
   browser always sends its `Origin`, and any but the gateway's own is refused without the
-  key (a page another local server serves is another origin too).
+  key (a page another local server serves is another origin too). Ollama's routes take
+  JSON under any such type (`curl -d` labels it a form), held to the same rule.
 """
 
 from __future__ import annotations
@@ -76,17 +77,17 @@ def check(request: Request, api_key: str | None, media: tuple[str, ...] = JSON_O
         raise Refused(error(403, f"cross-site request from {origin} refused", "permission_error"), "origin")
     # A body a page may post without asking first (a form, none at all) from another page on
     # this machine (another port: another origin) would not be stopped by a preflight.
-    if origin is not None and not keyed and SIMPLE_MEDIA & set(media) and origin != _own_origin(request):
+    given = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    simple = request.method == "POST" and given in SIMPLE_MEDIA and given in media
+    if origin is not None and not keyed and simple and origin != _own_origin(request):
         raise Refused(error(403, f"a form from {origin} refused: only the gateway's own pages, or a request with "
                                  f"the key, may post one", "permission_error"), "origin")
     if api_key is not None and not keyed:
         raise Refused(error(401, "missing or wrong API key (Authorization: Bearer ..., or x-api-key)",
                             "authentication_error"), "auth")
-    if request.method == "POST":
-        given = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if given not in media:
-            raise Refused(error(415, f"POST bodies here must be {' or '.join(media)} "
-                                     f"(got {given or 'no content type'})"), "content_type")
+    if request.method == "POST" and given not in media:
+        raise Refused(error(415, f"POST bodies here must be {' or '.join(media)} "
+                                 f"(got {given or 'no content type'})"), "content_type")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

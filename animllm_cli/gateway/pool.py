@@ -155,8 +155,20 @@ class EnginePool:
         return self.loaded.config.models[model].pin
 
     def keep_alive(self, model: str) -> float:
+        """Seconds `model` stays loaded once idle (-1: forever): what a client last asked for
+        this engine (Ollama's keep_alive), else its config's."""
+        resident = self.residents.get(model)
+        if resident is not None and resident.keep_alive_s is not None:
+            return resident.keep_alive_s
         own = self.loaded.config.models[model].keep_alive
         return self.loaded.config.pool.keep_alive if own is None else own
+
+    def give_keep_alive(self, model: str, seconds: float | None) -> None:
+        """A client's keep_alive for `model`'s engine, for that engine's life (None: the
+        config's again), as Ollama's requests set it: each request sets it anew."""
+        resident = self.residents.get(model)
+        if resident is not None:
+            resident.keep_alive_s = seconds
 
     # ------------------------------------------------------------------ the plan
     def share(self, model: str, card_bytes: int) -> Share:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Protocol
 
@@ -56,6 +57,7 @@ class RelayHost(Protocol):
     def why_not_served(self, path: str) -> str: ...
 
 
+SENT_AT = "engine_sent_ns"  # request.state: when the relay last sent the request to its target (monotonic ns)
 EVENT_ENDS = (b"\n\n", b"\r\n\r\n")  # the blank line that ends a server-sent event
 
 
@@ -235,6 +237,7 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
         # Never a redirect: the target's key must not follow it to another host.
         # The client's content type: JSON, or a multipart form with its boundary.
         media = request.headers.get("content-type", "application/json")
+        setattr(request.state, SENT_AT, time.monotonic_ns())
         send = gw.session.post(f"{target.base_url}{request.url.path}", data=raw, allow_redirects=False,
                                headers={"content-type": media, **target.headers}, ssl=target.tls,
                                **({"timeout": timeout} if timeout else {}))

@@ -90,6 +90,7 @@ class Resident:
     host_bytes: int = 0                        # its weights in host RAM (level 1)
     host_seen: int = 0                         # how much of that host RAM's `available` showed gone
     host_kept: int = 0                         # host RAM it kept after a wake (vllm#16663)
+    keep_alive_s: float | None = None          # a client's keep_alive for it (Ollama's API), in place of the config's
     _state: ResidentState = field(default=S.STARTING, init=False, repr=False)
 
     @property

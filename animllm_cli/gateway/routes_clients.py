@@ -133,7 +133,7 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: De
         _admit_remote(model, remote.key_problem)
     else:
         _admit_route(gw, model, request.url.path)
-        _admit_local(gw, model)
+        admit_local(gw, model)
         _admit_previous_response(gw, model, incoming.previous_response)
     if incoming.stored:
         request.state.answer_watch = gw.stored_responses.watcher
@@ -143,7 +143,7 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: De
     if lease is None and stream and loading:
         return _waiting_stream(gw, request, model, raw, priority, deadlines)
     if lease is None:
-        lease = await _queue(gw, request, model, priority, deadlines)
+        lease = await wait_for_slot(gw, request, model, priority, deadlines)
         if isinstance(lease, Response):
             return lease
     return await _answer(gw, request, model, lease, raw, stream, priority, deadlines)
@@ -159,7 +159,7 @@ async def _answer(gw: Gateway, request: Request, model: str, lease: Lease, raw: 
     except EngineRestarting:
         if stream:
             return _waiting_stream(gw, request, model, raw, priority, deadlines, rejoined=True)
-        queued = await _queue(gw, request, model, priority, deadlines)
+        queued = await wait_for_slot(gw, request, model, priority, deadlines)
         if isinstance(queued, Response):
             return queued
         return await forward(gw, request, model, queued, raw, stream, deadlines, rejoined=True)
@@ -216,7 +216,7 @@ def _response_gone(response_id: str, model: str) -> Response:
                  code="response_gone")
 
 
-def _admit_local(gw: Gateway, model: str) -> None:
+def admit_local(gw: Gateway, model: str) -> None:
     """Refused before it waits: a switch that switch_on_demand forbids, or VRAM/KV pressure."""
     residents = gw.pool.models
     if not gw.switch_on_demand and residents and model not in residents and model not in gw.pool.restarting:
@@ -237,7 +237,7 @@ async def _acquire(gw: Gateway, model: str, priority: float, deadlines: Deadline
         gw.metrics.queue_depth.set(gw.scheduler.depth)
 
 
-async def _queue(gw: Gateway, request: Request, model: str, priority: float, deadlines: Deadlines) -> Lease | Response:
+async def wait_for_slot(gw: Gateway, request: Request, model: str, priority: float, deadlines: Deadlines) -> Lease | Response:
     """Wait for a slot on `model` (loading it if needed), unless the client goes away."""
     try:
         return await race_disconnect(request.receive, _acquire(gw, model, priority, deadlines),

@@ -38,6 +38,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
     from animllm_cli.engine.command import engine_python
     from animllm_cli.engine.python_env import probe_python_cached
     from animllm_cli.gateway import routes_admin, routes_clients
+    from animllm_cli.gateway.ollama import routes as routes_ollama
     from animllm_cli.gateway.app import Gateway, create_app
     from animllm_cli.gateway.pool import EnginePool
 
@@ -95,7 +96,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
         if hooks.on_stopped:
             hooks.on_stopped(stopped)
 
-    app = create_app(gateway, [*routes_clients.ROUTES, *routes_admin.ROUTES], on_startup=on_startup,
+    app = create_app(gateway, [*routes_clients.ROUTES, *routes_ollama.ROUTES, *routes_admin.ROUTES], on_startup=on_startup,
                      on_shutdown=on_shutdown)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=5)

@@ -169,7 +169,8 @@ def make_app(names: list[str], mode: str, after: float):
             # Recorded before [DONE]: a client that has read the whole stream finds the record.
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": False,
                     "messages": body.get("messages"), "prompt": body.get("prompt"), "path": request.path,
-                    "max_tokens": tokens, "ignore_eos": body.get("ignore_eos")})
+                    "max_tokens": tokens, "ignore_eos": body.get("ignore_eos"),
+                    "body": {key: value for key, value in body.items() if key not in ("messages", "prompt")}})
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": True})
@@ -185,9 +186,15 @@ def make_app(names: list[str], mode: str, after: float):
         body = await request.json()
         return web.json_response({"prompt": " ".join(f"w{token}" for token in body.get("tokens", []))})
 
-    async def embed(request):
-        return web.json_response({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-                                  "model": names[0]})
+    async def embed(request):  # a vector per input: its number and its length
+        body = await request.json()
+        given = body.get("input")
+        inputs = given if isinstance(given, list) else [given]
+        data = [{"object": "embedding", "index": i, "embedding": [float(i), float(len(str(text)))]}
+                for i, text in enumerate(inputs)]
+        record({"model": body.get("model"), "path": request.path, "input": given})
+        return web.json_response({"object": "list", "data": data, "model": names[0],
+                                  "usage": {"prompt_tokens": 2 * len(inputs), "total_tokens": 2 * len(inputs)}})
 
     sleeper = Sleeper("--enable-sleep-mode" in sys.argv)
 

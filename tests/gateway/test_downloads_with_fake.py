@@ -143,3 +143,24 @@ def test_no_pull_and_explicit_loads_leave_the_download_to_the_engine(gateways, o
             reply = client.post("/v1/chat/completions", json={"model": "b", **CHAT})
     assert reply.status_code == 200, reply.text
     assert hub.seen == [] and not cached_weights(tmp_path) and gw.gateway.pool.model == "b"
+
+
+def test_an_ollama_pull_streams_the_download_in_ollamas_form(gateways, online: Path, hub: FakeHub,
+                                                             tmp_path: Path) -> None:
+    import ollama
+
+    hub.hold_after = HELD_AT
+    gw = gateways(online, pull=True)
+    client = ollama.Client(host=gw.url, timeout=start_bound_s(gw.gateway.loaded))
+    progress = client.pull("b", stream=True)
+    assert next(progress).status == "pulling manifest"
+    held = next(p for p in progress if p.status == "pulling model.safetensors" and (p.completed or 0) >= HELD_AT)
+    hub.release.set()
+    rest = list(progress)
+    assert held.total == WEIGHTS_BYTES and held.digest == "model.safetensors"
+    assert rest[-1].status == "success" and cached_weights(tmp_path)
+    assert any(p.completed == p.total == WEIGHTS_BYTES for p in rest if p.digest == "model.safetensors")
+    assert client.pull("b").status == "success"  # not streamed: the last word; present already
+    with pytest.raises(ollama.ResponseError) as missing:
+        list(client.pull("v", stream=True))
+    assert "org/model-v not found" in missing.value.error

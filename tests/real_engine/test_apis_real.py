@@ -2,9 +2,11 @@
 with the clients' own SDKs, each first naming a model that is not loaded, so that each goes
 through a load: OpenAI's Responses API (streamed and not; a stored response found on its
 engine after another model was loaded beside it, and told gone once that engine stopped),
-Anthropic's Messages API (streamed and not, count_tokens), and a pooling model (tiny-a's
-files run as one) for embeddings and score. Loads: tiny-c, the shared model tiny-c evicted,
-the other one put back; tiny-p, and what it evicted put back."""
+Anthropic's Messages API (streamed and not, count_tokens), a pooling model (tiny-a's
+files run as one) for embeddings and score, and Ollama's API with its own client (a load
+and an unload by keep_alive 0, through tiny-p's test). Loads: tiny-c, the shared model
+tiny-c evicted, the other one put back; tiny-p, and what it evicted, loaded again by an
+Ollama chat once tiny-p unloaded itself."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import json
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
 from tests.support.gateways import RunningGateway, start_bound_s
 from tests.support.helpers import run_cli
 from tests.support.shared_engines import MODELS, OTHER, POOLING, resident
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.engine
 ASK = [{"role": "user", "content": "hello"}]
@@ -96,7 +100,46 @@ def test_a_pooling_model_for_embeddings_and_score_through_a_load(shared_gateway:
     chat_on_pooling = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": POOLING, "messages": ASK},
                                  timeout=timeout_s(gw))
     assert chat_on_pooling.status_code == 404 and chat_on_pooling.json()["error"]["code"] == "route_not_served"
-    other = next(m for m in MODELS if m not in evicted)
-    sdk.chat.completions.create(model=other, messages=ASK, max_tokens=1)  # tiny-p is now the least recently used
-    report = put_back(evicted[0])
-    assert report["evicted"] == [POOLING] and resident(gw) == set(MODELS)
+
+    # Ollama's client: an embedding that unloads tiny-p once answered (keep_alive 0), then a
+    # chat naming the model tiny-p evicted, which loads it into the room left (load_duration).
+    ask = ollama.Client(host=gw.url, timeout=timeout_s(gw))
+    vectors = ask.embed(model=POOLING, input=["a lamp", "a lantern"], keep_alive=0)
+    assert len(vectors.embeddings) == 2 and len(vectors.embeddings[0]) == len(embedded.data[0].embedding)
+    assert vectors.load_duration == 0 and vectors.prompt_eval_count >= 2
+    wait_until(lambda: POOLING not in gw.gateway.pool.models, timeout_s(gw), "tiny-p's unload after keep_alive 0")
+    assert POOLING not in [m.model for m in ask.ps().models]
+    answer = ask.chat(model=evicted[0], messages=ASK, options={"num_predict": 3})
+    switch = gw.gateway.pool.switches[-1]
+    assert (switch.to_model, switch.evicted, switch.outcome) == (evicted[0], [], "ok")
+    assert answer.done and answer.message.role == "assistant" and 1 <= answer.eval_count <= 3
+    assert answer.load_duration >= switch.load_s * 1e9 and answer.total_duration > answer.load_duration
+    assert resident(gw) == set(MODELS)
+
+
+def test_ollamas_client_on_the_shared_engines(shared_gateway: RunningGateway) -> None:
+    """Ollama's own client, unchanged, against the gateway: its listing, the resident
+    engines, a model's details, chat and generate streamed and not (no load: tiny-p's test
+    shows a load and an unload)."""
+    gw = shared_gateway
+    ask = ollama.Client(host=gw.url, timeout=timeout_s(gw))
+    assert [m.model for m in ask.list().models] == [*MODELS, OTHER, POOLING]
+    running = {m.model: m for m in ask.ps().models}
+    assert set(running) == set(MODELS) and all(m.size_vram > 0 and m.context_length > 0 for m in running.values())
+    shown = ask.show(MODELS[0])
+    assert shown.capabilities == ["completion"] and "{%" in shown.template  # vLLM's Jinja chat template
+    assert shown.modelinfo[f"{shown.details.family}.context_length"] == running[MODELS[0]].context_length
+    assert "embedding" in ask.show(POOLING).capabilities
+
+    answer = ask.chat(model=MODELS[0], messages=ASK, options={"num_predict": 4, "temperature": 0})
+    assert answer.done and 1 <= answer.eval_count <= 4 and answer.load_duration == 0  # greedy may end at once
+    assert answer.prompt_eval_count >= 1 and answer.prompt_eval_duration > 0
+    chunks = list(ask.chat(model=MODELS[1], messages=ASK, options={"num_predict": 4}, stream=True))
+    assert chunks[-1].done and not any(c.done for c in chunks[:-1]) and chunks[-1].eval_count >= 1
+    again = ask.chat(model=MODELS[0], messages=ASK, options={"num_predict": 4, "temperature": 0})
+    assert again.message.content == answer.message.content  # temperature 0 reached vLLM's sampler
+    generated = ask.generate(model=MODELS[0], prompt="Once upon a time", options={"num_predict": 3})
+    assert generated.done and generated.eval_count >= 1 and isinstance(generated.response, str)
+    pieces = list(ask.generate(model=MODELS[1], prompt="Once", raw=True, options={"num_predict": 3}, stream=True))
+    assert pieces[-1].done and pieces[-1].done_reason in ("stop", "length")
+    assert resident(gw) == set(MODELS)
