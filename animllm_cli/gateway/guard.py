@@ -78,7 +78,7 @@ def check(request: Request, api_key: str | None, media: tuple[str, ...] = JSON_O
     # A body a page may post without asking first (a form, none at all) from another page on
     # this machine (another port: another origin) would not be stopped by a preflight.
     given = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    simple = request.method == "POST" and given in SIMPLE_MEDIA and given in media
+    simple = given in SIMPLE_MEDIA and given in media  # a GET too: it has no body, so no content type
     if origin is not None and not keyed and simple and origin != _own_origin(request):
         raise Refused(error(403, f"a form from {origin} refused: only the gateway's own pages, or a request with "
                                  f"the key, may post one", "permission_error"), "origin")

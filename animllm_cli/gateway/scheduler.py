@@ -231,6 +231,12 @@ class Scheduler:
             self._pump()
         return self._unloads[model][1] if model in self._unloads else None
 
+    def touch(self, model: str) -> None:
+        """A client asked for the resident `model` to stay loaded (Ollama's load ping): idle
+        from now, and a keep-alive unload not begun yet is called off."""
+        self._keep(model)
+        self.last_used[model] = self._clock()
+
     def _keep(self, model: str) -> None:
         """A request for a model whose keep-alive unload has not started yet keeps it loaded."""
         pending = self._unloads.get(model)

@@ -145,6 +145,10 @@ def make_app(names: list[str], mode: str, after: float):
                                       "usage": {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": tokens + 3}})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
+        if chat and body.get("tools"):  # a call of the first tool, its arguments in pieces, as vLLM's parsers stream them
+            record({"model": body["model"], "stream": True, "path": request.path, "tools": body["tools"],
+                    "messages": body.get("messages"), "body": {k: v for k, v in body.items() if k != "messages"}})
+            return await _tool_call(response, body["tools"][0]["function"]["name"])
         sent = 0
         try:
             for i in range(tokens):
@@ -175,6 +179,16 @@ def make_app(names: list[str], mode: str, after: float):
         except (ConnectionResetError, asyncio.CancelledError):
             record({"model": body["model"], "stream": True, "chunks": sent, "gone": True})
             raise
+        return response
+
+    async def _tool_call(response, name: str):
+        pieces = [{"index": 0, "id": "call_fake", "type": "function", "function": {"name": name, "arguments": ""}},
+                  {"index": 0, "function": {"arguments": '{"city": "Os'}}, {"index": 0, "function": {"arguments": 'lo"}'}}]
+        for piece in pieces:
+            event = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]}
+            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        end = {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        await response.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
         return response
 
     async def tokenize(request):

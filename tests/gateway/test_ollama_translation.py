@@ -110,3 +110,61 @@ def test_thinking_and_log_probabilities_come_apart_from_the_content() -> None:
     final = folding.final(None, whole=True)
     assert (final["response"], final["thinking"], final["done_reason"]) == ("yes", "hmm", "length")
     assert json.loads(json.dumps(final)) == final
+
+
+def reply_to(inner_messages: list[dict], stream: bool) -> tuple[list[dict], list[bool]]:
+    """What OllamaReply sends for an inner answer that sends `inner_messages`, and whether its on_end ran."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from animllm_cli.gateway.ollama.answers import OllamaReply
+
+    async def inner(scope, receive, send):
+        for message in inner_messages:
+            await send(message)
+
+    sent: list[dict] = []
+    ended: list[bool] = []
+
+    async def run() -> None:
+        async def collect(message):
+            sent.append(message)
+        request = Request({"type": "http", "headers": [], "state": {}})
+        reply = OllamaReply(inner, Folding("chat", "m", Timing(0, False)), request, stream,
+                            on_end=lambda: ended.append(True))
+        await reply({"type": "http"}, None, collect)
+    asyncio.run(run())
+    return sent, ended
+
+
+def sse(status: int, media: bytes, *bodies: bytes) -> list[dict]:
+    start = {"type": "http.response.start", "status": status, "headers": [(b"content-type", media),
+                                                                          (b"retry-after", b"7")]}
+    return [start, *({"type": "http.response.body", "body": b, "more_body": True} for b in bodies),
+            {"type": "http.response.body", "body": b"", "more_body": False}]
+
+
+def test_a_chunk_keeps_u2028_and_a_last_event_without_its_blank_line_still_ends_the_answer() -> None:
+    event = json.dumps({"choices": [{"index": 0, "delta": {"content": "x\u2028y\u0085z"}}]}, ensure_ascii=False)
+    sent, ended = reply_to(sse(200, b"text/event-stream", f"data: {event}\n\n".encode(), b"data: [DONE]"), False)
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"])["message"]["content"] == "x\u2028y\u0085z"
+    assert ended == [True] and sent[-1]["more_body"] is False and sum(m["type"] == "http.response.start"
+                                                                     for m in sent) == 1
+    streamed, _ = reply_to(sse(200, b"text/event-stream", f"data: {event}\n\n".encode()[:30],
+                               f"data: {event}\n\n".encode()[30:], b"data: [DONE]\n\n"), True)
+    lines = b"".join(m.get("body", b"") for m in streamed).decode().split("\n")
+    assert json.loads(lines[0])["message"]["content"] == "x\u2028y\u0085z" and json.loads(lines[1])["done"]
+
+
+def test_errors_keep_their_status_and_retry_after_and_never_set_keep_alive() -> None:
+    busy = json.dumps({"error": {"message": "busy: kv", "type": "server_busy"}}).encode()
+    sent, ended = reply_to(sse(503, b"application/json", busy), True)
+    assert sent[0]["status"] == 503 and (b"retry-after", b"7") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"]) == {"error": "busy: kv"} and ended == []
+    odd, ended = reply_to(sse(200, b"application/json", b'{"id": "x"}'), False)
+    assert odd[0]["status"] == 502 and "not the event stream" in json.loads(odd[1]["body"])["error"] and not ended
+    cut, ended = reply_to(sse(200, b"text/event-stream", b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'),
+                          True)
+    lines = b"".join(m.get("body", b"") for m in cut).decode().split("\n")
+    assert json.loads(lines[-2]) == {"error": "the engine's answer ended before it was complete"} and not ended

@@ -86,6 +86,9 @@ def test_options_format_and_think_reach_the_engine_as_vllm_sampling(tmp_path: Pa
     client(gw).generate(model="a", prompt="count", format=schema, options={"num_predict": 1})
     assert streamed(gw)[-1]["body"]["response_format"] == {"type": "json_schema",
                                                           "json_schema": {"name": "format", "schema": schema}}
+    client(gw).chat(model="a", messages=HI, think="high", options={"num_predict": 1})
+    assert streamed(gw)[-1]["body"]["chat_template_kwargs"] == {"enable_thinking": True}  # the fake's `a` has no
+    assert streamed(gw)[-1]["body"]["reasoning_effort"] == "high"  # files: its engine is left to judge
     with pytest.raises(ollama.ResponseError) as wrong:
         client(gw).chat(model="a", messages=HI, options={"temperature": "hot"})
     assert wrong.value.status_code == 400 and wrong.value.error == 'option "temperature" must be a number, got "hot"'
@@ -143,15 +146,31 @@ def test_errors_come_in_ollama_shape_before_and_during_a_stream(tmp_path: Path, 
     with pytest.raises(ollama.ResponseError) as bad_keep:
         ask.chat(model="a", messages=HI, keep_alive="300")
     assert bad_keep.value.status_code == 400 and "keep_alive '300' is not a duration" in bad_keep.value.error
-    with pytest.raises(ollama.ResponseError) as no_model:
-        httpx_answer = httpx.post(f"{gw.url}/api/show", json={}, headers={"authorization": "Bearer gateway-secret"})
-        raise ollama.ResponseError(httpx_answer.text, httpx_answer.status_code)
-    assert no_model.value.status_code == 400 and no_model.value.error == "model is required"
+    keyed = {"authorization": "Bearer gateway-secret"}
+    for path, body, said in [
+            ("/api/show", {}, "model is required"),
+            ("/api/chat", {"model": "a", "messages": "hi"}, "messages must be a list"),
+            ("/api/chat", {"model": "a", "messages": HI, "options": [1]}, "options must be an object"),
+            ("/api/generate", {"model": "a", "prompt": 7}, "prompt must be a string"),
+            ("/api/generate", {"model": "a", "prompt": "x", "raw": True, "system": "s"},
+             "raw mode does not support template, system, or context"),
+            ("/api/embed", {"model": "a", "input": [1]}, "invalid input type")]:
+        refused = httpx.post(f"{gw.url}{path}", json=body, headers=keyed, timeout=30)
+        assert (refused.status_code, refused.json()) == (400, {"error": said}), (path, body)
+    by_name = httpx.post(f"{gw.url}/api/chat", json={"name": "a", "messages": HI, "stream": False}, headers=keyed,
+                         timeout=30)  # `name` for `model`: older clients
+    assert by_name.status_code == 200 and by_name.json()["model"] == "a"
+    shown = httpx.post(f"{gw.url}/api/show", json={"name": "a"}, headers=keyed, timeout=30).json()
+    assert shown["parameters"].split("\n")[0].split() == ["num_ctx", "1024"]  # Continue reads the context here
 
     dying = gateways(fake_gateway_config(tmp_path / "dying", mode="die-mid-stream", after=2, chunk_delay=0.2))
     with pytest.raises(ollama.ResponseError) as mid_stream:  # Ollama's client raises on an error line
         list(client(dying).chat(model="a", messages=HI, options={"num_predict": 6}, stream=True))
     assert "stopped mid-answer" in mid_stream.value.error and mid_stream.value.status_code == -1
+    dying_again = gateways(fake_gateway_config(tmp_path / "dying-again", mode="die-mid-stream", after=2))
+    with pytest.raises(ollama.ResponseError) as not_streamed:  # nothing sent yet: the status says it
+        client(dying_again).chat(model="a", messages=HI, options={"num_predict": 6})
+    assert not_streamed.value.status_code == 502 and "died" in not_streamed.value.error
 
 
 def test_keep_alive_as_ollama_means_it(tmp_path: Path, gateways) -> None:
@@ -197,8 +216,8 @@ def test_routes_with_no_meaning_here_are_refused_with_their_reason(tmp_path: Pat
 
 def test_curls_json_labelled_a_form_is_taken_but_not_from_another_pages_form(tmp_path: Path, gateways) -> None:
     """`curl -d` sends Ollama's JSON as application/x-www-form-urlencoded, and Ollama's docs
-    show it so: taken. A page served by another local server may post that without asking
-    first: refused without the key. Its JSON needs a preflight, which no page gets: taken."""
+    show it so: taken. A page served by another local server may post that (or GET) without
+    asking first: refused without the key. Its JSON needs a preflight, which no page gets."""
     gw = gateways(fake_gateway_config(tmp_path))
     body = json.dumps({"model": "a", "prompt": "hi", "stream": False, "options": {"num_predict": 1}})
     form = {"content-type": "application/x-www-form-urlencoded"}
@@ -209,4 +228,35 @@ def test_curls_json_labelled_a_form_is_taken_but_not_from_another_pages_form(tmp
         as_json = http.post("/api/generate", content=body, headers={"content-type": "application/json",
                                                                      "origin": "http://localhost:9"})
         assert as_json.status_code == 200
-        assert http.get("/api/tags", headers={"origin": "http://localhost:9"}).status_code == 200
+        assert http.get("/api/tags", headers={"origin": "http://localhost:9"}).status_code == 403  # as any GET here
+        assert http.get("/api/tags", headers={"origin": gw.url}).status_code == 200
+
+
+def test_tool_calls_reach_the_client_whole_and_their_results_the_engine(tmp_path: Path, gateways) -> None:
+    gw = gateways(fake_gateway_config(tmp_path))
+    ask = client(gw)
+    tools = [{"type": "function", "function": {"name": "weather", "description": "the weather in a city",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "city": {"type": "string"}}, "required": ["city"]}}}]
+    chunks = list(ask.chat(model="a", messages=HI, tools=tools, stream=True))
+    calls = [c.message.tool_calls for c in chunks if c.message.tool_calls]
+    assert len(calls) == 1 and calls[0][0].function.name == "weather"  # whole, in one chunk
+    assert calls[0][0].function.arguments == {"city": "Oslo"} and chunks[-1].done_reason == "stop"
+    answer = ask.chat(model="a", messages=HI, tools=tools)
+    assert [c.function.arguments for c in answer.message.tool_calls] == [{"city": "Oslo"}]
+    assert streamed(gw)[-1]["tools"] == tools
+
+    ask.chat(model="a", tools=tools, messages=[*HI, answer.message,
+                                             {"role": "tool", "content": "12 C", "tool_name": "weather"}])
+    sent = streamed(gw)[-1]["messages"]
+    assert sent[1]["tool_calls"][0]["function"] == {"name": "weather", "arguments": '{"city": "Oslo"}'}
+    assert sent[2] == {"role": "tool", "content": "12 C", "tool_call_id": sent[1]["tool_calls"][0]["id"]}
+
+
+def test_a_pinned_model_is_not_unloaded_by_a_clients_keep_alive(tmp_path: Path, gateways) -> None:
+    gw = gateways(fake_gateway_config(tmp_path, models={"a": {"pin": True}}))
+    with pytest.raises(ollama.ResponseError) as pinned:
+        client(gw).generate(model="a", keep_alive=0)
+    assert pinned.value.status_code == 409 and "pinned" in pinned.value.error
+    assert client(gw).generate(model="a").done_reason == "load"  # loaded already: at once
+    assert gw.gateway.pool.models == ["a"]

@@ -180,8 +180,16 @@ class Folding:
 
 
 def _logprobs(given: Any) -> list[dict[str, Any]]:
-    """OpenAI's chat logprobs (`content`: token, logprob, top_logprobs) in Ollama's shape."""
-    if not isinstance(given, dict) or not isinstance(given.get("content"), list):
+    """OpenAI's logprobs in Ollama's shape: chat's (`content`: token, logprob, top_logprobs)
+    or completions' (`tokens`, `token_logprobs`, `top_logprobs` as {token: logprob})."""
+    if not isinstance(given, dict):
+        return []
+    if isinstance(given.get("tokens"), list):
+        tops = given.get("top_logprobs") or [None] * len(given["tokens"])
+        return [{"token": token, "logprob": logprob,
+                 "top_logprobs": [{"token": t, "logprob": lp} for t, lp in (top or {}).items()]}
+                for token, logprob, top in zip(given["tokens"], given.get("token_logprobs") or [], tops)]
+    if not isinstance(given.get("content"), list):
         return []
     return [{"token": item.get("token"), "logprob": item.get("logprob"),
              "top_logprobs": [{"token": t.get("token"), "logprob": t.get("logprob")}
@@ -200,7 +208,7 @@ class OllamaReply(Response):
     def __init__(self, inner: Response, folding: Folding, request: Request, stream: bool,
                  on_end: Callable[[], None] | None = None) -> None:
         """`request`: the one the relay sent on (it notes when); `on_end`: called once the
-        answer has ended, however it ended (the request's keep_alive takes effect then)."""
+        answer has ended whole (the request's keep_alive takes effect then; not after a failure)."""
         self.inner, self.folding, self.request, self.stream, self.on_end = inner, folding, request, stream, on_end
         self.status_code = 200
         self.background = None
@@ -208,15 +216,20 @@ class OllamaReply(Response):
         self._status: int | None = None      # the inner answer's status
         self._media = ""
         self._held: list[bytes] = []          # an error answer's body, until it ends
+        self._retry_after: bytes | None = None
         self._started = False                 # our own head is sent
         self._ended = False                   # the last chunk (or an error) is sent
         self._sent_all = False                # the body's last part is sent
+        self._complete = False                # the engine's answer ended with its [DONE]
+        self._pending = b""                   # a line not yet ended
 
     async def __call__(self, scope: Any, receive: Any, send: Send) -> None:
         async def translate(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 self._status = message["status"]
-                self._media = dict(message.get("headers") or []).get(b"content-type", b"").decode()
+                headers = dict(message.get("headers") or [])
+                self._media = headers.get(b"content-type", b"").decode()
+                self._retry_after = headers.get(b"retry-after")
                 return
             body, more = message.get("body", b""), message.get("more_body", False)
             if self._status != 200 or not self._media.startswith("text/event-stream"):
@@ -224,16 +237,20 @@ class OllamaReply(Response):
                 if not more:
                     await self._error_answer(send)
                 return
-            for line in body.decode().splitlines():
-                await self._line(line, send)
+            # Lines end at \n alone: a chunk may hold U+2028 and the like raw inside its JSON,
+            # which str.splitlines would cut it at.
+            *lines, self._pending = (self._pending + body).split(b"\n")
+            for line in lines:
+                await self._line(line.removesuffix(b"\r").decode(errors="replace"), send)
             if not more:
+                if self._pending:  # a last event without its line end: complete all the same
+                    await self._line(self._pending.decode(errors="replace"), send)
+                await self._line("", send)
                 await self._close(send)
 
-        try:
-            await self.inner(scope, receive, translate)
-        finally:
-            if self.on_end is not None:
-                self.on_end()
+        await self.inner(scope, receive, translate)
+        if self._complete and self.on_end is not None:
+            self.on_end()
 
     async def _line(self, line: str, send: Send) -> None:
         if self._ended:
@@ -247,6 +264,7 @@ class OllamaReply(Response):
             return
         if event.data.strip() == "[DONE]":
             await self._finish(send)
+            self._complete = True
             return
         try:
             payload = json.loads(event.data)
@@ -284,8 +302,14 @@ class OllamaReply(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _error_answer(self, send: Send) -> None:
-        """The relay's answer was an error (or not a stream): Ollama's error, status kept."""
-        await self._whole(self._status or 500, {"error": error_text(b"".join(self._held))}, send)
+        """The relay's answer was an error: Ollama's error, its status and Retry-After kept.
+        A success that is no event stream is none the engine should give: a 502."""
+        body = b"".join(self._held)
+        if self._status == 200:
+            message = f"the engine answered {self._media or 'no content type'}, not the event stream it was asked for"
+            await self._whole(502, {"error": message}, send)
+        else:
+            await self._whole(self._status or 500, {"error": error_text(body)}, send, self._retry_after)
         self._ended = True
 
     async def _send_chunk(self, chunk: dict[str, Any], send: Send) -> None:
@@ -295,11 +319,12 @@ class OllamaReply(Response):
                         "headers": [(b"content-type", NDJSON), (b"cache-control", b"no-cache")]})
         await send({"type": "http.response.body", "body": json.dumps(chunk).encode() + b"\n", "more_body": True})
 
-    async def _whole(self, status: int, payload: dict[str, Any], send: Send) -> None:
+    async def _whole(self, status: int, payload: dict[str, Any], send: Send, retry_after: bytes | None = None) -> None:
         body = json.dumps(payload).encode()
         self._started = self._sent_all = True
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": headers + ([(b"retry-after", retry_after)] if retry_after else [])})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

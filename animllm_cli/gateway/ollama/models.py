@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -111,7 +112,10 @@ class Described:
         named = SIZE_IN_NAME.search(Path(self.view.engine_source).name)
         if named:
             return f"{named.group(1)}{named.group(2).upper()}"
-        facts = facts_for(self.view.engine_source, self.folder) if self.folder else None
+        try:
+            facts = facts_for(self.view.engine_source, self.folder) if self.folder else None
+        except Exception:  # noqa: BLE001 - a weights file half written must not fail a listing
+            facts = None
         if facts is None or not facts.weight_bytes:
             return ""
         count = facts.weight_bytes / facts.dtype_bytes
@@ -150,6 +154,8 @@ class Described:
         generation = _json(self.folder, "generation_config.json")
         lines = [f"{ollama:<30} {json.dumps(generation[key])}" for key, ollama in PARAMETERS.items()
                  if key in generation]
+        if self.context_length():  # Continue reads the context length from here
+            lines.insert(0, f"{'num_ctx':<30} {self.context_length()}")
         return "\n".join(lines)
 
     def model_info(self) -> dict[str, Any]:
@@ -176,9 +182,22 @@ class Described:
 
 
 def describe(loaded: LoadedConfig, name: str, started_at: float = 0.0) -> Described:
+    """`name` described, found again within KEPT_S (each chat asks what its model can do;
+    a pull that brings its files shows within that)."""
+    key = (id(loaded), name)
+    kept = _kept.get(key)
+    if kept is not None and kept[0]() is loaded and time.monotonic() - kept[1] < KEPT_S:
+        return kept[2]
     view = loaded.model(name)
     if view.remote:
-        return Described(name, view, None, {}, started_at or time.time())
-    local = Path(view.engine_source).expanduser()
-    folder = local if local.is_dir() else cached(loaded, view)
-    return Described(name, view, folder, _json(folder, "config.json"), started_at or time.time())
+        described = Described(name, view, None, {}, started_at or time.time())
+    else:
+        local = Path(view.engine_source).expanduser()
+        folder = local if local.is_dir() else cached(loaded, view)
+        described = Described(name, view, folder, _json(folder, "config.json"), started_at or time.time())
+    _kept[key] = (weakref.ref(loaded), time.monotonic(), described)
+    return described
+
+
+KEPT_S = 30.0
+_kept: dict[tuple[int, str], tuple[weakref.ref, float, Described]] = {}  # (config, model) -> when read, what

@@ -251,6 +251,8 @@ def generate_call(payload: dict[str, Any], capabilities: Capabilities, model: st
         raise BadRequest("prompt must be a string")
     stream = payload.get("stream") is not False
     if payload.get("raw"):
+        if payload.get("system"):
+            raise BadRequest("raw mode does not support template, system, or context")
         if payload.get("images"):
             raise BadRequest("raw mode does not take images: send them without raw, or to /api/chat")
         return EngineCall("/v1/completions", {"model": payload["model"], "prompt": prompt,

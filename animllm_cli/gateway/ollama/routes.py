@@ -45,9 +45,10 @@ async def _read(request: Request, gw: Gateway) -> tuple[dict[str, Any], str, str
     if not raw.strip():
         raise _bad("missing request body")
     payload = guard.parse_object(raw)
-    requested = payload.get("model") or payload.get("name")
+    requested = payload.get("model") or payload.get("name")  # `name`: older clients' (Continue's /api/show)
     if not isinstance(requested, str) or not requested:
         raise _bad("model is required")
+    payload["model"] = requested
     model = gw.resolve(requested) or (gw.resolve(requested.removesuffix(":latest"))
                                       if requested.endswith(":latest") else None)
     if model is None:
@@ -93,6 +94,8 @@ async def _generation(request: Request, gw: Gateway, kind: str) -> Response:
         call = (chat_call if kind == "chat" else generate_call)(payload, capabilities, requested)
     except BadRequest as exc:
         raise _bad(str(exc)) from None
+    if described.view.remote and call.body.get("chat_template_kwargs") == {"enable_thinking": False}:
+        del call.body["chat_template_kwargs"]  # turning thinking off asks nothing of a server that may not be vLLM
     folding = Folding(kind, requested, Timing(arrived, _waits_for_load(gw, model)))
     engine_request = _engine_request(request, call.path)
     answer = await relay(engine_request, gw, _incoming(request, payload, call, model), deadlines)
@@ -103,18 +106,25 @@ async def _generation(request: Request, gw: Gateway, kind: str) -> Response:
 async def _load_or_unload(request: Request, gw: Gateway, payload: dict[str, Any], requested: str, model: str,
                           kind: str, keep: float | None, deadlines: Deadlines) -> Response:
     """A request with nothing to answer: it loads its model, or with keep_alive 0 unloads it."""
+    local = gw.upstreams.get(model) is None
     if keep == 0:
-        if gw.upstreams.get(model) is None:
-            await gw.unload(model)
+        if local and gw.pool.pinned(model):
+            raise Refused(error(409, f"'{requested}' is pinned (pin: true in animllm's config): a client's "
+                                     f"keep_alive never unloads it", code="model_pinned"), "ollama_request")
+        if local:  # once what runs on it has finished; the answer does not wait for that (as Ollama)
+            gw.scheduler.request_unload(model, "unload")
         reason = "unload"
     else:
-        if gw.upstreams.get(model) is None:
+        if local and (model not in gw.pool.models or model in gw.scheduler.draining):
             admit_local(gw, model)  # a load a client asks for is a switch on demand
             priority, _ = request_priority(request, payload)
             lease = await wait_for_slot(gw, request, model, priority, deadlines)
             if isinstance(lease, Response):
                 return lease
             lease.release()
+        elif local:  # loaded already: it stays, from now
+            gw.scheduler.touch(model)
+        if local:
             gw.pool.give_keep_alive(model, keep)
         reason = "load"
     said = {"message": {"role": "assistant", "content": ""}} if kind == "chat" else {"response": ""}
@@ -146,9 +156,9 @@ async def _embeddings(request: Request, gw: Gateway, kind: str) -> Response:
     waited = _waits_for_load(gw, model)
     engine_request = _engine_request(request, call.path)
     answer = await relay(engine_request, gw, _incoming(request, payload, call, model), deadlines)
-    gw.pool.give_keep_alive(model, keep)
     if answer.status_code != 200:
         return ollama_error(answer)
+    gw.pool.give_keep_alive(model, keep)
     data = json.loads(bytes(answer.body))
     vectors = [item["embedding"] for item in sorted(data.get("data") or [], key=lambda item: item.get("index", 0))]
     if kind == "embeddings":
