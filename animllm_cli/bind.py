@@ -33,7 +33,10 @@ def bind_error(host: str, port: int) -> str | None:
     return None
 
 
-def check_bind(host: str, key: str | None, key_env: str) -> None:
-    if host not in LOOPBACK and not key:
+def check_bind(host: str, key: str | None, key_env: str, *, clients: bool = False) -> None:
+    """A bind beyond this machine needs a key: the server's, or (`clients`: the config names
+    clients) each client's, which every request then needs."""
+    if host not in LOOPBACK and not key and not clients:
         raise UsageError(f"refusing to bind {host} without an API key",
-                         hint=f"export {key_env}=<a long random key> first, or bind 127.0.0.1")
+                         hint=f"export {key_env}=<a long random key> first, name clients (clients: in the "
+                              f"config, `animllm keys create`), or bind 127.0.0.1")

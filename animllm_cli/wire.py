@@ -166,6 +166,15 @@ class ModelQueue(Report):
     oldest_wait_s: float              # how long the oldest of them has waited
 
 
+class ClientQueue(Report):
+    """One client's requests (`clients:`; "server" for the server's key, "anonymous" without one)."""
+    waiting: int
+    running: int
+
+    def summary(self) -> str:
+        return f"{self.running} running, {self.waiting} waiting"
+
+
 class SleepModeStatus(Report):
     available: bool
     reason: str                       # why (not): the engine's vLLM build, its version, the GPU
@@ -201,6 +210,7 @@ class StatusReport(Report):
     queue_depth: int
     in_flight: int
     queues: dict[str, ModelQueue] = {}  # model -> its waiting requests
+    clients: dict[str, ClientQueue] = {}  # client -> its requests waiting and running (those with any)
     backoff: dict[str, float] = {}    # model -> seconds left
     busy: str | None = None           # why requests are refused, or None
     vram: VramStatus

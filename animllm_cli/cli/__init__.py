@@ -94,20 +94,21 @@ def root(
 
 
 def _register() -> None:
-    from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, models, plan, pull, serve, top
+    from animllm_cli.cli import admin, bench, chat, config_cmd, demo, doctor, keys, models, plan, pull, serve, top, usage
     from animllm_cli.cli.help import Command
 
     commands = {"doctor": doctor.doctor, "plan": plan.plan, "serve": serve.serve, "switch": admin.switch,
                 "status": admin.status, "ps": admin.ps, "unload": admin.unload, "stop": admin.stop,
                 "logs": admin.logs, "chat": chat.chat, "bench": bench.bench, "bench-mix": bench.bench_mix,
                 "bench-compare": bench.bench_compare, "demo": demo.demo, "models": models.models, "pull": pull.pull,
-                "top": top.top}
+                "top": top.top, "usage": usage.usage}
     # Extra arguments: vLLM's spelling `--goodput ttft:500 tpot:50` (bench takes them back).
     extra_args = {"bench", "bench-mix"}
     for name, function in commands.items():
         settings = {"allow_extra_args": True} if name in extra_args else None
         app.command(name, cls=Command, context_settings=settings)(function)
     app.add_typer(config_cmd.app, name="config")
+    app.add_typer(keys.app, name="keys")
 
 
 _register()

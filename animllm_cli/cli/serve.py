@@ -52,7 +52,7 @@ def serve(
     host = host or loaded.config.server.host
     port = port or loaded.config.server.port
     key = bind.api_key(loaded)
-    bind.check_bind(host, key, loaded.config.server.api_key_env)
+    bind.check_bind(host, key, loaded.config.server.api_key_env, clients=bool(loaded.config.clients))
     runfile.ensure_not_running()
     _stop_leftovers(out, loaded)
     _check_port_free(host, port)

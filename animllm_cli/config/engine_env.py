@@ -9,12 +9,19 @@ from animllm_cli.config.loaded import LoadedConfig
 from animllm_cli.config.provenance import Source
 from animllm_cli.credentials import is_secret_name
 
-def withheld_from_engine(name: str, gateway_key_env: str | None) -> bool:
-    """Variables the engine never sees: the one holding the gateway's API key
-    (server.api_key_env) and any ANIMLLM_* variable with a secret's name. The engine has
-    its own per-launch key (ENGINE_KEY_VAR); the gateway's key would let anything that
-    reads the engine's environment (its logs, a crash dump, /proc) drive the gateway."""
-    return name == gateway_key_env or (name.upper().startswith("ANIMLLM_") and is_secret_name(name))
+def gateway_key_envs(loaded: LoadedConfig) -> tuple[str, ...]:
+    """The variables holding the gateway's keys: the server's (server.api_key_env) and each
+    client's (clients.<name>.api_key_env)."""
+    config = loaded.config
+    return (config.server.api_key_env, *(c.api_key_env for c in config.clients.values() if c.api_key_env))
+
+
+def withheld_from_engine(name: str, key_envs: tuple[str, ...]) -> bool:
+    """Variables the engine never sees: those holding the gateway's keys (gateway_key_envs)
+    and any ANIMLLM_* variable with a secret's name. The engine has its own per-launch key
+    (ENGINE_KEY_VAR); a gateway key would let anything that reads the engine's environment
+    (its logs, a crash dump, /proc) drive the gateway."""
+    return name in key_envs or (name.upper().startswith("ANIMLLM_") and is_secret_name(name))
 
 
 def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, Source]]:
@@ -22,15 +29,15 @@ def engine_environment(loaded: LoadedConfig) -> tuple[dict[str, str], dict[str, 
     may hold the gateway's key for `serve`: that one, as every withheld name, stays out)."""
     env: dict[str, str] = {}
     sources: dict[str, Source] = {}
-    key_env = loaded.config.server.api_key_env
+    key_envs = gateway_key_envs(loaded)
     for key, var in schema.PATH_EXPORTS.items():
         value = getattr(loaded.config.paths, key)
         if value:
             env[var], sources[var] = value, loaded.source_of(("paths", key))
     for var, value in loaded.config.env.items():
-        if value is not None and not withheld_from_engine(var, key_env):
+        if value is not None and not withheld_from_engine(var, key_envs):
             env[var], sources[var] = value, loaded.source_of(("env", var))
     for var, (value, source) in loaded.dotenv.items():
-        if not withheld_from_engine(var, key_env):
+        if not withheld_from_engine(var, key_envs):
             env[var], sources[var] = value, source
     return env, sources

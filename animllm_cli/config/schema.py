@@ -257,6 +257,28 @@ class ServerSection(Section):
     switch_on_demand: bool = True   # false: a request for another model is refused, not switched to
 
 
+Priority = Annotated[float, Field(ge=-1000, le=1000)]
+
+
+class ClientSpec(Section):
+    """A tool or person the gateway serves (`clients:`): its key and what it may do. Its key
+    comes from the variable `api_key_env` names, or from `animllm keys create NAME` (kept as
+    a hash); never from this file."""
+    api_key_env: Optional[EnvName] = Field(default=None, description="the variable holding its key "
+                                                                     "(null: only keys made by `animllm keys create`)")
+    priority: Priority = Field(default=0.0, description="its requests' priority when they name none")
+    priority_max: Optional[Priority] = Field(default=None, description="the most a request of its may ask "
+                                                                       "(null: priority)")
+    models: list[str] = Field(default=[], description="the models, aliases or tasks it may use (empty: all)")
+    concurrency: Optional[PositiveInt] = Field(default=None, description="its requests running at once, all models")
+    requests_per_minute: Optional[Annotated[float, Field(gt=0)]] = None
+    tokens_per_minute: Optional[PositiveInt] = Field(default=None, description="tokens in and out, per minute")
+    queue_share: Optional[Fraction] = Field(default=None, description="the share of limits.queue_max it may fill")
+    weight: Annotated[float, Field(gt=0)] = Field(default=1.0, description="its share of a model's slots against "
+                                                                          "the other clients waiting for it")
+    admin: bool = Field(default=False, description="may call the admin routes (switch, unload, stop, status)")
+
+
 class SchedulerSection(Section):
     # Time-limited exhaustive service (see gateway/scheduler.py): the loaded model keeps the
     # card while it has work, until a request for another model has waited max_wait_s.
@@ -303,3 +325,4 @@ class AnimllmConfig(Section):
     scheduler: SchedulerSection = SchedulerSection()
     pool: PoolSection = PoolSection()
     expectations: dict[Name, Expectation] = {}
+    clients: dict[Name, ClientSpec] = {}  # once any is named, every route but /health needs a client's key

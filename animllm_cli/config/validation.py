@@ -104,6 +104,16 @@ def check_references(loaded: LoadedConfig) -> None:
         if spec.gpus is not None and tp and len(spec.gpus) != tp:
             problems.append(_problem(tree, ("models", name, "gpus"), f"names {len(spec.gpus)} GPU(s) but "
                                                                     f"tensor_parallel_size is {tp}; make them agree"))
+    for client, spec in config.clients.items():
+        for index, wanted in enumerate(spec.models):
+            if wanted.lower() not in claimed and not any(wanted in m.tasks for m in config.models.values()):
+                problems.append(_problem(tree, ("clients", client, "models"),
+                                         f"item {index + 1}: no model, alias or task named {wanted!r}; models: "
+                                         f"{', '.join(config.models) or '(none)'}"))
+        if spec.priority_max is not None and spec.priority_max < spec.priority:
+            problems.append(_problem(tree, ("clients", client, "priority_max"),
+                                     f"{spec.priority_max:g} is below the client's priority {spec.priority:g}: "
+                                     f"a ceiling must be at least the default"))
     for profile in config.expectations:
         if profile not in config.profiles:
             problems.append(_problem(tree, ("expectations", profile),

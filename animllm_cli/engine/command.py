@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from animllm_cli.config import schema
-from animllm_cli.config.engine_env import engine_environment, withheld_from_engine
+from animllm_cli.config.engine_env import engine_environment, gateway_key_envs, withheld_from_engine
 from animllm_cli.engine import sleep, vllm_releases
 from animllm_cli.config.loaded import LoadedConfig, ModelView
 from animllm_cli.config.provenance import Source
@@ -38,7 +38,7 @@ class EngineCommand:
     env: dict[str, str]                       # set on top of the inherited environment
     env_sources: dict[str, Source] = field(default_factory=dict)
     flag_sources: list[tuple[list[str], Source]] = field(default_factory=list)
-    gateway_key_env: str | None = None        # server.api_key_env: never passed to the engine
+    gateway_key_envs: tuple[str, ...] = ()    # the server's and the clients' key variables: never passed to the engine
     vllm: vllm_releases.Coverage | None = None  # the release whose spelling argv has (None: not looked up)
 
     def display_env(self) -> dict[str, str]:
@@ -66,7 +66,7 @@ class EngineCommand:
         """The environment the engine process gets: the inherited one plus ours, less the
         gateway's key and any other animllm secret (see withheld_from_engine)."""
         merged = {**(os.environ if base is None else base), **self.env}
-        return {k: v for k, v in merged.items() if not withheld_from_engine(k, self.gateway_key_env)}
+        return {k: v for k, v in merged.items() if not withheld_from_engine(k, self.gateway_key_envs)}
 
 
 
@@ -150,7 +150,7 @@ def build_engine_command(loaded: LoadedConfig, model: ModelView, *, port: int | 
         inherited = env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ENGINE_SIDE), inherited) if p)
         env_sources["PYTHONPATH"] = Source("builtin", "where the engine finds animllm_engine_guard")
-    return EngineCommand(argv, port, env, env_sources, flag_sources, gateway_key_env=config.server.api_key_env,
+    return EngineCommand(argv, port, env, env_sources, flag_sources, gateway_key_envs=gateway_key_envs(loaded),
                          vllm=coverage)
 
 

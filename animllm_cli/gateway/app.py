@@ -29,6 +29,7 @@ from animllm_cli.engine.model_kind import model_serves
 from animllm_cli.engine.supervisor import Engine
 from animllm_cli.gateway import guard
 from animllm_cli.gateway.admission import Admission, Verdict, kv_usage
+from animllm_cli.gateway.clients import Clients
 from animllm_cli.gateway.deadlines import Bounds, Expired
 from animllm_cli.gateway.dialects import dialect_of
 from animllm_cli.gateway.guard import Refused, error
@@ -56,7 +57,7 @@ class Gateway:
         self.loaded = loaded
         self.catalogue = loaded.catalogue
         self.metrics = GatewayMetrics()
-        self.api_key = api_key
+        self.clients = Clients(loaded, api_key)  # who may call, what each may do, what each used
         self.nvml_module = nvml_module
         self.pool = pool or EnginePool(loaded, nvml_module=nvml_module)
         self.pool.on_death = self._engine_died
@@ -97,6 +98,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._watch_admission()))
         self._tasks.append(asyncio.create_task(self.upstreams.watch()))
         self._tasks.append(asyncio.create_task(self._watch_keep_alive()))
+        if self.clients.usage_log is not None:
+            self._tasks.append(asyncio.create_task(self.clients.keep_records()))
 
     @property
     def vllm_version(self) -> str | None:
@@ -127,6 +130,7 @@ class Gateway:
         if self._tasks:  # let them end (the health checks close their connections)
             await asyncio.wait(self._tasks, timeout=5)
         stopped = await self.pool.shutdown()
+        await self.clients.flush()
         if self.session:
             await self.session.close()
         return stopped
@@ -262,6 +266,11 @@ class Gateway:
 
     def queue_failure(self, model: str, exc: Exception) -> Response:
         """A wait for a slot that failed, as the client's answer (and its metric)."""
+        if isinstance(exc, QueueFull) and exc.client:
+            self.metrics.rejections.labels("client_queue_share").inc()
+            return error(429, f"client '{exc.client}' has its share of the queue waiting ({exc.limit}: its "
+                              f"queue_share of limits.queue_max)", "rate_limit_error", code="queue_share",
+                         retry_after=2)
         if isinstance(exc, QueueFull):
             self.metrics.rejections.labels("queue_full").inc()
             return error(503, f"the queue is full ({self.scheduler.queue_max} waiting)", "server_busy", retry_after=2)
@@ -320,7 +329,10 @@ def guarded(handler: Handler, media: tuple[str, ...] = guard.JSON_ONLY) -> Calla
     async def route(request: Request) -> Response:
         gw: Gateway = request.app.state.gateway
         try:
-            guard.check(request, gw.api_key, media)
+            client = request.state.client = guard.check(request, gw.clients, media)
+            if request.url.path.startswith("/admin/") and not client.admin:
+                raise Refused(error(403, f"client '{client.name}' may not call the admin routes (admin: true "
+                                         f"in its clients: entry gives it them)", "permission_error"), "admin")
             response = await handler(request, gw)
         except Refused as refused:
             gw.metrics.rejections.labels(refused.label).inc()

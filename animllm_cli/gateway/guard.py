@@ -2,7 +2,9 @@
 
 - Without an API key (only allowed on a loopback bind) the Host header must name a
   loopback host: a DNS-rebinding page cannot reach it under another name.
-- With a key, every route but /health needs it (admin routes too).
+- With a key (the server's, or once `clients:` names any, a client's: gateway/clients.py),
+  every route but /health needs one (admin routes too); the client it names is the
+  request's (`request.state.client`).
 - A browser's cross-site request (an `Origin` that is not a loopback origin) is refused
   unless it carries the key: a web page cannot drive the gateway behind the user's back.
 - POST bodies must be JSON (`Content-Type: application/json`), which a cross-site "simple"
@@ -15,7 +17,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from animllm_cli.bind import LOOPBACK
+from animllm_cli.gateway.clients import Client, Clients
 from animllm_cli.gateway.dialects import GatewayError
 
 def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
@@ -66,11 +68,12 @@ def _own_origin(request: Request) -> str:
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
-def check(request: Request, api_key: str | None, media: tuple[str, ...] = JSON_ONLY) -> None:
-    """Raise Refused unless the request may go on (headers only; the body is read later).
-    `media`: the content types the route's POST bodies may have."""
-    keyed = api_key is not None and hmac.compare_digest(_presented_key(request).encode(), api_key.encode())
-    if api_key is None and _host(request.headers.get("host", "")) not in LOOPBACK:
+def check(request: Request, clients: Clients, media: tuple[str, ...] = JSON_ONLY) -> Client:
+    """The client the request is from, or Refused unless it may go on (headers only; the
+    body is read later). `media`: the content types the route's POST bodies may have."""
+    client = clients.identify(_presented_key(request)) if clients.required else None
+    keyed = client is not None
+    if not clients.required and _host(request.headers.get("host", "")) not in LOOPBACK:
         raise Refused(error(403, "non-local Host header refused (no API key is set)", "permission_error"), "host")
     origin = request.headers.get("origin")
     if origin is not None and not loopback_origin(origin) and not keyed:
@@ -82,12 +85,13 @@ def check(request: Request, api_key: str | None, media: tuple[str, ...] = JSON_O
     if origin is not None and not keyed and simple and origin != _own_origin(request):
         raise Refused(error(403, f"a form from {origin} refused: only the gateway's own pages, or a request with "
                                  f"the key, may post one", "permission_error"), "origin")
-    if api_key is not None and not keyed:
+    if clients.required and not keyed:
         raise Refused(error(401, "missing or wrong API key (Authorization: Bearer ..., or x-api-key)",
                             "authentication_error"), "auth")
     if request.method == "POST" and given not in media:
         raise Refused(error(415, f"POST bodies here must be {' or '.join(media)} "
                                  f"(got {given or 'no content type'})"), "content_type")
+    return client or clients.anonymous
 
 
 async def read_body(request: Request, limit: int) -> bytes:

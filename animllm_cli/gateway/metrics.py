@@ -37,6 +37,14 @@ class GatewayMetrics:
         # kind: how it was found dead (wire.DeathKind); a restart is a switch of reason "restart".
         self.engine_deaths = Counter("animllm_engine_deaths", "Engines that died after ready, by how",
                                      ["model", "kind"], registry=self.registry)
+        # Per client (`clients:`, by name: never a key), where clients are configured (gateway/accounting.py).
+        self.client_requests = Counter("animllm_client_requests", "Requests by client, model and outcome",
+                                       ["client", "model", "outcome"], registry=self.registry)
+        self.client_tokens = Counter("animllm_client_tokens", "Tokens by client, model and direction (in, out), "
+                                     "as the engine counted them", ["client", "model", "direction"],
+                                     registry=self.registry)
+        self.client_switch_wait = Counter("animllm_client_switch_wait_seconds", "Seconds a client's requests waited "
+                                          "for switches", ["client", "model"], registry=self.registry)
 
     def record_vram(self, residents: Iterable[Resident]) -> None:
         """Each resident's measured VRAM and peak; gone ones drop out."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,14 +20,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from animllm_cli.engine import vllm_routes
-from animllm_cli.gateway import guard
+from animllm_cli.gateway import accounting, guard
+from animllm_cli.gateway.accounting import Accounted, waited_since
 from animllm_cli.gateway.app import PRIORITY_LIMIT, Gateway, guarded
+from animllm_cli.gateway.clients import Client
 from animllm_cli.gateway.deadlines import Deadlines, Expired
 from animllm_cli.gateway.forms import form_fields
 from animllm_cli.gateway.guard import Refused, error
-from animllm_cli.gateway.relay import (ClientGone, EngineRestarting, Target, WaitingStream, forward,
+from animllm_cli.gateway.relay import (SENT_AT, ClientGone, EngineRestarting, Target, WaitingStream, forward,
                                       race_disconnect, relay_by_id)
-from animllm_cli.gateway.scheduler import Lease, QueueFull, SwitchFailed
+from animllm_cli.gateway.scheduler import ANYONE, Claimant, Lease, QueueFull, SwitchFailed
 
 # vLLM's POST routes whose body names the model that answers, in any release read
 # (engine/vllm_routes.json, from vLLM's own code; tests/gateway/test_routes_clients.py holds
@@ -52,6 +55,7 @@ NOT_MODEL_ROUTES = frozenset({
     "/reset_mm_cache", "/reset_encoder_cache", "/pause", "/resume", "/release_kv_cache_memory"})
 FORM_MEDIA = ("multipart/form-data",)
 RESPONSES = "/v1/responses"
+USAGE_STREAMS = ("/v1/chat/completions", "/v1/completions")  # their streams carry usage only when asked
 
 
 @dataclass
@@ -60,22 +64,23 @@ class Incoming:
     raw: bytes
     requested: Any                       # the body's `model`, as sent
     stream: bool
-    priority: float
+    priority: float | None               # what the request asked (None: its client's own)
     rename: Callable[[str], bytes]       # the body naming another model (and without its priority field)
     previous_response: str | None = None  # the Responses API's previous_response_id
     stored: bool = False                  # a Responses request that asks to store its answer (`store`, true by default)
+    strip_usage: bool = False             # the usage chunk was asked for the client's usage record, not by it
 
 
-def request_priority(request: Request, payload: dict[str, Any]) -> tuple[float, bool]:
+def request_priority(request: Request, payload: dict[str, Any]) -> tuple[float | None, bool]:
     """From a `priority` field (removed: vLLM rejects it unless it runs priority
     scheduling) or the X-Priority header. A number within +-PRIORITY_LIMIT; anything else
-    is a 400. Returns (priority, body changed)."""
+    is a 400. Returns (priority, None where none was asked; body changed)."""
     if "priority" in payload:
         value, changed, where = payload.pop("priority"), True, "the priority field"
     else:
         value, changed, where = request.headers.get("x-priority"), False, "X-Priority"
     if value is None:
-        return 0.0, changed
+        return None, changed
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError, OverflowError):
@@ -90,6 +95,8 @@ async def read_json(request: Request, gw: Gateway) -> Incoming:
     raw = await guard.read_body(request, gw.max_body_bytes)
     payload = guard.parse_object(raw)
     priority, changed = request_priority(request, payload)
+    strip_usage = gw.clients.configured and _usage_asked_for_the_record(request.url.path, payload)
+    changed = changed or strip_usage
 
     def rename(name: str) -> bytes:
         return json.dumps({**payload, "model": name}).encode()
@@ -98,7 +105,21 @@ async def read_json(request: Request, gw: Gateway) -> Incoming:
     previous = payload.get("previous_response_id") if responses else None
     return Incoming(json.dumps(payload).encode() if changed else raw, payload.get("model"),
                     payload.get("stream") is True, priority, rename, previous if isinstance(previous, str) else None,
-                    stored=responses and payload.get("store") is not False)
+                    stored=responses and payload.get("store") is not False, strip_usage=strip_usage)
+
+
+def _usage_asked_for_the_record(path: str, payload: dict[str, Any]) -> bool:
+    """A streamed chat or completion that does not ask for its usage chunk: asked here (in
+    `payload`), so that its client's tokens are counted; True when it was."""
+    options = payload.get("stream_options")
+    if path not in USAGE_STREAMS or payload.get("stream") is not True:
+        return False
+    if options is not None and not isinstance(options, dict):  # vLLM refuses it: left as sent
+        return False
+    if (options or {}).get("include_usage"):
+        return False
+    payload["stream_options"] = {**(options or {}), "include_usage": True}
+    return True
 
 
 async def read_form(request: Request, gw: Gateway) -> Incoming:
@@ -119,6 +140,7 @@ def model_route(read: Callable) -> Callable:
 
 
 async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: Deadlines) -> Response:
+    arrived = time.monotonic()
     requested = incoming.requested
     if not isinstance(requested, str) or not requested:
         raise Refused(error(400, "the request needs a `model` (a model name, alias or task)", param="model"),
@@ -126,6 +148,49 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: De
     model = gw.resolve(requested)
     if model is None:
         raise gw.not_found(requested)
+    client = client_of(request, gw)
+    admit_client(gw, client, model)
+    try:
+        response = await _relay(request, gw, incoming, deadlines, model, client)
+    except Refused as refused:  # turned away before it waited: in its client's record too
+        if gw.clients.configured:
+            accounting.record(gw.clients, gw.metrics, client, model, f"http_{refused.response.status_code}")
+        raise
+    if not gw.clients.configured:
+        return response
+    loading = gw.upstreams.get(model) is None and model not in gw.pool.models
+    waited = waited_since(arrived, loading, lambda: getattr(request.state, SENT_AT, None))
+    return Accounted(response, gw.clients, gw.metrics, client, model, waited, incoming.strip_usage)
+
+
+def client_of(request: Request, gw: Gateway) -> Client:
+    """The client the guard found the request to be from."""
+    return getattr(request.state, "client", None) or gw.clients.anonymous
+
+
+def admit_client(gw: Gateway, client: Client, model: str) -> None:
+    """Refused before it waits: a model the client may not use (403), a rate it has used up (429)."""
+    if not client.may_use(model):
+        refused, outcome = Refused(error(403, f"client '{client.name}' may not use model '{model}' (its `models` in "
+                                              f"clients: name what it may)", "permission_error", param="model",
+                                         code="model_not_allowed"), "client_model"), "forbidden"
+    elif (wait_s := client.limited_s()) > 0:
+        limits = f"{client.spec.requests_per_minute or '-'} requests, {client.spec.tokens_per_minute or '-'} tokens"
+        refused, outcome = Refused(error(429, f"client '{client.name}' is over its rate ({limits} a minute): try "
+                                              f"again in {wait_s:.1f} s", "rate_limit_error", code="rate_limited",
+                                         retry_after=wait_s), "client_rate"), "rate_limited"
+    else:
+        if client.requests is not None:
+            client.requests.take(1)
+        return
+    if gw.clients.configured:
+        accounting.record(gw.clients, gw.metrics, client, model, outcome)
+    raise refused
+
+
+async def _relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: Deadlines, model: str,
+                 client: Client) -> Response:
+    requested = incoming.requested
     renamed = gw.request_name(requested, model)
     raw = incoming.rename(renamed) if renamed else incoming.raw
     remote = gw.upstreams.get(model)
@@ -137,20 +202,20 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: De
         _admit_previous_response(gw, model, incoming.previous_response)
     if incoming.stored:
         request.state.answer_watch = gw.stored_responses.watcher
-    stream, priority = incoming.stream, incoming.priority
-    lease = gw.scheduler.try_acquire(model)
+    stream, priority, claimant = incoming.stream, client.priority(incoming.priority), client.claimant
+    lease = gw.scheduler.try_acquire(model, claimant)
     loading = remote is None and (model not in gw.pool.models or model in gw.scheduler.draining)
     if lease is None and stream and loading:
-        return _waiting_stream(gw, request, model, raw, priority, deadlines)
+        return _waiting_stream(gw, request, model, raw, priority, deadlines, claimant)
     if lease is None:
-        lease = await wait_for_slot(gw, request, model, priority, deadlines)
+        lease = await wait_for_slot(gw, request, model, priority, deadlines, claimant)
         if isinstance(lease, Response):
             return lease
-    return await _answer(gw, request, model, lease, raw, stream, priority, deadlines)
+    return await _answer(gw, request, model, lease, raw, stream, priority, deadlines, claimant)
 
 
 async def _answer(gw: Gateway, request: Request, model: str, lease: Lease, raw: bytes, stream: bool,
-                  priority: float, deadlines: Deadlines) -> Response:
+                  priority: float, deadlines: Deadlines, claimant: Claimant) -> Response:
     """Relay the request on its slot. Should its engine turn out to have died before the
     request reached it, the request waits for the restart as one that arrives during a
     switch does (a stream hears what it waits for), and is sent again, once."""
@@ -158,22 +223,22 @@ async def _answer(gw: Gateway, request: Request, model: str, lease: Lease, raw: 
         return await forward(gw, request, model, lease, raw, stream, deadlines)
     except EngineRestarting:
         if stream:
-            return _waiting_stream(gw, request, model, raw, priority, deadlines, rejoined=True)
-        queued = await wait_for_slot(gw, request, model, priority, deadlines)
+            return _waiting_stream(gw, request, model, raw, priority, deadlines, claimant, rejoined=True)
+        queued = await wait_for_slot(gw, request, model, priority, deadlines, claimant)
         if isinstance(queued, Response):
             return queued
         return await forward(gw, request, model, queued, raw, stream, deadlines, rejoined=True)
 
 
 def _waiting_stream(gw: Gateway, request: Request, model: str, raw: bytes, priority: float,
-                    deadlines: Deadlines, *, rejoined: bool = False) -> Response:
+                    deadlines: Deadlines, claimant: Claimant, *, rejoined: bool = False) -> Response:
     """A stream with a load (or a restart) ahead: answered now, saying what it waits for
     while it waits; or refused at once where its wait would fail at once. `rejoined`: it
     waits for a restart already."""
-    refused = _refusal(gw, model)
+    refused = _refusal(gw, model, claimant)
     if refused is not None:
         return refused
-    return WaitingStream(gw, request, model, lambda: _acquire(gw, model, priority, deadlines), raw, deadlines,
+    return WaitingStream(gw, request, model, lambda: _acquire(gw, model, priority, deadlines, claimant), raw, deadlines,
                          lambda: gw.waiting_for(model), gw.loading_comment_s, rejoined)
 
 
@@ -227,29 +292,30 @@ def admit_local(gw: Gateway, model: str) -> None:
         raise Refused(error(503, f"busy: {busy}", "server_busy", retry_after=5), "pressure")
 
 
-async def _acquire(gw: Gateway, model: str, priority: float, deadlines: Deadlines) -> Lease:
+async def _acquire(gw: Gateway, model: str, priority: float, deadlines: Deadlines, claimant: Claimant) -> Lease:
     """A slot on `model` (loading it if needed), within queue_timeout_s."""
     gw.metrics.queue_depth.set(gw.scheduler.depth + 1)
     try:
-        return await deadlines.within(gw.scheduler.acquire(model, priority), gw.bounds.queue_s,
+        return await deadlines.within(gw.scheduler.acquire(model, priority, claimant=claimant), gw.bounds.queue_s,
                                       f"no slot for '{model}' within queue_timeout_s")
     finally:
         gw.metrics.queue_depth.set(gw.scheduler.depth)
 
 
-async def wait_for_slot(gw: Gateway, request: Request, model: str, priority: float, deadlines: Deadlines) -> Lease | Response:
+async def wait_for_slot(gw: Gateway, request: Request, model: str, priority: float, deadlines: Deadlines,
+                        claimant: Claimant = ANYONE) -> Lease | Response:
     """Wait for a slot on `model` (loading it if needed), unless the client goes away."""
     try:
-        return await race_disconnect(request.receive, _acquire(gw, model, priority, deadlines),
+        return await race_disconnect(request.receive, _acquire(gw, model, priority, deadlines, claimant),
                                      discard=lambda lease: lease.release())
     except (QueueFull, SwitchFailed, ClientGone, Expired) as exc:
         return gw.queue_failure(model, exc)
 
 
-def _refusal(gw: Gateway, model: str) -> Response | None:
+def _refusal(gw: Gateway, model: str, claimant: Claimant) -> Response | None:
     """What a wait for `model` would fail with at once (a full queue, a backoff), as a response."""
     try:
-        gw.scheduler.check(model)
+        gw.scheduler.check(model, claimant)
     except (QueueFull, SwitchFailed) as exc:
         return gw.queue_failure(model, exc)
     return None
@@ -278,11 +344,11 @@ async def stored_response(request: Request, gw: Gateway) -> Response:
 
 @guarded
 async def models(request: Request, gw: Gateway) -> Response:
-    residents = gw.pool.models
+    residents, client = gw.pool.models, client_of(request, gw)
     data = [{"id": name, "object": "model", "created": int(gw.started_at), "owned_by": "animllm",
              "loaded": name in residents or name in gw.upstreams, "aliases": spec.aliases, "tasks": spec.tasks,
              "serves": gw.serves(name), "source": spec.source, "remote": spec.remote}
-            for name, spec in gw.loaded.config.models.items()]
+            for name, spec in gw.loaded.config.models.items() if client.may_use(name)]
     return JSONResponse({"object": "list", "data": data})
 
 

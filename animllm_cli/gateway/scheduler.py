@@ -13,7 +13,13 @@ a model that still has work, this is a polling system with switch-over times, an
 service. The model to evict keeps the card while it has work, so one switch pays for a
 batch; the time limit keeps a waiting model from being starved.
 
-- Within a model: priority (higher first), then arrival.
+- Within a model: priority (higher first); within a priority, the clients waiting for it
+  take its slots in turn, by weight (start-time fair queuing: each request is tagged with
+  its client's next turn, the later of the model's virtual time, the tag of the last request
+  granted, and the client's last tag, plus 1/weight), so one client's thousand requests do
+  not make another's one wait behind all of them; one client's own requests go by arrival.
+  A client's `concurrency` caps its requests running on all models at once, and its
+  `queue_share` the requests it may have waiting (gateway/clients.py).
 - A request for a resident model starts as soon as the model has a free slot, unless the
   model is to be evicted for the next switch and a request for another model is
   *overdue* (it has waited `max_wait_s`). Then only its requests that arrived before the
@@ -54,7 +60,24 @@ Policy = Literal["batch", "fifo"]
 
 
 class QueueFull(Exception):
-    pass
+    """The queue is full, or (`client`) the client's share of it."""
+
+    def __init__(self, client: str | None = None, limit: int | None = None) -> None:
+        super().__init__(client or "")
+        self.client, self.limit = client, limit
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """Who a request is for, as the scheduler sees it: a client's name, its weight against
+    the other clients waiting for a model, and its caps (None: none)."""
+    name: str = ""
+    weight: float = 1.0
+    concurrency: int | None = None
+    queue_limit: int | None = None
+
+
+ANYONE = Claimant()
 
 
 class SwitchFailed(Exception):
@@ -67,20 +90,25 @@ class SwitchFailed(Exception):
 
 @dataclass(order=True)
 class Ticket:
-    sort_key: tuple[float, int]
+    sort_key: tuple[float, float, int]   # -priority, the client's fair turn, arrival
     model: str = field(compare=False)
     granted: asyncio.Future = field(compare=False, repr=False)
     arrived: float = field(compare=False, default=0.0)
     urgent: bool = field(compare=False, default=False)   # `animllm switch`: overdue at once, and nothing more starts
     batched: bool = field(compare=False, default=False)  # waiting when its model became loaded
+    claimant: Claimant = field(compare=False, default=ANYONE)
 
     @property
     def priority(self) -> float:
         return -self.sort_key[0]
 
     @property
-    def seq(self) -> int:
+    def tag(self) -> float:
         return self.sort_key[1]
+
+    @property
+    def seq(self) -> int:
+        return self.sort_key[2]
 
 
 @dataclass(frozen=True)
@@ -114,6 +142,7 @@ class Decision:
 class Lease:
     model: str
     _scheduler: "Scheduler"
+    client: str = ""
     _released: bool = False
 
     def release(self) -> None:
@@ -150,6 +179,9 @@ class Scheduler:
         self._seq = itertools.count()
         self.waiting: list[Ticket] = []
         self.running: dict[str, int] = defaultdict(int)   # model -> requests in flight
+        self.client_running: dict[str, int] = defaultdict(int)  # client -> requests in flight, all models
+        self._virtual: dict[str, float] = defaultdict(float)    # model -> the fair tag last granted
+        self._last_tag: dict[tuple[str, str], float] = {}       # (model, client) -> its newest tag
         self.last_used: dict[str, float] = {}             # model -> when a request last started or ended
         self.operation: Decision | None = None            # the switch (or unload) in progress
         self.backoff_until: dict[str, tuple[float, str]] = {}
@@ -172,14 +204,16 @@ class Scheduler:
     def in_flight(self) -> int:
         return sum(self.running.values())
 
-    async def acquire(self, model: str, priority: float = 0, *, urgent: bool = False) -> Lease:
+    async def acquire(self, model: str, priority: float = 0, *, urgent: bool = False,
+                      claimant: Claimant = ANYONE) -> Lease:
         """Wait for a slot on `model`, loading it first if needed. `urgent` (an explicit
         switch): nothing more starts on the models it evicts, the switch waits only for
         what runs. Cancelling the caller (a client that went away) takes it out of the queue."""
-        self.check(model)
+        self.check(model, claimant)
         self._keep(model)
-        ticket = Ticket((-priority, next(self._seq)), model, asyncio.get_running_loop().create_future(),
-                        arrived=self._clock(), urgent=urgent)
+        ticket = Ticket((-priority, self._fair_tag(model, claimant), next(self._seq)), model,
+                        asyncio.get_running_loop().create_future(), arrived=self._clock(), urgent=urgent,
+                        claimant=claimant)
         try:
             self.waiting.append(ticket)
             self._pump()
@@ -188,29 +222,52 @@ class Scheduler:
             if ticket in self.waiting:
                 self.waiting.remove(ticket)
             elif ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.exception() is None:
-                self._release(Lease(model, self))  # granted just as the caller went away: give the slot back
+                self._release(Lease(model, self, claimant.name))  # granted just as the caller went away
             self._pump()
             raise
-        return Lease(model, self)
+        return Lease(model, self, claimant.name)
 
-    def check(self, model: str) -> None:
-        """Raise what a wait for `model` would fail with at once: its backoff, a full queue."""
+    def check(self, model: str, claimant: Claimant = ANYONE) -> None:
+        """Raise what a wait for `model` would fail with at once: its backoff, a full queue,
+        the client's full share of it."""
         blocked = self.backoff_until.get(model)
         if blocked and blocked[0] > self._clock():
             raise SwitchFailed(model, blocked[1], blocked[0] - self._clock())
         if len(self.waiting) >= self.queue_max:
             raise QueueFull()
+        limit = claimant.queue_limit
+        if limit is not None and sum(1 for t in self.waiting if t.claimant.name == claimant.name) >= limit:
+            raise QueueFull(claimant.name, limit)
 
-    def try_acquire(self, model: str) -> Lease | None:
+    def try_acquire(self, model: str, claimant: Claimant = ANYONE) -> Lease | None:
         """The fast path: the model is resident, a slot is free and nobody waits. No await."""
         self._keep(model)
         # A remote model waits only behind its own requests: nothing else can hold it up.
         ahead = any(t.model == model for t in self.waiting) if model in self.remote else self.waiting
         if (not ahead and model not in self._unloads and model not in self._evicting()
-                and self._serves(model) and self.running[model] < self._limit(model)):
-            self._start(model)
-            return Lease(model, self)
+                and self._serves(model) and self.running[model] < self._limit(model)
+                and self._under_cap(claimant)):
+            self._start(model, claimant.name)
+            return Lease(model, self, claimant.name)
         return None
+
+    def _fair_tag(self, model: str, claimant: Claimant) -> float:
+        """The client's next turn on `model` (start-time fair queuing)."""
+        key = (model, claimant.name)
+        tag = max(self._virtual[model], self._last_tag.get(key, 0.0)) + 1.0 / claimant.weight
+        self._last_tag[key] = tag
+        return tag
+
+    def _under_cap(self, claimant: Claimant) -> bool:
+        return claimant.concurrency is None or self.client_running[claimant.name] < claimant.concurrency
+
+    def clients(self) -> dict[str, tuple[int, int]]:
+        """Per client: requests waiting, requests running (those with either)."""
+        waiting: dict[str, int] = defaultdict(int)
+        for ticket in self.waiting:
+            waiting[ticket.claimant.name] += 1
+        names = set(waiting) | {c for c, n in self.client_running.items() if n}
+        return {name: (waiting[name], self.client_running[name]) for name in sorted(names)}
 
     async def unload(self, model: str, reason: SwitchReason = "unload") -> None:
         """Evict `model` once what runs on it has finished; nothing new starts on it
@@ -297,12 +354,14 @@ class Scheduler:
         """Requests for `model` start without a switch: it is resident, or served elsewhere."""
         return model in self.remote or model in self._residents()
 
-    def _start(self, model: str) -> None:
+    def _start(self, model: str, client: str = "") -> None:
         self.running[model] += 1
+        self.client_running[client] += 1
         self.last_used[model] = self._clock()
 
     def _release(self, lease: Lease) -> None:
         self.running[lease.model] -= 1
+        self.client_running[lease.client] -= 1
         self.last_used[lease.model] = self._clock()
         self._pump()
 
@@ -326,7 +385,7 @@ class Scheduler:
         for ticket in list(self.waiting):
             model = ticket.model
             if (model not in residents and model not in self.remote) or model in gone \
-                    or self.running[model] >= self._limit(model):
+                    or self.running[model] >= self._limit(model) or not self._under_cap(ticket.claimant):
                 continue
             if model in evicting and (explicit or (gate is not None and ticket.seq > gate and not ticket.batched)):
                 continue  # to be evicted, and this one arrived after a request that has waited long enough
@@ -416,7 +475,8 @@ class Scheduler:
     def _grant(self, ticket: Ticket) -> None:
         self.waiting.remove(ticket)
         if not ticket.granted.done():
-            self._start(ticket.model)
+            self._start(ticket.model, ticket.claimant.name)
+            self._virtual[ticket.model] = max(self._virtual[ticket.model], ticket.tag)
             ticket.granted.set_result(None)
 
     def _fail(self, model: str, reason: str, *, backoff: bool) -> None:

@@ -15,7 +15,7 @@ import time
 from animllm_cli.gateway.app import Gateway
 from animllm_cli.gateway.resident import Resident, ResidentState
 from animllm_cli.gpu import nvml
-from animllm_cli.wire import (EngineState, EngineStatus, GatewayProcess, GpuMemory, ModelQueue, RemoteStatus,
+from animllm_cli.wire import (ClientQueue, EngineState, EngineStatus, GatewayProcess, GpuMemory, ModelQueue, RemoteStatus,
                               StatusReport, VramStatus)
 
 RECENT_SWITCHES = 10                  # /admin/status's recent_switches (the pool keeps more)
@@ -83,6 +83,8 @@ def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
         engine=newest_engine(gw, engines), engines=engines, queue_depth=gw.scheduler.depth,
         in_flight=gw.scheduler.in_flight,
         queues=gw.scheduler.queues(),
+        clients={name: ClientQueue(waiting=waiting, running=running)
+                 for name, (waiting, running) in gw.scheduler.clients().items() if name and gw.clients.configured},
         backoff={m: round(until - now, 1) for m, (until, _) in gw.scheduler.backoff_until.items() if until > now},
         busy=gw.verdict.summary, sleep_mode=gw.pool.sleep_status(), remotes=remote_statuses(gw),
         recent_switches=gw.pool.switches[-RECENT_SWITCHES:],

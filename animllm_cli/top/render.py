@@ -85,6 +85,9 @@ def _gateway_lines(shot: Snapshot) -> list[Any]:
     waiting = "".join(f"  {model} {queue.waiting} (oldest {queue.oldest_wait_s:.0f}s)"
                       for model, queue in sorted(shot.queues.items()))
     lines = [_line(f"queue {shot.queue_depth}  in flight {shot.in_flight}" + (f"  waiting:{waiting}" if waiting else ""))]
+    clients = "  ".join(f"{name}: {queue.summary()}" for name, queue in sorted(shot.clients.items()))
+    if clients:
+        lines.append(_line(f"clients  {clients}"))
     if shot.busy:
         lines.append(_line(f"refusing requests: {shot.busy}", style="red"))
     return lines

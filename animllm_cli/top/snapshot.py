@@ -135,6 +135,7 @@ class Snapshot:
     queue_depth: int = 0
     in_flight: int = 0
     queues: dict[str, Any] = field(default_factory=dict)      # model -> ModelQueue
+    clients: dict[str, Any] = field(default_factory=dict)     # client -> ClientQueue
     busy: str | None = None
     recent_switches: list[Any] = field(default_factory=list)  # SwitchReport, oldest first
 
@@ -146,6 +147,7 @@ class Snapshot:
                 "engines": [asdict(e) for e in self.engines], "remotes": [r.to_json() for r in self.remotes],
                 "queue_depth": self.queue_depth, "in_flight": self.in_flight,
                 "queues": {m: q.to_json() for m, q in self.queues.items()}, "busy": self.busy,
+                "clients": {c: q.to_json() for c, q in self.clients.items()},
                 "recent_switches": [s.to_json() for s in self.recent_switches]}
 
 
@@ -161,7 +163,7 @@ def snapshot(current: Scrape, previous: Scrape | None = None) -> Snapshot:
     before = previous.metrics if previous is not None and previous.status is not None else {}
     shot.engines = [_engine_row(engine, current.metrics.get(engine.model or ""), before.get(engine.model or ""),
                                 seconds) for engine in status.engines] + _downloading(status)
-    shot.remotes, shot.queues, shot.busy = status.remotes, status.queues, status.busy
+    shot.remotes, shot.queues, shot.busy, shot.clients = status.remotes, status.queues, status.busy, status.clients
     shot.queue_depth, shot.in_flight = status.queue_depth, status.in_flight
     shot.recent_switches = status.recent_switches
     return shot

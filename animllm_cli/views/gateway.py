@@ -41,6 +41,7 @@ def _load_rows(report) -> list[list[str]]:
             ["queue / in flight", f"{report.queue_depth} / {report.in_flight}"]]
     rows += [["waiting for", f"{model}: {queue.waiting} (oldest {queue.oldest_wait_s:.0f}s)"]
              for model, queue in sorted(report.queues.items())]
+    rows += [["client", f"{name}: {queue.summary()}"] for name, queue in sorted(report.clients.items())]
     return rows + ([["engine died", engine.death_reason]] if engine.death_reason else [])
 
 

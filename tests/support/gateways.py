@@ -140,6 +140,8 @@ class RunningGateway:
         scheduler = self.gateway.scheduler
         holder = asyncio.run_coroutine_threadsafe(scheduler.acquire(busy), self.loop).result(timeout=10)
         waiter = asyncio.run_coroutine_threadsafe(scheduler.acquire(waiting), self.loop)
+        # Queued on the gateway's loop, not yet when this returns: wait for it to be in the queue.
+        wait_until(lambda: any(t.model == waiting for t in scheduler.waiting), 10, f"a request for {waiting} to queue")
         try:
             yield
         finally:

@@ -26,7 +26,8 @@ from animllm_cli.gateway.ollama.pulls import pull_progress
 from animllm_cli.gateway.ollama.requests import (BadRequest, EngineCall, chat_call, embed_call, generate_call,
                                                  is_empty, keep_alive_s)
 from animllm_cli.gateway.relay import SENT_AT
-from animllm_cli.gateway.routes_clients import Incoming, admit_local, relay, request_priority, wait_for_slot
+from animllm_cli.gateway.routes_clients import (Incoming, admit_client, admit_local, client_of, relay,
+                                                request_priority, wait_for_slot)
 
 OLLAMA_VERSION = "0.33.0"  # the release of Ollama's API these routes follow (docs/api.md, api/types.go)
 # What Ollama's clients send: JSON, though curl's `-d` labels it a form (a page's form is
@@ -54,6 +55,8 @@ async def _read(request: Request, gw: Gateway) -> tuple[dict[str, Any], str, str
     if model is None:
         raise Refused(error(404, f"model '{requested}' not found; animllm serves the models its config names: "
                                  f"{', '.join(gw.catalogue.available())}", code="model_not_found"), "unknown_model")
+    if not client_of(request, gw).may_use(model):
+        admit_client(gw, client_of(request, gw), model)  # refused, and so recorded
     return payload, requested, model
 
 
@@ -117,8 +120,9 @@ async def _load_or_unload(request: Request, gw: Gateway, payload: dict[str, Any]
     else:
         if local and (model not in gw.pool.models or model in gw.scheduler.draining):
             admit_local(gw, model)  # a load a client asks for is a switch on demand
-            priority, _ = request_priority(request, payload)
-            lease = await wait_for_slot(gw, request, model, priority, deadlines)
+            asked, _ = request_priority(request, payload)
+            client = client_of(request, gw)
+            lease = await wait_for_slot(gw, request, model, client.priority(asked), deadlines, client.claimant)
             if isinstance(lease, Response):
                 return lease
             lease.release()
@@ -185,8 +189,9 @@ async def version(request: Request, gw: Gateway) -> Response:
 
 
 async def tags(request: Request, gw: Gateway) -> Response:
+    client = client_of(request, gw)
     return JSONResponse({"models": [describe(gw.loaded, name, gw.started_at).listing()
-                                    for name in gw.loaded.config.models]})
+                                    for name in gw.loaded.config.models if client.may_use(name)]})
 
 
 async def show(request: Request, gw: Gateway) -> Response:
