@@ -6,6 +6,8 @@ gateway reads the file again when it changes, so a revoked key is refused at onc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -13,6 +15,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 from animllm_cli.errors import UsageError
 from animllm_cli.paths import open_private, state_dir
@@ -57,13 +60,24 @@ class KeyStore:
         """A new key for `client`: its record, and the key itself (shown once, kept nowhere)."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(secrets.token_hex(4), client, digest(key), time.time())
-        with open_private(self.path, "a") as out:
+        with self._locked(), open_private(self.path, "a") as out:
             out.write(json.dumps(asdict(record)) + "\n")
         return record, key
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (a revoke rewrites the file: a key made meanwhile would be lost)."""
+        with open_private(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def revoke(self, wanted: str) -> list[KeyRecord]:
         """Revoke the key with id `wanted`, or every key of the client `wanted`. Returns
         what it revoked; a UsageError when nothing matches."""
+        with self._locked():
+            return self._revoke(wanted)
+
+    def _revoke(self, wanted: str) -> list[KeyRecord]:
         records = self.records()
         hit = [r for r in records if r.revoked is None and wanted in (r.id, r.client)]
         if not hit:

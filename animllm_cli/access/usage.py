@@ -18,7 +18,8 @@ from animllm_cli.paths import private_file, state_dir
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS usage (
     at REAL NOT NULL, client TEXT NOT NULL, model TEXT NOT NULL, outcome TEXT NOT NULL,
-    tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, waited_s REAL NOT NULL)"""
+    tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, waited_s REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS usage_at ON usage (at)"""
 
 
 def usage_file() -> Path:
@@ -43,7 +44,7 @@ class UsageLog:
     def _connect(self) -> sqlite3.Connection:
         private_file(self.path)  # 0600 before SQLite opens it (its journal takes the same mode)
         connection = sqlite3.connect(self.path, timeout=10)
-        connection.execute(SCHEMA)
+        connection.executescript(SCHEMA)
         return connection
 
     def append(self, rows: list[UsageRow]) -> None:

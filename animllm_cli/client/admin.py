@@ -67,8 +67,8 @@ class AdminClient:
         except httpx.HTTPError as exc:
             raise GatewayUnreachable(self.state, str(exc)) from None
         if response.status_code >= 400:
-            hint = (f"this gateway needs its API key: export {self.key_env}=<the key it was started with> "
-                    "in this shell" if response.status_code == 401 else None)
+            hint = (f"this gateway needs its API key: export {self.key_env}=<the key it was started with, or "
+                    f"an admin client's> in this shell" if response.status_code == 401 else None)
             raise GatewayRefused(response.status_code, server_message(response), hint)
         return response
 

@@ -105,6 +105,9 @@ def check_references(loaded: LoadedConfig) -> None:
             problems.append(_problem(tree, ("models", name, "gpus"), f"names {len(spec.gpus)} GPU(s) but "
                                                                     f"tensor_parallel_size is {tp}; make them agree"))
     for client, spec in config.clients.items():
+        if client in ("server", "anonymous"):
+            problems.append(_problem(tree, ("clients", client), f"'{client}' is the name of the gateway's own "
+                                     f"{'key' if client == 'server' else 'keyless requests'}: name the client otherwise"))
         for index, wanted in enumerate(spec.models):
             if wanted.lower() not in claimed and not any(wanted in m.tasks for m in config.models.values()):
                 problems.append(_problem(tree, ("clients", client, "models"),

@@ -48,11 +48,19 @@ class Tally:
         self.tokens_out = int(given_out) if isinstance(given_out, (int, float)) else self.tokens_out
 
 
+def _data_of(event: bytes) -> bytes | None:
+    """An event's data line (after its `event:` line, if it has one)."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            return line[5:].strip()
+    return None
+
+
 def _without_usage_chunk(body: bytes, tally: Tally) -> bytes:
     """The events of `body` with the usage-only chunk (no choices) read and taken out."""
     kept = []
     for event in body.split(b"\n\n"):
-        data = event[6:] if event.startswith(b"data: ") else None
+        data = _data_of(event)
         if data and USAGE_MARK in data:
             try:
                 payload = json.loads(data)
@@ -61,7 +69,7 @@ def _without_usage_chunk(body: bytes, tally: Tally) -> bytes:
             usage = usage_in(payload)
             if usage is not None:
                 tally.read(usage)
-                if not payload.get("choices"):
+                if "choices" in payload and not payload["choices"]:  # OpenAI's usage chunk, asked for the record
                     continue
         kept.append(event)
     return b"\n\n".join(kept)
@@ -115,12 +123,28 @@ def _read_usage(body: bytes, tally: Tally) -> bytes:
 
 
 def _read_usage_of_body(body: bytes, tally: Tally) -> None:
+    """The usage of a whole answer: its last `"usage": {...}` object, parsed alone (an
+    answer may be megabytes of embeddings; vLLM writes its usage last)."""
+    at = body.rfind(USAGE_MARK)
+    start = body.find(b"{", at) if at >= 0 else -1
+    if start < 0:
+        return
     try:
-        usage = usage_in(json.loads(body))
+        usage, _ = json.JSONDecoder().raw_decode(body[start:].decode(errors="replace"))
     except ValueError:
         return
-    if usage is not None:
+    if isinstance(usage, dict):
         tally.read(usage)
+
+
+def record_answer(clients: Clients, metrics: GatewayMetrics, client: Client, model: str, response: Response,
+                  waited_s: float) -> None:
+    """A whole answer (or an error) of `client`: its outcome and the usage its body reports."""
+    tally = Tally()
+    if response.status_code == 200:
+        _read_usage_of_body(bytes(response.body), tally)
+    outcome = "ok" if response.status_code == 200 else f"http_{response.status_code}"
+    record(clients, metrics, client, model, outcome, tally.tokens_in, tally.tokens_out, waited_s)
 
 
 def record(clients: Clients, metrics: GatewayMetrics, client: Client, model: str, outcome: str, tokens_in: int = 0,

@@ -330,9 +330,12 @@ def guarded(handler: Handler, media: tuple[str, ...] = guard.JSON_ONLY) -> Calla
         gw: Gateway = request.app.state.gateway
         try:
             client = request.state.client = guard.check(request, gw.clients, media)
-            if request.url.path.startswith("/admin/") and not client.admin:
-                raise Refused(error(403, f"client '{client.name}' may not call the admin routes (admin: true "
-                                         f"in its clients: entry gives it them)", "permission_error"), "admin")
+            admin_only = request.url.path.startswith("/admin/") or \
+                (request.url.path == "/metrics" and gw.clients.configured)  # every client's usage is there
+            if admin_only and not client.admin:
+                raise Refused(error(403, f"client '{client.name}' may not call {request.url.path} (the admin routes "
+                                         f"and /metrics: admin: true in its clients: entry gives it them)",
+                                    "permission_error"), "admin")
             response = await handler(request, gw)
         except Refused as refused:
             gw.metrics.rejections.labels(refused.label).inc()

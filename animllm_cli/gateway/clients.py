@@ -44,7 +44,8 @@ class Bucket:
     """A token bucket refilled at `per_minute`, holding at most a minute's worth."""
 
     def __init__(self, per_minute: float, clock: Callable[[], float]) -> None:
-        self.rate_s, self.capacity, self.clock = per_minute / 60.0, float(per_minute), clock
+        # A minute's worth, and never less than one: a rate below one a minute still lets one through.
+        self.rate_s, self.capacity, self.clock = per_minute / 60.0, max(1.0, float(per_minute)), clock
         self.level, self.at = self.capacity, clock()
 
     def _refill(self) -> None:
@@ -158,6 +159,8 @@ class Clients:
 
     def _stored_keys(self) -> dict[str, Client]:
         """The keys `animllm keys create` made, read again when their file changed."""
+        if not self.by_name:  # no clients: keys made for them would name none
+            return {}
         try:
             info = self.store.path.stat()
             stamp = (info.st_mtime, info.st_size)
@@ -165,7 +168,11 @@ class Clients:
             stamp = None
         if stamp != self._stored_stamp:
             self._stored_stamp = stamp
-            live = self.store.live() if stamp else {}
+            try:
+                live = self.store.live() if stamp else {}
+            except (OSError, ValueError, TypeError):  # unreadable: the keys known before stay
+                log.warning("could not read the clients' keys in %s; keeping the ones read before", self.store.path)
+                return self._stored
             self._stored = {digest: self.by_name[name] for digest, name in live.items() if name in self.by_name}
         return self._stored
 

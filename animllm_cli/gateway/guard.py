@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from animllm_cli.gateway.dialects import GatewayError
 def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
           code: str | None = None, retry_after: float | None = None) -> GatewayError:
     """OpenAI's error envelope (the route reshapes it for another API: gateway/dialects.py)."""
-    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
     return GatewayError(status, message, kind, param, code, headers)
 
 

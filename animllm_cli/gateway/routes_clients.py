@@ -150,6 +150,7 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: De
         raise gw.not_found(requested)
     client = client_of(request, gw)
     admit_client(gw, client, model)
+    loading = gw.upstreams.get(model) is None and model not in gw.pool.models  # at arrival: a switch ahead
     try:
         response = await _relay(request, gw, incoming, deadlines, model, client)
     except Refused as refused:  # turned away before it waited: in its client's record too
@@ -158,8 +159,10 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: De
         raise
     if not gw.clients.configured:
         return response
-    loading = gw.upstreams.get(model) is None and model not in gw.pool.models
     waited = waited_since(arrived, loading, lambda: getattr(request.state, SENT_AT, None))
+    if isinstance(getattr(response, "body", None), bytes):  # a whole answer (or an error): counted now, passed as it is
+        accounting.record_answer(gw.clients, gw.metrics, client, model, response, waited())
+        return response
     return Accounted(response, gw.clients, gw.metrics, client, model, waited, incoming.strip_usage)
 
 

@@ -219,10 +219,13 @@ class Scheduler:
             self._pump()
             await ticket.granted
         except BaseException:
+            granted = ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.exception() is None
             if ticket in self.waiting:
                 self.waiting.remove(ticket)
-            elif ticket.granted.done() and not ticket.granted.cancelled() and ticket.granted.exception() is None:
+            if granted:
                 self._release(Lease(model, self, claimant.name))  # granted just as the caller went away
+            else:  # (a pump may have dropped it from the queue already, its future cancelled)
+                self._untag(ticket)
             self._pump()
             raise
         return Lease(model, self, claimant.name)
@@ -257,6 +260,13 @@ class Scheduler:
         tag = max(self._virtual[model], self._last_tag.get(key, 0.0)) + 1.0 / claimant.weight
         self._last_tag[key] = tag
         return tag
+
+    def _untag(self, ticket: Ticket) -> None:
+        """A request that leaves without a slot (gone, timed out, failed) gives its turn back:
+        its client's next turn follows the ones it still has waiting."""
+        key = (ticket.model, ticket.claimant.name)
+        left = [t.tag for t in self.waiting if t.model == ticket.model and t.claimant.name == key[1]]
+        self._last_tag[key] = max(left, default=self._virtual[ticket.model])
 
     def _under_cap(self, claimant: Claimant) -> bool:
         return claimant.concurrency is None or self.client_running[claimant.name] < claimant.concurrency
@@ -485,6 +495,7 @@ class Scheduler:
             self.backoff_until[model] = (self._clock() + self.backoff_s, reason)
         for ticket in [t for t in self.waiting if t.model == model]:
             self.waiting.remove(ticket)
+            self._untag(ticket)
             if not ticket.granted.done():
                 ticket.granted.set_exception(SwitchFailed(model, reason, self.backoff_s if backoff else 0))
 

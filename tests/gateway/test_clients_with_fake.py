@@ -33,6 +33,7 @@ CLIENTS = {"batch": {"api_key_env": "BATCH_KEY", "models": ["v", "a"], "priority
            "artist": {"api_key_env": "ARTIST_KEY", "models": ["chat"], "priority": 10, "tokens_per_minute": 30},
            "ops": {"admin": True}}
 HI = [{"role": "user", "content": "hi"}]
+SERVER_KEY = "server-" + "k" * 40
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ def test_a_revoked_key_is_refused_at_once_and_admins_reach_the_admin_routes(tmp_
 def test_usage_is_counted_exactly_and_nothing_of_a_key_is_kept(tmp_path: Path, gateways, keyed,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    gw = gateways(config(tmp_path))
+    gw = gateways(config(tmp_path), key=SERVER_KEY)  # the server's key: an admin, for /metrics
     artist = sdk(gw, KEYS["ARTIST_KEY"])
     artist.chat.completions.create(model="a", messages=HI, max_tokens=4)                   # 3 in, 4 out
     chunks = list(artist.chat.completions.create(model="a", messages=HI, max_tokens=5, stream=True))
@@ -149,7 +150,7 @@ def test_usage_is_counted_exactly_and_nothing_of_a_key_is_kept(tmp_path: Path, g
     sdk(gw, KEYS["BATCH_KEY"]).completions.create(model="a", prompt="x", max_tokens=3)
     with pytest.raises(openai.PermissionDeniedError):
         sdk(gw, KEYS["BATCH_KEY"]).chat.completions.create(model="b", messages=HI)
-    metrics = httpx.get(f"{gw.url}/metrics", headers={"authorization": f"Bearer {KEYS['ARTIST_KEY']}"}).text
+    metrics = httpx.get(f"{gw.url}/metrics", headers={"authorization": f"Bearer {SERVER_KEY}"}).text
     assert 'animllm_client_tokens_total{client="artist",direction="out",model="a"} 11.0' in metrics
     assert 'animllm_client_tokens_total{client="artist",direction="in",model="a"} 9.0' in metrics
     assert 'animllm_client_requests_total{client="batch",model="b",outcome="forbidden"} 1.0' in metrics
@@ -164,7 +165,7 @@ def test_usage_is_counted_exactly_and_nothing_of_a_key_is_kept(tmp_path: Path, g
     kept = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
     kept.append("\n".join(r.getMessage() for r in caplog.records).encode())
     kept.append(metrics.encode())
-    for key in KEYS.values():
+    for key in (*KEYS.values(), SERVER_KEY):
         assert not any(key.encode() in blob for blob in kept), "a key was written down"
 
 
@@ -202,3 +203,27 @@ def test_the_clients_keys_never_reach_an_engine(tmp_path: Path, keyed) -> None:
     command = build_engine_command(loaded, loaded.model("a"), vllm_version="0.10.1")
     assert not {"ARTIST_KEY", "BATCH_KEY"} & set(command.full_env())
     assert "HF_HUB_OFFLINE" in command.full_env()  # the rest of its environment is there
+
+
+def test_every_api_is_counted_and_keeps_its_error_shape(tmp_path: Path, gateways, keyed) -> None:
+    """The Messages and Responses APIs streamed (their usage in events after an `event:` line),
+    Ollama's embeddings, and an error the relay answers (not raises) in Anthropic's shape."""
+    gw = gateways(config(tmp_path, chunk_delay=0.3, limits={"request_timeout_s": 1}))
+    artist, batch = KEYS["ARTIST_KEY"], KEYS["BATCH_KEY"]
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=artist, max_retries=0, timeout=30)
+    with claude.messages.stream(model="a", max_tokens=2, messages=HI) as stream:
+        assert "".join(stream.text_stream).split() == ["t0", "t1"]
+    events = list(sdk(gw, artist).responses.create(model="a", input="hi", max_output_tokens=2, stream=True))
+    assert events[-1].type == "response.completed"
+    vectors = ollama.Client(host=gw.url, headers={"authorization": f"Bearer {batch}"}).embed(model="a", input=["x"])
+    assert vectors.embeddings == [[0.0, 1.0]]
+    with pytest.raises(anthropic.InternalServerError) as late:  # 10 tokens at 0.3 s: past request_timeout_s
+        claude.messages.create(model="a", max_tokens=10, messages=HI)
+    assert late.value.status_code == 504 and late.value.body["error"]["type"] == "timeout_error"
+    metrics = httpx.get(f"{gw.url}/metrics", headers={"authorization": f"Bearer {artist}"})
+    assert metrics.status_code == 403  # every client's usage is there: admins only
+    gw.stop()
+    rows = {(r["client"], r["model"]): r for r in json.loads(run_cli("usage", "--json").stdout)["usage"]}
+    assert (rows["artist", "a"]["tokens_in"], rows["artist", "a"]["tokens_out"]) == (6, 4)
+    assert (rows["artist", "a"]["requests"], rows["artist", "a"]["errors"]) == (3, 1)
+    assert (rows["batch", "a"]["requests"], rows["batch", "a"]["tokens_in"]) == (1, 2)

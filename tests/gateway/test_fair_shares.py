@@ -98,3 +98,21 @@ def test_a_clients_concurrency_cap_and_queue_share_hold() -> None:
         await settle()
         assert sum(t.done() for t in tasks) == 3 and scheduler.client_running["capped"] == 2
     run(scenario())
+
+
+def test_a_client_whose_requests_went_away_gets_its_turn_back() -> None:
+    async def scenario() -> list[str]:
+        scheduler, switcher = make(limit=1, queue_max=1000)
+        first = (await loaded(scheduler, switcher)).result()
+        gone = [asyncio.create_task(scheduler.acquire("a", claimant=A)) for _ in range(50)]
+        await settle()
+        for task in gone:  # A's clients hung up
+            task.cancel()
+        tasks = [("B", asyncio.create_task(scheduler.acquire("a", claimant=B))) for _ in range(10)]
+        await settle()
+        tasks.append(("A", asyncio.create_task(scheduler.acquire("a", claimant=A))))
+        await settle()
+        first.release()
+        return await serve_in_order(scheduler, tasks)
+
+    assert run(scenario()).index("A") <= 1  # not behind B's ten for the fifty it no longer has waiting

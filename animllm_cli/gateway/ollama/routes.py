@@ -36,6 +36,13 @@ API_MEDIA = ("application/json", "application/x-www-form-urlencoded", "text/plai
 FOREVER_YEARS = 290  # Ollama's expires_at for a model kept forever: now plus Go's longest duration
 
 
+def _keep_alive(request: Request, gw: Gateway, payload: dict[str, Any]) -> float | None:
+    """The request's keep_alive in seconds (None: not given). Where clients are configured,
+    only an admin's counts: it keeps a model loaded for, or unloads it from, every client."""
+    keep = keep_alive_s(payload.get("keep_alive"))
+    return keep if not gw.clients.configured or client_of(request, gw).admin else None
+
+
 def _bad(message: str, status: int = 400) -> Refused:
     return Refused(error(status, message), "ollama_request")
 
@@ -88,7 +95,7 @@ async def _generation(request: Request, gw: Gateway, kind: str) -> Response:
     payload, requested, model = await _read(request, gw)
     described = describe(gw.loaded, model, gw.started_at)
     try:
-        keep = keep_alive_s(payload.get("keep_alive"))
+        keep = _keep_alive(request, gw, payload)
         if is_empty(payload, kind):
             return await _load_or_unload(request, gw, payload, requested, model, kind, keep, deadlines)
         if "embedding" in described.capability_names():
@@ -148,7 +155,7 @@ async def _embeddings(request: Request, gw: Gateway, kind: str) -> Response:
     deadlines = Deadlines.from_arrival(gw.bounds)
     payload, requested, model = await _read(request, gw)
     try:
-        keep = keep_alive_s(payload.get("keep_alive"))
+        keep = _keep_alive(request, gw, payload)
         if is_empty(payload, kind):
             loaded = await _load_or_unload(request, gw, payload, requested, model, "generate", keep, deadlines)
             if loaded.status_code != 200:
