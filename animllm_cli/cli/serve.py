@@ -164,10 +164,16 @@ def _foreground(out, loaded, name: str, host: str, port: int, key: str | None, p
 
 
 def _remote_key_problems(loaded) -> list[str]:
-    """Remote models whose key variable is not set: each of their requests will fail."""
+    """Remote models whose key variable is not set: each of their requests will fail; and
+    clients with no key at all (their variable unset, none made by `animllm keys create`)."""
+    from animllm_cli.access.keys import KeyStore
     from animllm_cli.client.upstream import MissingKey, upstream_key
 
-    problems = []
+    made = {record.client for record in KeyStore().records() if record.revoked is None} \
+        if loaded.config.clients else set()
+    problems = [f"client '{name}' has no key: {'set ' + spec.api_key_env + ' or ' if spec.api_key_env else ''}"
+                f"run `animllm keys create {name}`" for name, spec in loaded.config.clients.items()
+                if name not in made and not (spec.api_key_env and os.environ.get(spec.api_key_env))]
     for model in loaded.remote_model_names():
         try:
             upstream_key(loaded.config.models[model].upstream)

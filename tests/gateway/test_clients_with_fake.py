@@ -227,3 +227,16 @@ def test_every_api_is_counted_and_keeps_its_error_shape(tmp_path: Path, gateways
     assert (rows["artist", "a"]["tokens_in"], rows["artist", "a"]["tokens_out"]) == (6, 4)
     assert (rows["artist", "a"]["requests"], rows["artist", "a"]["errors"]) == (3, 1)
     assert (rows["batch", "a"]["requests"], rows["batch", "a"]["tokens_in"]) == (1, 2)
+
+
+def test_serve_warns_of_a_client_with_no_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from animllm_cli.cli.serve import _remote_key_problems
+
+    monkeypatch.setenv("ARTIST_KEY", KEYS["ARTIST_KEY"])
+    monkeypatch.delenv("BATCH_KEY", raising=False)
+    loaded = load_config(config(tmp_path))
+    assert _remote_key_problems(loaded) == ["client 'batch' has no key: set BATCH_KEY or run `animllm keys create "
+                                            "batch`", "client 'ops' has no key: run `animllm keys create ops`"]
+    KeyStore().create("ops")
+    assert _remote_key_problems(loaded) == ["client 'batch' has no key: set BATCH_KEY or run `animllm keys create "
+                                            "batch`"]
