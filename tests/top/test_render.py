@@ -8,7 +8,7 @@ import time
 import pytest
 from rich.console import Console
 
-from animllm_cli.wire import EngineDeath, ModelQueue, RemoteStatus, SwitchReport, UpstreamStatus
+from animllm_cli.wire import ClientQueue, EngineDeath, ModelQueue, RemoteStatus, SwitchReport, UpstreamStatus
 from animllm_cli.top.render import render
 from animllm_cli.top.snapshot import EngineRow, GatewayInfo, GpuRow, Snapshot
 
@@ -93,3 +93,11 @@ def test_a_restart_says_how_the_engine_it_replaced_died() -> None:
     shot.recent_switches = [SwitchReport(from_model=None, to_model="a", outcome="ok", total_s=31.0, reason="restart",
                                          death=died, finished_at=time.time())]
     assert "- -> a ok 31.0s (restart: the engine process was killed by SIGKILL)" in "\n".join(drawn(shot, 120))
+
+
+def test_each_clients_requests_show_on_one_line() -> None:
+    shot = busy_box()
+    shot.clients = {"frames": ClientQueue(waiting=120, running=4), "artist": ClientQueue(waiting=0, running=1)}
+    text = "\n".join(drawn(shot, 80, 30, live=True))
+    assert "clients  artist: 1 running, 0 waiting  frames: 4 running, 120 waiting" in text, text
+    assert "clients" not in "\n".join(drawn(busy_box(), 80, 30, live=True))  # none named: no line
