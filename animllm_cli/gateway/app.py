@@ -172,6 +172,11 @@ class Gateway:
         done = download.done if download is not None else None
         return f"downloading {model}, {done}" if done is not None else self.scheduler.waiting_for(model)
 
+    def needs_load(self, model: str) -> bool:
+        """A request for `model` now waits for a switch: a local model not ready, or draining
+        (to be unloaded or evicted, then loaded again)."""
+        return self.upstreams.get(model) is None and (model not in self.pool.models or model in self.scheduler.draining)
+
     def request_name(self, requested: str, model: str) -> str | None:
         """What the request's `model` must become for its target: None when it may stay."""
         remote = self.upstreams.get(model)

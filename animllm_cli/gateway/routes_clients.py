@@ -150,7 +150,7 @@ async def relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: De
         raise gw.not_found(requested)
     client = client_of(request, gw)
     admit_client(gw, client, model)
-    loading = gw.upstreams.get(model) is None and model not in gw.pool.models  # at arrival: a switch ahead
+    loading = gw.needs_load(model)  # at arrival: a switch ahead
     try:
         response = await _relay(request, gw, incoming, deadlines, model, client)
     except Refused as refused:  # turned away before it waited: in its client's record too
@@ -207,7 +207,7 @@ async def _relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: D
         request.state.answer_watch = gw.stored_responses.watcher
     stream, priority, claimant = incoming.stream, client.priority(incoming.priority), client.claimant
     lease = gw.scheduler.try_acquire(model, claimant)
-    loading = remote is None and (model not in gw.pool.models or model in gw.scheduler.draining)
+    loading = gw.needs_load(model)
     if lease is None and stream and loading:
         return _waiting_stream(gw, request, model, raw, priority, deadlines, claimant)
     if lease is None:

@@ -85,10 +85,6 @@ def _incoming(request: Request, payload: dict[str, Any], call: EngineCall, model
                     lambda name: json.dumps({**body, "model": name}).encode())
 
 
-def _waits_for_load(gw: Gateway, model: str) -> bool:
-    return gw.upstreams.get(model) is None and (model not in gw.pool.models or model in gw.scheduler.draining)
-
-
 async def _generation(request: Request, gw: Gateway, kind: str) -> Response:
     arrived = time.monotonic_ns()
     deadlines = Deadlines.from_arrival(gw.bounds)
@@ -106,7 +102,7 @@ async def _generation(request: Request, gw: Gateway, kind: str) -> Response:
         raise _bad(str(exc)) from None
     if described.view.remote and call.body.get("chat_template_kwargs") == {"enable_thinking": False}:
         del call.body["chat_template_kwargs"]  # turning thinking off asks nothing of a server that may not be vLLM
-    folding = Folding(kind, requested, Timing(arrived, _waits_for_load(gw, model)))
+    folding = Folding(kind, requested, Timing(arrived, gw.needs_load(model)))
     engine_request = _engine_request(request, call.path)
     answer = await relay(engine_request, gw, _incoming(request, payload, call, model), deadlines)
     return OllamaReply(answer, folding, engine_request, call.stream,
@@ -125,7 +121,7 @@ async def _load_or_unload(request: Request, gw: Gateway, payload: dict[str, Any]
             gw.scheduler.request_unload(model, "unload")
         reason = "unload"
     else:
-        if local and (model not in gw.pool.models or model in gw.scheduler.draining):
+        if gw.needs_load(model):
             admit_local(gw, model)  # a load a client asks for is a switch on demand
             asked, _ = request_priority(request, payload)
             client = client_of(request, gw)
@@ -164,7 +160,7 @@ async def _embeddings(request: Request, gw: Gateway, kind: str) -> Response:
         call = embed_call(payload, kind)
     except BadRequest as exc:
         raise _bad(str(exc)) from None
-    waited = _waits_for_load(gw, model)
+    waited = gw.needs_load(model)
     engine_request = _engine_request(request, call.path)
     answer = await relay(engine_request, gw, _incoming(request, payload, call, model), deadlines)
     if answer.status_code != 200:
