@@ -108,6 +108,7 @@ class SwitchReport(Report):
     slept: list[str] = []
     sleep_s: float | None = None      # the longest of their sleeps
     load_kind: LoadKind | None = None  # None: nothing loaded
+    launched_by: Literal["fresh", "standby"] | None = None  # a cold load's interpreter (engine/standby.py)
     wake_s: float | None = None
     wake_level: int | None = None
     wake_error: str | None = None     # a wake that failed (then it started cold), with its diagnosis
@@ -119,6 +120,7 @@ class EngineStatus(Report):
     model: str | None
     state: EngineState
     switching_to: str | None = None
+    switching: list[str] = []         # every model a switch in progress loads, oldest first (switching_to: the first)
     phase: str | None = None
     engine_pid: int | None = None
     engine_url: str | None = None
@@ -159,6 +161,11 @@ class VramStatus(Report):
 class GatewayProcess(Report):
     pid: int
     uptime_s: float
+    # What it runs on (animllm_cli/server_stack.py), with versions: "uvloop 0.21.0" or
+    # "asyncio (Python 3.11.9)", "httptools 0.6.4" or "h11 0.16.0"; None: not said (an older
+    # gateway; the HTTP parser of one not started by `serve`).
+    event_loop: str | None = None
+    http_parser: str | None = None
 
 
 class ModelQueue(Report):

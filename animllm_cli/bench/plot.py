@@ -150,3 +150,33 @@ def _title(runs: list[tuple[str, dict[str, Any]]]) -> str:
         return f"{model}: {input_len} tokens in, {output_len} out"
     return " vs ".join(f"{label} ({run.get('model')}: {run.get('input_len')} in, {run.get('output_len')} out)"
                        for label, run in runs)
+
+
+def write_startup_plot(path: Path, startup: dict[str, Any]) -> None:
+    """`bench --startup --plot`: one bar per kind of start (cache, interpreter), its
+    phases' medians laid end to end in the order they came, each phase its own colour."""
+    plt = _pyplot()
+    groups = startup["summary"]
+    names = list(dict.fromkeys(p["phase"] for g in groups for p in g["phases"] if p["phase"] not in ("ready", "total")))
+    colours = plt.get_cmap("tab20")
+    figure, axes = plt.subplots(figsize=(12, max(3.0, 1.2 + 0.6 * len(groups))))
+    for row, group in enumerate(groups):
+        left = 0.0
+        for phase in group["phases"]:
+            if phase["phase"] in ("ready", "total"):
+                continue
+            index = names.index(phase["phase"])
+            axes.barh(row, phase["median_s"], left=left, color=colours(index % 20),
+                      label=phase["phase"] if row == 0 or phase["phase"] not in _labels(axes) else None)
+            left += phase["median_s"]
+    axes.set_yticks(range(len(groups)), [f"{g['cache']} cache, {g['launched_by']}" for g in groups])
+    axes.set_xlabel("seconds from launch (medians)")
+    axes.set_title(f"Start-up of {startup['model']} (vLLM {startup.get('vllm') or '?'})")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+    figure.tight_layout()
+    figure.savefig(path, format=path.suffix.lower().lstrip("."), dpi=100)
+    plt.close(figure)
+
+
+def _labels(axes: Any) -> set[str]:
+    return set(axes.get_legend_handles_labels()[1])

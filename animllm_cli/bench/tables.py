@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the mix's module brings aiohttp: bench-compare prints witho
     from animllm_cli.bench.compare import Comparison
     from animllm_cli.bench.mix import MixResult
     from animllm_cli.bench.results import BenchResult, CheckRow
+    from animllm_cli.bench.startup import StartupResult
 
 NONE_COMPLETED = "- (no request completed)"  # a level's latencies when none completed: no 0 as if measured
 
@@ -116,3 +117,22 @@ def check_table(check: list[CheckRow]) -> Any:
 
 def _seconds(value) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def startup_table(result: "StartupResult") -> Any:
+    """One row per phase, in the order they came; per kind of start (cache, interpreter),
+    the median seconds and the range over the runs."""
+    groups = result.groups()
+    spreads = {group: {s.phase: s for s in result.spreads(*group)} for group in groups}
+    phases = list(dict.fromkeys(name for group in groups for name in spreads[group]))
+    rows = [[name, *(_spread_cell(spreads[group].get(name)) for group in groups)] for name in phases]
+    columns = ["phase", *(f"{cache} cache, {how}" for cache, how in groups)]
+    runs = max((s.runs for by_phase in spreads.values() for s in by_phase.values()), default=0)
+    title = f"Start-up of {result.model}: median s (min-max) over {runs} runs each, vLLM {result.vllm or '?'}"
+    return table(title, columns, rows, no_wrap=("phase",))
+
+
+def _spread_cell(spread) -> str:
+    if spread is None:
+        return "-"
+    return f"{spread.median_s:.2f} ({spread.min_s:.2f}-{spread.max_s:.2f})"

@@ -44,11 +44,21 @@ def bench(
     check: common.CheckOption = False,
     url: common.UrlOption = None,
     plot: common.PlotOption = None,
+    startup: Annotated[bool, typer.Option("--startup", help="Measure cold starts of MODEL's engine instead, phase by "
+                                                           "phase (starts engines of its own: no gateway).")] = False,
+    runs: Annotated[int, typer.Option("--runs", metavar="N", min=1, help="With --startup: starts of each kind.")] = 3,
+    cache: Annotated[Optional[str], typer.Option("--cache", metavar="warm|cold|both", show_default=False,
+                                                 help="With --startup: the configured vLLM cache, a fresh one, or "
+                                                      "both (default: both where the model compiles, else warm).")] = None,
+    launch: Annotated[Optional[str], typer.Option("--launch", metavar="fresh|standby|both", show_default=False,
+                                                  help="With --startup: a new interpreter, one pre-started with its "
+                                                       "imports done, or both (default: as the gateway does).")] = None,
     config: common.ConfigOption = None,
 ) -> None:
     """Measure one model as vLLM's serving benchmark does.
 
-    For several models at once see bench-mix; for two saved runs, bench-compare.
+    For several models at once see bench-mix; for two saved runs, bench-compare; for
+    cold starts phase by phase, --startup.
     """
     import asyncio
 
@@ -58,6 +68,14 @@ def bench(
 
     out = common.output(ctx)
     _check_plot(plot)
+    if not startup and any(_given(ctx, name) for name in STARTUP_ONLY):
+        from animllm_cli.errors import UsageError
+
+        raise UsageError("--runs, --cache and --launch measure engine starts: add --startup")
+    if startup:
+        _refuse_with_startup(ctx, url, check, switch)
+        _bench_startup(ctx, out, common.load(ctx, config), model, runs, cache, launch, json_output, save, plot)
+        return
     model, slo = _goodput_pairs(ctx, model, goodput)
     loaded = common.load(ctx, config)
     resolve = _model_names(loaded, url)
@@ -166,6 +184,92 @@ def bench_compare(
     _emit(out, comparison, _show_comparison, json_output, save, "comparison")
     if plot is not None:
         _plot(out, plot, [(a.stem, a_run), (b.stem if b.stem != a.stem else str(b), b_run)])
+
+
+STARTUP_IGNORES = ("concurrency", "request_rate", "burstiness", "ramp_up", "requests", "input_len", "output_len",
+                   "ignore_eos", "prompts", "endpoint", "goodput", "seed", "warmup", "switch_rounds", "samples")
+STARTUP_ONLY = ("runs", "cache", "launch")
+
+
+def _refuse_with_startup(ctx: typer.Context, url: str | None, check: bool, switch: str | None) -> None:
+    """--startup starts engines here and sends one request to each: the sweep's options
+    mean nothing to it, and silently ignoring one would measure something else."""
+    from animllm_cli.errors import UsageError
+
+    given = [name for name in STARTUP_IGNORES if _given(ctx, name)]
+    given += [name for name, value in (("url", url), ("check", check), ("switch", switch)) if value]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"--startup measures engine starts; {flags} belong to the request benchmark",
+                         hint="drop them, or run the two measurements apart")
+
+
+def _bench_startup(ctx, out, loaded, model: str | None, runs: int, cache: str | None, launch: str | None,
+                   json_output: bool, save: Path | None, plot: Path | None) -> None:
+    from animllm_cli.bench import startup as measured
+    from animllm_cli.errors import AnimllmError, UsageError
+    from animllm_cli import runfile
+
+    name = loaded.catalogue.resolve(model)
+    if loaded.config.models[name].remote:
+        raise UsageError(f"bench --startup starts engines; '{name}' is served elsewhere (upstream)",
+                         hint="measure a local model")
+    try:
+        runfile.ensure_not_running()
+    except AnimllmError as running:
+        raise AnimllmError(f"bench --startup starts engines of its own, beside the running gateway's: {running}",
+                           hint="`animllm stop` first: the measured starts need what its engines hold") from None
+    view = loaded.model(name)
+    caches = _choice("--cache", cache, measured.CACHES,
+                     list(measured.CACHES) if not view.settings.get("enforce_eager") else ["warm"])
+    launches = _choice("--launch", launch, measured.LAUNCHES,
+                       ["standby" if loaded.config.engine.standby else "fresh"])
+
+    def on_run(index: int, kind: str, how: str) -> None:
+        out.info(f"start {index + 1} of {runs}: {kind} cache, {how} interpreter")
+
+    def on_progress(p) -> None:
+        out.debug(f"  {p.model}: {p.phase} ({p.elapsed_s:.1f}s)")
+
+    result = measured.measure(loaded, name, runs=runs, caches=caches, launches=launches, on_run=on_run,
+                              on_progress=on_progress)
+    _emit(out, result, _show_startup, json_output, save)
+    estimate = measured.save_estimate(result, _configured_command(loaded, name))
+    out.info(f"kept for `animllm plan`: {estimate.total_s:g} s to the first answer ({estimate.cache} cache, "
+             f"{estimate.launched_by} interpreter)")
+    if plot is not None:
+        from animllm_cli.bench.plot import write_startup_plot
+
+        write_startup_plot(plot, result.to_json())
+        out.info(f"plot written to {plot}")
+
+
+def _choice(flag: str, value: str | None, allowed: tuple[str, ...], default: list[str]) -> list[str]:
+    from animllm_cli.errors import UsageError
+
+    if value is None:
+        return default
+    if value == "both":
+        return list(allowed)
+    if value not in allowed:
+        raise UsageError(f"{flag} {value!r}: choose {', '.join(allowed)} or both")
+    return [value]
+
+
+def _configured_command(loaded, name: str):
+    """The model's command as `plan` builds it, to tell later whether the estimate still applies."""
+    from animllm_cli.engine.command import build_engine_command
+
+    return build_engine_command(loaded, loaded.model(name))
+
+
+def _show_startup(out, result) -> None:
+    from animllm_cli.bench import tables
+
+    out.show(tables.startup_table(result))
+    if result.answers_identical is not None:
+        out.info("first answers (greedy, seeded): " + ("identical in every run" if result.answers_identical else
+                                                      "DIFFERENT between runs: a start changed what the model says"))
 
 
 def _model_names(loaded, url: str | None):

@@ -53,8 +53,34 @@ def plan(
     names = [loaded.catalogue.resolve(m) for m in models] if models else loaded.model_names()
     size, basis = vram_basis(loaded, gpus, vram)
     report = plan_models(loaded, list(dict.fromkeys(names)), size, basis)
+    _add_startup_estimates(loaded, report)
     out.result(report, lambda r: show_plan(out, r), json=json_output)
     raise typer.Exit(0 if all(m.verdict == "fits" for m in report.models) else 1)
+
+
+def _add_startup_estimates(loaded, report) -> None:
+    """What a cold switch to each model costs, where `bench --startup` measured it with the
+    command the config builds now; an older measurement is named, not shown as current."""
+    from animllm_cli.bench.startup import read_estimates
+    from animllm_cli.engine.command import build_engine_command
+    from animllm_cli.errors import ConfigError
+
+    estimates = read_estimates()
+    for m in report.models:
+        estimate = estimates.get(m.model)
+        if estimate is None:
+            continue
+        try:
+            command = build_engine_command(loaded, loaded.model(m.model))
+        except ConfigError:
+            continue
+        if estimate.matches(command):
+            m.startup = {"ready_s": estimate.ready_s, "to_first_answer_s": estimate.total_s, "cache": estimate.cache,
+                         "launched_by": estimate.launched_by, "slowest_phase": estimate.slowest_phase,
+                         "runs": estimate.runs, "measured_at": estimate.measured_at}
+        else:
+            m.notes.append(f"start-up measured {estimate.measured_at} with another engine command: "
+                           f"`animllm bench --startup {m.model}` measures it again")
 
 
 def _no_remote(loaded, names: list[str]) -> None:
@@ -124,5 +150,9 @@ def plan_table(report):
                      styled(verdict, VERDICT_STYLE[m.verdict])])
     title = f"VRAM plan for {gib(report.vram_bytes)} ({report.vram_basis})"
     columns = ["model", "util", "weights GiB", "KV KiB/tok", "KV pool GiB", "KV tokens", "max len", "verdict"]
+    if any(m.startup for m in report.models):  # measured start-ups only: no column of "?" before any
+        columns.insert(-1, "cold start s")
+        for row, m in zip(rows, report.models):
+            row.insert(-1, f"{m.startup['to_first_answer_s']:.1f}" if m.startup else "?")
     return table(title, columns, rows, no_wrap=("model", "util", "KV tokens", "max len"),
                  below=("KV KiB/tok", "KV pool GiB", "weights GiB"))

@@ -223,6 +223,10 @@ class EngineSection(Section):
     health_interval_s: Seconds = 2.0      # liveness probe period once ready
     health_failures: PositiveInt = 3      # consecutive failed probes that mark the engine dead
     log_max_bytes: PositiveInt = 20 * 1024 * 1024  # per model; one rotated file is kept beside it
+    # The gateway keeps the next engine's interpreter started, its imports done (holding no
+    # GPU memory): a cold start then skips the API server's Python start-up (engine/standby.py).
+    standby: bool = Field(default=True, description="keep the next engine's interpreter pre-started "
+                                                    "(imports done, no GPU memory) to shorten cold starts")
 
 
 class PathsSection(Section):

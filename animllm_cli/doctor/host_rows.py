@@ -1,5 +1,5 @@
 """The host rows: cache paths, model sources, remote models' servers, the gateway's
-port and the open-file limit."""
+port, event loop and HTTP parser, and the open-file limit."""
 
 from __future__ import annotations
 
@@ -143,6 +143,20 @@ def _port_owner(number: int) -> str:
     except (psutil.Error, OSError):
         pass
     return ""
+
+
+@check("server", "the gateway's event loop and HTTP parser")
+def server(ctx: DoctorContext) -> Result:
+    """What a gateway started here runs on (animllm's own interpreter, not the engine's):
+    uvloop and httptools, or the slower asyncio and h11 where they are missing."""
+    from animllm_cli import server_stack
+
+    stack = server_stack.chosen()
+    detail = f"{server_stack.loop_text(stack.loop)} / {server_stack.http_text(stack.http)}"
+    if stack.fast:
+        return Result(PASS, detail)
+    return Result(WARN, f"{detail}: without {' and '.join(stack.missing())} the gateway relays each chunk with "
+                        f"more CPU", server_stack.FIX)
 
 
 @check("ulimit", "open-file limit")

@@ -50,7 +50,17 @@ class DoctorReport:
                             "elapsed_s": round(self.elapsed_s, 3)},
                 "checks": [c.to_json() for c in self.checks],
                 "gpus": self.gpus.to_json(),
-                "plan": self.plan.to_json()}
+                "plan": self.plan.to_json(),
+                "gateway": gateway_stack()}
+
+
+def gateway_stack() -> dict[str, Any]:
+    """What a gateway started here would run on (animllm_cli/server_stack.py)."""
+    from animllm_cli import server_stack
+
+    stack = server_stack.chosen()
+    return {"event_loop": server_stack.loop_text(stack.loop), "http_parser": server_stack.http_text(stack.http),
+            "fast": stack.fast}
 
 
 def check_ids() -> list[str]:

@@ -1,5 +1,5 @@
 """Read the engine's output from its pipe: into a size-bounded log file, a tail kept in
-memory for diagnosis, the start-up phase, and the time of the last output (stall
+memory for diagnosis, the start-up phase (and when each began), and the time of the last output (stall
 detection). A daemon thread, so a grandchild that keeps the pipe open can never keep the
 owner waiting; the supervisor decides on exits from the process, never from EOF."""
 
@@ -31,7 +31,8 @@ class _PrivateRotatingFileHandler(RotatingFileHandler):
 
 
 class OutputPump:
-    def __init__(self, fd: int, log_path: Path, *, max_bytes: int, tail_lines: int = 400) -> None:
+    def __init__(self, fd: int, log_path: Path, *, max_bytes: int, tail_lines: int = 400,
+                 started_at: float | None = None) -> None:
         paths.private_dir(log_path.parent)
         # A private logger (not in logging's registry) whose handler bounds the file and
         # keeps one rotated copy beside it; both only their owner may read (prompts and
@@ -48,6 +49,8 @@ class OutputPump:
         self.seen = 0                          # lines read so far (the tail keeps the latest)
         self.phase = phases.ORDER[0]
         self.last_output = time.monotonic()
+        self.started_at = self.last_output if started_at is None else started_at
+        self.marks = phases.Marks()            # when each phase began, for the start's breakdown
         self.closed = threading.Event()
         self._partial = ""
         self._lock = threading.Lock()
@@ -86,6 +89,7 @@ class OutputPump:
             self.tail.append(line)
             self.seen += 1
             self.phase = phases.advance(self.phase, line)
+            self.marks.see(line, round(self.last_output - self.started_at, 3))
             self._log.info(line)
 
     def lines(self, count: int | None = None) -> list[str]:

@@ -14,14 +14,13 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 import psutil
@@ -29,12 +28,15 @@ import psutil
 from animllm_cli.engine.command import ENGINE_HOST, EngineCommand
 from animllm_cli.config.schema import EngineSection
 from animllm_cli.credentials import bearer
-from animllm_cli.engine import deaths, diagnosis, launcher, processes
+from animllm_cli.engine import deaths, diagnosis, launching, phases, processes
 from animllm_cli.engine.logpipe import OutputPump
 from animllm_cli.errors import AnimllmError
 from animllm_cli.gpu import nvml
 from animllm_cli.units import MIB
 from animllm_cli.wire import DeathKind, EngineDeath
+
+if TYPE_CHECKING:
+    from animllm_cli.engine.standby import Standby
 
 TAIL_LINES = 30
 CHECK_HEALTH_TIMEOUT_S = 2.0   # check(): a /health slower than this decides nothing (the watcher judges)
@@ -43,7 +45,6 @@ EXIT_WAIT_S = 1.0              # check(): how long an API server found dead may 
 # setproctitle: VLLM::EngineCore, VLLM::EngineCore_DP0, VLLM::Worker_TP0): one of these
 # gone is a death. Others of its tree (the multiprocessing resource tracker) may exit on their own.
 NEEDED = ("EngineCore", "Worker")
-LAUNCHER = Path(__file__).with_name("launcher.py")
 
 
 class State(str, Enum):
@@ -69,6 +70,7 @@ class StartReport:
     port: int
     ready_s: float
     phases: list[tuple[str, float]]   # phase and the second it began
+    launched_by: str = "fresh"         # or "standby" (engine/standby.py)
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Engine:
     on_dead: Callable[["Engine", str], None] | None = None
     nvml_module: object | None = None          # tests hand in a fake NVML
     on_launched: Callable[["Engine"], None] | None = None  # its process exists (pid, created_at)
+    standby: "Standby | None" = None           # a pre-started interpreter to run it in (the owner checked it fits)
 
     def __post_init__(self) -> None:
         self.port = self.command.port
@@ -133,7 +136,8 @@ class Engine:
         self.created_at: float | None = None    # the engine process's creation time (tells a reused pid apart)
         self.watchdog_pid: int | None = None
         self._proc: subprocess.Popen | None = None
-        self._watchdog_fd: int | None = None    # our end of the watchdog's pipe: it closes when we go
+        self._launched: launching.Launched | None = None  # holds our end of the watchdog's pipe
+        self.launched_by = "fresh"               # or "standby": a pre-started interpreter ran it
         self._stop_requested = threading.Event()
         self._pump: OutputPump | None = None
         # Every process of it seen so far. Read on several threads (the watcher, a request's
@@ -198,7 +202,8 @@ class Engine:
         _LIVE.add(self)
         self.state = State.STARTING
         self._started_at = time.monotonic()
-        self._pump = OutputPump(read_fd, self.log_path, max_bytes=self.settings.log_max_bytes)
+        self._pump = OutputPump(read_fd, self.log_path, max_bytes=self.settings.log_max_bytes,
+                                started_at=self._started_at)
         try:
             if self.on_launched:
                 self.on_launched(self)
@@ -212,51 +217,30 @@ class Engine:
             self.stop()
             raise
         threading.Thread(target=self._watch, name=f"engine-watch-{self.model}", daemon=True).start()
-        return StartReport(self.model, self._proc.pid, self.port, time.monotonic() - self._started_at, phases)
+        return StartReport(self.model, self._proc.pid, self.port, time.monotonic() - self._started_at, phases,
+                           self.launched_by)
 
     def _spawn(self) -> int:
-        """Run the engine through the launcher (see launcher.py): it stays our child, in its
-        own process group, writing into the pipe whose read end is returned; its watchdog
-        holds a pipe that only we can write to. Waits until the launcher has exec'd the
-        engine (milliseconds), which also reports an engine interpreter that cannot run."""
-        out_r, out_w = os.pipe()
-        watch_r, watch_w = os.pipe()   # not inheritable: no other child of ours gets our end
-        ready_r, ready_w = os.pipe()
-        argv = [sys.executable, "-I", "-S", str(LAUNCHER), str(watch_r), str(ready_w),
-                f"{self.settings.stop_grace_s:g}", "--", *self.command.argv]
-        try:
-            self._proc = subprocess.Popen(argv, env=self.command.full_env(), stdin=subprocess.DEVNULL, stdout=out_w,
-                                          stderr=out_w, start_new_session=True, pass_fds=(watch_r, ready_w))
-        except BaseException:
-            for fd in (out_r, watch_w, ready_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (out_w, watch_r, ready_w):
-                os.close(fd)
-        self._watchdog_fd = watch_w
-        with os.fdopen(ready_r, "rb") as ready:
-            report = ready.read().decode(errors="replace").splitlines()
-        for line in report:
-            kind, _, value = line.partition(" ")
-            if kind == "watchdog":
-                self.watchdog_pid = int(value)
-            elif kind == "error":
-                self._abandon_launch(out_r)
-                raise AnimllmError(f"cannot run the engine interpreter {self.command.argv[0]}: {value}",
-                                   hint="set engine.python to an interpreter that has vLLM")
-        try:
-            self.created_at = psutil.Process(self._proc.pid).create_time()
-        except psutil.Error:  # it exited already: the wait for ready reports it
-            pass
-        return out_r
+        """Run the engine through the launcher (engine/launching.py), or hand it to the
+        standby given (engine/standby.py); return the read end of its output pipe."""
+        launched = self._from_standby()
+        if launched is None:
+            launched = launching.launch(self.command.argv, self.command.full_env(),
+                                        grace_s=self.settings.stop_grace_s)
+        self._launched, self._proc = launched, launched.proc
+        self.watchdog_pid, self.created_at = launched.watchdog_pid, launched.created_at
+        return launched.output_fd
 
-    def _abandon_launch(self, out_r: int) -> None:
-        """The engine could not be exec'd: reap the launcher, let the watchdog go."""
-        self._proc.wait()
-        self._proc = None
-        os.close(out_r)
-        self._release_watchdog(quietly=True)
+    def _from_standby(self) -> "launching.Launched | None":
+        if self.standby is None:
+            return None
+        from animllm_cli.engine.standby import StandbyGone
+
+        try:
+            launched, self.launched_by = self.standby.run(self.command), "standby"
+        except StandbyGone:
+            return None
+        return launched
 
     def _took_ready(self) -> None:
         """From ready on, a death is told from what happened since: which of the processes
@@ -269,14 +253,12 @@ class Engine:
                         if pid != self._proc.pid and any(part in name for part in NEEDED)}
 
     def _wait_ready(self) -> list[tuple[str, float]]:
-        seen: list[tuple[str, float]] = []
+        """Each phase and the second it began (read from the log as it came), then ready."""
         client = httpx.Client(timeout=2.0)
         try:
             while True:
                 elapsed = time.monotonic() - self._started_at
                 phase = self._pump.phase
-                if not seen or seen[-1][0] != phase:
-                    seen.append((phase, round(elapsed, 2)))
                 self._remember_tree()
                 if self.on_progress:
                     tail = self._pump.lines(1)
@@ -289,8 +271,8 @@ class Engine:
                     raise self._start_error(f"the engine exited with code {code} while starting", "exited")
                 if self._healthy(client):
                     self._check_it_is_ours(client)
-                    seen.append(("ready", round(time.monotonic() - self._started_at, 2)))
-                    return seen
+                    ready_s = round(time.monotonic() - self._started_at, 3)
+                    return [*self._pump.marks.timeline(), (phases.READY, ready_s)]
                 silent = time.monotonic() - self._pump.last_output
                 if silent > self.settings.stall_timeout_s:
                     raise self._start_error(f"no output for {silent:.0f}s in phase '{phase}' (stall_timeout_s "
@@ -497,6 +479,9 @@ class Engine:
         and one that has not launched yet launches nothing."""
         self._stop_requested.set()
         with self._stop_lock:
+            if self._proc is None and self.standby is not None:
+                self.standby.discard()  # handed to an engine that never started: not left waiting
+                self.standby = None
             if self._proc is None or self.state is State.STOPPED:
                 return StopReport(self.model, 0.0, False, [], None, "not running")
             started = time.monotonic()
@@ -519,19 +504,8 @@ class Engine:
             return StopReport(self.model, round(stop_s, 3), forced, sorted(left), release_s, note)
 
     def _release_watchdog(self, *, quietly: bool) -> None:
-        """Close our end of the watchdog's pipe. `quietly`: the engine is gone, so tell the
-        watchdog to leave without a signal (its group id is free for reuse now); otherwise
-        the bare close makes it end the group once more."""
-        if self._watchdog_fd is None:
-            return
-        fd, self._watchdog_fd = self._watchdog_fd, None
-        try:
-            if quietly:
-                os.write(fd, launcher.OWNER_STOPPED)
-        except OSError:  # it has left already (it saw the group go)
-            pass
-        finally:
-            os.close(fd)
+        if self._launched is not None:
+            self._launched.release_watchdog(quietly=quietly)
 
     def _wait_vram_released(self, pids: set[int]) -> tuple[float | None, str]:
         """A freed port is not freed VRAM: poll NVML until none of our processes holds any."""
@@ -560,17 +534,19 @@ def launch(loaded, model: str, *, port: int | None = None, on_progress: Callable
            on_dead: Callable[[Engine, str], None] | None = None, log_dir: Path | None = None,
            nvml_module: object | None = None, on_launched: Callable[[Engine], None] | None = None,
            gpus: tuple[int, ...] | None = None, utilization: float | None = None,
-           sleep_mode: bool = False) -> Engine:
+           sleep_mode: bool = False, extra_env: dict[str, str] | None = None) -> Engine:
     """An Engine for a configured model (not yet started): on `port`, else on engine.port
     when that is free, else on a free port. `gpus` (NVML indices) and `utilization` are
     the pool's placement: the engine sees only those GPUs and takes that share of each.
     `sleep_mode`: it can be put to sleep (engine/sleep.py), so its server opens the
-    development routes, on loopback only."""
+    development routes, on loopback only. `extra_env`: set on top of the configured
+    environment (bench --startup's fresh caches)."""
     from animllm_cli import paths
     from animllm_cli.engine.command import PerLaunch, launch_command
 
     command = launch_command(loaded, model, PerLaunch(gpus=gpus, utilization=utilization, sleep_mode=sleep_mode),
                              port=port or free_port(loaded.config.engine.port))
+    command.env.update(extra_env or {})
     name = loaded.model(model).name
     return Engine(name, command, paths.engine_log(name, log_dir), loaded.config.engine, on_progress, on_dead,
                   nvml_module, on_launched)

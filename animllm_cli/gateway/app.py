@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from animllm_cli.config import LoadedConfig
 from animllm_cli.engine import vllm_routes
@@ -35,7 +36,7 @@ from animllm_cli.gateway.dialects import dialect_of
 from animllm_cli.gateway.guard import Refused, error
 from animllm_cli.gateway.metrics import GatewayMetrics
 from animllm_cli.gateway.pool import EnginePool
-from animllm_cli.gateway.relay import ClientGone, Target
+from animllm_cli.gateway.relay import ROUTE_SEND, SERVER_SEND, ClientGone, Target
 from animllm_cli.gateway.scheduler import Decision, QueueFull, Scheduler, SwitchFailed
 from animllm_cli.gateway.stored_responses import StoredResponses
 from animllm_cli.gateway.upstreams import Upstreams
@@ -72,7 +73,7 @@ class Gateway:
         self.scheduler = Scheduler(self._switch, self._limits.__getitem__, lambda: self.pool.models,
                                    remote=frozenset(self.upstreams.models), place=self.pool.fits,
                                    pinned=self.pool.pinned, asleep=lambda: self.pool.asleep,
-                                   restarting=lambda: self.pool.restarting,
+                                   restarting=lambda: self.pool.restarting, claim=self.pool.claim,
                                    queue_max=limits.queue_max, backoff_s=backoff_s, policy=rule.policy,
                                    max_wait_s=rule.max_wait_s, batch_factor=rule.batch_factor)
         self.admission = Admission(limits.vram_threshold)
@@ -86,6 +87,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
         self.shutdown_hook: Callable[[], None] | None = None
+        self.http_parser: str | None = None     # what uvicorn parses requests with (server.build: httptools | h11)
         self.failed: Exception | None = None   # the first model could not be loaded
         self._tasks: list[asyncio.Task] = []
 
@@ -135,11 +137,14 @@ class Gateway:
             await self.session.close()
         return stopped
 
-    async def load(self, model: str) -> None:
+    async def load(self, model: str) -> SwitchReport | None:
         """Load `model` the way a request would, ahead of any: used at start (preload) and
-        by /admin/switch. It evicts only what it must."""
+        by /admin/switch. It evicts only what it must. Returns the report of the switch to
+        `model` it waited for (not another's that ended meanwhile); None: there was none."""
+        recorded = self.pool.switches_recorded
         lease = await self.scheduler.acquire(model, priority=ADMIN_PRIORITY, urgent=True)
         lease.release()
+        return next((r for r in reversed(self.pool.reports_since(recorded)) if r.to_model == model), None)
 
     def targets(self, model: str) -> Iterator[Target]:
         """Where a request for `model` may go, in the order to try: its engine (with the
@@ -218,8 +223,10 @@ class Gateway:
         asleep; asleep already, with `sleep`)."""
         if model not in self.pool.models and (sleep or model not in self.pool.sleepers):
             return None
+        recorded = self.pool.switches_recorded
         await self.scheduler.unload(model, "sleep" if sleep else "unload")
-        return self.pool.last_switch
+        return next((r for r in reversed(self.pool.reports_since(recorded)) if model in r.evicted),
+                    self.pool.last_switch)
 
     async def _watch_keep_alive(self) -> None:
         """Unload each model that has stayed idle for its keep_alive (-1: never; pinned: never)."""
@@ -335,8 +342,9 @@ def guarded(handler: Handler, media: tuple[str, ...] = guard.JSON_ONLY) -> Calla
         gw: Gateway = request.app.state.gateway
         try:
             client = request.state.client = guard.check(request, gw.clients, media)
-            admin_only = request.url.path.startswith("/admin/") or \
-                (request.url.path == "/metrics" and gw.clients.configured)  # every client's usage is there
+            path = guard.path_of(request)
+            admin_only = path.startswith("/admin/") or \
+                (path == "/metrics" and gw.clients.configured)  # every client's usage is there
             if admin_only and not client.admin:
                 raise Refused(error(403, f"client '{client.name}' may not call {request.url.path} (the admin routes "
                                          f"and /metrics: admin: true in its clients: entry gives it them)",
@@ -345,9 +353,27 @@ def guarded(handler: Handler, media: tuple[str, ...] = guard.JSON_ONLY) -> Calla
         except Refused as refused:
             gw.metrics.rejections.labels(refused.label).inc()
             response = refused.response
-        return dialect_of(request.url.path).reshape(response)
+        return dialect_of(guard.path_of(request)).reshape(response)
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        """The route as its own ASGI app (create_app puts it in place of Starlette's
+        request_response, whose exception handling ExceptionMiddleware does as well), marking
+        the `send` it hands its response (relay.body_sender)."""
+        scope[ROUTE_SEND] = send
+        response = await route(Request(scope, receive, send))
+        await response(scope, receive, send)
+
     route.__name__ = handler.__name__
+    route.asgi = asgi  # type: ignore[attr-defined]
     return route
+
+
+class _GatewayApp(Starlette):
+    """Starlette, keeping the server's own `send` in the scope (relay.body_sender)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(gateway: Gateway, routes: list[Route], *, on_startup: Callable[[], Awaitable[None]] | None = None,
@@ -365,6 +391,11 @@ def create_app(gateway: Gateway, routes: list[Route], *, on_startup: Callable[[]
             if on_shutdown:
                 await on_shutdown(stopped)
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    for route in routes:  # the guarded routes as their own ASGI apps (guarded: asgi); methods stay as declared
+        if isinstance(route, Route) and hasattr(route.endpoint, "asgi"):
+            route.app = route.endpoint.asgi
+    # No middleware of its own: relay.body_sender passes body messages by Starlette's two
+    # (ServerErrorMiddleware, ExceptionMiddleware), which act on a response's start only.
+    app = _GatewayApp(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
     return app

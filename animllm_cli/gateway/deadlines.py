@@ -60,11 +60,17 @@ class Deadlines:
             return Expired(TOTAL_BOUND, self.bounds.total_s or 0)
         return None
 
-    async def within(self, awaitable: Awaitable[Any], seconds: float, what: str) -> Any:
-        """Await with `seconds` as the bound (or the total's end, if sooner): Expired names it."""
+    def bound(self, seconds: float, what: str) -> tuple[float, float, str]:
+        """A wait's bound: `seconds` from now, or the total's end if sooner, as (loop time it
+        ends, its seconds, what it is) for Expired."""
         end = asyncio.get_running_loop().time() + seconds
         if self.end is not None and self.end < end:
-            end, seconds, what = self.end, self.bounds.total_s or 0, TOTAL_BOUND
+            return self.end, self.bounds.total_s or 0, TOTAL_BOUND
+        return end, seconds, what
+
+    async def within(self, awaitable: Awaitable[Any], seconds: float, what: str) -> Any:
+        """Await with `seconds` as the bound (or the total's end, if sooner): Expired names it."""
+        end, seconds, what = self.bound(seconds, what)
         bound = asyncio.timeout_at(end)
         try:
             async with bound:

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -44,10 +45,12 @@ class Refused(Exception):
         self.response, self.label = response, label
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few Host headers; urlsplit is most of a request's check
 def _host(value: str) -> str:
     return (urlsplit(f"//{value}").hostname or "").lower()
 
 
+@functools.lru_cache(maxsize=256)
 def loopback_origin(origin: str) -> bool:
     parts = urlsplit(origin)
     return parts.scheme in ("http", "https") and (parts.hostname or "").lower() in LOOPBACK
@@ -63,6 +66,13 @@ def _presented_key(request: Request) -> str:
 JSON_ONLY = ("application/json",)
 # What a web page may send cross-site without a preflight (the CORS "simple" requests).
 SIMPLE_MEDIA = frozenset({"multipart/form-data", "application/x-www-form-urlencoded", "text/plain", ""})
+
+
+def path_of(request: Request) -> str:
+    """`request.url.path` without building the URL for it (Starlette parses the whole URL):
+    the path as that URL spells it, '?', '#' and '\\' escaped (urlsplit there would also
+    drop tabs and line breaks, which no route's path holds)."""
+    return request.scope["path"].replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
 def _own_origin(request: Request) -> str:
@@ -97,21 +107,24 @@ def check(request: Request, clients: Clients, media: tuple[str, ...] = JSON_ONLY
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    too_large = Refused(error(413, f"the request body is larger than the limit of {limit:,} bytes "
-                                   "(limits.max_body_bytes)"), "too_large")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect:  # gone mid-upload: nobody to answer, nothing to log
         raise Refused(Response(status_code=499), "client_gone") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(error(413, f"the request body is larger than the limit of {limit:,} bytes "
+                              "(limits.max_body_bytes)"), "too_large")
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:

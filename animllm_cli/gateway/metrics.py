@@ -15,6 +15,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("animllm_requests", "Requests by model and outcome", ["model", "outcome"],
                                 registry=self.registry)
+        self._requests: dict[tuple[str, str], Any] = {}  # count(): never cleared, as `requests` never is
         self.queue_depth = Gauge("animllm_queue_depth", "Requests waiting", registry=self.registry)
         self.in_flight = Gauge("animllm_in_flight", "Requests being answered", registry=self.registry)
         # reason: why the loaded model gave up the card; chosen_by: why this model went next
@@ -45,6 +46,14 @@ class GatewayMetrics:
                                      registry=self.registry)
         self.client_switch_wait = Counter("animllm_client_switch_wait_seconds", "Seconds a client's requests waited "
                                           "for switches", ["client", "model"], registry=self.registry)
+
+    def count(self, model: str, outcome: str) -> None:
+        """One request of `model` ended so: `requests`, its labelled child looked up once (the
+        relay counts every request; prometheus_client's labels() is most of that cost)."""
+        child = self._requests.get((model, outcome))
+        if child is None:
+            child = self._requests[(model, outcome)] = self.requests.labels(model, outcome)
+        child.inc()
 
     def record_vram(self, residents: Iterable[Resident]) -> None:
         """Each resident's measured VRAM and peak; gone ones drop out."""

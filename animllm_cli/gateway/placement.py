@@ -7,11 +7,16 @@ room) against the cards as NVML shows them, other processes included; a resident
 what it was measured to hold once ready, the plan's estimate before. Without NVML (the CPU
 build) each card is `gpu.vram_gib` and each engine holds its share of it, so placement
 decides the same way in the demo and the tests.
+
+Switches may run at once (gateway/scheduler.py): the GPUs each switch under way loads onto
+are its own until it ends (`PoolView.loading`), so that no other model is placed there
+before that engine holds its memory, and its model counts as an engine against
+`pool.max_engines` from the start.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from animllm_cli.config.schema import AnimllmConfig
@@ -30,6 +35,7 @@ class PoolView:
     residents: Mapping[str, Resident]
     report: GpuReport
     share_of: Callable[[str, int], Share]  # a model's share of a card of this many bytes (the pool caches the planner's)
+    loading: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # each switch under way: its model -> its GPUs
 
 
 def cards(view: PoolView, evicting: frozenset[str] = NOTHING, sleeping: frozenset[str] = NOTHING) -> list[Card] | None:
@@ -61,6 +67,17 @@ def others(view: PoolView, model: str, evicting: frozenset[str]) -> list[str]:
     return [m for m, r in view.residents.items() if r.holds() and m not in evicting and m != model]
 
 
+def loading_beside(view: PoolView, model: str) -> list[str]:
+    """The models other switches under way load (they are never `evicting`: the scheduler
+    does not run two switches of which one evicts the other's model)."""
+    return [m for m in view.loading if m != model]
+
+
+def claimed(view: PoolView, model: str) -> frozenset[int]:
+    """The GPUs the other switches under way load onto: `model` goes elsewhere meanwhile."""
+    return frozenset(gpu for m in loading_beside(view, model) for gpu in view.loading[m])
+
+
 def place(view: PoolView, model: str, evicting: frozenset[str] = NOTHING, found_cards: list[Card] | None = None,
           sleeping: frozenset[str] = NOTHING) -> tuple[int, ...] | None:
     """The GPUs `model` would run on once `evicting` is gone and `sleeping` asleep, or
@@ -72,22 +89,26 @@ def place(view: PoolView, model: str, evicting: frozenset[str] = NOTHING, found_
     asleep = resident is not None and resident.state is ResidentState.SLEEPING
     if asleep:
         evicting = evicting | {model}
-    beside = others(view, model, evicting)
-    awake = [m for m in beside if m not in sleeping and view.residents[m].state is not ResidentState.SLEEPING]
+    beside, loading = others(view, model, evicting), loading_beside(view, model)
+    awake = {m for m in beside if m not in sleeping and view.residents[m].state is not ResidentState.SLEEPING}
     limit = view.config.pool.max_engines
-    if limit is not None and len(awake) >= limit:
+    if limit is not None and len(awake | set(loading)) >= limit:
         return None
     found_cards = found_cards if found_cards is not None else cards(view, evicting, sleeping)
     if found_cards is None:
-        return None if beside else (0,)
+        return None if beside or loading else (0,)
+    taken = claimed(view, model)
+    found_cards = [c for c in found_cards if c.index not in taken]
     wanted = view.config.models[model].gpus
+    if not found_cards or taken & set(wanted or ()):
+        return None
 
     def share_on(card: Card) -> Share:
         return view.share_of(model, card.total_bytes)
 
     found = place_share(share_on, found_cards, list(resident.gpus)) if asleep else None
     found = found or place_share(share_on, found_cards, wanted)
-    if found is None and not beside:
+    if found is None and not beside and not loading:
         # Alone on the box it may always try: vLLM's own check at start is the judge,
         # as it was before the pool (a plan that is too cautious must not lock a model out).
         tp = share_on(found_cards[0]).tensor_parallel
@@ -95,10 +116,11 @@ def place(view: PoolView, model: str, evicting: frozenset[str] = NOTHING, found_
     return found
 
 
-def fits(view: PoolView, model: str, evicting: frozenset[str]) -> bool:
-    """Whether `model` fits once `evicting` is gone: the scheduler's question. A sleeper
-    can always be stopped, so the sleepers count as gone too."""
-    return place(view, model, evicting | frozenset(sleepers(view.residents.values()))) is not None
+def fits(view: PoolView, model: str, evicting: frozenset[str]) -> tuple[int, ...] | None:
+    """Where `model` goes once `evicting` is gone, None if it does not fit: the scheduler's
+    question. A sleeper can always be stopped, so the sleepers count as gone too (one that a
+    switch under way wakes sleeps on GPUs that switch holds: `model` goes elsewhere)."""
+    return place(view, model, evicting | frozenset(sleepers(view.residents.values())))
 
 
 def sleepers_to_stop(view: PoolView, model: str, stopping: list[str], spare: list[str],

@@ -10,24 +10,31 @@ by its supervisor's watcher, or by the check a failed request asks for (`check`)
 switch to its model is a restart, which carries how it died, and happens only within a
 budget (gateway/restarts.py). The pool measures its engines with NVML, reports timings,
 and names the engine processes it runs (for the state file). A closing pool starts nothing.
+
+Several switches may be under way at once, on GPUs and victims that do not meet (the
+scheduler's rule). Each keeps to its own: `loading` names each switch's model and the GPUs
+it loads onto, which placement keeps every other model off, and which no other switch
+touches the engine of (a dead one it restarts, a sleeper it wakes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import psutil
 
 from animllm_cli.config import LoadedConfig
 from animllm_cli.engine import sleep
 from animllm_cli.engine.python_env import PythonEnv
+from animllm_cli.engine.standby import Keeper
 from animllm_cli.engine.supervisor import Engine, Progress, State, StopReport, launch
 from animllm_cli.gateway import placement
 from animllm_cli.gateway.downloads import Download
@@ -86,12 +93,14 @@ class EnginePool:
         self._taken: weakref.WeakSet[Engine] = weakref.WeakSet()  # the engines whose death the pool has taken
         self.pull = pull
         self.downloads: dict[str, Download] = {}    # model -> its pull under way (a switch's first phase)
+        self.loading: dict[str, tuple[int, ...]] = {}  # model -> the GPUs it goes on, for each switch under way
         self._checks: dict[Engine, asyncio.Future] = {}  # the check under way of each engine a request found failing
         self._shares: dict[int, dict[str, Share]] = {}  # card size -> each model's share of it
         self._loop: asyncio.AbstractEventLoop | None = None
         self.launched = Launched(self._engines_changed)
         self._closing = False
         self._refreshing = threading.Lock()  # the sampler's and a switch's NVML readings, one at a time
+        self.standbys = Keeper(enabled=loaded.config.engine.standby, grace_s=loaded.config.engine.stop_grace_s)
 
     # ------------------------------------------------------------------ what is loaded
     @property
@@ -179,16 +188,22 @@ class EnginePool:
     @property
     def view(self) -> PoolView:
         """What placement reads: the residents now and NVML's latest report."""
-        return PoolView(self.loaded.config, self.residents, self.report, self.share)
+        return PoolView(self.loaded.config, self.residents, self.report, self.share, self.loading)
 
-    def fits(self, model: str, evicting: frozenset[str]) -> bool:
-        """For the scheduler, on the event loop: it must not raise. Should the plan fail
-        (a model's files unreadable, say), the model fits only alone, as before the pool."""
+    def fits(self, model: str, evicting: frozenset[str],
+             switching: Mapping[str, tuple[int, ...]] | None = None) -> tuple[int, ...] | None:
+        """For the scheduler, on the event loop: the GPUs `model` goes on once `evicting` is
+        gone, None if it does not fit; it must not raise. `switching`: the scheduler's
+        switches in progress, the latest begun maybe not under way here yet. Should the plan
+        fail (a model's files unreadable, say), the model fits only alone, as before the
+        pool, and takes every GPU (so that no switch runs beside it)."""
+        view = dataclasses.replace(self.view, loading={**(switching or {}), **self.loading})  # where it goes, as it went
         try:
-            return placement.fits(self.view, model, evicting)
+            return placement.fits(view, model, evicting)
         except Exception:  # noqa: BLE001 - logged, and the switch's own launch reports it
             log.exception("placing %s failed; treating it as one engine at a time", model)
-            return not placement.others(self.view, model, evicting)
+            alone = not placement.others(view, model, evicting) and not placement.loading_beside(view, model)
+            return (tuple(g.index for g in self.report.gpus) or (0,)) if alone else None
 
     def refresh(self) -> nvml.GpuReport:
         """Read NVML (blocking: call it in a thread) and take each ready or sleeping
@@ -212,12 +227,28 @@ class EnginePool:
         return reserved(self.residents.values())
 
     # ------------------------------------------------------------------ switches
+    def claim(self, decision: Decision) -> None:
+        """The scheduler begins `decision` (called at once, before it decides anything else):
+        its model's GPUs are taken from now, not only once its switch task runs, so that no
+        other switch places onto them or stops the sleeper it wakes meanwhile."""
+        if decision.model is not None:
+            self.loading[decision.model] = decision.gpus
+
+    def reports_since(self, recorded: int) -> list[SwitchReport]:
+        """The switches that ended after `switches_recorded` was `recorded`, oldest first
+        (those still in the history): what a caller that waited on one reads its report from,
+        whatever other switches ended meanwhile."""
+        newer = self.switches_recorded - recorded
+        return self.switches[-newer:] if newer > 0 else []
+
     async def switch(self, decision: Decision) -> SwitchReport:
         """Make room for `decision.model`, then wake it where it sleeps or start it where
         placement puts it, and wait for ready. Every switch, failed or not, is recorded."""
         self._loop = asyncio.get_running_loop()
         model = decision.model
         started = time.monotonic()
+        if model is not None:
+            self.loading[model] = decision.gpus  # until it ends, another switch keeps off them
         report = SwitchReport(from_model=decision.evict[0] if decision.evict else None, to_model=model,
                               evicted=list(decision.evict), outcome="failed", reason=decision.reason,
                               chosen_by=decision.chosen_by,
@@ -228,9 +259,9 @@ class EnginePool:
                 self.restarts.check(model)
                 if self.pull and not decision.explicit and model not in self.sleepers:
                     await self._download(model, report)
-            await self._make_room(model, decision, report)
+            free_before = await self._make_room(model, decision, report)
             if model is not None:
-                await self._load(model, report)
+                await self._load(model, report, free_before)
                 self.deaths.pop(model, None)
             report.outcome = "ok"
             return report
@@ -238,6 +269,8 @@ class EnginePool:
             report.error = getattr(exc, "reason", None) or str(exc)
             raise
         finally:
+            if model is not None:
+                self.loading.pop(model, None)
             report.total_s = round(time.monotonic() - started, 3)
             report.finished_at = time.time()
             self.last_switch = report
@@ -257,13 +290,16 @@ class EnginePool:
         if note:
             report.notes.append(note)
 
-    async def _make_room(self, model: str | None, decision: Decision, report: SwitchReport) -> None:
+    async def _make_room(self, model: str | None, decision: Decision, report: SwitchReport) -> dict[int, int]:
         """Send the residents `decision.evict` names to sleep where they may and the card
         has room for `model` beside the sleepers, else stop them; stop any dead engine, and
-        the sleepers the card cannot keep once NVML has measured them."""
+        the sleepers the card cannot keep once NVML has measured them. Returns each GPU's
+        free bytes then (the load measures its model on its own first GPU)."""
         asleep, stop = self.sleep_policy.leaving(self.view, decision, report.notes)
+        theirs = set(self.loading) - {model}  # another switch restarts its dead engine itself
         dead = [m for m, r in self.residents.items()
-                if r.state is ResidentState.DEAD or (m == model and r.state is not ResidentState.SLEEPING)]
+                if (r.state is ResidentState.DEAD and m not in theirs)
+                or (m == model and r.state is not ResidentState.SLEEPING)]
         stopped, slept = await asyncio.gather(self._evict([*stop, *dead]), self._sleep(asleep, report),
                                               return_exceptions=True)  # neither left running on a failure
         failures = [o for o in (stopped, slept) if isinstance(o, BaseException)]
@@ -280,9 +316,12 @@ class EnginePool:
         await asyncio.to_thread(self.refresh)
         if model is not None:
             await self._stop_sleepers_short_of(model, report)
-        report.vram_free_before = self._free()
+        free = {g.index: g.free_bytes for g in self.report.gpus}
+        planned = decision.gpus[0] if decision.gpus else next(iter(free), 0)
+        report.vram_free_before = free.get(planned)
+        return free
 
-    async def _load(self, model: str, report: SwitchReport) -> None:
+    async def _load(self, model: str, report: SwitchReport, free_before: dict[int, int]) -> None:
         """Wake `model`, or start it cold; then take what it holds at ready (admission)."""
         self._refuse_if_closing(model)  # shutdown may have begun while the others stopped
         if not await self._wake(model, report):
@@ -292,7 +331,8 @@ class EnginePool:
         resident = self.residents[model]
         resident.loaded_at = time.time()
         await asyncio.to_thread(self.refresh)
-        report.vram_free_after = self._free()
+        first = resident.gpus[0] if resident.gpus else 0  # its own GPU, not GPU 0 (another switch may load there)
+        report.vram_free_before, report.vram_free_after = free_before.get(first), self._free(first)
         resident.reserve(self.report.gpus, report.vram_free_before, report.vram_free_after)
         report.gpus = list(resident.gpus)
 
@@ -300,7 +340,7 @@ class EnginePool:
         resident = self._launch(model)
         try:
             ready = await asyncio.to_thread(resident.engine.start)
-            report.load_s, report.load_kind = round(ready.ready_s, 3), "cold"
+            report.load_s, report.load_kind, report.launched_by = round(ready.ready_s, 3), "cold", ready.launched_by
             self._refuse_if_closing(model)  # shutdown stopped it just as it became ready
         except Exception:
             if resident.engine.state is State.STOPPED:  # a failed start stops what it launched
@@ -309,6 +349,8 @@ class EnginePool:
                 if self.residents.get(model) is resident:
                     del self.residents[model]
             raise
+        # The next start's interpreter, begun now that this one no longer needs the CPU.
+        await asyncio.to_thread(self.standbys.refill, resident.engine.command)
         resident.ready()
 
     @staticmethod
@@ -355,11 +397,11 @@ class EnginePool:
     async def _stop_sleepers_short_of(self, model: str, report: SwitchReport) -> None:
         """Now that NVML has measured the sleepers: if the card is still short for
         `model`, stop them, the longest asleep first."""
-        if placement.place(self.view, model) is not None or \
-                placement.place(self.view, model, frozenset(self.sleepers) - {model}) is None:
+        spare = [m for m in self.sleepers if m != model and m not in self.loading]  # not one another switch wakes
+        if placement.place(self.view, model) is not None or placement.place(self.view, model, frozenset(spare)) is None:
             return  # it fits as it is, or stopping every sleeper would not make it fit either
         while placement.place(self.view, model) is None:
-            spare = [m for m in self.sleepers if m != model]
+            spare = [m for m in self.sleepers if m != model and m not in self.loading]
             if not spare:
                 return
             report.notes.append(f"{spare[0]}: stopped, not kept asleep: the card has no room for '{model}' beside "
@@ -411,6 +453,7 @@ class EnginePool:
             free = ", ".join(f"GPU {c.index}: {gib(c.room_bytes)}" for c in found or [])
             raise NoRoom(f"no room for '{model}' now ({free or 'no card size known'} below the threshold); "
                          f"see `animllm plan --together`")
+        self.loading[model] = gpus  # where it goes after all: the other switches keep off these
         share = self.share(model, cards[gpus[0]].total_bytes) if cards[gpus[0]].total_bytes else None
         able_to_sleep = self.sleep_policy.launch_able(model, self.report)
         engine = launch(self.loaded, model, on_progress=self.on_progress, on_dead=self._engine_died,
@@ -418,14 +461,16 @@ class EnginePool:
                         gpus=gpus if self.report.gpus else None,
                         utilization=share.utilization if share and share.basis != "alone" else None,
                         sleep_mode=able_to_sleep)
+        engine.standby = self.standbys.take(engine.command)
         planned = {g: share.bytes_on(cards[g].total_bytes) for g in gpus} if share else {}
         self.residents.pop(model, None)
         resident = Resident(model, engine, gpus, share or Share(model, 0, 0, "alone"), planned, sleep_mode=able_to_sleep)
         self.residents[model] = resident
         return resident
 
-    def _free(self) -> int | None:
-        return self.report.gpus[0].free_bytes if self.report.gpus else None
+    def _free(self, gpu: int) -> int | None:
+        """GPU `gpu`'s free bytes in NVML's latest report; None where it has none."""
+        return next((g.free_bytes for g in self.report.gpus if g.index == gpu), None)
 
     async def _evict(self, models: list[str]) -> list[StopReport]:
         """Stop these residents at once (each stop waits for its VRAM), and forget them."""
@@ -503,6 +548,7 @@ class EnginePool:
         starting (its start then fails at once) or that a switch is about to replace.
         Returns the slowest stop (the one the user waited for)."""
         self._closing = True
+        await asyncio.to_thread(self.standbys.close)
         stopped = await self._evict(list(self.residents))
         self.deaths.clear()  # nothing is restarted any more
         left = sorted(pid for s in stopped for pid in s.left)

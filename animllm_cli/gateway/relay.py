@@ -59,12 +59,25 @@ class RelayHost(Protocol):
 
 SENT_AT = "engine_sent_ns"  # request.state: when the relay last sent the request to its target (monotonic ns)
 EVENT_ENDS = (b"\n\n", b"\r\n\r\n")  # the blank line that ends a server-sent event
+# The scope's record of two `send`s (app.create_app): the server's own, and the one the route
+# handed its response, with Starlette's middleware between them.
+SERVER_SEND, ROUTE_SEND = "animllm.server_send", "animllm.route_send"
 
 
 def split_at_event_end(data: bytes) -> tuple[bytes, bytes]:
     """`data` cut after its last complete event: (the whole events, the rest)."""
+    if data.endswith(EVENT_ENDS):  # the usual read: whole events only, nothing to cut
+        return data, b""
     end = max(data.rfind(mark) + len(mark) if mark in data else 0 for mark in EVENT_ENDS)
     return data[:end], data[end:]
+
+
+def body_sender(scope: Any, send: Any) -> Any:
+    """Where a streamed response's body goes: straight to the server where `send` is the one
+    its route handed it (Starlette's middleware between them act on a response's start only,
+    and passing each chunk through them cost the relay per chunk); through `send` where
+    something else wraps it (accounting, Ollama's translation: they read the body)."""
+    return scope.get(SERVER_SEND, send) if send is scope.get(ROUTE_SEND) else send
 
 
 class ClientGone(Exception):
@@ -83,15 +96,36 @@ async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
 
 
 async def race_disconnect(receive: Callable[[], Awaitable[dict]], awaitable: Awaitable[Any],
-                          discard: Callable[[Any], None] | None = None) -> Any:
-    """Await `awaitable` unless the client goes away first (then cancel it: ClientGone).
-    Should it finish anyway in the same turn (a queue slot granted just as the client
-    left), `discard` gets the result, so that a lease is never lost."""
+                          discard: Callable[[Any], None] | None = None, *, gone: asyncio.Future | None = None,
+                          bound: tuple[float, float, str] | None = None) -> Any:
+    """Await `awaitable` unless the client goes away first (then cancel it: ClientGone), or
+    `bound` (Deadlines.bound) runs out first (then cancel it: Expired naming it). Should it
+    finish anyway in the same turn (a queue slot granted just as the client left),
+    `discard` gets the result, so that a lease is never lost. `gone`: the request's watch of
+    `receive` (client_watch), kept running for the caller; else one of its own. (asyncio.wait
+    and a timeout context, which this was, cost twice the time of the waiter and timer
+    below: they are on the path of every request.)"""
     main = asyncio.ensure_future(awaitable)
-    watch = asyncio.ensure_future(_disconnected(receive))
+    watch = gone if gone is not None else client_watch(receive)
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: Any = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    main.add_done_callback(wake)
+    watch.add_done_callback(wake)
+    timer = loop.call_at(bound[0], wake) if bound is not None else None
     try:
-        done, _ = await asyncio.wait({main, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if main in done:
+        try:
+            await waiter
+        finally:
+            main.remove_done_callback(wake)
+            watch.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+        if main.done():
             return main.result()
         main.cancel()
         try:
@@ -101,9 +135,19 @@ async def race_disconnect(receive: Callable[[], Awaitable[dict]], awaitable: Awa
         else:
             if discard:
                 discard(result)
-        raise ClientGone()
+        if watch.done() or bound is None:
+            raise ClientGone()
+        raise Expired(bound[2], bound[1])
     finally:
-        watch.cancel()
+        if gone is None:
+            watch.cancel()
+
+
+def client_watch(receive: Callable[[], Awaitable[dict]]) -> asyncio.Future:
+    """A task that ends when the client goes away (its `receive` says http.disconnect); one
+    per request, from the race for the upstream's answer through the stream (a task made
+    and cancelled costs the relay per request)."""
+    return asyncio.ensure_future(_disconnected(receive))
 
 
 @dataclass
@@ -232,20 +276,21 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
         remote.outstanding += 1
         remote.sent += 1
     handed_over = False
+    gone = client_watch(request.receive)
     try:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=target.connect_s) if target.connect_s else None
         # Never a redirect: the target's key must not follow it to another host.
         # The client's content type: JSON, or a multipart form with its boundary.
         media = request.headers.get("content-type", "application/json")
         setattr(request.state, SENT_AT, time.monotonic_ns())
-        send = gw.session.post(f"{target.base_url}{request.url.path}", data=raw, allow_redirects=False,
+        path = guard.path_of(request)
+        send = gw.session.post(f"{target.base_url}{path}", data=raw, allow_redirects=False,
                                headers={"content-type": media, **target.headers}, ssl=target.tls,
                                **({"timeout": timeout} if timeout else {}))
         try:
             upstream = await race_disconnect(
-                request.receive, deadlines.within(send, first_byte_s, f"no answer from {target.who} within "
-                                                                      f"first_byte_timeout_s"),
-                discard=lambda response: response.close())
+                request.receive, send, discard=lambda response: response.close(), gone=gone,
+                bound=deadlines.bound(first_byte_s, f"no answer from {target.who} within first_byte_timeout_s"))
         except aiohttp.ClientError as exc:
             raise target.failed(_cause(exc), exc) from None
         if remote is not None and upstream.status in KEY_REFUSED_STATUSES:
@@ -262,11 +307,10 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
         watch = _answer_watch(request, model, target) if upstream.status == 200 else None
         if stream and upstream.status == 200:
             handed_over = True  # the streaming response owns the lease and the upstream from here
-            return RelayResponse(gw, model, lease, upstream, deadlines, target, idle_s, dialect_of(request.url.path),
-                                 watch)
+            return RelayResponse(gw, model, lease, upstream, deadlines, target, idle_s, dialect_of(path), watch, gone)
         try:
-            body = await race_disconnect(request.receive, deadlines.within(upstream.read(), idle_s,
-                                                                            f"{target.who}'s answer stalled"))
+            body = await race_disconnect(request.receive, upstream.read(), gone=gone,
+                                         bound=deadlines.bound(idle_s, f"{target.who}'s answer stalled"))
         except aiohttp.ClientError as exc:
             upstream.close()
             raise target.failed(f"stopped mid-answer: {_cause(exc)}", exc, mid_answer=True) from None
@@ -282,13 +326,15 @@ async def _attempt(gw: RelayHost, request: Request, model: str, target: Target, 
             raise target.failed(f"HTTP {upstream.status}")
         if watch is not None:
             watch(body)
-        gw.metrics.requests.labels(model, "ok" if upstream.status < 400 else f"http_{upstream.status}").inc()
+        gw.metrics.count(model, "ok" if upstream.status < 400 else f"http_{upstream.status}")
         retry = upstream.headers.get("retry-after")
         return Response(body, status_code=upstream.status, headers={"retry-after": retry} if retry else None,
                         media_type=upstream.headers.get("content-type", "application/json"))
     finally:
-        if remote is not None and not handed_over:
-            remote.outstanding -= 1
+        if not handed_over:
+            gone.cancel()
+            if remote is not None:
+                remote.outstanding -= 1
 
 
 async def relay_by_id(gw: Any, request: Request, target: Target) -> Response:
@@ -335,7 +381,7 @@ async def _replay(upstream: aiohttp.ClientResponse, target: Target) -> Any:
 def _answer_watch(request: Request, model: str, target: Target) -> Callable[[bytes], bool] | None:
     """What reads an answer on its way (the route sets `request.state.answer_watch`: the
     Responses API's ids, gateway/stored_responses.py); None for most routes."""
-    watcher = getattr(request.state, "answer_watch", None)
+    watcher = request.scope.get("state", {}).get("answer_watch")  # request.state's: without its AttributeError
     return watcher(model, target) if watcher is not None else None
 
 
@@ -355,37 +401,42 @@ class RelayResponse(Response):
 
     def __init__(self, gw: RelayHost, model: str, lease: Lease, upstream: aiohttp.ClientResponse,
                  deadlines: Deadlines, target: Target, idle_s: float, dialect: Dialect = OPENAI,
-                 watch: Callable[[bytes], bool] | None = None) -> None:
-        """`watch`: called with each run of whole events until it returns True (_answer_watch)."""
+                 watch: Callable[[bytes], bool] | None = None, gone: asyncio.Future | None = None) -> None:
+        """`watch`: called with each run of whole events until it returns True (_answer_watch);
+        `gone`: the request's client_watch, which the response owns from here (None: its own)."""
         self.gw, self.model, self.lease, self.upstream, self.deadlines = gw, model, lease, upstream, deadlines
-        self.target, self.idle_s, self.dialect, self.watch = target, idle_s, dialect, watch
+        self.target, self.idle_s, self.dialect, self.watch, self.gone = target, idle_s, dialect, watch, gone
         self.status_code = upstream.status
         self.background = None
         self.given_back = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.stream(receive, send, started=False)
+        await self.stream(receive, send, started=False, body_send=body_sender(scope, send))
 
-    async def stream(self, receive: Any, send: Any, *, started: bool) -> None:
-        """Relay the upstream's body; `started`: the response's head was sent already."""
+    async def stream(self, receive: Any, send: Any, *, started: bool, body_send: Any = None) -> None:
+        """Relay the upstream's body; `started`: the response's head was sent already;
+        `body_send`: where the events go (body_sender; None: `send`)."""
         upstream = self.upstream
         gone = False
 
-        async def watch() -> None:
+        def left(watch: asyncio.Future) -> None:
             nonlocal gone
-            await _disconnected(receive)
-            gone = True
-            upstream.close()  # drops the connection: vLLM aborts the request
+            if not watch.cancelled() and watch.exception() is None:
+                gone = True
+                upstream.close()  # drops the connection: vLLM aborts the request
 
-        watcher = asyncio.create_task(watch())
+        watcher = self.gone or client_watch(receive)
+        watcher.add_done_callback(left)
         outcome = "ok"
         try:
             if not started:
                 await send({"type": "http.response.start", "status": self.status_code,
                             "headers": [(b"content-type", upstream.headers.get("content-type", "text/event-stream").encode()),
                                         (b"cache-control", b"no-cache")]})
+            ended = False
             try:
-                await self._pump(send)
+                # Straight to the server, the answer's last events carry its end: one write less.
+                ended = await self._pump(body_send or send, may_end=body_send is not None and body_send is not send)
             except Expired as exc:
                 outcome = "timeout"
                 await send({"type": "http.response.body", "more_body": True,
@@ -397,14 +448,16 @@ class RelayResponse(Response):
                     self._give_back()  # before the check of its engine, which may take seconds
                     await send({"type": "http.response.body", "more_body": True,
                                 "body": self.dialect.stream_error(await self._cut_short(), "engine_error")})
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                with contextlib.suppress(OSError):
+                    await (body_send or send)({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            watcher.remove_done_callback(left)
             watcher.cancel()
             upstream.close()
             if self.target.upstream is not None:
                 self.target.upstream.outstanding -= 1
-            self.gw.metrics.requests.labels(self.model, "client_gone" if gone else outcome).inc()
+            self.gw.metrics.count(self.model, "client_gone" if gone else outcome)
             self._give_back()
 
     def _give_back(self) -> None:
@@ -420,39 +473,47 @@ class RelayResponse(Response):
         death = await self.gw.engine_death(engine) if engine is not None else None
         return f"{self.target.who} stopped mid-answer" + (f": it died ({death.summary()})" if death else "")
 
-    async def _pump(self, send: Any) -> None:
+    async def _pump(self, send: Any, *, may_end: bool = False) -> bool:
         """Relay whole events only: what follows the last event boundary waits for the rest of
         its event, so that an engine dying inside a write never hands the client half an event
-        (an SDK fails on one it cannot parse before it reaches the error event)."""
-        content = self.upstream.content
-        watch = IdleWatch(self.deadlines, self.idle_s, f"no output from {self.target.who} within idle_timeout_s")
-        time = watch.loop.time
+        (an SDK fails on one it cannot parse before it reaches the error event). `may_end`:
+        events read with the upstream's end (nothing left to read) go as the response's end
+        (True: it has ended)."""
+        content, deadlines = self.upstream.content, self.deadlines
+        watch = IdleWatch(deadlines, self.idle_s, f"no output from {self.target.who} within idle_timeout_s")
+        time, read, ends = watch.loop.time, content.readany, EVENT_ENDS
+        total_bound = deadlines.end is not None
         pending = b""
         try:
             while True:
                 watch.reading_since = time()
-                overdue = self.deadlines.overdue(watch.reading_since)  # it may have passed during a send
-                if overdue is not None:
-                    raise overdue
+                if total_bound and (overdue := deadlines.overdue(watch.reading_since)) is not None:
+                    raise overdue  # it may have passed during a send
                 try:
-                    chunk = await content.readany()
+                    chunk = await read()
                 except asyncio.CancelledError:
                     watch.cancelled()
                     raise
                 watch.reading_since = None
                 if not chunk:
                     break
-                whole, pending = split_at_event_end(pending + chunk)
-                if whole:
-                    if self.watch is not None and self.watch(whole):
-                        self.watch = None
-                    await send({"type": "http.response.body", "body": whole, "more_body": True})
+                if pending or not chunk.endswith(ends):  # an event cut by the read: its start waits
+                    chunk, pending = split_at_event_end(pending + chunk)
+                    if not chunk:
+                        continue
+                if self.watch is not None and self.watch(chunk):
+                    self.watch = None
+                if may_end and not pending and content.at_eof():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return True
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
             watch.close()
         if not content.is_eof():
             raise aiohttp.ClientPayloadError("upstream closed early")
         if pending:  # a complete answer whose last event lacks its blank line: passed on as it is
             await send({"type": "http.response.body", "body": pending, "more_body": True})
+        return False
 
 
 class WaitingStream(Response):
@@ -486,7 +547,7 @@ class WaitingStream(Response):
                 self.waiting = asyncio.ensure_future(self.acquire())
                 continue
             if isinstance(answer, RelayResponse):
-                await answer.stream(receive, send, started=True)
+                await answer.stream(receive, send, started=True, body_send=body_sender(scope, send))
             else:  # the engine refused it (4xx/5xx): its error as an event
                 await self._end(send, _error_message(answer.body), "engine_error")
             return

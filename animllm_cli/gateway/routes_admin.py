@@ -87,10 +87,10 @@ async def admin_switch(request: Request, gw: Gateway) -> Response:
         return JSONResponse(SwitchReport(from_model=model, to_model=model, outcome="already loaded",
                                          gpus=list(gw.pool.residents[model].gpus)).to_json())
     try:
-        await gw.load(model)
+        report = await gw.load(model)  # its own switch's report, not one that ended beside it
     except (QueueFull, SwitchFailed) as exc:
         return gw.queue_failure(model, exc)
-    report = gw.pool.last_switch or SwitchReport(from_model=None, to_model=model, outcome="ok")
+    report = report or SwitchReport(from_model=None, to_model=model, outcome="ok")
     return JSONResponse(report.to_json())
 
 

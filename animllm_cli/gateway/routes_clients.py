@@ -95,13 +95,14 @@ async def read_json(request: Request, gw: Gateway) -> Incoming:
     raw = await guard.read_body(request, gw.max_body_bytes)
     payload = guard.parse_object(raw)
     priority, changed = request_priority(request, payload)
-    strip_usage = gw.clients.configured and _usage_asked_for_the_record(request.url.path, payload)
+    path = guard.path_of(request)
+    strip_usage = gw.clients.configured and _usage_asked_for_the_record(path, payload)
     changed = changed or strip_usage
 
     def rename(name: str) -> bytes:
         return json.dumps({**payload, "model": name}).encode()
 
-    responses = request.url.path == RESPONSES
+    responses = path == RESPONSES
     previous = payload.get("previous_response_id") if responses else None
     return Incoming(json.dumps(payload).encode() if changed else raw, payload.get("model"),
                     payload.get("stream") is True, priority, rename, previous if isinstance(previous, str) else None,
@@ -200,7 +201,7 @@ async def _relay(request: Request, gw: Gateway, incoming: Incoming, deadlines: D
     if remote is not None:
         _admit_remote(model, remote.key_problem)
     else:
-        _admit_route(gw, model, request.url.path)
+        _admit_route(gw, model, guard.path_of(request))
         admit_local(gw, model)
         _admit_previous_response(gw, model, incoming.previous_response)
     if incoming.stored:

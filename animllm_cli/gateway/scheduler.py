@@ -27,13 +27,23 @@ batch; the time limit keeps a waiting model from being starved.
   was waiting for it when it became loaded). An urgent request (`animllm switch`) lets
   nothing more start on the models it evicts.
 - The switch starts when the models it evicts have nothing running (a model with
-  requests in flight is never evicted) and nothing they may still start. One switch runs
-  at a time; the residents it leaves alone serve throughout.
+  requests in flight is never evicted) and nothing they may still start. The residents it
+  leaves alone serve throughout.
+- Switches run at once where they cannot meet: the next switch starts while others run
+  when placement puts its model on GPUs none of them loads onto, it evicts none of their
+  victims, and neither evicts the other's model (`_overlaps`). Otherwise it waits for them,
+  as every switch did for the one before it: on one card, one switch at a time. An unload
+  runs alone: once its model has drained, no switch starts until it has run (switches
+  that keep starting beside each other must not starve it). Only the next model (by the
+  rules below) may start beside a running switch: none overtakes it, and one that does not
+  fit while a switch runs waits for it rather than fail (the switch may be what holds the
+  room).
 - The next model: an urgent request's, else the oldest overdue request's; otherwise the
   model whose turn is best (the highest priority among its waiters, ties to the oldest
   arrival), unless another has at least `batch_factor` times as many requests waiting.
-- A failed switch fails every request waiting for that model (and only those), and the
-  model gets a backoff window during which new requests for it fail at once.
+- A failed switch fails every request waiting for that model (and only those, whatever
+  runs beside it), and the model gets a backoff window during which new requests for it
+  fail at once.
 
 So a request waits at most `max_wait_s`, plus what the evicted model still has to finish
 then (what runs, its batch, and its requests older than this one), plus the switch to its
@@ -52,11 +62,14 @@ import itertools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Collection, Literal
+from typing import Awaitable, Callable, Collection, Literal, Mapping
 
 from animllm_cli.wire import ChosenBy, ModelQueue, SwitchReason
 
 Policy = Literal["batch", "fifo"]
+# Where `model` goes once the residents named are gone, with the switches in progress
+# (model -> GPUs) loading meanwhile; None: it does not fit.
+Place = Callable[[str, frozenset[str], Mapping[str, tuple[int, ...]]], tuple[int, ...] | None]
 
 
 class QueueFull(Exception):
@@ -129,6 +142,8 @@ class Decision:
     `explicit`: an explicit load of the model waits for it (`animllm switch`, a preload, the
     model `serve` starts with), whose command pulled the model first: the pool pulls only
     for requests (not a label).
+    `gpus`: where placement put the model when it was decided (empty: an unload, which
+    places nothing); what the overlap rule compares (not a label).
     """
 
     model: str | None
@@ -136,6 +151,17 @@ class Decision:
     chosen_by: ChosenBy
     evict: tuple[str, ...] = field(default=(), compare=False)
     explicit: bool = field(default=False, compare=False)
+    gpus: tuple[int, ...] = field(default=(), compare=False)
+
+
+def _overlaps(one: Decision, other: Decision) -> bool:
+    """Whether two switches must run one after the other: either is an unload (it runs
+    alone) or places nothing known, they load onto a GPU in common, they share a victim, or
+    one evicts the model the other loads."""
+    if one.model is None or other.model is None or not one.gpus or not other.gpus:
+        return True
+    return bool(set(one.gpus) & set(other.gpus) or set(one.evict) & set(other.evict)
+                or one.model in other.evict or other.model in one.evict)
 
 
 @dataclass
@@ -155,10 +181,11 @@ class Scheduler:
     def __init__(self, switch: Callable[[Decision], Awaitable[None]], limit: Callable[[str], int],
                  residents: Callable[[], Collection[str]], *, queue_max: int, backoff_s: float = 30.0,
                  remote: Collection[str] = frozenset(),
-                 place: Callable[[str, frozenset[str]], bool] | None = None,
+                 place: Place | None = None,
                  pinned: Callable[[str], bool] = lambda model: False,
                  asleep: Callable[[], Collection[str]] = lambda: (),
                  restarting: Callable[[], Collection[str]] = lambda: (),
+                 claim: Callable[[Decision], None] = lambda decision: None,
                  policy: Policy = "batch", max_wait_s: float = 60.0, batch_factor: float = 4.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._switch = switch
@@ -167,11 +194,15 @@ class Scheduler:
         # Models served elsewhere: always ready, never loaded or evicted; priority and the
         # concurrency limit apply to them as to the residents.
         self.remote = frozenset(remote)
-        # Whether `model` fits once the residents in the set are gone; without a pool, one at a time.
-        self._place = place or (lambda model, evicting: not set(self._residents()) - evicting)
+        # Without a pool, one card that holds one model.
+        self._place = place or (lambda model, evicting, loading: None if set(self._residents()) - evicting or loading
+                                else (0,))
         self._pinned = pinned
         self._asleep = asleep  # the pool's sleepers: a request for one wakes it; an unload stops it
         self._restarting = restarting  # the models whose engine died: loading one is a restart
+        # Told of each operation as it begins, before any other decision: the pool's record of
+        # the switches under way (its placement and sleep decisions read it) never lags this one.
+        self._claim = claim
         self.queue_max = queue_max
         self.backoff_s = backoff_s
         self.policy, self.max_wait_s, self.batch_factor = policy, max_wait_s, batch_factor
@@ -183,11 +214,11 @@ class Scheduler:
         self._virtual: dict[str, float] = defaultdict(float)    # model -> the fair tag last granted
         self._last_tag: dict[tuple[str, str], float] = {}       # (model, client) -> its newest tag
         self.last_used: dict[str, float] = {}             # model -> when a request last started or ended
-        self.operation: Decision | None = None            # the switch (or unload) in progress
+        self._operations: tuple[Decision, ...] = ()       # the switches (or the unload) in progress, oldest first
         self.backoff_until: dict[str, tuple[float, str]] = {}
         self._unloads: dict[str, tuple[Decision, asyncio.Future]] = {}  # asked for, waiting for the model to drain
         self.draining: set[str] = set()   # residents that start nothing new: to be unloaded or evicted
-        self._switch_task: asyncio.Task | None = None
+        self._operation_tasks: set[asyncio.Task] = set()  # held: the loop keeps only weak references
 
     # --------------------------------------------------------------------- public
     @property
@@ -197,8 +228,19 @@ class Scheduler:
         return residents[0] if len(residents) == 1 else None
 
     @property
+    def operation(self) -> Decision | None:
+        """The oldest switch or unload in progress; None while the pool does none."""
+        return self._operations[0] if self._operations else None
+
+    @property
+    def switching(self) -> list[str]:
+        """The models the switches in progress load, oldest first."""
+        return [operation.model for operation in self._operations if operation.model]
+
+    @property
     def switching_to(self) -> str | None:
-        return self.operation.model if self.operation else None
+        """The model the oldest switch in progress loads (the single-slot view)."""
+        return next(iter(self.switching), None)
 
     @property
     def in_flight(self) -> int:
@@ -312,8 +354,8 @@ class Scheduler:
             pending[1].set_result(None)
 
     def _evicting(self) -> tuple[str, ...]:
-        """The residents the switch in progress stops (the pool marks them a moment later)."""
-        return self.operation.evict if self.operation else ()
+        """The residents the switches in progress stop (the pool marks them a moment later)."""
+        return tuple(victim for operation in self._operations for victim in operation.evict)
 
     def idle(self, model: str) -> bool:
         """Nothing runs on `model` and nothing waits for it."""
@@ -342,18 +384,24 @@ class Scheduler:
 
     def waiting_for(self, model: str) -> str:
         """What a request for `model` waits for now, in words (the loading comments)."""
-        operation = self.operation
-        if operation is not None and operation.model == model:
+        operation = next((o for o in self._operations if o.model == model), None)
+        if operation is not None:
             evicting = f", evicting {', '.join(operation.evict)}" if operation.evict else ""
             return f"{self._loading(model)} {model}{evicting}"
         if model in self.draining:
             return f"waiting for {model}: it is draining (to be unloaded or evicted), then it loads again"
         if self._serves(model):
             return f"waiting for a free slot on {model}"
-        if operation is not None:
-            return f"waiting for {model}: {operation.model or ', '.join(operation.evict)} is being " \
-                   f"{'loaded' if operation.model else 'unloaded'} first"
+        if self._operations:
+            return f"waiting for {model}: {self._in_progress()} first"
         return f"waiting for {model}: its turn to be {'woken' if model in self._asleep() else 'loaded'}"
+
+    def _in_progress(self) -> str:
+        """What the pool does now, in words: the models being loaded, or the one being unloaded."""
+        loads = self.switching
+        if not loads:
+            return f"{', '.join(self._operations[0].evict)} is being unloaded"
+        return f"{' and '.join(loads)} {'is' if len(loads) == 1 else 'are'} being loaded"
 
     # --------------------------------------------------------------------- internals
     def _loading(self, model: str) -> str:
@@ -382,11 +430,16 @@ class Scheduler:
         # before its own cleanup runs: it must not start a switch.
         self.waiting = sorted(t for t in self.waiting if not t.granted.done())
         residents = set(self._residents())
-        loading = self.switching_to
+        loading = set(self.switching)
         foreign = [t for t in self.waiting if t.model not in residents and t.model not in self.remote
-                   and t.model != loading]
+                   and t.model not in loading]
         overdue = self._overdue(foreign)
-        decision = self._decide(residents, foreign, overdue) if foreign and self.operation is None else None
+        decision = self._decide(residents, foreign, overdue) if foreign else None
+        if decision is not None and any(_overlaps(decision, running) for running in self._operations):
+            decision = None  # it waits for the switch it meets, and holds nothing back meanwhile
+        drained = next((m for m in self._unloads if not self.running[m]), None)
+        if drained is not None and self._operations:
+            decision = None  # an unload runs alone: nothing more starts beside the switches it waits for
         evicting = set(decision.evict) if decision else set()
         gate = min((t.seq for t in overdue), default=None)
         explicit = any(t.urgent for t in foreign)  # `animllm switch` waits only for what runs
@@ -394,18 +447,20 @@ class Scheduler:
         self.draining = gone | (evicting if explicit or gate is not None else set())
         for ticket in list(self.waiting):
             model = ticket.model
-            if (model not in residents and model not in self.remote) or model in gone \
+            # A model whose switch is still under way (ready, its switch not recorded yet) starts
+            # nothing until the switch ends: its waiters, `animllm switch` among them, read its report.
+            if (model not in residents and model not in self.remote) or model in gone or model in loading \
                     or self.running[model] >= self._limit(model) or not self._under_cap(ticket.claimant):
                 continue
             if model in evicting and (explicit or (gate is not None and ticket.seq > gate and not ticket.batched)):
                 continue  # to be evicted, and this one arrived after a request that has waited long enough
             self._grant(ticket)
-        if self.operation is None:
-            drained = next((m for m in self._unloads if not self.running[m]), None)
-            if drained is not None:
-                self._start_operation(self._unloads[drained][0])
-            elif decision is not None and not any(self.running[m] for m in decision.evict):
-                self._start_operation(decision)
+        if not self._operations and drained is not None:
+            self._start_operation(self._unloads[drained][0])
+            return
+        if decision is not None and not any(self.running[m] for m in decision.evict):
+            self._start_operation(decision)
+            self._pump()  # the model next in turn may load beside it
 
     def _overdue(self, foreign: list[Ticket]) -> list[Ticket]:
         if self.policy == "fifo":
@@ -415,12 +470,15 @@ class Scheduler:
 
     def _decide(self, residents: set[str], foreign: list[Ticket], overdue: list[Ticket]) -> Decision | None:
         model, chosen_by = self._next_model(foreign, overdue)
-        evict = self._victims(model, residents)
-        if evict is None:
+        placed = self._victims(model, residents)
+        if placed is None:
+            if self._operations:  # a switch in progress may hold the room (a model starting, a GPU it loads onto)
+                return None
             self._fail(model, f"'{model}' does not fit beside the pinned models "
                               f"({', '.join(sorted(m for m in residents if self._pinned(m)))}) and nothing else "
                               f"can be evicted; see `animllm plan --together`", backoff=False)
             return None
+        evict, gpus = placed
         explicit = any(t.urgent and t.model == model for t in foreign)
         if model in self._restarting():
             reason = "restart"
@@ -434,25 +492,30 @@ class Scheduler:
             reason = "arrival_order" if self.policy == "fifo" else "max_wait"
         else:
             reason = "idle"
-        return Decision(model, reason, chosen_by, tuple(evict), explicit)
+        return Decision(model, reason, chosen_by, tuple(evict), explicit, gpus)
 
-    def _victims(self, model: str, residents: set[str]) -> list[str] | None:
-        """The residents to evict so that `model` fits: none if it fits beside them; else
-        idle ones least recently used first, then busy ones (whose work must end first);
-        never a pinned one. None: it cannot fit even then."""
+    def _victims(self, model: str, residents: set[str]) -> tuple[list[str], tuple[int, ...]] | None:
+        """The residents to evict so that `model` fits, and the GPUs it then goes on: no
+        victim if it fits beside them; else idle ones least recently used first, then busy
+        ones (whose work must end first); never a pinned one. None: it cannot fit even then."""
+        loading = {operation.model: operation.gpus for operation in self._operations if operation.model}
+
+        def fits(evicting: frozenset[str]) -> tuple[int, ...] | None:
+            return self._place(model, evicting, loading)
+
         victims: list[str] = []
         candidates = sorted((m for m in residents if not self._pinned(m)),
                             key=lambda m: (not self.idle(m), self.last_used.get(m, 0.0)))
         for candidate in [None, *candidates]:
             if candidate is not None:
                 victims.append(candidate)
-            if self._place(model, frozenset(victims)):
+            if fits(frozenset(victims)):
                 # Keep only those it needs: on another GPU, or smaller than a later one, an
                 # earlier victim may free nothing that counts.
                 for needless in [v for v in reversed(victims[:-1])]:
-                    if self._place(model, frozenset(victims) - {needless}):
+                    if fits(frozenset(victims) - {needless}):
                         victims.remove(needless)
-                return victims
+                return victims, fits(frozenset(victims))
         return None
 
     def _next_model(self, foreign: list[Ticket], overdue: list[Ticket]) -> tuple[str, ChosenBy]:
@@ -500,8 +563,12 @@ class Scheduler:
                 ticket.granted.set_exception(SwitchFailed(model, reason, self.backoff_s if backoff else 0))
 
     def _start_operation(self, decision: Decision) -> None:
-        self.operation = decision
-        self._switch_task = asyncio.get_running_loop().create_task(self._run_operation(decision))
+        """The one place an operation begins (`_run_operation`'s end, the one place it ends)."""
+        self._operations = (*self._operations, decision)
+        self._claim(decision)
+        task = asyncio.get_running_loop().create_task(self._run_operation(decision))
+        self._operation_tasks.add(task)
+        task.add_done_callback(self._operation_tasks.discard)
 
     async def _run_operation(self, decision: Decision) -> None:
         model = decision.model
@@ -522,5 +589,5 @@ class Scheduler:
                 unload = self._unloads.pop(evicted, None)
                 if unload and not unload[1].done():
                     unload[1].set_result(None)
-            self.operation = None
+            self._operations = tuple(o for o in self._operations if o is not decision)
             self._pump()

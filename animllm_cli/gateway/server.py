@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from animllm_cli import server_stack
 from animllm_cli.config import LoadedConfig
 from animllm_cli.bind import url_host
 from animllm_cli.runfile import GatewayState, remove_state, write_state
@@ -54,7 +55,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
 
     async def first_load() -> None:
         try:
-            await gateway.load(model)
+            report = await gateway.load(model)
         except Exception as exc:
             gateway.failed = exc
             if hooks.on_failed:
@@ -63,7 +64,7 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
                 server_box["server"].should_exit = True
         else:
             if hooks.on_ready:
-                hooks.on_ready(pool.last_switch)
+                hooks.on_ready(report)
             for name in [m for m in dict.fromkeys(preload or []) if m != model]:
                 await _preload(name)
 
@@ -73,11 +74,10 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
             note(f"preload: {name} is served elsewhere: nothing to load")
             return
         try:
-            await gateway.load(name)
+            report = await gateway.load(name)  # its own switch's, not one that ended beside it
         except Exception as exc:
             note(f"preload: {name} could not be loaded: {getattr(exc, 'reason', None) or exc}")
             return
-        report = pool.last_switch
         evicted = f"; it evicted {', '.join(report.evicted)} (they do not fit together: see `animllm plan " \
                   f"--together`)" if report and report.evicted else ""
         took = f"woken in {report.wake_s:.1f}s" if report and report.wake_s is not None else \
@@ -98,8 +98,12 @@ def build(loaded: LoadedConfig, *, model: str, host: str, port: int, key: str | 
 
     app = create_app(gateway, [*routes_clients.ROUTES, *routes_ollama.ROUTES, *routes_admin.ROUTES], on_startup=on_startup,
                      on_shutdown=on_shutdown)
+    # uvloop and httptools by name where installed (declared dependencies), not by uvicorn's
+    # "auto": a missing one is then said (status, doctor) rather than silently replaced.
+    stack = server_stack.chosen()
+    gateway.http_parser = stack.http
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, loop=stack.loop, http=stack.http)
     server = uvicorn.Server(config)
     server_box["server"] = server
     gateway.shutdown_hook = lambda: setattr(server, "should_exit", True)

@@ -75,8 +75,10 @@ class SleepPolicy:
         gone = [v.model for v in victims if v.model not in levels]
         if model is None:
             return levels, gone
-        # Should the card be short with the sleepers' leftovers, the longest asleep stop first.
-        spare = [*(m for m in sleepers(residents.values()) if m != model), *reversed(list(levels))]
+        # Should the card be short with the sleepers' leftovers, the longest asleep stop first
+        # (not one that another switch under way wakes).
+        spare = [*(m for m in sleepers(residents.values()) if m != model and m not in view.loading),
+                 *reversed(list(levels))]
         also = placement.sleepers_to_stop(view, model, gone, spare, frozenset(levels))
         for sleeper in also:
             notes.append(f"{sleeper}: stopped, not kept asleep: the card has no room for '{model}' beside it")

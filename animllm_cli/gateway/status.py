@@ -9,9 +9,11 @@ unloaded or evicted; and switching, the single-slot view while a switch runs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
+from animllm_cli import server_stack
 from animllm_cli.gateway.app import Gateway
 from animllm_cli.gateway.resident import Resident, ResidentState
 from animllm_cli.gpu import nvml
@@ -62,7 +64,8 @@ def _rounded(value: float | None) -> float | None:
 
 def newest_engine(gw: Gateway, statuses: list[EngineStatus] | None = None) -> EngineStatus:
     """The single-slot view: the model loaded last (or being loaded, its download first),
-    and the last switch."""
+    and the last switch; where switches run at once, `switching_to` is the oldest and
+    `switching` names them all."""
     switching_to = gw.scheduler.switching_to
     download = gw.pool.downloads.get(switching_to or "")
     newest = next((s for s in statuses or engine_statuses(gw) if s.model == gw.pool.newest), None)
@@ -70,8 +73,18 @@ def newest_engine(gw: Gateway, statuses: list[EngineStatus] | None = None) -> En
         newest = EngineStatus(model=switching_to, state="switching", phase=download.phase)
     elif newest is None:
         newest = EngineStatus(model=None, state="none")
-    return newest.model_copy(update={"switching_to": switching_to, "last_switch": gw.pool.last_switch,
+    return newest.model_copy(update={"switching_to": switching_to, "switching": gw.scheduler.switching,
+                                     "last_switch": gw.pool.last_switch,
                                      "state": "switching" if switching_to else newest.state})
+
+
+def gateway_process(gw: Gateway) -> GatewayProcess:
+    """The gateway itself: its pid, uptime, and the event loop it runs on (read off the running
+    loop: a host may bring its own) and the HTTP parser uvicorn was told (gateway/server.py)."""
+    http = gw.http_parser
+    return GatewayProcess(pid=os.getpid(), uptime_s=round(time.time() - gw.started_at, 1),
+                          event_loop=server_stack.loop_text(server_stack.loop_name(asyncio.get_running_loop())),
+                          http_parser=server_stack.http_text(http) if http else None)
 
 
 def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
@@ -79,7 +92,7 @@ def status_report(gw: Gateway, report: nvml.GpuReport) -> StatusReport:
     now = time.monotonic()
     engines = engine_statuses(gw)
     return StatusReport(
-        gateway=GatewayProcess(pid=os.getpid(), uptime_s=round(time.time() - gw.started_at, 1)),
+        gateway=gateway_process(gw),
         engine=newest_engine(gw, engines), engines=engines, queue_depth=gw.scheduler.depth,
         in_flight=gw.scheduler.in_flight,
         queues=gw.scheduler.queues(),

@@ -66,6 +66,7 @@ class ModelPlan:
     suggestion: str | None = None
     alternatives: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    startup: dict[str, Any] | None = None  # a cold start's cost, where `bench --startup` measured it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

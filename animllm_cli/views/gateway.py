@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from animllm_cli.output import table
+from animllm_cli.server_stack import FAST_HTTP, FAST_LOOP
 from animllm_cli.units import gib, gib_figure
 
 
@@ -36,6 +37,7 @@ def _load_rows(report) -> list[list[str]]:
     engine = report.engine
     phase = f", {engine.phase}" if engine.state != "ready" and engine.phase else ""
     rows = [["gateway", f"{report.url} (pid {report.gateway.pid}, up {report.gateway.uptime_s:.0f}s)"],
+            *([["server", server_line(report.gateway)]] if report.gateway.event_loop else []),
             ["model", f"{engine.model or '-'} ({engine.state}{phase})"],
             ["loaded for", f"{time.time() - engine.loaded_since:.0f}s" if engine.loaded_since else "-"],
             ["queue / in flight", f"{report.queue_depth} / {report.in_flight}"]]
@@ -43,6 +45,17 @@ def _load_rows(report) -> list[list[str]]:
              for model, queue in sorted(report.queues.items())]
     rows += [["client", f"{name}: {queue.summary()}"] for name, queue in sorted(report.clients.items())]
     return rows + ([["engine died", engine.death_reason]] if engine.death_reason else [])
+
+
+def server_line(gateway) -> str:
+    """The event loop and HTTP parser the gateway runs on; where it runs without uvloop or
+    httptools, that it relays with more CPU per chunk, and where to look."""
+    text = f"{gateway.event_loop} / {gateway.http_parser or '?'}"
+    slow = [fast for used, fast in ((gateway.event_loop, FAST_LOOP), (gateway.http_parser, FAST_HTTP))
+            if used is not None and used.split()[0] != fast]
+    if slow:
+        text += f" (without {' and '.join(slow)}: more CPU per relayed chunk; see `animllm doctor --only server`)"
+    return text
 
 
 def _vram_rows(vram) -> list[list[str]]:
@@ -84,13 +97,15 @@ class PsView:
     switching_to: str | None
     queues: dict
     remotes: list = field(default_factory=list)
+    switching: list = field(default_factory=list)  # every model being loaded, oldest first (switching_to: the first)
 
     @classmethod
     def of(cls, report) -> PsView:
-        return cls(report.url, report.engines, report.engine.switching_to, report.queues, report.remotes)
+        return cls(report.url, report.engines, report.engine.switching_to, report.queues, report.remotes,
+                   report.engine.switching)
 
     def to_json(self) -> dict:
-        return {"schema_version": 1, "url": self.url, "switching_to": self.switching_to,
+        return {"schema_version": 1, "url": self.url, "switching_to": self.switching_to, "switching": self.switching,
                 "engines": [e.to_json() for e in self.engines],
                 "queues": {m: q.to_json() for m, q in self.queues.items()},
                 "remotes": [r.to_json() for r in self.remotes]}
@@ -184,7 +199,8 @@ def switch_table(report) -> Any:
 def _load_row(report) -> list[str]:
     if report.load_kind == "wake":
         return ["wake", f"woke {report.to_model} from level {report.wake_level} in {seconds(report.wake_s)}"]
-    return ["load to ready", seconds(report.load_s)]
+    standby = " (a standby's interpreter: imports done ahead)" if report.launched_by == "standby" else ""
+    return ["load to ready", seconds(report.load_s) + standby]
 
 
 def _gib_or_dash(value: int | None) -> str:

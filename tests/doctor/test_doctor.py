@@ -39,7 +39,8 @@ def test_no_driver_fails_the_driver_row_only(nvml: FakeNvml, engine_env) -> None
 
 def test_json_schema(nvml: FakeNvml, engine_env) -> None:
     code, report = doctor()
-    assert set(report) == {"schema_version", "summary", "checks", "gpus", "plan"}
+    assert set(report) == {"schema_version", "summary", "checks", "gpus", "plan", "gateway"}
+    assert set(report["gateway"]) == {"event_loop", "http_parser", "fast"}
     assert set(report["summary"]) == {"pass", "warn", "fail", "skip", "strict", "exit_code", "elapsed_s"}
     assert report["summary"]["exit_code"] == code
     for check in report["checks"]:
@@ -177,6 +178,38 @@ def test_busy_port_fails(nvml, engine_env) -> None:
     report = json.loads(result.stdout)
     assert result.exit_code == 1 and report["checks"][0]["status"] == "FAIL"
     assert f"127.0.0.1:{port} is taken" in report["checks"][0]["detail"]
+
+
+def test_server_row_names_the_gateways_loop_and_parser(nvml, engine_env) -> None:
+    """uvloop and httptools are declared dependencies: installed here, the row passes with
+    their versions, and the JSON says what a gateway started here runs on."""
+    from importlib.metadata import version
+
+    code, report = doctor("--only", "server")
+    row = status(report, "server")
+    expected = f"uvloop {version('uvloop')} / httptools {version('httptools')}"
+    assert code == 0 and row["status"] == "PASS" and row["detail"] == expected and row["fix"] is None
+    assert report["gateway"] == {"event_loop": f"uvloop {version('uvloop')}",
+                                 "http_parser": f"httptools {version('httptools')}", "fast": True}
+
+
+@pytest.mark.parametrize("missing, loop, parser", [({"uvloop"}, "asyncio (Python ", "httptools "),
+                                                   ({"httptools"}, "uvloop ", "h11 "),
+                                                   ({"uvloop", "httptools"}, "asyncio (Python ", "h11 ")])
+def test_server_row_warns_without_uvloop_or_httptools(nvml, engine_env, monkeypatch, missing, loop, parser) -> None:
+    from animllm_cli import server_stack
+
+    installed = server_stack.importable
+    monkeypatch.setattr(server_stack, "importable", lambda module: module not in missing and installed(module))
+    code, report = doctor("--only", "server")
+    row = status(report, "server")
+    assert code == 0 and row["status"] == "WARN", row  # a slower relay, not a broken one
+    assert f"without {' and '.join(sorted(missing, key=['uvloop', 'httptools'].index))}" in row["detail"]
+    assert row["fix"].startswith("pip install uvloop httptools")
+    gateway = report["gateway"]
+    assert gateway["event_loop"].startswith(loop) and gateway["http_parser"].startswith(parser)
+    assert gateway["fast"] is False
+    assert doctor("--only", "server", "--strict")[0] == 1
 
 
 def test_only_and_skip(nvml, engine_env) -> None:

@@ -21,13 +21,42 @@ def _walk(lines: list[str]) -> list[str]:
 
 def test_real_vllm_start_log_walks_the_phases_in_order() -> None:
     assert _walk(REAL_LOG.read_text().splitlines()) == [
-        "starting", "resolving model", "loading weights", "profiling memory", "allocating KV cache", "starting server"]
+        "starting", "resolving model", "starting engine core", "starting workers", "loading weights", "profiling memory",
+        "allocating KV cache", "warming up", "starting server"]
 
 
 def test_warnings_and_config_dumps_do_not_fake_a_phase() -> None:
     noise = ["WARNING Enforce eager set, disabling torch.compile, CUDAGraphs, and JIT kernel warmup.",
              "INFO Initializing a V1 LLM engine with config: download_dir=None, 'cudagraph_mode': NONE"]
-    assert _walk(noise) == ["starting"]
+    assert _walk(noise) == ["starting", "starting workers"]  # EngineCore's first line: not compiling, not loading
+
+
+def test_the_breakdown_times_each_phase_from_its_marker_to_the_next_in_the_order_they_came() -> None:
+    marks = phases.Marks()
+    for at_s, line in [(7.4, "(APIServer pid=1) INFO non-default args: {}"), (17.2, "Resolved architecture: Qwen2"),
+                       (24.7, "(EngineCore pid=2) Initializing a V1 LLM engine (v0.32.0) with config: ..."),
+                       (33.3, "Starting to load model tiny-a..."), (33.4, "Loading weights took 0.00 seconds"),
+                       # a GPU compiles during the memory profile: before the KV cache, not after it
+                       (35.0, "torch.compile takes 9.1 s in total"), (44.0, "Available KV cache memory: 3 GiB"),
+                       (44.2, "GPU KV cache size: 2,097,152 tokens"), (44.3, "Capturing CUDA graphs (PIECEWISE)"),
+                       (50.0, "init engine (profile, create kv cache, warmup model) took 16.7 s"),
+                       (50.5, "Loading weights took 9 s"),  # a repeat: only the first counts
+                       (51.0, "INFO:     Application startup complete.")]:
+        marks.see(line, at_s)
+    took = {p.name: p.took_s for p in phases.breakdown(marks.timeline(), 51.2)}
+    assert list(took) == ["starting", "resolving model", "starting engine core", "starting workers", "loading weights",
+                          "profiling memory", "compiling", "allocating KV cache", "warming up", "capturing graphs",
+                          "starting server", "checking health"]
+    assert took["starting"] == 7.4 and took["starting engine core"] == 7.5 and took["compiling"] == 9.0
+    assert took["checking health"] == 0.2 and round(sum(took.values()), 3) == 51.2
+
+
+def test_the_breakdown_of_the_real_log_names_the_three_python_start_ups() -> None:
+    marks = phases.Marks()
+    for second, line in enumerate(REAL_LOG.read_text().splitlines()):
+        marks.see(line, float(second))
+    names = [name for name, _ in marks.timeline()]
+    assert names[:4] == ["starting", "resolving model", "starting engine core", "starting workers"]
 
 
 def test_phase_never_moves_back() -> None:

@@ -38,6 +38,9 @@ completions (503): a request that reaches a sleeper is a bug of the gateway.
 
 Other knobs: FAKE_VLLM_ALLOCATE=torch (hold --gpu-memory-utilization of the visible GPU,
 for scripts/gpu_check.py), FAKE_VLLM_CRASH_MODELS (the --model values that crash whatever the mode),
+FAKE_VLLM_SLOW_MODELS (the --model values that start as `slow` does, whatever the mode), FAKE_VLLM_GO_DIR
+(a slow start also ends as soon as a file named as the last part of its --model exists there:
+a test lets it become ready once it has seen what happens meanwhile),
 FAKE_VLLM_CHUNK_DELAY (seconds between streamed chunks), FAKE_VLLM_KV
 (the KV cache usage reported on /metrics), FAKE_VLLM_LOG (a file that records each
 request's model and whether the client went away). Whatever the mode, a completion whose body
@@ -385,6 +388,15 @@ def allocate(parser: argparse.ArgumentParser):
     return held
 
 
+def start_slowly(model: str, after: float) -> None:
+    """`after` seconds, or until FAKE_VLLM_GO_DIR holds a file named as the model's last part."""
+    go_dir = os.environ.get("FAKE_VLLM_GO_DIR")
+    go = os.path.join(go_dir, model.rsplit("/", 1)[-1]) if go_dir else None
+    deadline = time.monotonic() + after
+    while time.monotonic() < deadline and not (go and os.path.exists(go)):
+        time.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model")
@@ -395,6 +407,8 @@ def main() -> None:
     mode = os.environ.get("FAKE_VLLM_MODE", "ok")
     if args.model in os.environ.get("FAKE_VLLM_CRASH_MODELS", "").split(","):
         mode = "crash"
+    elif args.model in os.environ.get("FAKE_VLLM_SLOW_MODELS", "").split(","):
+        mode = "slow"
     after = float(os.environ.get("FAKE_VLLM_AFTER", "1"))
     names = args.served_model_name or [args.model]
 
@@ -431,7 +445,10 @@ def main() -> None:
         child("EngineCore")
     if mode == "helper-ready":
         child(None)
-    time.sleep(after if mode == "slow" else 0.3)
+    if mode == "slow":
+        start_slowly(args.model, after)
+    else:
+        time.sleep(0.3)
     if os.environ.get("FAKE_VLLM_ALLOCATE") == "torch":
         HELD.append(allocate(parser))  # kept for the life of the process, as vLLM keeps its reservation
     say("Loading weights took 0.01 seconds")

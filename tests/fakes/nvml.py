@@ -54,7 +54,9 @@ class FakeGpu:
         for proc in psutil.Process().children(recursive=True):
             try:
                 argv = proc.cmdline()
-                if not any(m in argv for m in ENGINE_MODULES):
+                # `-m MODULE`: an engine, not a standby waiting to become one (which holds
+                # no GPU memory; once it runs an engine, its title is the engine's command)
+                if "-m" not in argv[:-1] or argv[argv.index("-m") + 1] not in ENGINE_MODULES:
                     continue
                 environ = proc.environ()
             except psutil.Error:

@@ -169,6 +169,32 @@ def test_stream_cut_by_the_total_bound_ends_with_an_error_event(gateway_factory)
     assert seen[-1]["gone"] is True  # the upstream was closed: vLLM stops generating
 
 
+@pytest.mark.parametrize("limits, message", [
+    ({"first_byte_timeout_s": 0.5}, "no answer from the engine for 'a' within first_byte_timeout_s (0.5s)"),
+    ({"first_byte_timeout_s": 5, "total_timeout_s": 0.5}, "the whole request took longer than total_timeout_s (0.5s)")])
+def test_an_answer_slower_than_its_bound_is_a_504_and_the_engine_stops(gateway_factory, limits, message) -> None:
+    """A whole (non-streamed) answer is the wait for the first byte: past the bound (or the
+    total's end, if sooner) a 504 naming it, and the upstream closed, so vLLM stops."""
+    gw = gateway_factory(chunk_delay=0.3, limits=limits)
+    with gw.client() as client:
+        reply = client.post("/v1/chat/completions", json={"model": "a", **{**CHAT, "max_tokens": 20}})
+    assert reply.status_code == 504 and message in reply.json()["error"]["message"], reply.text
+    seen = wait_until(lambda: [r for r in gw.requests_seen() if r.get("gone")], BOUND_S, "the engine to see it go")
+    assert seen[-1]["stream"] is False
+    with gw.client() as client:  # the slot was given back; one token comes within the bound
+        assert client.post("/v1/chat/completions", json={"model": "a", **{**CHAT, "max_tokens": 1}}).status_code == 200
+
+
+def test_a_client_that_leaves_before_the_answer_starts_stops_the_engine(gateway_factory) -> None:
+    gw = gateway_factory(chunk_delay=0.3, concurrency=1)
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=gw.url, timeout=0.5) as client:
+        client.post("/v1/chat/completions", json={"model": "a", **{**CHAT, "max_tokens": 20}})
+    seen = wait_until(lambda: [r for r in gw.requests_seen() if r.get("gone")], BOUND_S, "the engine to see it go")
+    assert seen[-1]["stream"] is False
+    with gw.client() as client:  # its only slot was given back
+        assert client.post("/v1/chat/completions", json={"model": "a", **CHAT}).status_code == 200
+
+
 def test_a_stalled_stream_is_cut_by_the_idle_bound(gateway_factory) -> None:
     gw = gateway_factory(chunk_delay=1.5, limits={"idle_timeout_s": 0.5})
     with gw.client() as client:

@@ -93,7 +93,7 @@ def test_the_admission_probe_of_a_hung_engine_is_bounded(tmp_path: Path) -> None
     listener.listen()  # accepts (the kernel does), never answers
     engine = SimpleNamespace(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", pids=set, headers={})
     pool = SimpleNamespace(models=["a"], engine_for=lambda model: engine, reading=lambda: (GpuReport(), set()),
-                           residents={}, reserved=dict, fits=lambda *args: True, pinned=lambda model: False)
+                           residents={}, reserved=dict, fits=lambda *args: True, pinned=lambda model: False, claim=lambda decision: None)
     gateway = Gateway(load_config(fake_gateway_config(tmp_path)), api_key=None, pool=pool,
                       nvml_module=FakeNvml(missing=True))
 

@@ -4,6 +4,7 @@ engine and no pool: residents are records, shares a fixed fraction of each card.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 from animllm_cli.config.schema import AnimllmConfig
@@ -105,3 +106,16 @@ def test_the_fewest_sleepers_stop_for_a_model_to_fit() -> None:
     assert placement.sleepers_to_stop(now, "c", [], ["b", "a"], frozenset()) == ["b"]
     big = view(config(vram_gib=16), sleepers, shares={"c": 1.0})   # never fits beside anyone: all of them
     assert placement.sleepers_to_stop(big, "c", [], ["b", "a"], frozenset()) == ["b", "a"]
+
+
+def test_a_switch_under_way_keeps_its_gpus_and_counts_as_an_engine() -> None:
+    """a is being loaded onto GPU 1, its engine not launched yet: b goes on GPU 0 although
+    GPU 1 has more room, not at all where it names GPU 1, nor beside c in a pool of two."""
+    c = resident("c", (0,), 2 * GIB)
+    two = [card(0, DESKTOP + 2 * GIB), card(1, DESKTOP)]
+    assert placement.place(view(config(), [c], two), "b") == (1,)   # the most room, no switch under way
+    now = replace(view(config(), [c], two), loading={"a": (1,)})
+    assert placement.place(now, "b") == (0,)
+    assert placement.place(now, "a") == (1,)                         # its own switch's GPUs are its own
+    assert placement.place(replace(now, config=config(gpus={"b": [1]})), "b") is None
+    assert placement.place(replace(now, config=config(max_engines=2)), "b") is None

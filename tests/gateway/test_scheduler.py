@@ -699,9 +699,9 @@ def test_a_client_gone_in_the_same_turn_as_a_release_starts_no_switch() -> None:
 
 def make_pool(capacity: int, *, pinned: frozenset[str] = frozenset(), limit: int = 1,
               clock=None) -> tuple[Scheduler, Switcher]:
-    """A pool with room for `capacity` engines of any model."""
+    """A pool with room for `capacity` engines of any model, on one card."""
     scheduler, switcher = make(limit=limit, clock=clock, pinned=lambda m: m in pinned)
-    scheduler._place = lambda model, evicting: len(switcher.residents - evicting) < capacity
+    scheduler._place = lambda model, evicting, loading: (0,) if len(switcher.residents - evicting) < capacity else None
     return scheduler, switcher
 
 
@@ -867,7 +867,8 @@ def test_eviction_stops_only_what_makes_room() -> None:
     async def scenario():
         clock = Clock()
         scheduler, switcher = make_pool(2, clock=clock)
-        scheduler._place = lambda model, evicting: "b" in evicting or "b" not in switcher.residents
+        scheduler._place = lambda model, evicting, loading: (1,) if "b" in evicting or "b" not in switcher.residents \
+            else None
         await resident(scheduler, switcher, "a", "b", clock=clock)
         assert (await load_through(scheduler, switcher, "c")).evict == ("b",)
     run(scenario())

@@ -118,6 +118,8 @@ def test_detached_serve_a_crash_interleaved_clients_and_stop(tiny_models: dict[s
         restart, = restarts_in(restarted["recent_switches"], "tiny-a")
         print(f"restart: {restart['total_s']} s; death: {restart['death']}")
         assert restart["outcome"] == "ok" and restart["death"]["kind"] == "process-gone", restart
+        # serve's first start made the standby; the restart ran in it (engine/standby.py)
+        assert restart["launched_by"] == "standby", restart
         assert any("EngineCore" in gone and f"(pid {core})" in gone for gone in restart["death"]["gone"]), restart
         assert processes.living(dead_engine) == set()  # the API server, its workers: ended with the restart
         engine_pids.add(json.loads(_cli("status", "--json", env=env).stdout)["engine"]["engine_pid"])

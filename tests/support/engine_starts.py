@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from animllm_cli.engine.standby import STANDBY_MARK
+
 RUN_MARK = "ENGINE_STARTS_RUN"             # this run's id, in every process it starts
 RECORD_FILE = "ENGINE_STARTS_FILE"          # where the watcher writes its lines
 SHARED_MARK = "ENGINE_STARTS_SHARED"        # set while the shared engine fixture starts its engines
@@ -118,6 +120,10 @@ class Watcher:
                 continue
             if self.run_id is not None and env.get(RUN_MARK) != self.run_id:
                 continue
+            if env.get(STANDBY_MARK):
+                # A standby made earlier became this engine just now (its title changed): its
+                # start began now, for the test its owner runs now.
+                key, env = (key[0], time.time()), _owner_environment(proc) or env
             test = env.get("PYTEST_CURRENT_TEST", "")
             self._pending[key] = (proc, port, test, env.get(SHARED_MARK) == "1")
         for key, (proc, port, test, shared) in list(self._pending.items()):
@@ -129,6 +135,18 @@ class Watcher:
     def _write(self, start: Start) -> None:
         with self.record.open("a") as out:
             out.write(json.dumps(asdict(start)) + "\n")
+
+
+def _owner_environment(proc: psutil.Process) -> dict[str, str] | None:
+    """The environment of the process that owns a standby now: ours as it is now (pytest
+    keeps the current test in os.environ), or a gateway's as it began (one per test)."""
+    try:
+        owner = proc.parent()
+        if owner is None:
+            return None
+        return dict(os.environ) if owner.pid == os.getpid() else owner.environ()
+    except psutil.Error:
+        return None
 
 
 def _healthy(port: int) -> bool:
@@ -143,8 +161,14 @@ def read_starts(record: Path) -> list[Start]:
     tier watches, and they see the same processes)."""
     if not record.exists():
         return []
-    starts = (Start(**json.loads(line)) for line in record.read_text().splitlines() if line.strip())
-    return list({start.pid: start for start in starts}.values())
+    chosen: dict[int, Start] = {}
+    for line in record.read_text().splitlines():
+        start = Start(**json.loads(line)) if line.strip() else None
+        # A standby's engine is named by its owner's current test, which only the owner's
+        # watcher knows: a line that names a test wins over one that does not.
+        if start is not None and (start.pid not in chosen or (start.test and not chosen[start.pid].test)):
+            chosen[start.pid] = start
+    return list(chosen.values())
 
 
 def summary_lines(starts: list[Start]) -> list[str]:
