@@ -213,29 +213,35 @@ async def stream_chunks(session: aiohttp.ClientSession, url: str, payload: bytes
     return count
 
 
-async def measure(direct: str, gateway: str, key: dict[str, str], requests: int, rounds: int) -> dict:
-    """`key`: the direct path's (the gateway here asks none)."""
+async def measure(paths: dict[str, tuple[str, dict[str, str]]], requests: int, rounds: int) -> dict:
+    """Each path (name -> URL and the key it needs: direct, gateway, and for a remote
+    upstream the minimal relay) measured in turns, the order rotating request by request and
+    round by round."""
     connector = aiohttp.TCPConnector(limit=0)
-    keys = {direct: key, gateway: {}}
+    names = list(paths)
+
+    def turn(i: int) -> list[str]:
+        return names[i % len(names):] + names[:i % len(names)]
+
     async with aiohttp.ClientSession(connector=connector) as session:
         small = body(1, False)
-        for _ in range(10):  # warm up both paths
-            await one(session, direct, small, key)
-            await one(session, gateway, small, {})
-        lat = {"direct": [], "gateway": []}
+        for _ in range(10):  # warm up every path
+            for url, key in paths.values():
+                await one(session, url, small, key)
+        lat: dict[str, list[float]] = {name: [] for name in names}
         for i in range(requests):
-            order = [("direct", direct), ("gateway", gateway)] if i % 2 == 0 else [("gateway", gateway), ("direct", direct)]
-            for name, url in order:
-                lat[name].append(await one(session, url, small, keys[url]))
+            for name in turn(i):
+                url, key = paths[name]
+                lat[name].append(await one(session, url, small, key))
         result = {"latency_ms": {k: statistics.median(v) * 1000 for k, v in lat.items()}}
         streamed = body(64, True)
         for concurrency in (1, 16):
-            rates = {"direct": [], "gateway": []}
+            rates: dict[str, list[float]] = {name: [] for name in names}
             for r in range(rounds):
-                order = [("direct", direct), ("gateway", gateway)] if r % 2 == 0 else [("gateway", gateway), ("direct", direct)]
-                for name, url in order:
+                for name in turn(r):
+                    url, key = paths[name]
                     started = time.perf_counter()
-                    counts = await asyncio.gather(*(stream_chunks(session, url, streamed, keys[url])
+                    counts = await asyncio.gather(*(stream_chunks(session, url, streamed, key)
                                                     for _ in range(concurrency * 2)))
                     rates[name].append(sum(counts) / (time.perf_counter() - started))
             result[f"chunks_per_s_c{concurrency}"] = {k: statistics.median(v) for k, v in rates.items()}
@@ -262,11 +268,19 @@ def main() -> None:
             added = lat["gateway"] - lat["direct"]
             print(f"{kind:<12} {'median latency, 1-token request':<32} {lat['direct']:>8.2f}ms {lat['gateway']:>8.2f}ms "
                   f"{'+%.2f ms' % added:>14}  <= 1 ms: {'met' if added <= 1 else 'MISSED'}")
+            if "minimal" in lat:
+                print(f"{kind:<12} {'  minimal relay, same requests':<32} {'':>10} {lat['minimal']:>8.2f}ms "
+                      f"{'+%.2f ms' % (lat['minimal'] - lat['direct']):>14}")
             for concurrency in (1, 16):
                 rates = result[f"chunks_per_s_c{concurrency}"]
                 ratio = rates["gateway"] / rates["direct"]
                 print(f"{kind:<12} {f'streamed chunks/s, concurrency {concurrency}':<32} {rates['direct']:>10.0f} "
                       f"{rates['gateway']:>10.0f} {f'ratio {ratio:.3f}':>14}  >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'}")
+                if "minimal" in rates:
+                    floor = rates["minimal"] / rates["direct"]
+                    print(f"{kind:<12} {'  minimal relay, same streams':<32} {'':>10} {rates['minimal']:>10.0f} "
+                          f"{f'ratio {floor:.3f}':>14}  gateway within 0.03 of it: "
+                          f"{'met' if ratio >= floor - 0.03 else 'MISSED'} ({ratio - floor:+.3f})")
 
 
 def start_minimal_relay(upstream: str, log: Path) -> tuple[subprocess.Popen, str]:
@@ -352,22 +366,32 @@ def measure_relay_cpu(tmp: Path, rounds: int) -> dict:
         upstream.wait(timeout=60)
 
 
-async def _relay_rounds(relays: dict[str, tuple[str, int]], rounds: int) -> dict:
+async def alternating_rounds(session, relays: dict[str, tuple[str, int]], levels: list, rounds: int,
+                             one_round, warm_up) -> dict:
+    """For each level, `rounds` rounds of `one_round(session, url, pid, level)` per relay,
+    the relays' order alternating round by round; each relay's medians per level (and
+    `chunks` summed). `warm_up(session, url, pid)` first runs once on each."""
     results: dict = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        for url, pid in relays.values():  # warm up: connections, first-request paths
-            await relay_round(session, url, pid, 4, 8)
-        for concurrency in RELAY_CPU_CONCURRENCY:
-            runs: dict[str, list[dict]] = {name: [] for name in relays}
-            for r in range(rounds):
-                for name in (list(relays) if r % 2 == 0 else list(reversed(relays))):
-                    url, pid = relays[name]
-                    runs[name].append(await relay_round(session, url, pid, concurrency, max(8, concurrency * 4)))
-            results[concurrency] = {name: {"us_per_chunk": statistics.median(r["us_per_chunk"] for r in rs),
-                                           "idle_cpu_share": statistics.median(r["idle_cpu_share"] for r in rs),
-                                           "chunks": sum(r["chunks"] for r in rs)}
-                                    for name, rs in runs.items()}
+    for url, pid in relays.values():  # connections, first-request paths
+        await warm_up(session, url, pid)
+    for level in levels:
+        runs: dict[str, list[dict]] = {name: [] for name in relays}
+        for r in range(rounds):
+            for name in (list(relays) if r % 2 == 0 else list(reversed(relays))):
+                url, pid = relays[name]
+                runs[name].append(await one_round(session, url, pid, level))
+        results[level] = {name: {key: sum(run[key] for run in rs) if key == "chunks" else
+                                 statistics.median(run[key] for run in rs) for key in rs[0]}
+                          for name, rs in runs.items()}
     return results
+
+
+async def _relay_rounds(relays: dict[str, tuple[str, int]], rounds: int) -> dict:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        return await alternating_rounds(
+            session, relays, RELAY_CPU_CONCURRENCY, rounds,
+            lambda s, url, pid, level: relay_round(s, url, pid, level, max(8, level * 4)),
+            lambda s, url, pid: relay_round(s, url, pid, 4, 8))
 
 
 def print_relay_cpu(results: dict) -> None:
@@ -388,12 +412,19 @@ def measure_kind(tmp: Path, kind: str, requests: int, rounds: int) -> dict:
     try:
         config = write_remote_config(tmp, kind, remote[1]) if remote else write_config(tmp, kind)
         proc, gateway, engine_url, key = start_gateway(config, tmp / f"state-{kind}")
+        # For a remote upstream, the floor beside it: the minimal relay in front of the same server.
+        minimal = start_minimal_relay(remote[1], tmp / f"minimal-{kind}.log") if remote else None
         try:
             if remote:
                 engine_url, key = remote[1], {"authorization": f"Bearer {REMOTE_KEY}"}
-            return asyncio.run(measure(engine_url, gateway, key, requests, rounds))
+            paths = {"direct": (engine_url, key), "gateway": (gateway, {}),
+                     **({"minimal": (minimal[1], {})} if minimal else {})}
+            return asyncio.run(measure(paths, requests, rounds))
         finally:
             stop_gateway(proc)
+            if minimal:
+                os.killpg(minimal[0].pid, signal.SIGTERM)
+                minimal[0].wait(timeout=30)
     finally:
         if remote:
             os.killpg(remote[0].pid, signal.SIGTERM)

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import (body, cpu_s, start_gateway, start_minimal_relay, start_remote,  # noqa: E402
+from gateway_overhead import (alternating_rounds, body, cpu_s, start_gateway, start_minimal_relay, start_remote,  # noqa: E402
                               stop_gateway, write_remote_config)
 
 TOKENS = 64
@@ -84,20 +83,13 @@ async def load_round(session: aiohttp.ClientSession, url: str, pid: int, streams
 
 
 async def measure(relays: dict[str, tuple[str, int]], levels: list[int], rounds: int, seconds: float) -> dict:
-    results: dict[int, dict[str, dict]] = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        for url, pid in relays.values():  # warm up: connections, first-request paths
-            await load_round(session, url, pid, 8, 1.0)
-        for streams in levels:
-            runs: dict[str, list[dict]] = {name: [] for name in relays}
-            for r in range(rounds):
-                for name in (list(relays) if r % 2 == 0 else list(reversed(relays))):
-                    url, pid = relays[name]
-                    runs[name].append(await load_round(session, url, pid, streams, seconds))
-            results[streams] = {name: {key: statistics.median(run[key] for run in rs) for key in rs[0]}
-                                for name, rs in runs.items()}
-            print_row(streams, results[streams])
+        results = await alternating_rounds(session, relays, levels, rounds,
+                                           lambda s, url, pid, streams: load_round(s, url, pid, streams, seconds),
+                                           lambda s, url, pid: load_round(s, url, pid, 8, 1.0))
+    for streams, by_relay in results.items():
+        print_row(streams, by_relay)
     return results
 
 
