@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import aiohttp
 import httpx
@@ -346,17 +348,17 @@ async def relay_round(session: aiohttp.ClientSession, url: str, pid: int, concur
     return {"us_per_chunk": busy / chunks * 1e6, "idle_cpu_share": idle_rate, "chunks": chunks, "wall_s": wall}
 
 
-def measure_relay_cpu(tmp: Path, rounds: int) -> dict:
-    """The gateway (`animllm serve`, the upstream configured as `upstream:`) and the
-    minimal relay, both in front of one paced fake upstream, measured in turns."""
-    upstream, upstream_url = start_remote("remote-paced", tmp / "relay-upstream.log")
+@contextlib.contextmanager
+def relays_before_paced_upstream(tmp: Path, label: str, concurrency: int = 64) -> Iterator[dict[str, tuple[str, int]]]:
+    """The gateway (`animllm serve`, the upstream configured as `upstream:`) and the minimal
+    relay, both in front of one paced fake upstream: {name: (URL, pid)}; all stopped after."""
+    upstream, upstream_url = start_remote("remote-paced", tmp / f"{label}-upstream.log")
     try:
-        config = write_remote_config(tmp, RELAY_CPU, upstream_url)
-        gateway, gateway_url, _, _ = start_gateway(config, tmp / "state-relay-cpu")
-        minimal, minimal_url = start_minimal_relay(upstream_url, tmp / "minimal-relay.log")
+        config = write_remote_config(tmp, label, upstream_url, concurrency=concurrency)
+        gateway, gateway_url, _, _ = start_gateway(config, tmp / f"state-{label}")
+        minimal, minimal_url = start_minimal_relay(upstream_url, tmp / f"{label}-minimal-relay.log")
         try:
-            return asyncio.run(_relay_rounds({"gateway": (gateway_url, gateway.pid), "minimal": (minimal_url, minimal.pid)},
-                                             rounds))
+            yield {"gateway": (gateway_url, gateway.pid), "minimal": (minimal_url, minimal.pid)}
         finally:
             stop_gateway(gateway)
             os.killpg(minimal.pid, signal.SIGTERM)
@@ -364,6 +366,12 @@ def measure_relay_cpu(tmp: Path, rounds: int) -> dict:
     finally:
         os.killpg(upstream.pid, signal.SIGTERM)
         upstream.wait(timeout=60)
+
+
+def measure_relay_cpu(tmp: Path, rounds: int) -> dict:
+    """The gateway and the minimal relay in front of one paced fake upstream, measured in turns."""
+    with relays_before_paced_upstream(tmp, RELAY_CPU) as relays:
+        return asyncio.run(_relay_rounds(relays, rounds))
 
 
 async def alternating_rounds(session, relays: dict[str, tuple[str, int]], levels: list, rounds: int,

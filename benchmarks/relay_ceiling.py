@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -28,8 +27,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import (alternating_rounds, body, cpu_s, start_gateway, start_minimal_relay, start_remote,  # noqa: E402
-                              stop_gateway, write_remote_config)
+from gateway_overhead import alternating_rounds, body, cpu_s, relays_before_paced_upstream  # noqa: E402
 
 TOKENS = 64
 
@@ -130,25 +128,11 @@ def main() -> None:
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        upstream, upstream_url = start_remote("remote-paced", directory / "upstream.log")
-        try:
-            # As many at once as the most streams: the gateway relays them all, none waits in its queue.
-            config = write_remote_config(directory, "ceiling", upstream_url, concurrency=max(levels))
-            gateway, gateway_url, _, _ = start_gateway(config, directory / "state")
-            minimal, minimal_url = start_minimal_relay(upstream_url, directory / "minimal-relay.log")
-            try:
-                for pid in (gateway.pid, minimal.pid):
-                    pin(pid, relay_core)
-                results = asyncio.run(measure({"gateway": (gateway_url, gateway.pid),
-                                               "minimal": (minimal_url, minimal.pid)}, levels, args.rounds,
-                                              args.seconds))
-            finally:
-                stop_gateway(gateway)
-                os.killpg(minimal.pid, signal.SIGTERM)
-                minimal.wait(timeout=30)
-        finally:
-            os.killpg(upstream.pid, signal.SIGTERM)
-            upstream.wait(timeout=60)
+        # As many at once as the most streams: the gateway relays them all, none waits in its queue.
+        with relays_before_paced_upstream(directory, "ceiling", concurrency=max(levels)) as relays:
+            for _, pid in relays.values():
+                pin(pid, relay_core)
+            results = asyncio.run(measure(relays, levels, args.rounds, args.seconds))
     print_summary(results)
 
 
