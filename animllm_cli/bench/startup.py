@@ -37,7 +37,6 @@ class StartupRun:
     first_answer_s: float | None     # from ready; None where the model takes no plain request
     phases: list[phases.Phase]
     answer: str | None = None        # the first answer (greedy, seeded): alike for every run, or a start changed it
-    command: str = field(default="", repr=False, compare=False)  # kept once, in the result
 
     @property
     def total_s(self) -> float:
@@ -91,14 +90,10 @@ class StartupResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"schema_version": 1, "kind": "startup", "model": self.model, "command": self.command,
-                "vllm": self.vllm, "answers_identical": self.answers_identical, "runs": [{**_without_command(asdict(run)), "total_s": run.total_s} for run in self.runs],
+                "vllm": self.vllm, "answers_identical": self.answers_identical, "runs": [{**asdict(run), "total_s": run.total_s} for run in self.runs],
                 "summary": [{"cache": cache, "launched_by": how, "phases": [asdict(s) for s in self.spreads(cache, how)]}
                             for cache, how in self.groups()]}
 
-
-def _without_command(run: dict[str, Any]) -> dict[str, Any]:
-    run.pop("command", None)
-    return run
 
 
 ANSWER_TOKENS = 8  # enough to tell two answers apart, few enough not to time generation
@@ -137,12 +132,13 @@ def measure(loaded, model: str, *, runs: int, caches: list[str], launches: list[
         for cache in caches:
             for how in launches:
                 on_run(index, cache, how)
-                result.runs.append(_one_start(loaded, model, cache, how, serves, on_progress))
-                result.command = result.command or result.runs[-1].command
+                run, result.command = _one_start(loaded, model, cache, how, serves, on_progress)
+                result.runs.append(run)
     return result
 
 
-def _one_start(loaded, model: str, cache: str, how: str, serves: str, on_progress) -> StartupRun:
+def _one_start(loaded, model: str, cache: str, how: str, serves: str, on_progress) -> tuple[StartupRun, str]:
+    """One start measured, and the engine's command line (secrets as "$NAME")."""
     from animllm_cli.engine.standby import Standby
     from animllm_cli.engine.supervisor import launch
 
@@ -160,8 +156,7 @@ def _one_start(loaded, model: str, cache: str, how: str, serves: str, on_progres
                                if serves in ("generate", "pooling") else (None, None))
     ready_s = report.phases[-1][1]  # the supervisor's clock at /health 200: where the last phase ends
     run = StartupRun(cache, report.launched_by, ready_s, seconds, phases.breakdown(report.phases[:-1], ready_s), answer)
-    run.command = engine.command.shell_line()
-    return run
+    return run, engine.command.shell_line()
 
 
 # ---------------------------------------------------------------------- the estimate plan shows

@@ -20,7 +20,7 @@ import weakref
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import httpx
 import psutil
@@ -30,14 +30,11 @@ from animllm_cli.config.schema import EngineSection
 from animllm_cli.credentials import bearer
 from animllm_cli.engine import deaths, diagnosis, launching, phases, processes
 from animllm_cli.engine.logpipe import OutputPump
+from animllm_cli.engine.standby import Standby, StandbyGone
 from animllm_cli.errors import AnimllmError
 from animllm_cli.gpu import nvml
 from animllm_cli.units import MIB
 from animllm_cli.wire import DeathKind, EngineDeath
-
-if TYPE_CHECKING:
-    from animllm_cli.engine.standby import Standby
-
 TAIL_LINES = 30
 CHECK_HEALTH_TIMEOUT_S = 2.0   # check(): a /health slower than this decides nothing (the watcher judges)
 EXIT_WAIT_S = 1.0              # check(): how long an API server found dead may take to exit
@@ -127,7 +124,7 @@ class Engine:
     on_dead: Callable[["Engine", str], None] | None = None
     nvml_module: object | None = None          # tests hand in a fake NVML
     on_launched: Callable[["Engine"], None] | None = None  # its process exists (pid, created_at)
-    standby: "Standby | None" = None           # a pre-started interpreter to run it in (the owner checked it fits)
+    standby: Standby | None = None           # a pre-started interpreter to run it in (the owner checked it fits)
 
     def __post_init__(self) -> None:
         self.port = self.command.port
@@ -234,8 +231,6 @@ class Engine:
     def _from_standby(self) -> "launching.Launched | None":
         if self.standby is None:
             return None
-        from animllm_cli.engine.standby import StandbyGone
-
         try:
             launched, self.launched_by = self.standby.run(self.command), "standby"
         except StandbyGone:
